@@ -1,0 +1,1 @@
+"""Sub-commands of the ``napari-dgc`` CLI, one module each (see :mod:`napari_dgc.cli`)."""
