@@ -1,0 +1,57 @@
+"""NumPy ``.npy`` cubes, memory-mapped (band-last ``(rows, cols, bands)`` unless told)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from napari_dgc.errors import CubeFormatError, UnsupportedFormatError
+from napari_dgc.io.cube import Cube
+
+
+def open_npy(path: Path, *, band_axis: int | None = None) -> Cube:
+    """Open a 3-D ``.npy`` array as a memory-mapped cube without reading its values.
+
+    Parameters
+    ----------
+    path : pathlib.Path
+        The ``.npy`` file.
+    band_axis : int, optional
+        Axis holding the bands; default 2 (the engine's band-last convention).
+
+    Raises
+    ------
+    UnsupportedFormatError
+        The array is not 3-D (nothing napari-dgc can treat as a cube).
+    CubeFormatError
+        The file is not a valid ``.npy`` (bad header, truncated data, object dtype).
+    """
+    try:
+        data = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as error:
+        raise CubeFormatError(f"{path}: not a valid or complete .npy file ({error})") from error
+    except EOFError as error:
+        raise CubeFormatError(f"{path}: the .npy file is truncated") from error
+    if not isinstance(data, np.memmap):
+        raise CubeFormatError(f"{path}: the .npy file cannot be memory-mapped")
+    if data.ndim != 3:
+        raise UnsupportedFormatError(
+            f"{path}: holds a {data.ndim}-D array of shape {data.shape}; a cube needs 3 axes "
+            "(rows, cols, bands)"
+        )
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
+        raise CubeFormatError(f"{path}: unsupported data type {data.dtype} (need integers or floats)")
+    axis = 2 if band_axis is None else band_axis
+    return Cube(
+        data=data,
+        band_axis=axis,
+        wavelengths=None,
+        path=path,
+        format="npy",
+        provenance={
+            "dtype": data.dtype.str,
+            "fortran_order": bool(data.flags.f_contiguous and not data.flags.c_contiguous),
+            "band_axis_reason": "given by the caller" if band_axis is not None else "band-last convention for .npy",
+        },
+    )
