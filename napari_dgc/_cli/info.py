@@ -1,0 +1,35 @@
+"""``napari-dgc info CUBE``: describe a cube without reading its values."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``info`` sub-command."""
+    parser = subparsers.add_parser(
+        "info",
+        help="describe a hyperspectral cube (format, shape, dtype, bands, wavelengths, size)",
+        description=(
+            "Print a cube's format, shape, data type, band count and band axis (ENVI "
+            "interleave), wavelength range, size and path. Only headers are read."
+        ),
+    )
+    parser.add_argument("cube", metavar="CUBE", help="ENVI .hdr/data file, .mat, .npy, .tif or PNG folder")
+    parser.add_argument("--key", metavar="K", help="MATLAB variable holding the cube")
+    parser.add_argument(
+        "--shape",
+        nargs=2,
+        type=int,
+        metavar=("ROWS", "COLS"),
+        help="spatial shape of a MATLAB 2-D bands x pixels matrix (pixels in column-major order)",
+    )
+    parser.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from napari_dgc.io import describe_cube, open_cube
+
+    cube = open_cube(args.cube, key=args.key, shape=tuple(args.shape) if args.shape else None)
+    print(describe_cube(cube))
+    return 0
