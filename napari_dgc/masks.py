@@ -1,0 +1,339 @@
+"""Ground-truth masks: reading PNG/TIFF/NPY rasters and LabelMe polygons, matching them to cubes.
+
+Mask convention
+---------------
+A mask is a ``(rows, cols)`` integer map of the cube's pixels:
+
+* values ``0, 1, 2, ...`` are classes named by a *legend*; the default legend is
+  ``{0: "background", 1: "tissue", 2: "lesion"}`` (the leaf data's convention);
+* :data:`IGNORE_VALUE` (255) marks unlabelled pixels, which every score leaves out;
+* any other value is an error (:class:`~napari_dgc.errors.MaskError` naming the file and the
+  values), never silently dropped.
+
+A binary 0/255 image therefore does *not* mean background/tissue: 255 means "ignore". Save such
+masks as 0/1, or pass a legend such as ``{0: "background", 255: "tissue"}`` (then pixels are
+not ignored).
+
+LabelMe JSON files hold ``imageHeight``, ``imageWidth`` and ``shapes`` (``label``, ``points``
+``[[x, y], ...]``, ``shape_type`` ``polygon`` or ``rectangle``). Pixels covered by no shape are
+background (value 0); shapes are painted in file order, so a lesion drawn after its leaf wins.
+A label must be a legend name (case-insensitive) or ``"ignore"``.
+
+Masks are matched to cubes by file-name stem: ``leaf_01.png``, ``leaf_01_mask.png``,
+``leaf_01-gt.tif`` or ``leaf_01.json`` all belong to the cube ``leaf_01.hdr``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+from napari_dgc.classes import DEFAULT_CLASS_NAMES
+from napari_dgc.errors import MaskError
+
+IGNORE_VALUE = 255
+DEFAULT_LEGEND: dict[int, str] = dict(enumerate(DEFAULT_CLASS_NAMES))
+RASTER_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
+MASK_SUFFIXES = RASTER_SUFFIXES + (".json",)
+#: Stem endings that mark a mask of the cube with the remaining stem.
+MASK_STEM_SUFFIXES = ("_mask", "-mask", ".mask", "_gt", "-gt", "_labels", "-labels", "_label", "-label")
+
+
+@dataclass
+class Mask:
+    """A ground-truth class map of one cube.
+
+    Attributes
+    ----------
+    values : np.ndarray
+        ``(rows, cols)`` int32: legend values, or :data:`IGNORE_VALUE` for unlabelled pixels.
+    legend : dict of int to str
+        Class name of each value.
+    source : pathlib.Path or None
+        File the mask was read from (``None`` for a drawn mask).
+    """
+
+    values: np.ndarray
+    legend: dict[int, str] = field(default_factory=lambda: dict(DEFAULT_LEGEND))
+    source: Path | None = None
+
+    def __post_init__(self) -> None:
+        self.values = np.asarray(self.values)
+        validate_mask_values(self.values, self.legend, source=self.source)
+        self.values = self.values.astype(np.int32, copy=False)
+
+
+def _describe(source: str | os.PathLike | None) -> str:
+    return str(source) if source is not None else "the mask"
+
+
+def validate_mask_values(
+    values: np.ndarray,
+    legend: Mapping[int, str],
+    *,
+    shape: Sequence[int] | None = None,
+    source: str | os.PathLike | None = None,
+) -> None:
+    """Check a mask's dimensionality, dtype, shape and values.
+
+    Parameters
+    ----------
+    values : np.ndarray
+        Candidate mask.
+    legend : mapping of int to str
+        Allowed class values.
+    shape : sequence of int, optional
+        The cube's ``(rows, cols)``; the mask must match it.
+    source : path-like, optional
+        File named in error messages.
+
+    Raises
+    ------
+    MaskError
+        For a non-2-D or non-integer mask, a shape different from the cube's, or values that
+        are neither legend values nor :data:`IGNORE_VALUE`.
+    """
+    where = _describe(source)
+    if values.ndim != 2:
+        raise MaskError(f"{where}: a mask must be a 2-D image, got shape {values.shape}")
+    if values.dtype == bool:
+        values = values.astype(np.uint8)
+    if not np.issubdtype(values.dtype, np.integer):
+        if not np.issubdtype(values.dtype, np.floating) or not np.all(np.mod(values, 1) == 0):
+            raise MaskError(f"{where}: mask values must be integers, got dtype {values.dtype}")
+    if shape is not None and tuple(values.shape) != tuple(shape):
+        raise MaskError(
+            f"{where}: mask shape {tuple(values.shape)} differs from the cube's {tuple(shape)}"
+        )
+    present = np.unique(values)
+    allowed = set(legend) | {IGNORE_VALUE}
+    unknown = [v.item() for v in present if v.item() not in allowed]
+    if unknown:
+        shown = ", ".join(str(v) for v in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+        raise MaskError(
+            f"{where}: unknown mask value(s) {shown}; allowed are "
+            f"{', '.join(f'{v} ({n})' for v, n in sorted(legend.items()))} and {IGNORE_VALUE} (ignore)"
+        )
+
+
+def read_label_image(path: str | os.PathLike) -> np.ndarray:
+    """Read a single-channel integer image (PNG, TIFF or NPY) without any interpretation.
+
+    Colour PNG/TIFF files whose three channels are equal (grey saved as RGB) are accepted.
+
+    Raises
+    ------
+    MaskError
+        For an unsupported suffix, an unreadable file or a real colour image.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            array = np.load(path, allow_pickle=False)
+        elif suffix in (".tif", ".tiff"):
+            import tifffile
+
+            array = tifffile.imread(path)
+        elif suffix == ".png":
+            from PIL import Image
+
+            with Image.open(path) as image:
+                # Palette PNGs hold indices; convert nothing so the indices are the values.
+                array = np.asarray(image)
+        else:
+            raise MaskError(f"{path}: unsupported label image type {suffix!r}; use PNG, TIFF or NPY")
+    except (OSError, ValueError) as error:
+        if isinstance(error, MaskError):
+            raise
+        raise MaskError(f"{path}: cannot read the image ({error})") from None
+    # Single-channel images may carry a length-1 channel axis (first or last).
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    elif array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim == 3 and array.shape[-1] in (3, 4):
+        colour = array[..., :3]
+        if not (np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])):
+            raise MaskError(f"{path}: a colour image is not a label map; save one integer value per pixel")
+        array = colour[..., 0]
+    return array
+
+
+def read_mask(
+    path: str | os.PathLike,
+    *,
+    shape: Sequence[int] | None = None,
+    legend: Mapping[int, str] | None = None,
+) -> Mask:
+    """Read a ground-truth mask from PNG, TIFF, NPY or a LabelMe JSON file.
+
+    Parameters
+    ----------
+    path : path-like
+        Mask file.
+    shape : sequence of int, optional
+        The cube's ``(rows, cols)``; a mask (or LabelMe image size) that differs is an error.
+    legend : mapping of int to str, optional
+        Value → class name; default :data:`DEFAULT_LEGEND`.
+
+    Returns
+    -------
+    Mask
+
+    Raises
+    ------
+    MaskError
+        See :func:`validate_mask_values` and :func:`rasterize_labelme`.
+    """
+    path = Path(path)
+    legend = dict(DEFAULT_LEGEND if legend is None else legend)
+    if not path.is_file():
+        raise MaskError(f"{path}: no such mask file")
+    if path.suffix.lower() == ".json":
+        values = rasterize_labelme(path, legend=legend, shape=shape)
+    else:
+        values = read_label_image(path)
+        validate_mask_values(values, legend, shape=shape, source=path)
+    return Mask(values=values, legend=legend, source=path)
+
+
+def rasterize_labelme(
+    path: str | os.PathLike,
+    *,
+    legend: Mapping[int, str] | None = None,
+    shape: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Paint a LabelMe file's polygons and rectangles into a mask.
+
+    Parameters
+    ----------
+    path : path-like
+        LabelMe JSON file.
+    legend : mapping of int to str, optional
+        Value → class name; shape labels are looked up by name (case-insensitive).
+    shape : sequence of int, optional
+        The cube's ``(rows, cols)``; the file's ``imageHeight``/``imageWidth`` must match.
+
+    Returns
+    -------
+    np.ndarray
+        ``(imageHeight, imageWidth)`` int32 mask, 0 where no shape lies.
+
+    Raises
+    ------
+    MaskError
+        For a file that is not LabelMe JSON, an image size different from ``shape``, an
+        unknown label or an unsupported shape type.
+    """
+    from skimage.draw import polygon as fill_polygon
+
+    path = Path(path)
+    legend = dict(DEFAULT_LEGEND if legend is None else legend)
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        height, width = int(document["imageHeight"]), int(document["imageWidth"])
+        shapes = list(document["shapes"])
+    except json.JSONDecodeError as error:
+        raise MaskError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError):
+        raise MaskError(f"{path}: not a LabelMe file (needs imageHeight, imageWidth and shapes)") from None
+    if shape is not None and (height, width) != tuple(shape):
+        raise MaskError(
+            f"{path}: the LabelMe file is for a {height}x{width} image, but the cube is "
+            f"{shape[0]}x{shape[1]}"
+        )
+    value_of = {name.strip().lower(): value for value, name in legend.items()}
+    value_of.setdefault("ignore", IGNORE_VALUE)
+    mask = np.zeros((height, width), dtype=np.int32)
+    for number, entry in enumerate(shapes):
+        label = str(entry.get("label", "")).strip().lower()
+        if label not in value_of:
+            raise MaskError(
+                f"{path}: shape {number} has label {entry.get('label')!r}; known labels are "
+                f"{', '.join(sorted(value_of))}"
+            )
+        kind = entry.get("shape_type") or "polygon"
+        points = np.asarray(entry.get("points", []), dtype=np.float64).reshape(-1, 2)
+        if kind == "rectangle" and len(points) == 2:
+            (x0, y0), (x1, y1) = points
+            points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+        elif kind != "polygon" or len(points) < 3:
+            raise MaskError(
+                f"{path}: shape {number} ({entry.get('label')!r}) is a {kind} with {len(points)} "
+                "points; only polygons (3+ points) and rectangles are supported"
+            )
+        rows, cols = fill_polygon(points[:, 1], points[:, 0], shape=(height, width))
+        mask[rows, cols] = value_of[label]
+    return mask
+
+
+def cube_stem(name: str | os.PathLike) -> str:
+    """The name a cube's masks are matched by: the file name without its suffix(es)."""
+    name = Path(name).name
+    for suffix in (".hdr", ".raw", ".img", ".dat", ".bil", ".bsq", ".bip", ".mat", ".npy", ".tif", ".tiff", ".png", ".json"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def mask_stem(path: str | os.PathLike) -> str:
+    """The cube stem a mask file belongs to (suffixes such as ``_mask`` removed)."""
+    stem = cube_stem(path)
+    for ending in MASK_STEM_SUFFIXES:
+        if stem.lower().endswith(ending):
+            return stem[: -len(ending)]
+    return stem
+
+
+def match_masks(
+    mask_paths: Iterable[str | os.PathLike], cube_names: Iterable[str]
+) -> tuple[dict[str, Path], list[Path]]:
+    """Pair mask files with cubes by file-name stem.
+
+    Parameters
+    ----------
+    mask_paths : iterable of path-like
+        Mask files.
+    cube_names : iterable of str
+        Cube file names or napari layer names.
+
+    Returns
+    -------
+    matched : dict of str to Path
+        Cube name → its mask file.
+    unmatched : list of Path
+        Mask files that belong to none of the cubes.
+
+    Raises
+    ------
+    MaskError
+        If two mask files claim the same cube.
+    """
+    cubes_by_stem = {cube_stem(name).lower(): name for name in cube_names}
+    matched: dict[str, Path] = {}
+    unmatched: list[Path] = []
+    for path in map(Path, mask_paths):
+        cube = cubes_by_stem.get(mask_stem(path).lower()) or cubes_by_stem.get(cube_stem(path).lower())
+        if cube is None:
+            unmatched.append(path)
+        elif cube in matched:
+            raise MaskError(f"{path} and {matched[cube]} are both masks of the cube {cube!r}")
+        else:
+            matched[cube] = path
+    return matched, unmatched
+
+
+def parse_legend(names: str) -> dict[int, str]:
+    """``"background,tissue,lesion"`` → ``{0: "background", 1: "tissue", 2: "lesion"}``."""
+    parts = [part.strip() for part in names.split(",")]
+    if not parts or any(not part for part in parts):
+        raise MaskError(f"mask class names {names!r}: give comma-separated, non-empty names")
+    if len(parts) >= IGNORE_VALUE:
+        raise MaskError(f"at most {IGNORE_VALUE - 1} mask classes are supported")
+    return dict(enumerate(parts))

@@ -1,0 +1,124 @@
+"""Tests of napari_dgc.masks: raster and LabelMe masks, validation, matching to cubes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from napari_dgc.errors import MaskError
+from napari_dgc.masks import Mask, match_masks, parse_legend, read_mask
+
+MASK = np.array([[0, 0, 1], [0, 1, 1], [255, 1, 2]], dtype=np.uint8)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".npy"])
+def test_raster_masks_read_back_their_values(tmp_path, suffix):
+    path = tmp_path / f"leaf{suffix}"
+    if suffix == ".png":
+        Image.fromarray(MASK).save(path)
+    elif suffix == ".tif":
+        tifffile.imwrite(path, MASK)
+    else:
+        np.save(path, MASK.astype(np.int64))
+    mask = read_mask(path, shape=(3, 3))
+    np.testing.assert_array_equal(mask.values, MASK)
+    assert mask.values.dtype == np.int32
+    assert mask.source == path
+
+
+def test_grey_saved_as_rgb_is_accepted_but_colour_is_not(tmp_path):
+    grey = tmp_path / "grey.png"
+    Image.fromarray(np.stack([MASK] * 3, axis=-1)).save(grey)
+    np.testing.assert_array_equal(read_mask(grey).values, MASK)
+    colour = np.stack([MASK, MASK, np.zeros_like(MASK) + 1], axis=-1)
+    Image.fromarray(colour).save(tmp_path / "colour.png")
+    with pytest.raises(MaskError, match="colour image"):
+        read_mask(tmp_path / "colour.png")
+
+
+def test_mask_of_another_shape_is_refused(tmp_path):
+    path = tmp_path / "leaf.npy"
+    np.save(path, MASK)
+    with pytest.raises(MaskError, match=r"mask shape \(3, 3\) differs from the cube's \(4, 3\)") as info:
+        read_mask(path, shape=(4, 3))
+    assert str(path) in str(info.value)
+
+
+def test_unknown_mask_values_are_named(tmp_path):
+    path = tmp_path / "leaf.npy"
+    np.save(path, np.array([[0, 7], [9, 1]]))
+    with pytest.raises(MaskError, match=r"unknown mask value\(s\) 7, 9") as info:
+        read_mask(path)
+    assert str(path) in str(info.value)
+
+
+def test_legend_decides_which_values_are_known(tmp_path):
+    path = tmp_path / "binary.png"
+    Image.fromarray(np.array([[0, 255]], dtype=np.uint8)).save(path)
+    mask = read_mask(path, legend={0: "background", 255: "tissue"})
+    assert mask.legend[255] == "tissue"
+    with pytest.raises(MaskError, match="unknown mask value"):
+        Mask(np.array([[0, 2]]), legend={0: "background", 1: "tissue"})
+
+
+def test_fractional_mask_is_refused():
+    with pytest.raises(MaskError, match="integers"):
+        Mask(np.array([[0.0, 0.5]]))
+
+
+def labelme_file(path, height=6, width=8, shapes=None):
+    shapes = shapes if shapes is not None else [
+        {"label": "tissue", "points": [[1, 1], [6, 1], [6, 4], [1, 4]], "shape_type": "polygon"},
+        {"label": "Lesion", "points": [[2, 2], [3, 3]], "shape_type": "rectangle"},
+    ]
+    path.write_text(json.dumps({"imageHeight": height, "imageWidth": width, "shapes": shapes}))
+    return path
+
+
+def test_labelme_polygons_are_painted_in_order(tmp_path):
+    mask = read_mask(labelme_file(tmp_path / "leaf.json"), shape=(6, 8))
+    expected = np.zeros((6, 8), dtype=np.int32)
+    expected[1:5, 1:7] = 1  # polygon x 1..6, y 1..4 (vertices included)
+    expected[2:4, 2:4] = 2  # rectangle drawn later wins
+    np.testing.assert_array_equal(mask.values, expected)
+
+
+def test_labelme_for_another_image_size_is_refused(tmp_path):
+    path = labelme_file(tmp_path / "leaf.json", height=10, width=8)
+    with pytest.raises(MaskError, match="10x8 image, but the cube is 6x8") as info:
+        read_mask(path, shape=(6, 8))
+    assert str(path) in str(info.value)
+
+
+def test_labelme_unknown_label_and_shape_type_are_refused(tmp_path):
+    unknown = labelme_file(tmp_path / "a.json", shapes=[{"label": "stem", "points": [[0, 0], [2, 0], [2, 2]]}])
+    with pytest.raises(MaskError, match="'stem'"):
+        read_mask(unknown)
+    circle = labelme_file(
+        tmp_path / "b.json", shapes=[{"label": "tissue", "points": [[3, 3], [4, 4]], "shape_type": "circle"}]
+    )
+    with pytest.raises(MaskError, match="circle"):
+        read_mask(circle)
+    (tmp_path / "c.json").write_text(json.dumps({"shapes": []}))
+    with pytest.raises(MaskError, match="not a LabelMe file"):
+        read_mask(tmp_path / "c.json")
+
+
+def test_masks_match_cubes_by_stem(tmp_path):
+    cubes = ["leaf_01.hdr", "leaf_02", "leaf_03.mat"]
+    files = [tmp_path / "leaf_01_mask.png", tmp_path / "LEAF_02.json", tmp_path / "other.png"]
+    matched, unmatched = match_masks(files, cubes)
+    assert matched == {"leaf_01.hdr": files[0], "leaf_02": files[1]}
+    assert unmatched == [files[2]]
+    with pytest.raises(MaskError, match="both masks of the cube 'leaf_01.hdr'"):
+        match_masks([tmp_path / "leaf_01.png", tmp_path / "leaf_01-gt.tif"], cubes)
+
+
+def test_parse_legend():
+    assert parse_legend("belt, leaf") == {0: "belt", 1: "leaf"}
+    with pytest.raises(MaskError):
+        parse_legend("belt,,leaf")
