@@ -714,41 +714,46 @@ def make_leaf_dataset(
     ]
 
 
-def save_scene_npy(scene: SyntheticScene, folder: str | Path) -> dict[str, Path]:
-    """Write a scene as ``cube.npy``, ``labels.npy`` and ``wavelengths.json``, each atomically.
+def save_scene_npy(scene: SyntheticScene, folder: str | Path, stem: str = "cube") -> dict[str, Path]:
+    """Write a scene as ``.npy`` cube, ``.npy`` labels and a JSON sidecar, each atomically.
 
     Parameters
     ----------
     scene : SyntheticScene
         The scene to save.
     folder : str or Path
-        Destination folder; created if missing, existing files of these names are replaced.
+        Destination folder; created if missing. Existing files of the same names are replaced.
+    stem : str
+        File-name stem: writes ``<stem>.npy`` (band-last float32 cube), ``<stem>_labels.npy``
+        (uint8, found as the cube's mask by :func:`napari_dgc.masks.match_masks`) and
+        ``<stem>.json``.
 
     Returns
     -------
     dict of str to Path
-        ``{"cube": ..., "labels": ..., "wavelengths": ...}``.
+        ``{"cube": ..., "labels": ..., "metadata": ...}``.
 
     Notes
     -----
-    ``wavelengths.json`` holds ``{"wavelengths": [...], "units": "nm", "class_names": [...],
-    "illumination": {...}}`` so the cube can be read with its band centres and the labels with
-    their class names.
+    The JSON sidecar holds ``{"wavelengths": [...], "wavelength_units": "nm", "class_names":
+    [...], "illumination": {...}}``.
     """
+    if not stem or Path(stem).name != stem:
+        raise ConfigError(f"File-name stem must be a plain file name, got {stem!r}.")
     folder = Path(folder)
     paths = {
-        "cube": folder / "cube.npy",
-        "labels": folder / "labels.npy",
-        "wavelengths": folder / "wavelengths.json",
+        "cube": folder / f"{stem}.npy",
+        "labels": folder / f"{stem}_labels.npy",
+        "metadata": folder / f"{stem}.json",
     }
     for key, array in (("cube", scene.cube), ("labels", scene.labels)):
         with atomic_open(paths[key], "wb") as handle:
             np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
     atomic_write_json(
-        paths["wavelengths"],
+        paths["metadata"],
         {
             "wavelengths": [float(w) for w in scene.wavelengths],
-            "units": "nm",
+            "wavelength_units": "nm",
             "class_names": list(scene.class_names),
             "illumination": dataclasses.asdict(scene.illumination),
         },
