@@ -76,7 +76,9 @@ def _normalize_key(key: Any, shape: tuple[int, ...]) -> tuple[tuple, set[int]]:
     dropped: set[int] = set()
     for axis, (item, length) in enumerate(zip(key, shape)):
         if isinstance(item, slice):
-            selection.append(slice(*item.indices(length)))
+            start, stop, step = item.indices(length)
+            # A reversed slice's stop can be -1, which a source would read as "the end".
+            selection.append(slice(start, stop, step) if step > 0 else np.arange(length)[item])
         elif isinstance(item, (int, np.integer)):
             index = int(item) + length if item < 0 else int(item)
             if not 0 <= index < length:
