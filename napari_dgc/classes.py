@@ -216,8 +216,9 @@ class ClassMapping:
         n_clusters: int | None = None,
         *,
         source: str | os.PathLike | None = None,
+        complete: bool = True,
     ) -> "ClassMapping":
-        """Build a complete mapping from either JSON form.
+        """Build a mapping from either JSON form.
 
         Parameters
         ----------
@@ -228,6 +229,9 @@ class ClassMapping:
             form; for this project's form it must agree with the stored count.
         source : path-like, optional
             File named in error messages.
+        complete : bool
+            Require every cluster to be assigned (always, for files); ``False`` accepts a
+            partial mapping being built in the GUI.
 
         Raises
         ------
@@ -246,7 +250,7 @@ class ClassMapping:
                     "give the model's number of clusters"
                 )
             mapping = cls(classes=_classes_from_reference_form(document, where), n_clusters=int(n_clusters))
-        mapping.validate(complete=True, source=source)
+        mapping.validate(complete=complete, source=source)
         return mapping
 
     @classmethod
