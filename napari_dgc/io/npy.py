@@ -27,6 +27,9 @@ def open_npy(path: Path, *, band_axis: int | None = None) -> Cube:
     CubeFormatError
         The file is not a valid ``.npy`` (bad header, truncated data, object dtype).
     """
+    with open(path, "rb") as handle:
+        if handle.read(6) != b"\x93NUMPY":
+            raise CubeFormatError(f"{path}: not a .npy file (it does not start with the NumPy signature)")
     try:
         data = np.load(path, mmap_mode="r", allow_pickle=False)
     except ValueError as error:
