@@ -1,0 +1,238 @@
+"""Small line plots drawn with QPainter (a few hundred microseconds per repaint).
+
+Matplotlib would take tens of milliseconds per redraw on the GUI thread; these plots only
+draw polylines, so live loss curves stay cheap even at 10 redraws a second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from qtpy.QtCore import QPointF, QRectF, QSize, Qt, Signal
+from qtpy.QtGui import QColor, QFont, QPainter, QPainterPath, QPen, QPolygonF
+from qtpy.QtWidgets import QGridLayout, QSizePolicy, QWidget
+
+_Y_LABEL_WIDTH = 34
+
+#: Line colours (matplotlib's "tab10"), readable on napari's dark and light themes.
+SERIES_COLORS = (
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+    "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+)  # fmt: skip
+
+
+def _decimate(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the min and max of each of ``max_points // 2`` buckets, so spikes stay visible."""
+    if x.size <= max_points:
+        return x, y
+    buckets = max(1, max_points // 2)
+    edges = np.linspace(0, x.size, buckets + 1).astype(int)
+    keep = []
+    for start, stop in zip(edges[:-1], edges[1:]):
+        if stop > start:
+            segment = y[start:stop]
+            keep.extend(sorted({start + int(np.nanargmin(segment)), start + int(np.nanargmax(segment))}))
+    index = np.asarray(keep)
+    return x[index], y[index]
+
+
+class SparklinePlot(QWidget):
+    """A compact plot of one or more series against a shared x axis (training steps).
+
+    It shows a title, the latest value, the y range, and optional vertical markers (e.g. the
+    checkpoint shown and the checkpoint chosen). A click emits :attr:`clicked` with the x
+    value under the mouse, so a timeline plot can move the timeline.
+    """
+
+    clicked = Signal(float)
+
+    def __init__(self, title: str, *, y_range: tuple[float, float] | None = None, parent=None):
+        super().__init__(parent)
+        self.title = title
+        self.fixed_y_range = y_range
+        self._series: list[tuple[str, np.ndarray, np.ndarray, QColor, bool]] = []
+        self._markers: list[tuple[float, QColor | None, Qt.PenStyle]] = []
+        self._x_range: tuple[float, float] | None = None
+        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.setMinimumHeight(72)
+        self.setMinimumWidth(120)
+
+    def sizeHint(self) -> QSize:
+        return QSize(220, 80)
+
+    def set_series(
+        self,
+        series: Sequence[tuple[str, Sequence[float], Sequence[float]]],
+        *,
+        points: bool = False,
+    ) -> None:
+        """Replace the plotted series: ``(name, x, y)`` triples; NaN/None values are gaps.
+
+        ``points`` draws a dot at every value (for sparse data such as checkpoints).
+        """
+        self._series = []
+        for index, (name, x, y) in enumerate(series):
+            xs = np.asarray(x, dtype=np.float64)
+            ys = np.asarray([np.nan if v is None else v for v in y], dtype=np.float64)
+            color = QColor(SERIES_COLORS[index % len(SERIES_COLORS)])
+            self._series.append((name, xs, ys, color, points))
+        self.update()
+
+    def set_x_range(self, start: float, stop: float) -> None:
+        """Fix the x axis (e.g. 0..total steps) instead of fitting it to the data."""
+        self._x_range = (float(start), float(max(stop, start + 1)))
+        self.update()
+
+    def set_markers(self, markers: Sequence[tuple[float, str | None, str]]) -> None:
+        """Vertical lines ``(x, colour, "solid" | "dash")``; colour ``None`` is the text colour."""
+        styles = {"solid": Qt.SolidLine, "dash": Qt.DashLine}
+        self._markers = [(float(x), None if c is None else QColor(c), styles[s]) for x, c, s in markers]
+        self.update()
+
+    def series_names(self) -> list[str]:
+        """Names of the plotted series (for tests and legends)."""
+        return [name for name, *_ in self._series]
+
+    # -- geometry -------------------------------------------------------------------
+    def _plot_rect(self) -> QRectF:
+        # Room on the left for the y range, above for the title.
+        return QRectF(_Y_LABEL_WIDTH, 16, max(1, self.width() - _Y_LABEL_WIDTH - 4), max(1, self.height() - 20))
+
+    def _data_x_range(self) -> tuple[float, float]:
+        if self._x_range is not None:
+            return self._x_range
+        finite = [x[np.isfinite(x)] for _, x, *_ in self._series]
+        values = np.concatenate(finite) if finite else np.zeros(0)
+        if values.size == 0:
+            return 0.0, 1.0
+        low, high = float(values.min()), float(values.max())
+        return (low, high) if high > low else (low - 0.5, high + 0.5)
+
+    def _data_y_range(self) -> tuple[float, float]:
+        if self.fixed_y_range is not None:
+            return self.fixed_y_range
+        finite = [y[np.isfinite(y)] for _, _, y, *_ in self._series]
+        values = np.concatenate(finite) if finite else np.zeros(0)
+        if values.size == 0:
+            return 0.0, 1.0
+        low, high = float(values.min()), float(values.max())
+        if high - low < 1e-12:
+            pad = max(abs(high) * 0.05, 1e-6)
+            return low - pad, high + pad
+        pad = 0.05 * (high - low)
+        return low - pad, high + pad
+
+    # -- events -----------------------------------------------------------------------
+    def mousePressEvent(self, event) -> None:
+        rect = self._plot_rect()
+        x0, x1 = self._data_x_range()
+        position = event.pos().x() if hasattr(event, "pos") else event.position().x()
+        fraction = min(max((position - rect.left()) / rect.width(), 0.0), 1.0)
+        self.clicked.emit(x0 + fraction * (x1 - x0))
+
+    def paintEvent(self, event) -> None:
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.Antialiasing)
+        foreground = self.palette().color(self.foregroundRole())
+        rect = self._plot_rect()
+        font = QFont(self.font())
+        font.setPointSizeF(max(7.0, font.pointSizeF() * 0.85))
+        painter.setFont(font)
+
+        # Title and latest values on one line above the plot.
+        painter.setPen(foreground)
+        painter.drawText(QRectF(2, 0, self.width(), 15), Qt.AlignLeft | Qt.AlignVCenter, self.title)
+        latest = []
+        for name, _, y, color, _ in self._series:
+            finite = y[np.isfinite(y)]
+            if finite.size:
+                latest.append((f"{finite[-1]:.3g}", color))
+        x_text = rect.right()
+        for text, color in reversed(latest):
+            width = painter.fontMetrics().horizontalAdvance(text + " ")
+            painter.setPen(color)
+            painter.drawText(QRectF(x_text - width, 0, width, 15), Qt.AlignRight | Qt.AlignVCenter, text)
+            x_text -= width
+
+        frame = QColor(foreground)
+        frame.setAlpha(70)
+        painter.setPen(QPen(frame, 1))
+        painter.drawRect(rect)
+
+        x0, x1 = self._data_x_range()
+        y0, y1 = self._data_y_range()
+
+        def to_point(x: float, y: float) -> QPointF:
+            return QPointF(
+                rect.left() + (x - x0) / (x1 - x0) * rect.width(),
+                rect.bottom() - (y - y0) / (y1 - y0) * rect.height(),
+            )
+
+        # y range labels, faint, left of the frame.
+        faint = QColor(foreground)
+        faint.setAlpha(150)
+        painter.setPen(faint)
+        labels = QRectF(0, rect.top() - 2, _Y_LABEL_WIDTH - 3, rect.height() + 4)
+        painter.drawText(labels, Qt.AlignRight | Qt.AlignTop, f"{y1:.2g}")
+        painter.drawText(labels, Qt.AlignRight | Qt.AlignBottom, f"{y0:.2g}")
+
+        painter.setClipRect(rect)
+        max_points = max(8, int(rect.width()) * 2)
+        for _, x, y, color, points in self._series:
+            xs, ys = _decimate(x, y, max_points)
+            painter.setPen(QPen(color, 1.5))
+            path = QPainterPath()
+            pen_down = False
+            for xv, yv in zip(xs, ys):
+                if not (math.isfinite(xv) and math.isfinite(yv)):
+                    pen_down = False
+                    continue
+                point = to_point(xv, yv)
+                if pen_down:
+                    path.lineTo(point)
+                else:
+                    path.moveTo(point)
+                    pen_down = True
+            painter.drawPath(path)
+            if points:
+                finite = np.isfinite(xs) & np.isfinite(ys)
+                painter.setBrush(color)
+                for xv, yv in zip(xs[finite], ys[finite]):
+                    painter.drawEllipse(to_point(xv, yv), 2.0, 2.0)
+                painter.setBrush(Qt.NoBrush)
+
+        for x, color, style in self._markers:
+            painter.setPen(QPen(foreground if color is None else color, 1.5, style))
+            top, bottom = to_point(x, y1), to_point(x, y0)
+            painter.drawPolyline(QPolygonF([top, bottom]))
+        painter.end()
+
+
+class SparklineGrid(QWidget):
+    """Several :class:`SparklinePlot` in a grid of ``columns`` columns, created by name."""
+
+    def __init__(self, columns: int = 2, parent=None):
+        super().__init__(parent)
+        self._columns = columns
+        self._layout = QGridLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self._layout.setSpacing(2)
+        self.plots: dict[str, SparklinePlot] = {}
+
+    def plot(self, name: str, **kwargs) -> SparklinePlot:
+        """The plot called ``name``, created (next grid cell) on first use."""
+        if name not in self.plots:
+            plot = SparklinePlot(name, **kwargs)
+            index = len(self.plots)
+            self._layout.addWidget(plot, index // self._columns, index % self._columns)
+            self.plots[name] = plot
+        return self.plots[name]
+
+    def clear(self) -> None:
+        """Remove every plot."""
+        for plot in self.plots.values():
+            self._layout.removeWidget(plot)
+            plot.deleteLater()
+        self.plots.clear()

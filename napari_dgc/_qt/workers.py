@@ -1,0 +1,145 @@
+"""Background workers of the training panel and the checkpoint timeline.
+
+Everything slow runs here, off the GUI thread: the training generator and the segmentation
+of cubes at checkpoints. The GUI thread only receives small results (label arrays keyed by
+cube-layer identity, figures, progress events) through the workers' ``yielded`` signal.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from napari.qt.threading import GeneratorWorker, create_worker
+
+from napari_dgc.checkpoint_review import CheckpointFigures, CheckpointReview, CubeInput
+from napari_dgc.training import CheckpointEvent, TrainConfig, train
+
+
+class ClosingGeneratorWorker(GeneratorWorker):
+    """A :class:`GeneratorWorker` that closes its generator in the worker thread when it stops.
+
+    napari's worker only breaks out of its loop on ``quit()``; closing the generator here makes
+    its ``finally`` blocks (the engine's clean stop) run at once, in the worker thread, instead
+    of whenever the garbage collector gets to it. :attr:`done` is set once that has happened,
+    so closing napari can wait for it without running the Qt event loop.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.done = threading.Event()
+
+    def work(self):
+        try:
+            return super().work()
+        finally:
+            try:
+                self._gen.close()
+            finally:
+                self.done.set()
+
+
+@dataclass(frozen=True)
+class CheckpointSegmented:
+    """Label maps (by cube key) and figures of a checkpoint, computed in a worker."""
+
+    review: CheckpointReview
+    checkpoint_id: str
+    labels: dict[str, np.ndarray]
+    figures: CheckpointFigures | None
+
+
+@dataclass(frozen=True)
+class FiguresComputed:
+    """Figures of a checkpoint computed by the review worker's sweep."""
+
+    figures: CheckpointFigures
+
+
+def training_events(
+    train_inputs: Sequence[CubeInput],
+    config: TrainConfig,
+    run_dir: Path,
+    *,
+    resume: bool,
+    review_cubes: Mapping[str, CubeInput],
+    review: CheckpointReview | None,
+) -> Generator:
+    """Drive :func:`napari_dgc.training.train`, segmenting the review cubes at each checkpoint.
+
+    Yields the engine's events unchanged and, after every ``CheckpointEvent``, a
+    :class:`CheckpointSegmented`. ``review`` is reused when given (same run, resumed), else
+    created at the first checkpoint, when the run folder is complete.
+    """
+    events = train(list(train_inputs), config, run_dir, resume=resume)
+    try:
+        for event in events:
+            yield event
+            if isinstance(event, CheckpointEvent) and review_cubes:
+                if review is None:
+                    review = CheckpointReview(event.run_dir, review_cubes, device=config.device)
+                labels = review.labels(event.checkpoint_id)
+                figures = review.figures(event.checkpoint_id)
+                yield CheckpointSegmented(review, event.checkpoint_id, labels, figures)
+    finally:
+        events.close()
+
+
+def start_training_worker(
+    connect: Mapping[str, Callable],
+    *args,
+    **kwargs,
+) -> ClosingGeneratorWorker:
+    """Start :func:`training_events` in a worker; errors go to ``connect["errored"]`` only."""
+    return create_worker(
+        training_events,
+        *args,
+        _connect=dict(connect),
+        _worker_class=ClosingGeneratorWorker,
+        _ignore_errors=True,
+        **kwargs,
+    )
+
+
+def review_events(
+    review: CheckpointReview, requests: queue.SimpleQueue, *, sweep: bool
+) -> Generator:
+    """Serve checkpoint requests of the timeline, then (if ``sweep``) fill in missing figures.
+
+    Only the newest queued request is served (the user dragging the slider queues many).
+    For a request it yields the labels first (so the image updates as soon as possible), then
+    the figures. Returns when there is nothing left to do; the timeline starts a new worker
+    for the next request.
+    """
+    while True:
+        latest = None
+        while not requests.empty():
+            latest = requests.get_nowait()
+        if latest is not None:
+            labels = review.labels(latest)
+            yield CheckpointSegmented(review, latest, labels, None)
+            yield FiguresComputed(review.figures(latest))
+            continue
+        missing = review.checkpoints_without_figures() if sweep else []
+        if not missing:
+            return
+        yield FiguresComputed(review.figures(missing[0]))
+
+
+def start_review_worker(
+    connect: Mapping[str, Callable], review: CheckpointReview, requests: queue.SimpleQueue, *, sweep: bool
+) -> ClosingGeneratorWorker:
+    """Start :func:`review_events` in a worker; errors go to ``connect["errored"]`` only."""
+    return create_worker(
+        review_events,
+        review,
+        requests,
+        sweep=sweep,
+        _connect=dict(connect),
+        _worker_class=ClosingGeneratorWorker,
+        _ignore_errors=True,
+    )

@@ -1,0 +1,237 @@
+"""Review the checkpoints of a training run: cached segmentations and stability figures.
+
+The DGC report shows that no single number tells when to stop training: clusters "ignite",
+then over-merge. A person therefore browses the checkpoints and picks one. This module holds
+the engine side of that browser (no Qt): it segments a fixed set of cubes at any checkpoint,
+caches the label maps (least recently used first out, bounded in bytes) and computes, per
+checkpoint, the figures drawn along the timeline:
+
+* NMI between the label maps of this checkpoint and of the previous one (how much changed),
+* the number of active clusters and the normalised entropy of cluster usage,
+* the losses the training recorded with the checkpoint.
+
+All figures pool the pixels of every reviewed cube. The class is thread-safe: the training
+worker, a review worker and the GUI thread may call it at the same time; a checkpoint is
+segmented at most once however many threads ask for it concurrently.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_dgc.errors import CheckpointError
+from napari_dgc.io import Cube
+from napari_dgc.metrics import active_clusters, cluster_usage, normalized_mutual_info, usage_entropy
+from napari_dgc.run import CheckpointInfo, RunDirectory
+from napari_dgc.segmentation import segment_cube
+
+#: A cube to review: a lazily read :class:`~napari_dgc.io.Cube` or a band-last array.
+CubeInput = Cube | np.ndarray
+
+#: Clusters holding at most this fraction of the reviewed pixels do not count as active
+#: (a handful of stray pixels is noise, not an entity type).
+ACTIVE_MIN_FRACTION = 1e-3
+
+
+@dataclass(frozen=True)
+class CheckpointFigures:
+    """Stability figures of one checkpoint over the reviewed cubes.
+
+    Attributes
+    ----------
+    checkpoint_id, step
+        The checkpoint.
+    nmi_to_previous
+        NMI between this checkpoint's label maps and the previous checkpoint's; ``None`` for
+        the first checkpoint of the run.
+    active_clusters
+        Clusters holding more than :data:`ACTIVE_MIN_FRACTION` of the pixels.
+    usage_entropy
+        Entropy of cluster usage divided by ``log K``: 1 when all clusters are used equally.
+    losses
+        Loss terms recorded by the training with this checkpoint (may be empty).
+    """
+
+    checkpoint_id: str
+    step: int
+    nmi_to_previous: float | None
+    active_clusters: int
+    usage_entropy: float
+    losses: dict[str, float] = field(default_factory=dict)
+
+
+def _cube_bands(cube: CubeInput) -> int:
+    return cube.n_bands if isinstance(cube, Cube) else int(np.shape(cube)[-1])
+
+
+def recorded_losses(info: CheckpointInfo) -> dict[str, float]:
+    """The numeric loss terms stored with a checkpoint (``stats["losses"]``), if any."""
+    losses = info.stats.get("losses", {}) if isinstance(info.stats, dict) else {}
+    return {
+        str(name): float(value)
+        for name, value in losses.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+    }
+
+
+class CheckpointReview:
+    """Segment a fixed set of cubes at the checkpoints of one run, with caching.
+
+    Parameters
+    ----------
+    run_dir : str or Path
+        The run folder (it may still be growing: :meth:`checkpoints` re-reads it).
+    cubes : Mapping[str, Cube or np.ndarray]
+        The cubes to segment, by a caller-chosen key (the GUI uses its layer identity).
+        Arrays are band-last ``(rows, cols, bands)``.
+    device : str
+        Torch device the models run on.
+    tile : int
+        Tile size passed to :func:`~napari_dgc.segmentation.segment_cube`.
+    cache_bytes : int
+        Budget of the label-map cache; the least recently used checkpoints are dropped first
+        (their figures, being tiny, are kept).
+
+    Raises
+    ------
+    CheckpointError
+        If the run folder is invalid or a cube's band count differs from the run's.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        cubes: Mapping[str, CubeInput],
+        *,
+        device: str = "cpu",
+        tile: int = 256,
+        cache_bytes: int = 512 * 2**20,
+    ) -> None:
+        self.run = RunDirectory.open(run_dir)
+        for key, cube in cubes.items():
+            if _cube_bands(cube) != self.run.n_bands:
+                raise CheckpointError(
+                    f"{self.run.path}: cube {key!r} has {_cube_bands(cube)} bands but the run "
+                    f"was trained on {self.run.n_bands}"
+                )
+        self.cubes: dict[str, CubeInput] = dict(cubes)
+        self.device = device
+        self.tile = tile
+        self.cache_bytes = cache_bytes
+        self.n_clusters = self.run.config.model.n_clusters
+        self._lock = threading.Lock()
+        self._labels: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
+        self._figures: dict[str, CheckpointFigures] = {}
+        self._segmenting: dict[str, threading.Lock] = {}
+
+    @property
+    def path(self) -> Path:
+        """The run folder."""
+        return self.run.path
+
+    def checkpoints(self) -> list[CheckpointInfo]:
+        """Checkpoints of the run in step order, re-read from disk (a live run grows)."""
+        return sorted(self.run.checkpoints(), key=lambda info: info.step)
+
+    def cached_labels(self, checkpoint_id: str) -> dict[str, np.ndarray] | None:
+        """Label maps of a checkpoint by cube key if cached, else ``None`` (never computes)."""
+        with self._lock:
+            labels = self._labels.get(checkpoint_id)
+            if labels is not None:
+                self._labels.move_to_end(checkpoint_id)
+            return labels
+
+    def cached_figures(self, checkpoint_id: str) -> CheckpointFigures | None:
+        """Figures of a checkpoint if already computed, else ``None`` (never computes)."""
+        with self._lock:
+            return self._figures.get(checkpoint_id)
+
+    def labels(self, checkpoint_id: str) -> dict[str, np.ndarray]:
+        """Label maps ``(rows, cols)`` int32 of every cube at a checkpoint, computed once.
+
+        Raises
+        ------
+        CheckpointError
+            If the checkpoint does not exist or cannot be loaded.
+        """
+        cached = self.cached_labels(checkpoint_id)
+        if cached is not None:
+            return cached
+        with self._lock:
+            segmenting = self._segmenting.setdefault(checkpoint_id, threading.Lock())
+        with segmenting:  # a second caller waits for the first instead of redoing the work
+            cached = self.cached_labels(checkpoint_id)
+            if cached is not None:
+                return cached
+            model = self.run.load_model(checkpoint_id, device=self.device)
+            labels = {
+                key: segment_cube(model, cube, tile=self.tile, device=self.device).labels
+                for key, cube in self.cubes.items()
+            }
+            self._store(checkpoint_id, labels)
+        with self._lock:
+            self._segmenting.pop(checkpoint_id, None)
+        return labels
+
+    def _store(self, checkpoint_id: str, labels: dict[str, np.ndarray]) -> None:
+        with self._lock:
+            self._labels[checkpoint_id] = labels
+            self._labels.move_to_end(checkpoint_id)
+            total = sum(a.nbytes for maps in self._labels.values() for a in maps.values())
+            # Keep at least the newest entry even if it alone exceeds the budget.
+            while total > self.cache_bytes and len(self._labels) > 1:
+                _, dropped = self._labels.popitem(last=False)
+                total -= sum(a.nbytes for a in dropped.values())
+
+    def figures(self, checkpoint_id: str) -> CheckpointFigures:
+        """Stability figures of a checkpoint (segments it and its predecessor if needed).
+
+        Raises
+        ------
+        CheckpointError
+            If the checkpoint is not in the run.
+        """
+        cached = self.cached_figures(checkpoint_id)
+        if cached is not None:
+            return cached
+        infos = self.checkpoints()
+        index = next((i for i, info in enumerate(infos) if info.checkpoint_id == checkpoint_id), None)
+        if index is None:
+            raise CheckpointError(f"{self.path}: no checkpoint {checkpoint_id!r} in this run")
+        current = self._pooled(self.labels(checkpoint_id))
+        nmi = None
+        if index > 0:
+            previous = self._pooled(self.labels(infos[index - 1].checkpoint_id))
+            nmi = normalized_mutual_info(previous, current)
+        usage = cluster_usage(current, self.n_clusters)
+        result = CheckpointFigures(
+            checkpoint_id=checkpoint_id,
+            step=infos[index].step,
+            nmi_to_previous=nmi,
+            active_clusters=active_clusters(
+                current, self.n_clusters, min_fraction=ACTIVE_MIN_FRACTION
+            ),
+            usage_entropy=usage_entropy(usage, normalized=True),
+            losses=recorded_losses(infos[index]),
+        )
+        with self._lock:
+            self._figures[checkpoint_id] = result
+        return result
+
+    def _pooled(self, labels: dict[str, np.ndarray]) -> np.ndarray:
+        """All cubes' labels as one flat array, in the fixed order of :attr:`cubes`."""
+        if not labels:
+            return np.zeros(0, dtype=np.int32)
+        return np.concatenate([labels[key].ravel() for key in self.cubes])
+
+    def checkpoints_without_figures(self) -> list[str]:
+        """Checkpoint ids (in step order) whose figures are not computed yet."""
+        with self._lock:
+            done = set(self._figures)
+        return [info.checkpoint_id for info in self.checkpoints() if info.checkpoint_id not in done]

@@ -1,0 +1,129 @@
+"""The checkpoint timeline on a run folder trained without the GUI (as the CLI does)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_dgc._qt import timeline_widget as timeline_module
+from napari_dgc._qt.cube_layers import LABEL_OFFSET, labels_layer_name
+from napari_dgc._qt.timeline_widget import CHOSEN_MARKER, TimelineWidget
+from napari_dgc.run import RunDirectory
+from napari_dgc.training import train
+
+from _training_helpers import N_CLUSTERS, add_cube_layer, tiny_config, tiny_cube
+
+TIMEOUT_MS = 120_000
+
+
+@pytest.fixture(scope="module")
+def headless_run(tmp_path_factory):
+    """A finished 4-checkpoint run trained by the engine alone, on a seed-1 leaf cube."""
+    run_dir = tmp_path_factory.mktemp("timeline") / "run"
+    for _ in train([tiny_cube(seed=1)], tiny_config(steps=8), run_dir):
+        pass
+    return run_dir
+
+
+@pytest.fixture
+def notifications(monkeypatch):
+    messages: list[str] = []
+    monkeypatch.setattr(timeline_module, "show_error", messages.append)
+    return messages
+
+
+def open_timeline(viewer, qtbot, run_dir) -> TimelineWidget:
+    timeline = TimelineWidget(viewer)
+    viewer.window.add_dock_widget(timeline, name="DGC: Checkpoints")
+    with qtbot.waitSignal(timeline.checkpoint_shown, timeout=TIMEOUT_MS):
+        assert timeline.open_run(run_dir)
+    return timeline
+
+
+def test_open_run_shows_latest_and_sweeps_figures(make_napari_viewer, qtbot, headless_run, notifications):
+    viewer = make_napari_viewer()
+    cube = add_cube_layer(viewer, "leaf", seed=1)
+    timeline = open_timeline(viewer, qtbot, headless_run)
+    ids = [info.checkpoint_id for info in timeline.checkpoints]
+    assert ids == ["step-000002", "step-000004", "step-000006", "step-000008"]
+    assert timeline.current_checkpoint_id() == ids[-1]  # nothing chosen yet: the latest
+    labels = viewer.layers[labels_layer_name("leaf")]
+    model = RunDirectory.open(headless_run).load_model(ids[-1])
+    from napari_dgc.segmentation import segment_cube
+
+    expected = segment_cube(model, tiny_cube(seed=1)).labels
+    np.testing.assert_array_equal(labels.data, expected + LABEL_OFFSET)
+    assert labels.metadata["dgc_checkpoint"] == ids[-1]
+    assert labels.metadata["dgc_n_clusters"] == N_CLUSTERS
+    assert tuple(labels.scale) == tuple(cube.scale[1:])
+    # Every cluster has its own colour, none transparent.
+    colors = {tuple(labels.colormap.map(np.array([k + LABEL_OFFSET]))[0]) for k in range(N_CLUSTERS)}
+    assert len(colors) == N_CLUSTERS and all(color[3] > 0 for color in colors)
+
+    qtbot.waitUntil(lambda: len(timeline.figures) == 4, timeout=TIMEOUT_MS)
+    nmi_plot = timeline.plots.plot("NMI to previous checkpoint")
+    assert nmi_plot.series_names() == ["NMI"]
+    assert timeline.figures[ids[0]].nmi_to_previous is None
+    assert "NMI to previous" in timeline.checkpoint_label.text()
+    assert not notifications
+
+
+def test_cached_checkpoint_shows_synchronously(make_napari_viewer, qtbot, headless_run):
+    viewer = make_napari_viewer()
+    add_cube_layer(viewer, "leaf", seed=1)
+    timeline = open_timeline(viewer, qtbot, headless_run)
+    qtbot.waitUntil(lambda: len(timeline.figures) == 4, timeout=TIMEOUT_MS)  # all segmented
+    labels = viewer.layers[labels_layer_name("leaf")]
+    first = timeline.checkpoints[0].checkpoint_id
+    timeline.select_checkpoint(first)  # cached: no worker round trip
+    assert labels.metadata["dgc_checkpoint"] == first
+    assert timeline.shown_checkpoint == first
+
+
+def test_plot_click_moves_slider_and_choice_is_recorded(make_napari_viewer, qtbot, tmp_path, headless_run):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(headless_run, run_dir)
+    viewer = make_napari_viewer()
+    add_cube_layer(viewer, "leaf", seed=1)
+    timeline = open_timeline(viewer, qtbot, run_dir)
+    with qtbot.waitSignal(timeline.checkpoint_shown, timeout=TIMEOUT_MS) as blocker:
+        timeline.plots.plot("active clusters").clicked.emit(4.4)  # nearest checkpoint: step 4
+    assert blocker.args == ["step-000004"]
+    with qtbot.waitSignal(timeline.checkpoint_chosen) as chosen:
+        timeline.use_button.click()
+    assert chosen.args == ["step-000004"]
+    assert RunDirectory.open(run_dir).chosen_checkpoint == "step-000004"
+    assert "chosen" in timeline.checkpoint_label.text()
+    markers = timeline.plots.plot("active clusters")._markers
+    assert [(x, color.name()) for x, color, _ in markers if color.name() == CHOSEN_MARKER] == [(4.0, CHOSEN_MARKER)]
+
+    # Reopening shows the chosen checkpoint, not the latest.
+    again = open_timeline(viewer, qtbot, run_dir)
+    assert again.current_checkpoint_id() == "step-000004"
+
+
+def test_bad_run_folder_is_notified(make_napari_viewer, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    timeline = TimelineWidget(viewer)
+    assert not timeline.open_run(tmp_path)
+    assert len(notifications) == 1 and "run.json" in notifications[0]
+    assert not timeline.use_button.isEnabled()
+    (tmp_path / "run.json").write_text("{ truncated")
+    assert not timeline.open_run(tmp_path)
+    assert len(notifications) == 2
+
+
+def test_cube_of_other_band_count_is_not_used(make_napari_viewer, qtbot, headless_run, notifications):
+    viewer = make_napari_viewer()
+    wrong = tiny_cube()[..., :10]
+    viewer.add_image(np.moveaxis(wrong, -1, 0), name="ten bands", metadata={"wavelengths": list(range(10))})
+    timeline = TimelineWidget(viewer)
+    assert timeline.open_run(headless_run)  # the run opens; there is just nothing to segment
+    assert timeline.sources == {}
+    assert len(timeline.checkpoints) == 4
+    assert labels_layer_name("ten bands") not in viewer.layers
+    assert "16 bands" in timeline.status_label.text()
+    assert timeline._review_worker is None
+    assert not notifications

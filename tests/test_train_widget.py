@@ -1,0 +1,232 @@
+"""The "DGC: Train" panel driving a real (tiny) training in napari."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from napari.layers import Labels
+
+from napari_dgc._qt import train_widget as train_widget_module
+from napari_dgc._qt.cube_layers import LABEL_OFFSET, cluster_colors, labels_layer_name
+from napari_dgc._qt.timeline_widget import TimelineWidget
+from napari_dgc._qt.train_state import TrainingHistory, TrainStatus
+from napari_dgc._qt.train_widget import ScientificSpinBox, TrainWidget
+from napari_dgc.run import RunDirectory
+from napari_dgc.training import ProgressEvent
+
+from _training_helpers import N_CLUSTERS, add_cube_layer, tiny_config
+
+TIMEOUT_MS = 120_000  # the CI CPU is shared: be generous, the tests finish as soon as they can
+
+
+@pytest.fixture
+def notifications(monkeypatch):
+    """Messages the panel and its timeline show with ``show_error``."""
+    messages: list[str] = []
+    from napari_dgc._qt import timeline_widget
+
+    monkeypatch.setattr(train_widget_module, "show_error", messages.append)
+    monkeypatch.setattr(timeline_widget, "show_error", messages.append)
+    return messages
+
+
+def make_panel(viewer, qtbot, run_dir, **config) -> TrainWidget:
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="DGC: Train")
+    widget.set_config(tiny_config(**config))
+    widget.run_folder_edit.setText(str(run_dir))
+    return widget
+
+
+def wait_idle(qtbot, widget: TrainWidget) -> None:
+    qtbot.waitUntil(lambda: widget.state.status is TrainStatus.IDLE and widget.worker is None, timeout=TIMEOUT_MS)
+
+
+def test_train_pause_resume_timeline_choose_and_reopen(make_napari_viewer, qtbot, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    cube_layer = add_cube_layer(viewer, "leaf")
+    other = add_cube_layer(viewer, "other leaf", seed=5)
+    widget = make_panel(viewer, qtbot, tmp_path / "run", steps=40, checkpoint_every=4)
+    widget.select_layers(["leaf"])
+    # The user changes the selection during training: results must still land on "leaf".
+    shown: list[tuple[str, str]] = []
+    widget.timeline.checkpoint_shown.connect(
+        lambda cid: shown.append((cid, viewer.layers[labels_layer_name("leaf")].metadata["dgc_checkpoint"]))
+    )
+    assert widget.start_training()
+    viewer.layers.selection.active = other
+    assert widget.state.status is TrainStatus.RUNNING
+
+    qtbot.waitUntil(lambda: len({cid for cid, _ in shown}) >= 2, timeout=TIMEOUT_MS)
+    labels = viewer.layers[labels_layer_name("leaf")]
+    assert isinstance(labels, Labels)
+    assert labels_layer_name("other leaf") not in viewer.layers
+    assert all(cid == layer_cid for cid, layer_cid in shown)  # the layer followed each checkpoint
+    assert labels.data.shape == cube_layer.data.shape[1:]
+    assert labels.data.min() >= LABEL_OFFSET and labels.data.max() < N_CLUSTERS + LABEL_OFFSET
+    assert labels.metadata["dgc_run"] == str(tmp_path / "run")
+    assert labels.metadata["dgc_n_clusters"] == N_CLUSTERS
+    assert labels.metadata["dgc_label_offset"] == LABEL_OFFSET
+    assert labels.metadata["dgc_cube_layer"] == "leaf"
+
+    # Pause: no more steps arrive until Resume.
+    widget.pause_training()
+    qtbot.waitUntil(lambda: widget.worker.is_paused, timeout=TIMEOUT_MS)
+    paused_at = widget.state.history.latest.step
+    qtbot.wait(800)
+    assert widget.state.history.latest.step == paused_at
+    assert widget.state.status is TrainStatus.PAUSED
+    assert widget.resume_training()
+    qtbot.waitUntil(lambda: widget.state.history.latest.step > paused_at, timeout=TIMEOUT_MS)
+    wait_idle(qtbot, widget)
+    assert not notifications
+    assert widget.progress_bar.value() == widget.progress_bar.maximum() == 40
+    assert set(widget.state.history.losses)  # one plot per loss term
+    assert {f"loss: {name}" for name in widget.state.history.losses} <= set(widget.loss_plots.plots)
+
+    # The timeline: 10 checkpoints; move it back, see the labels follow, pick one.
+    timeline = widget.timeline
+    qtbot.waitUntil(lambda: len(timeline.checkpoints) == 10, timeout=TIMEOUT_MS)
+    target = timeline.checkpoints[2].checkpoint_id
+    with qtbot.waitSignal(timeline.checkpoint_shown, timeout=TIMEOUT_MS) as blocker:
+        timeline.select_checkpoint(target)
+    assert blocker.args == [target]
+    assert labels.metadata["dgc_checkpoint"] == target
+    expected = timeline.review.labels(target)
+    key = str(cube_layer.unique_id)
+    np.testing.assert_array_equal(labels.data, expected[key] + LABEL_OFFSET)
+    timeline.use_current_checkpoint()
+    assert RunDirectory.open(tmp_path / "run").chosen_checkpoint == target
+    # After training, the review worker fills in every checkpoint's figures.
+    qtbot.waitUntil(lambda: len(timeline.figures) == 10, timeout=TIMEOUT_MS)
+    nmi = [timeline.figures[i.checkpoint_id].nmi_to_previous for i in timeline.checkpoints]
+    assert nmi[0] is None and all(0.0 <= value <= 1.0 + 1e-9 for value in nmi[1:])
+
+    # A fresh viewer opens the run folder: the chosen checkpoint is shown on the same cube.
+    fresh = make_napari_viewer()
+    fresh_cube = add_cube_layer(fresh, "leaf")
+    reopened = TimelineWidget(fresh)
+    fresh.window.add_dock_widget(reopened)
+    with qtbot.waitSignal(reopened.checkpoint_shown, timeout=TIMEOUT_MS) as blocker:
+        assert reopened.open_run(tmp_path / "run")
+    assert blocker.args == [target]
+    fresh_labels = fresh.layers[labels_layer_name("leaf")]
+    np.testing.assert_array_equal(fresh_labels.data, labels.data)
+    assert reopened.sources[str(fresh_cube.unique_id)].layer is fresh_cube
+    assert not notifications
+
+
+def test_stop_then_resume_continues_the_run(make_napari_viewer, qtbot, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    add_cube_layer(viewer, "leaf")
+    widget = make_panel(viewer, qtbot, tmp_path / "run", steps=400, checkpoint_every=2)
+    assert widget.start_training()
+    qtbot.waitUntil(lambda: len(widget.timeline.checkpoints) >= 2, timeout=TIMEOUT_MS)
+    widget.stop_training()
+    wait_idle(qtbot, widget)
+    run = RunDirectory.open(tmp_path / "run")
+    written = run.checkpoints()
+    assert 2 <= len(written) < 200
+    run.load_model(written[-1].checkpoint_id)  # every listed checkpoint stays usable
+    assert widget.resume_button.isEnabled() and widget.start_button.isEnabled()
+
+    # Resume continues from the latest checkpoint; shorten the run so it ends soon.
+    widget.steps_spin.setValue(written[-1].step + 4)
+    assert widget.resume_training()
+    wait_idle(qtbot, widget)
+    assert not notifications
+    steps = [info.step for info in run.checkpoints()]
+    assert steps[: len(written)] == [info.step for info in written]
+    assert steps[-1] == written[-1].step + 4
+
+
+def test_training_error_is_notified_and_panel_returns_to_idle(make_napari_viewer, qtbot, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    add_cube_layer(viewer, "small", rows=12, cols=12)
+    widget = make_panel(viewer, qtbot, tmp_path / "run", crop_size=16)
+    assert widget.start_training()
+    wait_idle(qtbot, widget)
+    assert len(notifications) == 1
+    assert "crop" in notifications[0].lower()
+    assert widget.start_button.isEnabled()
+    assert widget.progress_label.text() == "idle"
+
+
+def test_start_refuses_without_cube_and_on_existing_run(make_napari_viewer, qtbot, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    widget = make_panel(viewer, qtbot, tmp_path / "run")
+    assert not widget.start_button.isEnabled()
+    assert not widget.start_training()
+    assert notifications == ["Tick at least one cube layer to train on"]
+
+    add_cube_layer(viewer, "leaf")
+    assert widget.start_button.isEnabled()  # the new layer is listed and ticked
+    assert widget.start_training()
+    wait_idle(qtbot, widget)
+    notifications.clear()
+    assert widget.start_training()  # same folder again: the engine refuses to overwrite a run
+    wait_idle(qtbot, widget)
+    assert len(notifications) == 1 and "already" in notifications[0]
+
+
+def test_closing_napari_stops_training_cleanly(make_napari_viewer, qtbot, tmp_path, notifications):
+    viewer = make_napari_viewer()
+    add_cube_layer(viewer, "leaf")
+    widget = make_panel(viewer, qtbot, tmp_path / "run", steps=100_000, checkpoint_every=2)
+    assert widget.start_training()
+    qtbot.waitUntil(lambda: len(widget.timeline.checkpoints) >= 1, timeout=TIMEOUT_MS)
+    worker = widget.worker
+    viewer.close()
+    assert worker.done.is_set()  # closing waited for the worker to finish its clean stop
+    run = RunDirectory.open(tmp_path / "run")
+    infos = run.checkpoints()
+    assert 1 <= len(infos) < 50_000
+    run.load_model(infos[-1].checkpoint_id)
+    assert not notifications
+
+
+def test_plain_image_layer_needs_band_axis_confirmation(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    from _training_helpers import tiny_cube
+
+    cube = tiny_cube()
+    viewer.add_image(cube, name="band-last array")  # (rows, cols, bands): no wavelengths
+    widget = make_panel(viewer, qtbot, tmp_path / "run")
+    item = widget.layer_list.item(0)
+    assert "band axis" in item.text()
+    assert not widget.start_button.isEnabled()  # not ticked until the user confirms
+    widget.band_axis_combo.setCurrentIndex(widget.band_axis_combo.findData(2))
+    widget.select_layers(["band-last array"])
+    (source,) = widget.ticked_sources()
+    np.testing.assert_array_equal(source.cube, cube)
+
+
+def test_settings_round_trip_and_scientific_spin_box(make_napari_viewer):
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    config = tiny_config(learning_rate=3e-5, weight_orth=0.002, seed=11, batch_size=2)
+    widget.set_config(config)
+    assert widget.train_config().to_dict() == config.to_dict()
+    assert widget.learning_rate_spin.text() == "3e-05"
+    spin = ScientificSpinBox(1e-9, 1.0)
+    spin.setValue(1e-4)
+    spin.stepBy(1)
+    assert spin.value() == pytest.approx(2e-4)
+    assert widget.device_combo.itemText(0) == "auto"
+
+
+def test_history_eta_and_cluster_colours():
+    history = TrainingHistory()
+    assert history.eta_seconds() is None
+    history.add(ProgressEvent(1, 11, {"total": 1.0}, 3, 1e-4, 0.1))
+    time.sleep(0.05)
+    history.add(ProgressEvent(2, 11, {"total": 0.9, "late": 2.0}, 2, 1e-4, 0.2))
+    assert history.steps == [1, 2]
+    assert np.isnan(history.losses["late"][0]) and history.losses["late"][1] == 2.0
+    eta = history.eta_seconds()
+    assert eta is not None and 9 * 0.04 < eta < 9 * 5
+    for k in (2, 16, 40):
+        colors = cluster_colors(k)
+        assert len(set(colors)) == k
