@@ -1,0 +1,145 @@
+"""Unrolled Gaussian mean-shift over a square spatial window, on unit-norm embeddings.
+
+One iteration moves every pixel embedding to the Gaussian-weighted mean of the embeddings in its
+``(2r+1) x (2r+1)`` spatial neighbourhood and re-normalises it to unit length. Because the
+embeddings are unit vectors, ``||z_i - z_j||^2 = 2 - 2 z_i . z_j``, so the Gaussian weight
+``exp(-||z_i - z_j||^2 / (2 h^2))`` equals ``exp((z_i . z_j - 1) / h^2)``: the weights need one
+dot product per neighbour offset, computed between the feature map and a shifted view of the
+padded map (no ``unfold``, which would copy the map ``(2r+1)^2`` times).
+
+The iteration is a custom :class:`torch.autograd.Function` with a hand-written backward pass
+that keeps only the input embeddings, the normalised neighbour weights and the norm per pixel:
+autograd through the plain formulation would store a dozen full-size intermediates per
+neighbour offset and per iteration and spend most of a training step in the backward pass.
+
+Neighbours marked invalid (outside the *image*) get weight zero, so a tile computed with a halo
+of :attr:`DGCModel.receptive_radius` pixels and the image border marked gives exactly the
+same embeddings as the whole image.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _offsets(radius: int) -> list[tuple[int, int]]:
+    """Neighbour offsets ``(dy, dx)`` of the window, row-major; index ``len // 2`` is the centre."""
+    span = range(-radius, radius + 1)
+    return [(dy, dx) for dy in span for dx in span]
+
+
+def _shifted(padded: torch.Tensor, radius: int, dy: int, dx: int, h: int, w: int) -> torch.Tensor:
+    """View of ``padded`` (B, H+2r, W+2r, ...) whose pixel ``(y, x)`` is image pixel ``(y+dy, x+dx)``."""
+    return padded[:, radius + dy : radius + dy + h, radius + dx : radius + dx + w]
+
+
+def _neighbour_mask(valid: torch.Tensor, radius: int) -> torch.Tensor:
+    """(B, H, W, n_offsets) bool: is the neighbour at each offset inside the image."""
+    _, h, w = valid.shape
+    padded = F.pad(valid, (radius, radius, radius, radius))
+    masks = [_shifted(padded, radius, dy, dx, h, w) for dy, dx in _offsets(radius)]
+    mask = torch.stack(masks, dim=-1) > 0
+    mask[..., len(masks) // 2] = True  # a pixel always counts itself (keeps the softmax finite)
+    return mask
+
+
+class _MeanShiftStep(torch.autograd.Function):
+    """One mean-shift iteration on channels-last unit embeddings ``(B, H, W, D)``."""
+
+    @staticmethod
+    def forward(ctx, z, inv_bw_sq, neighbour_ok, radius: int):  # noqa: D102 - see class docstring
+        batch, h, w, _ = z.shape
+        offsets = _offsets(radius)
+        centre = len(offsets) // 2
+        padded = F.pad(z, (0, 0, radius, radius, radius, radius))
+        dots = torch.empty(batch, h, w, len(offsets), dtype=z.dtype, device=z.device)
+        for index, (dy, dx) in enumerate(offsets):
+            if index == centre:
+                dots[..., index] = 1.0  # z . z of a unit vector
+            else:
+                dots[..., index] = torch.linalg.vecdot(z, _shifted(padded, radius, dy, dx, h, w))
+        logits = (dots - 1.0) * inv_bw_sq
+        if neighbour_ok is not None:
+            logits = logits.masked_fill(~neighbour_ok, float("-inf"))
+        weights = torch.softmax(logits, dim=-1)
+        shifted_mean = torch.zeros_like(z)
+        for index, (dy, dx) in enumerate(offsets):
+            shifted_mean.addcmul_(weights[..., index : index + 1], _shifted(padded, radius, dy, dx, h, w))
+        norm = shifted_mean.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        out = shifted_mean / norm
+        ctx.radius = radius
+        ctx.save_for_backward(z, out, norm, weights, dots, inv_bw_sq)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: D102 - gradient of the forward above
+        z, out, norm, weights, dots, inv_bw_sq = ctx.saved_tensors
+        radius = ctx.radius
+        batch, h, w, _ = z.shape
+        offsets = _offsets(radius)
+        centre = len(offsets) // 2
+        padded = F.pad(z, (0, 0, radius, radius, radius, radius))
+        # d out / d shifted_mean: projection onto the tangent plane, scaled by 1 / norm.
+        grad_mean = (grad_out - out * torch.linalg.vecdot(out, grad_out).unsqueeze(-1)) / norm
+        grad_padded = torch.zeros_like(padded)
+        grad_weights = torch.empty_like(weights)
+        for index, (dy, dx) in enumerate(offsets):
+            neighbour = _shifted(padded, radius, dy, dx, h, w)
+            grad_weights[..., index] = torch.linalg.vecdot(grad_mean, neighbour)
+            _shifted(grad_padded, radius, dy, dx, h, w).addcmul_(weights[..., index : index + 1], grad_mean)
+        # softmax backward; masked neighbours have weight 0 and so get no gradient.
+        grad_logits = weights * (grad_weights - (weights * grad_weights).sum(-1, keepdim=True))
+        grad_inv_bw_sq = (grad_logits * (dots - 1.0)).sum().reshape(inv_bw_sq.shape)
+        grad_dots = grad_logits * inv_bw_sq
+        grad_z = torch.zeros_like(z)
+        for index, (dy, dx) in enumerate(offsets):
+            if index == centre:
+                continue
+            g = grad_dots[..., index : index + 1]
+            neighbour = _shifted(padded, radius, dy, dx, h, w)
+            grad_z.addcmul_(g, neighbour)
+            _shifted(grad_padded, radius, dy, dx, h, w).addcmul_(g, z)
+        grad_z += grad_padded[:, radius : radius + h, radius : radius + w]
+        return grad_z, grad_inv_bw_sq, None, None
+
+
+def mean_shift(
+    z: torch.Tensor,
+    bandwidth: torch.Tensor,
+    iterations: int,
+    radius: int,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Run ``iterations`` Gaussian mean-shift steps over a spatial window.
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        ``(B, D, H, W)`` unit-norm embeddings.
+    bandwidth : torch.Tensor
+        Scalar Gaussian bandwidth ``h`` (> 0), differentiable.
+    iterations : int
+        Number of unrolled iterations.
+    radius : int
+        Window radius ``r``; the window is ``(2r+1) x (2r+1)`` pixels.
+    valid : torch.Tensor, optional
+        ``(B, H, W)`` or ``(B, 1, H, W)`` mask of pixels inside the image; neighbours outside it
+        are ignored. ``None``: every pixel of ``z`` is inside the image.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, D, H, W)`` unit-norm embeddings after the iterations.
+    """
+    if iterations == 0:
+        return z
+    if valid is None:
+        valid = torch.ones(z.shape[0], z.shape[2], z.shape[3], dtype=z.dtype, device=z.device)
+    # Neighbours outside the image (zero padding or marked invalid) never count.
+    neighbour_ok = _neighbour_mask(valid.reshape(z.shape[0], z.shape[2], z.shape[3]).to(z.dtype), radius)
+    inv_bw_sq = 1.0 / (bandwidth * bandwidth)
+    channels_last = z.permute(0, 2, 3, 1).contiguous()
+    for _ in range(iterations):
+        channels_last = _MeanShiftStep.apply(channels_last, inv_bw_sq, neighbour_ok, radius)
+    return channels_last.permute(0, 3, 1, 2)

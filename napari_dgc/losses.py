@@ -1,0 +1,104 @@
+"""The DGC loss terms and the balanced pseudo-labels of the uniform-assignment term.
+
+All functions take flat per-pixel tensors: embeddings ``z`` ``(N, D)`` (unit norm),
+probabilities ``p`` ``(N, K)`` and their logarithms ``log_p`` ``(N, K)`` (from ``log_softmax``,
+so no ``log(0)``), and the centroids ``(K, D)`` (unit norm).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def compactness_loss(z: torch.Tensor, p: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Mean over pixels of ``sum_k p_ik (1 - cos(z_i, c_k))``."""
+    return (p * (1.0 - z @ centroids.T)).sum(dim=1).mean()
+
+
+def orthogonality_loss(centroids: torch.Tensor) -> torch.Tensor:
+    """``sum_{i != j} (c_i . c_j)^2`` over the unit-norm centroids."""
+    gram = centroids @ centroids.T
+    off_diagonal = gram - torch.diag_embed(torch.diagonal(gram))
+    return (off_diagonal**2).sum()
+
+
+def marginal_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of the mean cluster usage ``mean_i p_i``."""
+    usage = p.mean(dim=0)
+    return -(usage * torch.log(usage.clamp_min(1e-12))).sum()
+
+
+def balance_loss(p: torch.Tensor, sign: str = "paper") -> torch.Tensor:
+    """Balance term on the marginal cluster usage.
+
+    Parameters
+    ----------
+    p : torch.Tensor
+        ``(N, K)`` probabilities.
+    sign : {"paper", "reference"}
+        ``"paper"``: ``-H`` (minimising it maximises the entropy of cluster usage, the papers'
+        stated intent). ``"reference"``: ``+H``, as the reference implementation adds it, which
+        rewards collapse; kept only to measure the difference.
+    """
+    entropy = marginal_entropy(p)
+    if sign == "paper":
+        return -entropy
+    if sign == "reference":
+        return entropy
+    raise ValueError(f"unknown balance sign {sign!r}")
+
+
+@torch.no_grad()
+def balanced_pseudo_labels(scores: torch.Tensor) -> torch.Tensor:
+    """Hard pseudo-labels that give every cluster exactly ``N // K`` pixels (+1 for the first
+    ``N % K``), chosen greedily to agree with ``scores`` as far as the quota allows.
+
+    Clusters are filled one at a time, least used first: each takes the still unassigned pixels
+    with the largest margin of its score over the best score among the clusters not yet
+    filled; the last cluster takes the rest. For ``K = 2`` this is the optimal balanced split.
+
+    Parameters
+    ----------
+    scores : torch.Tensor
+        ``(N, K)`` preference of each pixel for each cluster (e.g. log-probabilities).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N,)`` int64 labels.
+    """
+    n_pixels, n_clusters = scores.shape
+    quota = torch.full((n_clusters,), n_pixels // n_clusters, dtype=torch.long)
+    quota[: n_pixels % n_clusters] += 1
+    labels = torch.full((n_pixels,), -1, dtype=torch.long, device=scores.device)
+    free = torch.ones(n_pixels, dtype=torch.bool, device=scores.device)
+    order = torch.argsort(scores.softmax(dim=1).sum(dim=0)).tolist()
+    remaining = list(order)
+    for cluster in order[:-1]:
+        remaining.remove(cluster)
+        free_index = torch.nonzero(free).squeeze(1)
+        free_scores = scores[free_index]
+        margin = free_scores[:, cluster] - free_scores[:, remaining].max(dim=1).values
+        take = free_index[torch.topk(margin, int(quota[cluster])).indices]
+        labels[take] = cluster
+        free[take] = False
+    labels[free] = order[-1]
+    return labels
+
+
+def uniform_assignment_loss(log_p: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the predictions against balanced pseudo-labels (exactly N/K each)."""
+    return F.nll_loss(log_p, balanced_pseudo_labels(log_p.detach()))
+
+
+def consistency_loss(log_p_a: torch.Tensor, log_p_b: torch.Tensor) -> torch.Tensor:
+    """Symmetric KL divergence ``(KL(a||b) + KL(b||a)) / 2`` averaged over matched pixels.
+
+    Row ``i`` of both inputs must show the *same scene location* in the two crops. Returns 0
+    when there are no matched pixels.
+    """
+    if log_p_a.shape[0] == 0:
+        return log_p_a.sum() * 0.0
+    difference = log_p_a - log_p_b
+    return 0.5 * ((log_p_a.exp() - log_p_b.exp()) * difference).sum(dim=1).mean()

@@ -1,0 +1,314 @@
+"""The DGC model: per-pixel spectral encoder, spatial convolutions, unrolled mean-shift, centroids.
+
+Pipeline of :meth:`DGCModel.embed` for a raw cube tensor ``(B, bands, H, W)``:
+
+1. :meth:`~DGCModel.normalize` — dataset-level normalisation held in buffers (optionally a
+   per-pixel brightness division first, then a per-band offset / scale);
+2. :meth:`~DGCModel.spectral` — every pixel's spectrum on its own, as a ``(pixels, 1, bands)``
+   sequence: an optional fixed box-filter resampling of the band axis to ``spectral_bands``
+   bins, three 1D convolutions (kernel 9) *along the band axis* with ReLU, mean over the band
+   positions -> ``embed_dim`` features. No pixel is mixed with another here;
+3. :meth:`~DGCModel.spatial` — two 2D ``3x3`` convolutions, L2 normalisation, then
+   ``meanshift_iters`` Gaussian mean-shift iterations over ``meanshift_window`` neighbourhoods
+   with a learned (softplus) bandwidth.
+
+:meth:`~DGCModel.assign` gives ``softmax(cos(z, c_k) / temperature)`` over the ``K`` unit-norm
+centroids; the hard label is the nearest centroid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_dgc._meanshift import mean_shift
+from napari_dgc.errors import ConfigError
+
+#: The most clusters a model may have: far more than a person can name and merge by hand, and
+#: more than unit vectors in the default 32-d space keep apart.
+MAX_CLUSTERS = 64
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a :class:`DGCModel`; defaults are the papers' values except where noted.
+
+    Attributes
+    ----------
+    n_clusters : int
+        Number of centroids ``K`` (2 .. 64).
+    embed_dim : int
+        Embedding size ``D``.
+    spectral_kernel, spectral_layers : int
+        Kernel size and count of the 1D convolutions along the band axis.
+    spatial_kernel, spatial_layers : int
+        Kernel size (odd) and count of the 2D convolutions.
+    meanshift_iters, meanshift_window : int
+        Unrolled mean-shift iterations and window size (odd, pixels).
+    bandwidth_init : float
+        Initial mean-shift bandwidth ``h``.
+    temperature : float
+        Softmax temperature of the soft assignment.
+    spectral_bands : int or None
+        Fixed resampling of the band axis to this many bins (box filter) before the 1D
+        convolutions; ``None`` or a value >= the band count keeps every band. Not in the paper:
+        it bounds the spectral stage's cost independently of the camera (see docs/training.md).
+    spectral_channels : int
+        Channels of the hidden 1D convolutions (the paper uses 32; 16 by default for speed).
+    spectral_stride : int
+        Stride of each 1D convolution along the band axis.
+    brightness_norm : bool
+        Divide each pixel by its mean over the bands before the per-band normalisation, which
+        removes illumination gain differences between captures.
+    embedding_relu : bool
+        Apply ReLU after the last spatial convolution too (the paper's "ReLU everywhere"); off
+        by default so embeddings may use the whole unit sphere, not only its positive orthant.
+    """
+
+    n_clusters: int = 4
+    embed_dim: int = 32
+    spectral_kernel: int = 9
+    spectral_layers: int = 3
+    spatial_kernel: int = 3
+    spatial_layers: int = 2
+    meanshift_iters: int = 5
+    meanshift_window: int = 5
+    bandwidth_init: float = 1.0
+    temperature: float = 0.05
+    spectral_bands: int | None = 64
+    spectral_channels: int = 16
+    spectral_stride: int = 2
+    brightness_norm: bool = False
+    embedding_relu: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`~napari_dgc.errors.ConfigError` if a value is out of its valid range."""
+        if not 2 <= self.n_clusters <= MAX_CLUSTERS:
+            raise ConfigError(
+                f"n_clusters must be between 2 and {MAX_CLUSTERS}, got {self.n_clusters}"
+            )
+        positive = ("embed_dim", "spectral_kernel", "spectral_layers", "spatial_kernel",
+                    "spatial_layers", "meanshift_window", "spectral_channels", "spectral_stride")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("spatial_kernel", "meanshift_window"):
+            if getattr(self, name) % 2 == 0:
+                raise ConfigError(f"{name} must be odd, got {getattr(self, name)}")
+        if self.meanshift_iters < 0:
+            raise ConfigError(f"meanshift_iters must be >= 0, got {self.meanshift_iters}")
+        if self.bandwidth_init <= 0 or self.temperature <= 0:
+            raise ConfigError("bandwidth_init and temperature must be positive")
+        if self.spectral_bands is not None and self.spectral_bands < 1:
+            raise ConfigError(f"spectral_bands must be at least 1, got {self.spectral_bands}")
+
+    def to_dict(self) -> dict:
+        """Return the configuration as a JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelConfig":
+        """Build a configuration from :meth:`to_dict` output; unknown keys raise ConfigError."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown model settings: {', '.join(sorted(unknown))}")
+        return cls(**data)
+
+
+def box_resampling_matrix(n_bands: int, n_bins: int) -> torch.Tensor:
+    """Return the ``(n_bands, n_bins)`` matrix that averages bands into equal-width bins.
+
+    Each bin covers ``n_bands / n_bins`` bands; a band straddling two bins contributes to both in
+    proportion to its overlap. Columns sum to one (a bin is a weighted mean of bands).
+    """
+    width = n_bands / n_bins
+    band_lo = torch.arange(n_bands, dtype=torch.float64)
+    bin_lo = torch.arange(n_bins, dtype=torch.float64) * width
+    overlap = (torch.minimum(band_lo[:, None] + 1, bin_lo[None, :] + width)
+               - torch.maximum(band_lo[:, None], bin_lo[None, :])).clamp_min(0)
+    return (overlap / width).float()
+
+
+class DGCModel(nn.Module):
+    """Deep Global Clustering network for cubes of ``n_bands`` bands.
+
+    Parameters
+    ----------
+    n_bands : int
+        Number of spectral bands of every cube the model sees.
+    config : ModelConfig, optional
+        Architecture; paper defaults when omitted.
+    """
+
+    def __init__(self, n_bands: int, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        config = ModelConfig() if config is None else config
+        config.validate()
+        if n_bands < 1:
+            raise ConfigError(f"a model needs at least one band, got {n_bands}")
+        self.n_bands = int(n_bands)
+        self.config = config
+
+        # Dataset-level normalisation, filled by training (napari_dgc.normalization).
+        self.register_buffer("band_offset", torch.zeros(n_bands))
+        self.register_buffer("band_scale", torch.ones(n_bands))
+        self.register_buffer("brightness_floor", torch.tensor(1e-6))
+
+        resample = config.spectral_bands is not None and config.spectral_bands < n_bands
+        self.spectral_length = config.spectral_bands if resample else n_bands
+        self.register_buffer(
+            "resampling",
+            box_resampling_matrix(n_bands, config.spectral_bands) if resample else None,
+            persistent=False,
+        )
+        layers: list[nn.Module] = []
+        channels_in = 1
+        for index in range(config.spectral_layers):
+            last = index == config.spectral_layers - 1
+            channels_out = config.embed_dim if last else config.spectral_channels
+            layers += [
+                nn.Conv1d(channels_in, channels_out, config.spectral_kernel,
+                          stride=config.spectral_stride, padding=config.spectral_kernel // 2),
+                nn.ReLU(inplace=True),
+            ]
+            channels_in = channels_out
+        self.spectral_convs = nn.Sequential(*layers)
+
+        self.spatial_convs = nn.ModuleList(
+            nn.Conv2d(config.embed_dim, config.embed_dim, config.spatial_kernel,
+                      padding=config.spatial_kernel // 2)
+            for _ in range(config.spatial_layers)
+        )
+        self.bandwidth_raw = nn.Parameter(
+            torch.tensor(math.log(math.expm1(config.bandwidth_init)))  # softplus^-1
+        )
+        centroids = F.normalize(torch.randn(config.n_clusters, config.embed_dim), dim=1)
+        self.register_buffer("centroids", centroids)
+
+    # -- properties ----------------------------------------------------------------------
+    @property
+    def n_clusters(self) -> int:
+        """Number of centroids ``K``."""
+        return self.config.n_clusters
+
+    @property
+    def bandwidth(self) -> torch.Tensor:
+        """Mean-shift bandwidth ``h = softplus(raw)``."""
+        return F.softplus(self.bandwidth_raw)
+
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels of context each output pixel depends on (halo a tile needs to be exact)."""
+        cfg = self.config
+        return cfg.spatial_layers * (cfg.spatial_kernel // 2) + cfg.meanshift_iters * (
+            cfg.meanshift_window // 2
+        )
+
+    # -- normalisation -------------------------------------------------------------------
+    def set_normalization(self, offset, scale, brightness_floor: float | None = None) -> None:
+        """Store dataset-level normalisation statistics (per band) in the model's buffers."""
+        offset = torch.as_tensor(offset, dtype=torch.float32).reshape(-1)
+        scale = torch.as_tensor(scale, dtype=torch.float32).reshape(-1)
+        if offset.numel() != self.n_bands or scale.numel() != self.n_bands:
+            raise ConfigError(
+                f"normalisation statistics have {offset.numel()} bands, the model {self.n_bands}"
+            )
+        with torch.no_grad():
+            self.band_offset.copy_(offset)
+            self.band_scale.copy_(scale)
+            if brightness_floor is not None:
+                self.brightness_floor.fill_(float(brightness_floor))
+
+    def normalize_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Normalise raw spectra ``(..., bands)`` with the dataset-level statistics."""
+        if self.config.brightness_norm:
+            brightness = pixels.mean(dim=-1, keepdim=True).abs().clamp_min(self.brightness_floor)
+            pixels = pixels / brightness
+        return (pixels - self.band_offset) / self.band_scale
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalise a raw tensor ``(B, bands, H, W)``; returns the same shape."""
+        self._check_bands(x)
+        return self.normalize_pixels(x.movedim(1, -1)).movedim(-1, 1)
+
+    # -- stages --------------------------------------------------------------------------
+    def spectral(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Per-pixel spectral stage: normalised spectra ``(P, bands)`` -> features ``(P, D)``.
+
+        Every spectrum is a separate 1-channel sequence along the band axis, so no pixel is
+        mixed with another.
+        """
+        if self.resampling is not None:
+            pixels = pixels @ self.resampling
+        features = self.spectral_convs(pixels.unsqueeze(1))
+        return features.mean(dim=-1)
+
+    def spatial(self, features: torch.Tensor, valid_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Spatial stage: features ``(B, D, H, W)`` -> unit-norm embeddings after mean-shift.
+
+        Parameters
+        ----------
+        features : torch.Tensor
+            Output of :meth:`spectral` arranged as an image.
+        valid_mask : torch.Tensor, optional
+            ``(B, H, W)`` or ``(B, 1, H, W)`` bool: pixels inside the image. Pixels outside are
+            treated exactly like the zero padding at the border of a whole image (convolutions)
+            and are never a mean-shift neighbour, so a tile with a halo of
+            :attr:`receptive_radius` reproduces the whole-image result.
+        """
+        mask = None
+        if valid_mask is not None:
+            mask = valid_mask.reshape(features.shape[0], 1, *features.shape[2:]).bool()
+        last = len(self.spatial_convs) - 1
+        for index, conv in enumerate(self.spatial_convs):
+            if mask is not None:
+                features = torch.where(mask, features, 0.0)
+            features = conv(features)
+            if index < last or self.config.embedding_relu:
+                features = F.relu(features)
+        z = F.normalize(features, dim=1)
+        radius = self.config.meanshift_window // 2
+        return mean_shift(z, self.bandwidth, self.config.meanshift_iters, radius, mask)
+
+    def embed(self, x: torch.Tensor, valid_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw cube tensor ``(B, bands, H, W)`` -> unit-norm embeddings ``(B, D, H, W)``."""
+        self._check_bands(x)
+        batch, _, height, width = x.shape
+        pixels = self.normalize_pixels(x.permute(0, 2, 3, 1).reshape(-1, self.n_bands))
+        if valid_mask is not None:
+            # Values outside the image are ignored; keep NaN padding from reaching the convs.
+            flat_mask = valid_mask.reshape(-1, 1).bool()
+            pixels = torch.where(flat_mask, pixels, 0.0)
+        features = self.spectral(pixels)
+        features = features.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
+        return self.spatial(features, valid_mask)
+
+    def assign(self, z: torch.Tensor) -> torch.Tensor:
+        """Soft assignment ``(B, D, H, W)`` -> probabilities ``(B, K, H, W)``."""
+        cosine = torch.einsum("bdhw,kd->bkhw", z, self.centroids)
+        return torch.softmax(cosine / self.config.temperature, dim=1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(embeddings, probabilities)`` for a raw tensor ``(B, bands, H, W)``."""
+        z = self.embed(x)
+        return z, self.assign(z)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, valid_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Hard labels ``(B, H, W)`` int64: index of the nearest centroid of each pixel."""
+        z = self.embed(x, valid_mask)
+        return torch.einsum("bdhw,kd->bkhw", z, self.centroids).argmax(dim=1)
+
+    def _check_bands(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.n_bands:
+            raise ConfigError(
+                f"expected a (batch, {self.n_bands}, rows, cols) tensor, got {tuple(x.shape)}"
+            )
