@@ -538,12 +538,12 @@ def _belt_abundance(
     )
     texture += ndimage.gaussian_filter(speck_map, 0.7)
     # Leaves lie a little above the belt: their shadow is the leaf shifted away from the lamp.
-    offset = max(1.0, 0.02 * size) * rng.uniform(0.6, 1.4)
+    offset = max(1.0, 0.03 * size) * rng.uniform(0.7, 1.3)
     shadow = ndimage.shift(
         leaf_cover, (offset * math.sin(light_angle), offset * math.cos(light_angle)), order=1, mode="constant"
     )
     shadow = ndimage.gaussian_filter(shadow, max(0.8, 0.01 * size))
-    depth = rng.uniform(0.4, 0.6)
+    depth = rng.uniform(0.45, 0.65)
     return (1.0 - leaf_cover) * texture * (1.0 - depth * np.clip(shadow, 0.0, 1.0))
 
 
