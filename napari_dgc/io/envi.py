@@ -107,6 +107,7 @@ def open_envi(path: Path) -> Cube:
     """
     if path.suffix.lower() == ".hdr":
         header_path = path
+        header = read_header(header_path)
         data_path, tried = find_data_file(header_path)
         if data_path is None:
             names = ", ".join(p.name for p in tried[:8])
@@ -116,7 +117,7 @@ def open_envi(path: Path) -> Cube:
         header_path = find_header(path)
         if header_path is None:
             raise UnsupportedFormatError(f"{path}: no ENVI header (.hdr) next to this file")
-    header = read_header(header_path)
+        header = read_header(header_path)
 
     samples = _integer_field(header, "samples", header_path)
     lines = _integer_field(header, "lines", header_path)
