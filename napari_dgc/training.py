@@ -1,0 +1,475 @@
+"""Training as a generator of typed events, shared by the CLI and the napari widget.
+
+``for event in train(cubes, config, run_dir): ...`` yields one :class:`ProgressEvent` per
+optimiser step, a :class:`CheckpointEvent` after each checkpoint is fully written and a
+:class:`FinishedEvent` at the end. Pausing is not pulling the next event; stopping is closing
+the generator (the run folder then lists only complete checkpoints); ``resume=True`` continues
+from the latest checkpoint and ends with exactly the weights of an uninterrupted run.
+
+One step (see docs/training.md):
+
+1. draw ``batch_size`` overlapping crop pairs (:class:`~napari_dgc.sampling.PairStream`);
+2. normalise and run the per-pixel spectral stage once per *unique* scene pixel of each pair,
+   gather both crops from it, run the spatial stage and mean-shift on the ``2 x batch`` crops;
+3. loss = compactness + orthogonality + balance (-H of cluster usage) + uniform assignment
+   (cross-entropy against exactly-balanced pseudo-labels) + consistency (symmetric KL between
+   the two crops at pixels that show the same scene location); AdamW step, gradient clipping;
+4. EMA of the centroids toward the probability-weighted mean embeddings of the step (the
+   embeddings of step 2, detached), a random kick for clusters whose share of the step's
+   probability mass is below ``dead_threshold``, re-normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_dgc import losses
+from napari_dgc.errors import ConfigError
+from napari_dgc.model import DGCModel, ModelConfig
+from napari_dgc.normalization import compute_band_statistics
+from napari_dgc.sampling import CropPair, PairStream, open_sources
+
+SCHEDULES = ("constant", "linear", "cosine")
+LOSS_TERMS = ("total", "compact", "orth", "balance", "uniform", "consistency")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; defaults follow the papers' reference values except where noted.
+
+    Attributes beyond the architecture contract
+    -------------------------------------------
+    balance_sign : {"paper", "reference"}
+        ``"paper"`` minimises -H of cluster usage (maximises entropy); ``"reference"`` adds +H as
+        the reference implementation does (rewards collapse; for comparison only).
+    uniform_schedule, kick_schedule : {"constant", "linear", "cosine"}
+        Decay of the uniform-assignment weight / kick size from its value to
+        ``*_final_fraction`` of it at the last step.
+    dead_threshold : float
+        A cluster whose share of a step's probability mass is below this fraction is "dead"
+        and kicked; also the share of hard labels a cluster needs to count as active.
+    max_spectral_shift : int
+        Largest random band shift of the augmentation.
+    normalization_pixels : int
+        Pixel budget of the dataset-level normalisation statistics.
+    ema_second_pass : bool
+        Feed the EMA from a second, no-grad forward pass after the optimiser step (as the
+        reference does) instead of the step's own detached embeddings.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    steps: int = 2000
+    checkpoint_every: int = 100
+    crop_size: int = 64
+    batch_size: int = 4
+    overlap_min: float = 0.2
+    overlap_max: float = 0.8
+    pairs_per_cube: int = 10
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    weight_compact: float = 1.0
+    weight_orth: float = 0.001
+    weight_balance: float = 2.0
+    weight_uniform: float = 2.0
+    weight_consistency: float = 1.0
+    ema_decay: float = 0.99
+    dead_threshold: float = 0.01
+    kick: float = 0.05
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    balance_sign: str = "paper"
+    uniform_schedule: str = "constant"
+    uniform_final_fraction: float = 0.1
+    kick_schedule: str = "constant"
+    kick_final_fraction: float = 0.1
+    max_spectral_shift: int = 2
+    normalization_pixels: int = 50_000
+    ema_second_pass: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`~napari_dgc.errors.ConfigError` naming the first invalid setting."""
+        self.model.validate()
+        at_least_one = ("steps", "checkpoint_every", "batch_size", "pairs_per_cube")
+        for name in at_least_one:
+            if int(getattr(self, name)) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        minimum_crop = 2 * (self.model.meanshift_window // 2) + 1
+        if self.crop_size < max(8, minimum_crop):
+            raise ConfigError(f"crop_size must be at least 8 pixels, got {self.crop_size}")
+        if not 0.0 < self.overlap_min <= self.overlap_max < 1.0:
+            raise ConfigError(
+                "overlap fractions need 0 < overlap_min <= overlap_max < 1, got "
+                f"{self.overlap_min} .. {self.overlap_max}"
+            )
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        for name in ("weight_decay", "grad_clip", "weight_compact", "weight_orth", "weight_balance",
+                     "weight_uniform", "weight_consistency", "kick", "dead_threshold",
+                     "max_spectral_shift"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.dead_threshold >= 1.0 / self.model.n_clusters:
+            raise ConfigError(
+                f"dead_threshold {self.dead_threshold} must be below 1/K = "
+                f"{1.0 / self.model.n_clusters:.3g} (a perfectly balanced cluster would be dead)"
+            )
+        if self.model.n_clusters > self.crop_size * self.crop_size:
+            raise ConfigError(
+                f"{self.model.n_clusters} clusters cannot be balanced over "
+                f"{self.crop_size}x{self.crop_size}-pixel crops"
+            )
+        if self.balance_sign not in ("paper", "reference"):
+            raise ConfigError(f"balance_sign must be 'paper' or 'reference', got {self.balance_sign!r}")
+        for name in ("uniform_schedule", "kick_schedule"):
+            if getattr(self, name) not in SCHEDULES:
+                raise ConfigError(f"{name} must be one of {', '.join(SCHEDULES)}")
+        for name in ("uniform_final_fraction", "kick_final_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.normalization_pixels < 100:
+            raise ConfigError("normalization_pixels must be at least 100")
+        if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
+            raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+    def to_dict(self) -> dict:
+        """Return the settings as a JSON-serialisable dict (the model settings nested)."""
+        data = asdict(self)
+        data["model"] = self.model.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        """Build settings from :meth:`to_dict` output; missing keys take their defaults."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        values = dict(data)
+        if "model" in values and not isinstance(values["model"], ModelConfig):
+            values["model"] = ModelConfig.from_dict(values["model"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One optimiser step done.
+
+    ``losses`` holds the weighted terms ``compact``, ``orth``, ``balance``, ``uniform``,
+    ``consistency`` and their sum ``total``; ``elapsed_s`` counts training time only (not the
+    time the consumer paused), including earlier sessions of a resumed run.
+    """
+
+    step: int
+    total_steps: int
+    losses: dict[str, float]
+    active_clusters: int
+    learning_rate: float
+    elapsed_s: float
+
+
+@dataclass(frozen=True)
+class CheckpointEvent:
+    """A checkpoint was fully written and listed in ``run.json``."""
+
+    step: int
+    checkpoint_id: str
+    run_dir: Path
+
+
+@dataclass(frozen=True)
+class FinishedEvent:
+    """Training reached ``total_steps``."""
+
+    step: int
+    run_dir: Path
+
+
+def schedule_value(start: float, kind: str, final_fraction: float, step: int, total: int) -> float:
+    """Value of a decaying schedule at ``step`` (0-based) of ``total`` steps."""
+    if kind == "constant" or total <= 1:
+        return start
+    progress = min(max(step / (total - 1), 0.0), 1.0)
+    if kind == "linear":
+        factor = 1.0 - (1.0 - final_fraction) * progress
+    elif kind == "cosine":
+        factor = final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        raise ConfigError(f"unknown schedule {kind!r}")
+    return start * factor
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; an unavailable device raises ConfigError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} was asked for but this PyTorch has no usable CUDA")
+    try:
+        return torch.device(name)
+    except RuntimeError as error:
+        raise ConfigError(f"unknown device {name!r}") from error
+
+
+@dataclass
+class StepResult:
+    """What one optimiser step reports (losses weighted, floats)."""
+
+    losses: dict[str, float]
+    active_clusters: int
+    usage: np.ndarray  # hard-label share of each cluster in the step
+
+
+class Trainer:
+    """One model, its optimiser and the pair stream; :meth:`step` performs one training step.
+
+    :func:`train` wraps it with run-folder bookkeeping; benchmarks and tuning scripts use it
+    directly.
+    """
+
+    def __init__(self, model: DGCModel, stream: PairStream, config: TrainConfig,
+                 device: torch.device) -> None:
+        self.model = model.to(device)
+        self.stream = stream
+        self.config = config
+        self.device = device
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        self.kick_rng = np.random.default_rng([config.seed, 4])
+        self.step_count = 0
+
+    # -- state -----------------------------------------------------------------------------
+    def training_state(self) -> dict:
+        """JSON-serialisable state besides the model and optimiser (for checkpoints)."""
+        return {
+            "step": self.step_count,
+            "sampler": self.stream.state_dict(),
+            "kick_rng": self.kick_rng.bit_generator.state,
+        }
+
+    def load_training_state(self, state: dict) -> None:
+        """Restore :meth:`training_state` output."""
+        self.step_count = int(state["step"])
+        self.stream.load_state_dict(state["sampler"])
+        self.kick_rng.bit_generator.state = state["kick_rng"]
+
+    # -- one step --------------------------------------------------------------------------
+    def _crop_features(self, pairs: list[CropPair]) -> torch.Tensor:
+        """Spectral stage once per unique pixel of each pair, gathered into ``2B`` crops."""
+        model = self.model
+        size = self.config.crop_size
+        pixel_blocks, index_blocks, offset = [], [], 0
+        for pair in pairs:
+            pixels = model.normalize_pixels(torch.from_numpy(pair.pixels).to(self.device))
+            if pair.spectral_shift:
+                bands = torch.arange(model.n_bands, device=self.device) + pair.spectral_shift
+                pixels = pixels[:, bands.clamp(0, model.n_bands - 1)]
+            pixel_blocks.append(pixels)
+            index_blocks += [pair.index_a + offset, pair.index_b + offset]
+            offset += pair.pixels.shape[0]
+        features = model.spectral(torch.cat(pixel_blocks))
+        index = torch.from_numpy(np.stack(index_blocks)).to(self.device).reshape(-1)
+        crops = features[index].reshape(2 * len(pairs), size, size, -1)
+        return crops.permute(0, 3, 1, 2)
+
+    def _forward(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.model.spatial(self._crop_features(pairs))
+        logits = torch.einsum("bdhw,kd->bhwk", z, self.model.centroids) / self.model.config.temperature
+        z_flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        return z_flat, torch.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=1)
+
+    def _matched_rows(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor]:
+        crop_pixels = self.config.crop_size**2
+        rows_a = [pair.match_a + (2 * j) * crop_pixels for j, pair in enumerate(pairs)]
+        rows_b = [pair.match_b + (2 * j + 1) * crop_pixels for j, pair in enumerate(pairs)]
+        return (torch.from_numpy(np.concatenate(rows_a)).to(self.device),
+                torch.from_numpy(np.concatenate(rows_b)).to(self.device))
+
+    def step(self) -> StepResult:
+        """Draw a batch of pairs, take one optimiser step and update the centroids."""
+        config, model = self.config, self.model
+        pairs = [self.stream.next_pair() for _ in range(config.batch_size)]
+        model.train()
+        z, log_p = self._forward(pairs)
+        p = log_p.exp()
+        centroids = model.centroids
+        rows_a, rows_b = self._matched_rows(pairs)
+        uniform_weight = schedule_value(config.weight_uniform, config.uniform_schedule,
+                                        config.uniform_final_fraction, self.step_count, config.steps)
+        terms = {
+            "compact": config.weight_compact * losses.compactness_loss(z, p, centroids),
+            "orth": config.weight_orth * losses.orthogonality_loss(centroids),
+            "balance": config.weight_balance * losses.balance_loss(p, config.balance_sign),
+            "uniform": uniform_weight * losses.uniform_assignment_loss(log_p),
+            "consistency": config.weight_consistency
+            * losses.consistency_loss(log_p[rows_a], log_p[rows_b]),
+        }
+        total = sum(terms.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        self.optimizer.step()
+
+        with torch.no_grad():
+            if config.ema_second_pass:
+                z, log_p = self._forward(pairs)
+                p = log_p.exp()
+            z, p = z.detach(), p.detach()
+            self._update_centroids(z, p)
+            usage = torch.bincount(p.argmax(dim=1), minlength=model.n_clusters).double() / p.shape[0]
+        self.step_count += 1
+        reported = {name: float(value.detach()) for name, value in terms.items()}
+        reported["total"] = float(total.detach())
+        usage_np = usage.cpu().numpy()
+        return StepResult(reported, int((usage_np >= max(config.dead_threshold, 1e-9)).sum()), usage_np)
+
+    def _update_centroids(self, z: torch.Tensor, p: torch.Tensor) -> None:
+        """EMA toward the probability-weighted mean embeddings; kick clusters with too little mass."""
+        config, centroids = self.config, self.model.centroids
+        mass = p.sum(dim=0)
+        means = F.normalize(p.T @ z, dim=1)
+        has_mass = (mass > 0).unsqueeze(1)
+        updated = torch.where(has_mass, config.ema_decay * centroids + (1 - config.ema_decay) * means,
+                              centroids)
+        dead = (mass / p.shape[0]) < config.dead_threshold
+        if bool(dead.any()):
+            kick = schedule_value(config.kick, config.kick_schedule, config.kick_final_fraction,
+                                  self.step_count, config.steps)
+            noise = torch.from_numpy(self.kick_rng.standard_normal(tuple(centroids.shape))).to(centroids)
+            updated = torch.where(dead.unsqueeze(1), updated + kick * noise, updated)
+        centroids.copy_(F.normalize(updated, dim=1))
+
+
+def _describe_sources(cubes: Sequence) -> tuple[list[str], np.ndarray | None]:
+    names, wavelengths = [], None
+    for cube in cubes:
+        if isinstance(cube, (str, Path)):
+            names.append(str(cube))
+        elif hasattr(cube, "path"):
+            names.append(str(cube.path))
+        if wavelengths is None and getattr(cube, "wavelengths", None) is not None:
+            wavelengths = np.asarray(cube.wavelengths, dtype=np.float64)
+    return names, wavelengths
+
+
+def _window_stats(results: list[StepResult]) -> dict:
+    """Checkpoint statistics: mean losses, active clusters and usage since the last checkpoint."""
+    usage = np.mean([result.usage for result in results], axis=0)
+    nonzero = usage[usage > 0]
+    return {
+        "losses": {term: float(np.mean([r.losses[term] for r in results])) for term in LOSS_TERMS},
+        "active_clusters": results[-1].active_clusters,
+        "mean_active_clusters": float(np.mean([r.active_clusters for r in results])),
+        "usage": usage.tolist(),
+        "usage_entropy": float(-(nonzero * np.log(nonzero)).sum()),
+        "steps_averaged": len(results),
+    }
+
+
+def train(
+    cubes: Sequence,
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+) -> Iterator[ProgressEvent | CheckpointEvent | FinishedEvent]:
+    """Train a DGC model, yielding events; checkpoints go to ``run_dir``.
+
+    Parameters
+    ----------
+    cubes : sequence of path, Cube or numpy.ndarray
+        The dataset: cube files (opened with :func:`napari_dgc.io.open_cube`), opened cubes or
+        band-last ``(rows, cols, bands)`` arrays, all with the same band count. Only the windows
+        the crop pairs need are read, one cube at a time.
+    config : TrainConfig
+        Settings. When resuming, the run's own settings are used except ``steps``,
+        ``checkpoint_every`` and ``device``, which come from ``config`` (so a finished run can be
+        extended); the model settings must match the run's.
+    run_dir : path-like
+        New run folder, or the run to resume.
+    resume : bool
+        Continue the run in ``run_dir`` from its latest checkpoint.
+
+    Yields
+    ------
+    ProgressEvent, CheckpointEvent or FinishedEvent
+
+    Raises
+    ------
+    DGCError
+        Bad input (cubes of different band counts, a cube smaller than the crop, NaN / Inf
+        pixels, invalid settings, a run folder of another band count or model); raised before
+        anything is written when detectable up front.
+    """
+    from napari_dgc.run import RunDirectory
+
+    config.validate()
+    sources = open_sources(cubes)
+    n_bands = sources[0].n_bands
+    if resume:
+        run = RunDirectory.open(run_dir)
+        run.ensure_compatible(config, n_bands)
+        config = replace(run.config, steps=config.steps, checkpoint_every=config.checkpoint_every,
+                         device=config.device)
+    device = resolve_device(config.device)
+    stream = PairStream(sources, config.crop_size, (config.overlap_min, config.overlap_max),
+                        config.pairs_per_cube, config.seed, config.augment, config.max_spectral_shift)
+    torch.manual_seed(config.seed)
+    model = DGCModel(n_bands, config.model)
+    trainer = Trainer(model, stream, config, device)
+    elapsed = 0.0
+    latest = run.latest_checkpoint() if resume else None
+    if latest is not None:
+        model_state, optimizer_state, training_state = run.load_checkpoint_state(latest.checkpoint_id)
+        model.load_state_dict(model_state)
+        trainer.optimizer.load_state_dict(optimizer_state)
+        trainer.load_training_state(training_state)
+        elapsed = float(training_state.get("elapsed_s", 0.0))
+    else:
+        statistics = compute_band_statistics(sources, config.model.brightness_norm,
+                                             config.normalization_pixels)
+        model.set_normalization(statistics.offset, statistics.scale, statistics.brightness_floor)
+        if not resume:
+            names, wavelengths = _describe_sources(cubes)
+            run = RunDirectory.create(run_dir, config, n_bands, wavelengths, names, config.seed)
+    run_path = Path(run.path)
+
+    window: list[StepResult] = []
+    while trainer.step_count < config.steps:
+        started = time.perf_counter()
+        result = trainer.step()
+        elapsed += time.perf_counter() - started
+        window.append(result)
+        step = trainer.step_count
+        checkpoint = None
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            state = trainer.training_state()
+            state["elapsed_s"] = elapsed
+            stats = _window_stats(window)
+            stats["bandwidth"] = float(model.bandwidth)
+            checkpoint = run.save_checkpoint(step, model.state_dict(), trainer.optimizer.state_dict(),
+                                             state, stats)
+            window = []
+        yield ProgressEvent(step, config.steps, result.losses, result.active_clusters,
+                            float(trainer.optimizer.param_groups[0]["lr"]), elapsed)
+        if checkpoint is not None:
+            yield CheckpointEvent(step, checkpoint.checkpoint_id, run_path)
+    yield FinishedEvent(trainer.step_count, run_path)
