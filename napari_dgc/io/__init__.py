@@ -161,7 +161,7 @@ def describe_cube(cube: Cube) -> str:
         f"path:        {cube.path}",
         f"format:      {cube.format}",
         f"shape:       {rows} rows x {cols} cols x {cube.n_bands} bands",
-        f"dtype:       {cube.dtype} ({cube.dtype.str})",
+        f"dtype:       {cube.dtype.name} ({cube.dtype.str})",
         f"bands:       {cube.n_bands} on {layout}",
         f"wavelengths: {wavelength_text}",
         f"data size:   {_human_bytes(cube.nbytes)}",
