@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,27 @@ def test_npy_fortran_order_and_band_axis_override(tmp_path, rng):
     assert cube.provenance["fortran_order"] is True
     np.testing.assert_array_equal(_whole(cube), expected)
     np.testing.assert_array_equal(cube.read_bands([1]), expected[None, :, :, 1])
+
+
+def test_npy_wavelengths_from_json_sidecar(tmp_path, rng):
+    np.save(tmp_path / "scene.npy", make_cube(rng, shape=(4, 5, 3)))
+    (tmp_path / "scene.json").write_text(json.dumps({"wavelengths": [0.5, 0.6, 0.7], "wavelength_units": "um"}))
+    np.testing.assert_allclose(open_cube(tmp_path / "scene.npy").wavelengths, [500, 600, 700])
+    (tmp_path / "scene.json").write_text(json.dumps({"wavelengths": [500, 600]}))
+    cube = open_cube(tmp_path / "scene.npy")
+    assert cube.wavelengths is None and "2 wavelengths for 3 bands" in cube.provenance["wavelength_note"]
+    (tmp_path / "scene.json").write_text("{not json")
+    assert "no usable 'wavelengths'" in open_cube(tmp_path / "scene.npy").provenance["wavelength_note"]
+
+
+def test_npy_written_by_synthetic_scene_keeps_its_wavelengths(tmp_path):
+    from napari_dgc.synthetic import make_leaf_scene, save_scene_npy
+
+    scene = make_leaf_scene(rows=16, cols=16, n_bands=12)
+    paths = save_scene_npy(scene, tmp_path, stem="leaf")
+    cube = open_cube(paths["cube"])
+    np.testing.assert_allclose(cube.wavelengths, scene.wavelengths)
+    np.testing.assert_array_equal(cube.read_window(slice(None), slice(None)), scene.cube)
 
 
 # ------------------------------------------------------------------ TIFF
