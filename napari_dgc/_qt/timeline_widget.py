@@ -80,6 +80,7 @@ class TimelineWidget(QWidget):
         self.figures: dict[str, CheckpointFigures] = {}
         self.labels_layers: dict[str, Labels] = {}
         self.shown_checkpoint: str | None = None
+        self.chosen_checkpoint: str | None = None
         self.total_steps = 0
         self.live = False
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
@@ -164,7 +165,7 @@ class TimelineWidget(QWidget):
             show_error(error_message(error))
             return False
         self.attach(review, list(self.sources.values()), live=False)
-        chosen = review.run.chosen_checkpoint
+        chosen = self.chosen_checkpoint
         ids = [info.checkpoint_id for info in self.checkpoints]
         if ids:
             self.slider.setValue(ids.index(chosen) if chosen in ids else len(ids) - 1)
@@ -197,8 +198,12 @@ class TimelineWidget(QWidget):
         sources = []
         for file in run.dataset_files:
             if not Path(file).exists():
+                continue  # e.g. an in-memory cube, or a file moved since training
+            try:
+                cube = open_cube(file)
+            except DGCError as error:
+                show_error(error_message(error))
                 continue
-            cube = open_cube(file)
             cube_data, cube_kwargs, _ = cube_layer_data(cube)[0]
             layer = self.viewer.add_image(cube_data, **cube_kwargs)
             sources.append(cube_source(layer))
@@ -219,6 +224,10 @@ class TimelineWidget(QWidget):
         self.sources = {source.key: source for source in sources}
         self.live = live
         self.total_steps = review.run.config.steps
+        try:
+            self.chosen_checkpoint = review.run.chosen_checkpoint
+        except DGCError as error:
+            show_error(error_message(error))
         self.run_label.setText(f"Run: {review.path}")
         self.run_label.setToolTip(str(review.path))
         self.refresh()
@@ -351,6 +360,7 @@ class TimelineWidget(QWidget):
         elif isinstance(result, FiguresComputed):
             self.figures[result.figures.checkpoint_id] = result.figures
             self._update_plots()
+            self._update_checkpoint_label()
 
     def _on_review_error(self, error: BaseException) -> None:
         self.status_label.setText("")
@@ -379,18 +389,13 @@ class TimelineWidget(QWidget):
         except (DGCError, OSError) as error:
             show_error(error_message(error))
             return
+        self.chosen_checkpoint = checkpoint_id
         show_info(f"Checkpoint {checkpoint_id} is now the chosen model of {self.review.path.name}")
         self._update_checkpoint_label()
         self._update_plots()
         self.checkpoint_chosen.emit(checkpoint_id)
 
     # ------------------------------------------------------------------ drawing
-    def _chosen(self) -> str | None:
-        try:
-            return self.review.run.chosen_checkpoint if self.review is not None else None
-        except DGCError:
-            return None
-
     def _update_checkpoint_label(self) -> None:
         checkpoint_id = self.current_checkpoint_id()
         if checkpoint_id is None:
@@ -399,7 +404,7 @@ class TimelineWidget(QWidget):
         index = min(self.slider.value(), len(self.checkpoints) - 1)
         info = self.checkpoints[index]
         text = f"{checkpoint_id}  ({index + 1}/{len(self.checkpoints)}, step {info.step}/{self.total_steps})"
-        if checkpoint_id == self._chosen():
+        if checkpoint_id == self.chosen_checkpoint:
             text += "  ★ chosen"
         figures = self.figures.get(checkpoint_id)
         if figures is not None:
@@ -429,7 +434,7 @@ class TimelineWidget(QWidget):
         )
         markers = []
         current = self.current_checkpoint_id()
-        chosen = self._chosen()
+        chosen = self.chosen_checkpoint
         for info in self.checkpoints:
             if info.checkpoint_id == chosen:
                 markers.append((info.step, CHOSEN_MARKER, "solid"))

@@ -17,7 +17,7 @@ import numpy as np
 from napari.qt.threading import GeneratorWorker, create_worker
 
 from napari_dgc.checkpoint_review import CheckpointFigures, CheckpointReview, CubeInput
-from napari_dgc.training import CheckpointEvent, TrainConfig, train
+from napari_dgc.training import CheckpointEvent, TrainConfig, resolve_device, train
 
 
 class ClosingGeneratorWorker(GeneratorWorker):
@@ -81,7 +81,9 @@ def training_events(
             yield event
             if isinstance(event, CheckpointEvent) and review_cubes:
                 if review is None:
-                    review = CheckpointReview(event.run_dir, review_cubes, device=config.device)
+                    review = CheckpointReview(
+                        event.run_dir, review_cubes, device=str(resolve_device(config.device))
+                    )
                 labels = review.labels(event.checkpoint_id)
                 figures = review.figures(event.checkpoint_id)
                 yield CheckpointSegmented(review, event.checkpoint_id, labels, figures)
