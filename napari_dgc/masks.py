@@ -54,13 +54,13 @@ class Mask:
         ``(rows, cols)`` int32: legend values, or :data:`IGNORE_VALUE` for unlabelled pixels.
     legend : dict of int to str
         Class name of each value.
-    source : pathlib.Path or None
-        File the mask was read from (``None`` for a drawn mask).
+    source : pathlib.Path, str or None
+        File the mask was read from, or a description such as a napari layer name.
     """
 
     values: np.ndarray
     legend: dict[int, str] = field(default_factory=lambda: dict(DEFAULT_LEGEND))
-    source: Path | None = None
+    source: Path | str | None = None
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values)
