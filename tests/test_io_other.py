@@ -133,7 +133,8 @@ def test_axis_permuted_indexing_matches_numpy(rng):
     view = AxisPermuted(source, (2, 0, 1))
     expected = np.transpose(source, (2, 0, 1))
     assert view.shape == expected.shape and view.ndim == 3 and view.size == expected.size
-    for key in [(1,), (slice(1, 5, 2), 2), (Ellipsis, slice(None, None, -1)), ([3, 0, 3], slice(1, 3), -1), (-2, -1, 0)]:
+    for key in [(1,), (slice(1, 5, 2), 2), (Ellipsis, slice(None, None, -1)), ([3, 0, 3], slice(1, 3), -1), (-2, -1, 0),
+                ([], slice(1, 3)), (np.array([True, False, True, False, False, True]),)]:
         np.testing.assert_array_equal(view[key], expected[key])
     np.testing.assert_array_equal(np.asarray(view.transpose(1, 2, 0)), np.transpose(expected, (1, 2, 0)))
     with pytest.raises(IndexError):

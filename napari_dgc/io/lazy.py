@@ -87,7 +87,9 @@ def _normalize_key(key: Any, shape: tuple[int, ...]) -> tuple[tuple, set[int]]:
             dropped.add(axis)
         else:
             indices = np.asarray(item)
-            if indices.dtype == bool:
+            if indices.size == 0:
+                indices = indices.astype(np.intp)  # [] arrives as float64
+            elif indices.dtype == bool:
                 indices = np.flatnonzero(indices)
             if indices.ndim != 1 or not np.issubdtype(indices.dtype, np.integer):
                 raise IndexError(f"unsupported index {item!r} for a lazy array")
@@ -113,10 +115,13 @@ def _apply(array: Any, selection: tuple) -> np.ndarray:
                 parts.append(_apply(array, tuple(sub)))
             if parts:
                 return np.concatenate(parts, axis=axis)
-            empty_shape = [len(range(*s.indices(n))) if isinstance(s, slice) else len(s)
-                           for s, n in zip(selection, array.shape)]
-            return np.empty(empty_shape, dtype=array.dtype)
+            return np.empty([_selected_length(s, n) for s, n in zip(selection, array.shape)], array.dtype)
     return np.asarray(array[tuple(selection)])
+
+
+def _selected_length(item: slice | np.ndarray, length: int) -> int:
+    """How many entries a normalised selection picks from an axis of ``length``."""
+    return len(range(*item.indices(length))) if isinstance(item, slice) else len(item)
 
 
 class AxisPermuted(LazyArray):
@@ -199,5 +204,5 @@ class BandStack(LazyArray):
         rows, cols = selection[1], selection[2]
         planes = [_apply(self.band(int(b)), (rows, cols)) for b in bands]
         if not planes:
-            return np.empty((0,) + _apply(np.empty(self.shape[1:], self.dtype), (rows, cols)).shape, self.dtype)
+            return np.empty((0, _selected_length(rows, self.shape[1]), _selected_length(cols, self.shape[2])), self.dtype)
         return np.stack(planes)
