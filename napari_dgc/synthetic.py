@@ -52,6 +52,7 @@ _ENDMEMBERS = (
 )
 _SUPERSAMPLE = 3  # 3x3 sub-pixels per pixel: odd, so the majority class never ties in one leaf
 _BLOCK_ELEMENTS = 1 << 22  # cube values assembled per block of rows (16 MiB of float32)
+_HALO_REACH = 6.0  # halo widths beyond the outline where the halo (exp(-6) = 0.25 %) is cut off
 
 
 @dataclass(frozen=True)
@@ -257,7 +258,7 @@ class _Leaf:
     brightness: float  # leaf's orientation towards the lamp
     curl: float  # darkening of the margins (curled-down edges)
     glare: float  # specular amplitude, 0 for matte leaves
-    lesions: list = dataclasses.field(default_factory=list)
+    lesions: list[_Lesion] = dataclasses.field(default_factory=list)
 
     def local(self, rr: np.ndarray, cc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Leaf coordinates: ``u`` along the midrib (-1 base .. 1 tip), ``q`` across it in px."""
@@ -289,11 +290,16 @@ class _Leaf:
         return blade | petiole
 
     def bounding_box(self, shape: tuple[int, int]) -> tuple[slice, slice] | None:
-        reach = self.half_length * (1.0 + self.petiole_length) + self.half_width * (1 + abs(self.bend)) + 2
-        r0 = max(int(self.centre[0] - reach), 0)
-        r1 = min(int(self.centre[0] + reach) + 2, shape[0])
-        c0 = max(int(self.centre[1] - reach), 0)
-        c1 = min(int(self.centre[1] + reach) + 2, shape[1])
+        """Pixel window holding the whole leaf, clipped to the image; None if it lies outside."""
+        along = self.half_length * (1.0 + self.petiole_length)
+        across = self.half_width * (1.0 + abs(self.bend)) * (1.0 + max(self.wobble[0], self.wobble[2]))
+        cos, sin = abs(math.cos(self.angle)), abs(math.sin(self.angle))
+        reach_rows = sin * along + cos * across + 2
+        reach_cols = cos * along + sin * across + 2
+        r0 = max(int(self.centre[0] - reach_rows), 0)
+        r1 = min(int(self.centre[0] + reach_rows) + 2, shape[0])
+        c0 = max(int(self.centre[1] - reach_cols), 0)
+        c1 = min(int(self.centre[1] + reach_cols) + 2, shape[1])
         if r0 >= r1 or c0 >= c1:
             return None
         return slice(r0, r1), slice(c0, c1)
@@ -307,8 +313,9 @@ class _Leaf:
         return row, col
 
     def area(self) -> float:
-        u = np.linspace(-1.0, 1.0, 201)
-        return float(np.trapezoid(2 * self.profile(u), u) * self.half_length)
+        """Blade area in px (without serration), from the mean width over the length."""
+        u = np.linspace(-1.0, 1.0, 401)
+        return float(np.mean(2 * self.profile(u)) * 2 * self.half_length)
 
 
 @dataclass
@@ -420,6 +427,19 @@ def _lesion_outline(lesion: _Lesion, rr: np.ndarray, cc: np.ndarray) -> tuple[np
     return np.hypot(dr, dc), outline * lesion.radius
 
 
+def _lesion_window(lesion: _Lesion, box: tuple[slice, slice]) -> tuple[slice, slice] | None:
+    """Pixels of ``box`` (relative to it) that the lesion or its halo can touch; None if none."""
+    reach = lesion.radius * (1.0 + lesion.harmonics[:, 0].sum()) + _HALO_REACH * lesion.halo + 1.0
+    window = []
+    for centre, span in zip(lesion.centre, box):
+        start = max(int(math.floor(centre - reach)), span.start) - span.start
+        stop = min(int(math.ceil(centre + reach)) + 1, span.stop) - span.start
+        if start >= stop:
+            return None
+        window.append(slice(start, stop))
+    return window[0], window[1]
+
+
 def _lesion_appearance(lesion: _Lesion, rr: np.ndarray, cc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Darkness inside (0 outside) and chlorotic halo strength around one lesion."""
     rho, outline = _lesion_outline(lesion, rr, cc)
@@ -473,11 +493,15 @@ def _render_abundances(
         darkness = np.zeros(cover.shape, dtype=np.float32)
         halo = np.zeros(cover.shape, dtype=np.float32)
         for lesion in leaf.lesions:
-            rho, outline = _lesion_outline(lesion, sub_rr, sub_cc)
-            lesion_sub |= rho <= outline
-            lesion_darkness, lesion_halo = _lesion_appearance(lesion, rr, cc)
-            darkness = np.maximum(darkness, lesion_darkness)
-            halo = np.maximum(halo, lesion_halo)
+            window = _lesion_window(lesion, box)
+            if window is None:
+                continue
+            sub_window = tuple(slice(w.start * _SUPERSAMPLE, w.stop * _SUPERSAMPLE) for w in window)
+            rho, outline = _lesion_outline(lesion, sub_rr[sub_window], sub_cc[sub_window])
+            lesion_sub[sub_window] |= rho <= outline
+            lesion_darkness, lesion_halo = _lesion_appearance(lesion, rr[window], cc[window])
+            np.maximum(darkness[window], lesion_darkness, out=darkness[window])
+            np.maximum(halo[window], lesion_halo, out=halo[window])
         lesion_frac = _pixel_fraction(lesion_sub & on_leaf)
         healthy_frac = cover - lesion_frac
 
@@ -488,17 +512,16 @@ def _render_abundances(
         phase = (u * leaf.half_length - 0.8 * np.abs(q)) / spacing
         lateral = np.exp(-0.5 * ((phase - np.round(phase)) * spacing / max(0.5, 0.006 * leaf.half_length)) ** 2)
         lateral *= (across < 0.85) * (np.abs(u) < 0.95)
-        window = (box[0], box[1])
         chlorophyll = (
             leaf.chlorophyll
-            + 0.3 * chlorophyll_field[window]
+            + 0.3 * chlorophyll_field[box]
             - 1.2 * midrib
             - 0.6 * lateral
             - 1.5 * halo
         )
-        structure = leaf.structure + 0.15 * structure_field[window] - 0.2 * midrib
+        structure = leaf.structure + 0.15 * structure_field[box] - 0.2 * midrib
         shade = leaf.brightness * (1.0 - leaf.curl * across**3)
-        glare = leaf.glare * np.clip((glare_field[window] - 1.2) / 0.6, 0.0, 1.0) * (1 - across**2)
+        glare = leaf.glare * np.clip((glare_field[box] - 1.2) / 0.6, 0.0, 1.0) * (1 - across**2)
 
         healthy = healthy_frac * shade
         lesion = lesion_frac * shade
@@ -567,7 +590,13 @@ def _noise_scale(wavelengths: np.ndarray) -> np.ndarray:
 
 
 def _check_arguments(
-    rows: int, cols: int, n_bands: int, wl_range: tuple[float, float], n_leaves, lesion_fraction, noise
+    rows: int,
+    cols: int,
+    n_bands: int,
+    wl_range: tuple[float, float],
+    n_leaves: int | None,
+    lesion_fraction: float,
+    noise: float,
 ) -> None:
     if int(rows) != rows or int(cols) != cols or rows < 4 or cols < 4:
         raise ConfigError(f"Synthetic scene size must be at least 4 x 4 pixels, got {rows} x {cols}.")
@@ -636,6 +665,7 @@ def make_leaf_scene(
     if n_leaves is None:
         n_leaves = int(layout_rng.integers(3, 6))
     light_rng = np.random.default_rng(light_seq)
+    # Drawn even when given, so the shadow direction drawn next does not depend on it.
     drawn_illumination = Illumination.random(light_rng)
     illumination = illumination if illumination is not None else drawn_illumination
     wavelengths = np.linspace(float(wl_range[0]), float(wl_range[1]), n_bands)
@@ -659,21 +689,32 @@ def make_leaf_scene(
     noise_per_band = _noise_scale(wavelengths) * np.float32(noise)
     column_gain = 1.0 + np.float32(0.004 * noise) * noise_rng.standard_normal((cols, n_bands), dtype=np.float32)
 
+    # Pixels x endmembers, so each block of rows is one sum of products per value.
+    abundances = np.ascontiguousarray(np.moveaxis(abundances, 0, -1))
     cube = np.empty((rows, cols, n_bands), dtype=np.float32)
     block_rows = max(1, _BLOCK_ELEMENTS // (cols * n_bands))
+    sigma_buffer = np.empty((block_rows, cols, n_bands), dtype=np.float32)
+    noise_buffer = np.empty_like(sigma_buffer)
     for start in range(0, rows, block_rows):
         block = slice(start, min(start + block_rows, rows))
         values = cube[block]
-        np.multiply(abundances[0, block, :, None], endmembers[0], out=values)
-        for k in range(1, len(_ENDMEMBERS)):
-            values += abundances[k, block, :, None] * endmembers[k]
-        values *= light[block, :, None] * lamp
+        # optimize=False keeps numpy's own loop (no BLAS), so the bytes never depend on threads.
+        np.einsum("hwk,kb->hwb", abundances[block], endmembers, out=values, optimize=False)
+        values *= light[block, :, None]
+        values *= lamp
         if noise > 0:
             # Read noise plus shot noise, divided by the band's quantum efficiency.
-            sigma = np.sqrt(np.float32(2e-5) + np.float32(4e-4) * np.maximum(values, 0.0))
+            sigma = sigma_buffer[: values.shape[0]]
+            np.maximum(values, 0.0, out=sigma)
+            sigma *= np.float32(4e-4)
+            sigma += np.float32(2e-5)
+            np.sqrt(sigma, out=sigma)
             sigma *= noise_per_band
             values *= column_gain
-            values += sigma * noise_rng.standard_normal(values.shape, dtype=np.float32)
+            draws = noise_buffer[: values.shape[0]]
+            noise_rng.standard_normal(out=draws, dtype=np.float32)
+            draws *= sigma
+            values += draws
     return SyntheticScene(cube=cube, labels=labels, wavelengths=wavelengths, illumination=illumination)
 
 
