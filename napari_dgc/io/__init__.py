@@ -15,9 +15,7 @@ import numpy as np
 from napari_dgc.errors import CubeFormatError, DGCError, UnsupportedFormatError
 from napari_dgc.io.cube import Cube
 
-__all__ = ["Cube", "open_cube", "describe_cube", "format_for_path", "ENVI_DATA_SUFFIXES"]
-
-ENVI_DATA_SUFFIXES = (".raw", ".img", ".dat", ".bil", ".bsq", ".bip", ".sli", ".bin", ".hyspex")
+__all__ = ["Cube", "open_cube", "describe_cube", "format_for_path"]
 
 
 def format_for_path(path: str | os.PathLike) -> str | None:
@@ -26,7 +24,7 @@ def format_for_path(path: str | os.PathLike) -> str | None:
     Cheap (no file is opened): ``"png-folder"`` for a folder, ``"envi"`` for a header or a
     data file with a header next to it, ``"mat"``, ``"npy"`` or ``"tiff"`` by extension.
     """
-    from napari_dgc.io.envi import find_header
+    from napari_dgc.io.envi import DATA_EXTENSIONS, find_header
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -34,13 +32,13 @@ def format_for_path(path: str | os.PathLike) -> str | None:
         return "png-folder"
     if suffix == ".hdr":
         return "envi"
-    if suffix in (".mat",):
+    if suffix == ".mat":
         return "mat"
     if suffix == ".npy":
         return "npy"
     if suffix in (".tif", ".tiff"):
         return "tiff"
-    if (suffix in ENVI_DATA_SUFFIXES or suffix == "") and find_header(path) is not None:
+    if suffix in DATA_EXTENSIONS and find_header(path) is not None:
         return "envi"
     return None
 
