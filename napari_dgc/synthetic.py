@@ -241,6 +241,8 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int], scale: float
 
 @dataclass
 class _Leaf:
+    """Shape, appearance and lesions of one leaf (lengths in pixels unless noted)."""
+
     centre: tuple[float, float]  # (row, col)
     angle: float  # direction base -> tip, radians
     half_length: float  # px
@@ -320,6 +322,8 @@ class _Leaf:
 
 @dataclass
 class _Lesion:
+    """One brown-blight spot: an irregular disc with a chlorotic halo."""
+
     centre: tuple[float, float]
     radius: float  # px
     harmonics: np.ndarray  # (3, 2): amplitude, phase of the 2nd-4th outline harmonics
