@@ -36,7 +36,6 @@ from qtpy.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSpinBox,
-    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -46,6 +45,7 @@ from napari_dgc.model import ModelConfig
 from napari_dgc.run import RunDirectory
 from napari_dgc.training import CheckpointEvent, FinishedEvent, ProgressEvent, TrainConfig
 
+from .collapsible import CollapsibleSection
 from .cube_layers import CubeSource, cube_source, is_cube_layer, is_reader_cube
 from .plots import SparklineGrid
 from .timeline_widget import TimelineWidget, error_message
@@ -170,84 +170,19 @@ class TrainWidget(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         outer.addWidget(scroll)
         body = QWidget()
         scroll.setWidget(body)
         layout = QVBoxLayout(body)
 
-        cubes = QGroupBox("Cube layers to train on")
-        cubes_layout = QVBoxLayout(cubes)
-        self.layer_list = QListWidget()
-        self.layer_list.setMaximumHeight(90)
-        self.layer_list.itemChanged.connect(lambda _item: self._on_status_changed(self.state.status))
-        cubes_layout.addWidget(self.layer_list)
-        axis_row = QHBoxLayout()
-        axis_row.addWidget(QLabel("Band axis of other image layers:"))
-        self.band_axis_combo = QComboBox()
-        self.band_axis_combo.addItem("first (bands, rows, cols)", 0)
-        self.band_axis_combo.addItem("last (rows, cols, bands)", 2)
-        self.band_axis_combo.setToolTip(
-            "Layers opened by the napari-dgc reader are band-first; for any other 3-D image "
-            "layer, confirm where its bands are before ticking it"
-        )
-        axis_row.addWidget(self.band_axis_combo)
-        cubes_layout.addLayout(axis_row)
-        layout.addWidget(cubes)
-
-        settings = QGroupBox("Training")
-        form = QFormLayout(settings)
-        self.n_clusters_spin = QSpinBox()
-        self.n_clusters_spin.setRange(2, 256)
-        self.n_clusters_spin.setToolTip("K: the number of clusters DGC learns (entity types)")
-        self.steps_spin = QSpinBox()
-        self.steps_spin.setRange(1, 10_000_000)
-        self.checkpoint_every_spin = QSpinBox()
-        self.checkpoint_every_spin.setRange(1, 10_000_000)
-        self.crop_size_spin = QSpinBox()
-        self.crop_size_spin.setRange(4, 4096)
-        self.learning_rate_spin = ScientificSpinBox(1e-9, 10.0)
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(available_devices())
-        run_row = QHBoxLayout()
-        self.run_folder_edit = QLineEdit()
-        self.run_folder_edit.setPlaceholderText(f"automatic: {DEFAULT_RUNS_ROOT}/<date-time>")
-        browse = QPushButton("…")
-        browse.setToolTip("Choose the folder of the new run")
-        browse.clicked.connect(self._browse_run_folder)
-        run_row.addWidget(self.run_folder_edit, 1)
-        run_row.addWidget(browse)
-        form.addRow("Clusters (K)", self.n_clusters_spin)
-        form.addRow("Steps", self.steps_spin)
-        form.addRow("Checkpoint every", self.checkpoint_every_spin)
-        form.addRow("Crop size (px)", self.crop_size_spin)
-        form.addRow("Learning rate", self.learning_rate_spin)
-        form.addRow("Device", self.device_combo)
-        form.addRow("Run folder", run_row)
-        layout.addWidget(settings)
-
-        self.advanced_toggle = QToolButton()
-        self.advanced_toggle.setText("Advanced options")
-        self.advanced_toggle.setCheckable(True)
-        self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonTextBesideIcon)
-        self.advanced_toggle.setArrowType(Qt.RightArrow)
-        self.advanced = QWidget()
-        advanced_form = QFormLayout(self.advanced)
-        advanced_form.setContentsMargins(0, 0, 0, 0)
-        self.batch_size_spin = QSpinBox()
-        self.batch_size_spin.setRange(1, 1024)
-        self.seed_spin = QSpinBox()
-        self.seed_spin.setRange(0, 2**31 - 1)
-        advanced_form.addRow("Batch size (crop pairs)", self.batch_size_spin)
-        advanced_form.addRow("Seed", self.seed_spin)
-        self.weight_spins: dict[str, ScientificSpinBox] = {}
-        for field_name, label in _LOSS_WEIGHTS:
-            spin = ScientificSpinBox(0.0, 1e6)
-            self.weight_spins[field_name] = spin
-            advanced_form.addRow(f"Weight: {label}", spin)
-        self.advanced.setVisible(False)
-        self.advanced_toggle.toggled.connect(self._toggle_advanced)
-        layout.addWidget(self.advanced_toggle)
-        layout.addWidget(self.advanced)
+        settings = QWidget()
+        settings_layout = QVBoxLayout(settings)
+        settings_layout.setContentsMargins(0, 0, 0, 0)
+        settings_layout.addWidget(self._build_cube_box())
+        settings_layout.addWidget(self._build_training_box())
+        self.settings_section = CollapsibleSection("Settings", settings, expanded=True)
+        layout.addWidget(self.settings_section)
 
         buttons = QHBoxLayout()
         self.start_button = QPushButton("Start")
@@ -273,20 +208,82 @@ class TrainWidget(QWidget):
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.progress_label)
 
-        self.loss_plots = SparklineGrid(columns=2)
-        layout.addWidget(self.loss_plots)
+        self.loss_plots = SparklineGrid(columns=3)
+        layout.addWidget(CollapsibleSection("Losses and active clusters", self.loss_plots))
 
-        timeline_box = QGroupBox("Checkpoints")
-        timeline_layout = QVBoxLayout(timeline_box)
         self.timeline = TimelineWidget(self.viewer)
         self.timeline.run_opened.connect(self._on_run_opened)
-        timeline_layout.addWidget(self.timeline)
-        layout.addWidget(timeline_box)
+        layout.addWidget(CollapsibleSection("Checkpoints", self.timeline))
         layout.addStretch(1)
 
-    def _toggle_advanced(self, shown: bool) -> None:
-        self.advanced.setVisible(shown)
-        self.advanced_toggle.setArrowType(Qt.DownArrow if shown else Qt.RightArrow)
+    def _build_cube_box(self) -> QGroupBox:
+        cubes = QGroupBox("Cube layers to train on")
+        cubes_layout = QVBoxLayout(cubes)
+        self.layer_list = QListWidget()
+        self.layer_list.setMaximumHeight(72)
+        self.layer_list.itemChanged.connect(lambda _item: self._on_status_changed(self.state.status))
+        cubes_layout.addWidget(self.layer_list)
+        axis_row = QHBoxLayout()
+        axis_row.addWidget(QLabel("Band axis of other image layers:"))
+        self.band_axis_combo = QComboBox()
+        self.band_axis_combo.addItem("first (bands, rows, cols)", 0)
+        self.band_axis_combo.addItem("last (rows, cols, bands)", 2)
+        self.band_axis_combo.setToolTip(
+            "Layers opened by the napari-dgc reader are band-first; for any other 3-D image "
+            "layer, confirm where its bands are before ticking it"
+        )
+        axis_row.addWidget(self.band_axis_combo)
+        cubes_layout.addLayout(axis_row)
+        return cubes
+
+    def _build_training_box(self) -> QGroupBox:
+        settings = QGroupBox("Training")
+        form = QFormLayout(settings)
+        self.n_clusters_spin = QSpinBox()
+        self.n_clusters_spin.setRange(2, 64)
+        self.n_clusters_spin.setToolTip("K: the number of clusters DGC learns (entity types)")
+        self.steps_spin = QSpinBox()
+        self.steps_spin.setRange(1, 10_000_000)
+        self.checkpoint_every_spin = QSpinBox()
+        self.checkpoint_every_spin.setRange(1, 10_000_000)
+        self.crop_size_spin = QSpinBox()
+        self.crop_size_spin.setRange(4, 4096)
+        self.learning_rate_spin = ScientificSpinBox(1e-9, 10.0)
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(available_devices())
+        run_row = QHBoxLayout()
+        self.run_folder_edit = QLineEdit()
+        self.run_folder_edit.setPlaceholderText(f"automatic: {DEFAULT_RUNS_ROOT}/<date-time>")
+        browse = QPushButton("…")
+        browse.setToolTip("Choose the folder of the new run")
+        browse.clicked.connect(self._browse_run_folder)
+        run_row.addWidget(self.run_folder_edit, 1)
+        run_row.addWidget(browse)
+        form.addRow("Clusters (K)", self.n_clusters_spin)
+        form.addRow("Steps", self.steps_spin)
+        form.addRow("Checkpoint every", self.checkpoint_every_spin)
+        form.addRow("Crop size (px)", self.crop_size_spin)
+        form.addRow("Learning rate", self.learning_rate_spin)
+        form.addRow("Device", self.device_combo)
+        form.addRow("Run folder", run_row)
+
+        advanced = QWidget()
+        advanced_form = QFormLayout(advanced)
+        advanced_form.setContentsMargins(0, 0, 0, 0)
+        self.batch_size_spin = QSpinBox()
+        self.batch_size_spin.setRange(1, 1024)
+        self.seed_spin = QSpinBox()
+        self.seed_spin.setRange(0, 2**31 - 1)
+        advanced_form.addRow("Batch size (crop pairs)", self.batch_size_spin)
+        advanced_form.addRow("Seed", self.seed_spin)
+        self.weight_spins: dict[str, ScientificSpinBox] = {}
+        for field_name, label in _LOSS_WEIGHTS:
+            spin = ScientificSpinBox(0.0, 1e6)
+            self.weight_spins[field_name] = spin
+            advanced_form.addRow(f"Weight: {label}", spin)
+        self.advanced_section = CollapsibleSection("Advanced options", advanced, expanded=False)
+        form.addRow(self.advanced_section)
+        return settings
 
     def _browse_run_folder(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Folder of the new run")
@@ -441,6 +438,7 @@ class TrainWidget(QWidget):
         )
         if same_run:
             self.timeline.attach(review, sources, live=True)
+        self.settings_section.set_expanded(False)  # make room for the plots and the timeline
         self.state.status = TrainStatus.RUNNING
         return True
 
@@ -515,7 +513,7 @@ class TrainWidget(QWidget):
             parts.append(f"active clusters {event.active_clusters}")
             self.progress_label.setText(" · ".join(parts))
         for name, values in history.losses.items():
-            plot = self.loss_plots.plot(f"loss: {name}")
+            plot = self.loss_plots.plot(name)
             plot.set_series([(name, history.steps, values)])
             plot.set_x_range(0, event.total_steps)
         active = self.loss_plots.plot("active clusters")
