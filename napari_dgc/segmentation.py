@@ -151,8 +151,9 @@ def segment_cube(
     try:
         with torch.inference_mode():
             for done, (rows, cols, inner_rows, inner_cols) in enumerate(windows, start=1):
-                window = torch.from_numpy(read_window(rows, cols))
-                pixels = window.permute(2, 0, 1).unsqueeze(0).to(device).contiguous()
+                window = torch.from_numpy(read_window(rows, cols)).to(device)
+                # A band-last view, not a copy: the model flattens it back to pixels for free.
+                pixels = window.permute(2, 0, 1).unsqueeze(0)
                 embedded = model.embed(pixels)
                 soft = model.assign(embedded)
                 target = (slice(rows.start + inner_rows.start, rows.start + inner_rows.stop),

@@ -1,38 +1,28 @@
-"""``napari-dgc segment RUN CUBE... --out DIR``: cluster label maps of whole cubes, tile by tile.
+"""``napari-dgc segment``: cluster (and class) maps of whole cubes, tile by tile.
 
-For every cube it writes ``DIR/<name>_labels.<tif|png|npy>`` (int32 cluster ids; PNG: 8-bit with
-a colour palette) and, with ``--probabilities``, ``DIR/<name>_probabilities.<tif|npy>``
-(float32, ``K x rows x cols``; TIFF when the labels are PNG). Every file is written atomically.
-All cubes are opened and checked against the model before the first one is segmented.
+Two sources of the model::
+
+    napari-dgc segment RUN CUBE... --out DIR [--checkpoint ID]     a training run folder
+    napari-dgc segment --classes MODEL_FOLDER CUBE... --out DIR     an exported model folder
+
+For every cube it writes ``DIR/<name>_labels.<tif|png|npy>`` (cluster ids; PNG with a colour
+palette) with its ``.legend.json``; with ``--classes`` also ``DIR/<name>_classes.<ext>`` (class
+values, 0 = unassigned); with ``--probabilities`` ``DIR/<name>_probabilities.<tif|npy>`` (float32
+``K x rows x cols``; TIFF when the maps are PNG). Every file is written atomically. All inputs
+are opened and checked, and existing outputs refused (unless ``--overwrite``), before the first
+cube is segmented.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 from napari_dgc.errors import ConfigError
-
-# Distinct colours for cluster ids 0..19 (tab20 order), repeated for larger K.
-_PALETTE = np.array(
-    [
-        (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-        (140, 86, 75), (227, 119, 194), (127, 127, 127), (188, 189, 34), (23, 190, 207),
-        (174, 199, 232), (255, 187, 120), (152, 223, 138), (255, 152, 150), (197, 176, 213),
-        (196, 156, 148), (247, 182, 210), (199, 199, 199), (219, 219, 141), (158, 218, 229),
-    ],
-    dtype=np.uint8,
-)
-
-
-def cluster_palette(n_clusters: int) -> np.ndarray:
-    """``(n_clusters, 3)`` uint8 RGB colours for cluster ids (cycling after 20)."""
-    return _PALETTE[np.arange(n_clusters) % len(_PALETTE)]
 
 
 def _positive_int(text: str) -> int:
@@ -46,26 +36,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``segment`` sub-command."""
     parser = subparsers.add_parser(
         "segment",
-        help="write cluster label maps of cubes with a trained run's checkpoint",
+        usage=(
+            "napari-dgc segment (RUN [--checkpoint ID] | --classes MODEL_FOLDER) CUBE... "
+            "--out DIR [options]"
+        ),
+        help="write cluster (and class) maps of cubes with a trained model",
         description=(
             "Segment whole cubes of any size tile by tile with a checkpoint of a training run "
-            "(default: the chosen checkpoint, else the latest) and write one label map per cube."
+            "(default: the chosen checkpoint, else the latest) or with an exported model "
+            "folder (--classes, which also writes class maps), one map per cube."
         ),
     )
-    parser.add_argument("run", metavar="RUN", help="training run folder (holds run.json)")
-    parser.add_argument("cubes", nargs="+", metavar="CUBE", help="cubes to segment (any format)")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="RUN CUBE",
+        help="the run folder (unless --classes is given), then the cubes (any format)",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     parser.add_argument("--checkpoint", metavar="ID", help="checkpoint id, e.g. step-000400")
     parser.add_argument(
-        "--format", choices=("tif", "png", "npy"), default="tif", help="label file format"
+        "--classes", metavar="MODEL_FOLDER",
+        help="exported model folder (weights + class mapping): also write class maps",
+    )
+    parser.add_argument(
+        "--format", choices=("tif", "png", "npy"), default="tif", help="map file format"
     )
     parser.add_argument(
         "--tile", type=_positive_int, default=256, metavar="N",
-        help="tile side in pixels (memory vs. speed; the labels do not depend on it)",
+        help="tile side in pixels (memory vs. speed; the maps do not depend on it)",
     )
     parser.add_argument(
         "--probabilities", action="store_true", help="also write per-pixel cluster probabilities"
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.set_defaults(handler=_run)
 
 
@@ -74,40 +76,46 @@ def _output_stem(cube_argument: str) -> str:
     return path.name if path.is_dir() else path.stem
 
 
-def _encode(array: np.ndarray, file_format: str, palette: np.ndarray | None = None) -> bytes:
+def _probability_bytes(probabilities: np.ndarray, file_format: str) -> bytes:
     buffer = io.BytesIO()
     if file_format == "npy":
-        np.save(buffer, array, allow_pickle=False)
-    elif file_format == "tif":
+        np.save(buffer, probabilities, allow_pickle=False)
+    else:
         import tifffile
 
-        tifffile.imwrite(buffer, array)
-    else:
-        from PIL import Image
-
-        image = Image.fromarray(array.astype(np.uint8), mode="P")
-        image.putpalette(palette.ravel().tolist())
-        image.save(buffer, format="PNG")
+        tifffile.imwrite(buffer, probabilities)
     return buffer.getvalue()
+
+
+def _load_model(args: argparse.Namespace):
+    """Return ``(model, class mapping or None, cube arguments)`` from the chosen source."""
+    if args.classes is not None:
+        if args.checkpoint is not None:
+            raise ConfigError("--checkpoint selects a run's checkpoint; it cannot go with --classes")
+        from napari_dgc.export import load_model_folder
+
+        model, mapping = load_model_folder(args.classes)
+        return model, mapping, args.inputs
+    if len(args.inputs) < 2:
+        raise ConfigError("give a run folder and at least one cube (or --classes MODEL_FOLDER)")
+    from napari_dgc.run import RunDirectory
+
+    model = RunDirectory.open(args.inputs[0]).load_model(args.checkpoint)
+    return model, None, args.inputs[1:]
 
 
 def _run(args: argparse.Namespace) -> int:
     from napari_dgc.atomic import atomic_write_bytes
+    from napari_dgc.export import cluster_legend, legend_path, write_class_map, write_label_map
     from napari_dgc.io import open_cube
-    from napari_dgc.run import RunDirectory
     from napari_dgc.segmentation import segment_cube
 
-    run = RunDirectory.open(args.run)
-    model = run.load_model(args.checkpoint)
-    n_clusters = model.config.n_clusters
-    if args.format == "png" and n_clusters > 256:
-        raise ConfigError(f"PNG label maps hold at most 256 clusters, the model has {n_clusters}")
-
-    stems = [_output_stem(name) for name in args.cubes]
+    model, mapping, cube_arguments = _load_model(args)
+    stems = [_output_stem(name) for name in cube_arguments]
     duplicates = sorted({stem for stem in stems if stems.count(stem) > 1})
     if duplicates:
         raise ConfigError(f"several cubes would write the same output name: {duplicates}")
-    cubes = [open_cube(name) for name in args.cubes]
+    cubes = [open_cube(name) for name in cube_arguments]
     for cube in cubes:
         if cube.n_bands != model.n_bands:
             raise ConfigError(
@@ -117,27 +125,42 @@ def _run(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"{out_dir}: exists and is not a folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
 
     probability_format = "tif" if args.format == "png" else args.format
-    for stem, cube in zip(stems, cubes):
+    planned = []
+    for stem in stems:
+        maps = {"labels": out_dir / f"{stem}_labels.{args.format}"}
+        if mapping is not None:
+            maps["classes"] = out_dir / f"{stem}_classes.{args.format}"
+        probabilities = out_dir / f"{stem}_probabilities.{probability_format}"
+        planned.append((maps, probabilities if args.probabilities else None))
+    if not args.overwrite:
+        for maps, probabilities in planned:
+            targets = [*maps.values(), *map(legend_path, maps.values()), probabilities]
+            for target in targets:
+                if target is not None and target.exists():
+                    raise ConfigError(f"{target}: exists; pass --overwrite to replace it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    legend = cluster_legend(model.config.n_clusters)
+    for cube, (maps, probability_file) in zip(cubes, planned):
         started = time.perf_counter()
         result = segment_cube(
-            model, cube, tile=args.tile, return_probabilities=args.probabilities
+            model, cube, tile=args.tile, return_probabilities=probability_file is not None
         )
-        label_file = out_dir / f"{stem}_labels.{args.format}"
-        atomic_write_bytes(
-            label_file, _encode(result.labels, args.format, cluster_palette(n_clusters))
-        )
-        written = [label_file]
-        if result.probabilities is not None:
-            probability_file = out_dir / f"{stem}_probabilities.{probability_format}"
-            atomic_write_bytes(probability_file, _encode(result.probabilities, probability_format))
+        written = write_label_map(maps["labels"], result.labels, legend, overwrite=True)
+        if mapping is not None:
+            written += write_class_map(
+                maps["classes"], mapping.apply(result.labels), mapping, overwrite=True
+            )
+        if probability_file is not None:
+            atomic_write_bytes(
+                probability_file, _probability_bytes(result.probabilities, probability_format)
+            )
             written.append(probability_file)
         rows, cols = cube.shape_hw
         print(
-            f"{cube.path} ({rows}x{cols}) -> {', '.join(map(str, written))} "
-            f"[{time.perf_counter() - started:.1f} s]",
-            file=sys.stdout,
+            f"{cube.path} ({rows}x{cols}) -> {', '.join(p.name for p in written)} "
+            f"[{time.perf_counter() - started:.1f} s]"
         )
     return 0

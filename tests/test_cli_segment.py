@@ -1,0 +1,145 @@
+"""``napari-dgc segment``: label, class and probability maps; one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from PIL import Image
+
+from napari_dgc.classes import ClassMapping, SemanticClass
+from napari_dgc.cli import main
+from napari_dgc.export import export_model_folder
+from napari_dgc.model import DGCModel, ModelConfig
+from napari_dgc.run import RunDirectory
+from napari_dgc.segmentation import segment_cube
+from napari_dgc.training import TrainConfig
+
+N_BANDS = 10
+K = 3
+
+
+@pytest.fixture
+def run(tmp_path) -> RunDirectory:
+    config = TrainConfig(model=ModelConfig(n_clusters=K, embed_dim=8, meanshift_iters=1))
+    run = RunDirectory.create(tmp_path / "run", config, N_BANDS, None, [], seed=0)
+    for step, seed in ((10, 1), (20, 2)):
+        torch.manual_seed(seed)
+        model = DGCModel(N_BANDS, config.model)
+        optimizer = torch.optim.AdamW(model.parameters())
+        run.save_checkpoint(step, model.state_dict(), optimizer.state_dict(), {}, {})
+    return run
+
+
+@pytest.fixture
+def cubes(tmp_path, rng) -> list:
+    paths = []
+    for name, shape in (("first", (21, 26)), ("second", (9, 40))):
+        path = tmp_path / f"{name}.npy"
+        np.save(path, rng.random((*shape, N_BANDS), dtype=np.float32))
+        paths.append(path)
+    return paths
+
+
+def expected_labels(model: DGCModel, path) -> np.ndarray:
+    return segment_cube(model, np.load(path)).labels
+
+
+def fail(argv: list[str], capsys) -> str:
+    """Run the CLI expecting exit code 2 and a one-line reason; return that line."""
+    assert main(argv) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("napari-dgc segment: error: ") and "\n" not in error
+    return error
+
+
+@pytest.mark.parametrize("file_format", ["tif", "png", "npy"])
+def test_writes_label_maps_equal_to_segment_cube(run, cubes, tmp_path, capsys, file_format):
+    out = tmp_path / "out"
+    argv = ["segment", str(run.path), *map(str, cubes), "--out", str(out),
+            "--format", file_format, "--tile", "8"]
+    assert main(argv) == 0
+    assert "first_labels" in capsys.readouterr().out
+    latest = run.load_model()
+    for cube in cubes:
+        file = out / f"{cube.stem}_labels.{file_format}"
+        if file_format == "png":
+            image = Image.open(file)
+            assert image.mode == "P"
+            labels = np.asarray(image)
+        else:
+            labels = tifffile.imread(file) if file_format == "tif" else np.load(file)
+        np.testing.assert_array_equal(labels, expected_labels(latest, cube))
+        legend = json.loads((out / f"{cube.stem}_labels.legend.json").read_text())
+        assert [v["value"] for v in legend["values"]] == list(range(K))
+
+
+def test_checkpoint_choice_and_probabilities(run, cubes, tmp_path):
+    out = tmp_path / "out"
+    assert main(["segment", str(run.path), str(cubes[0]), "--out", str(out), "--checkpoint",
+                 "step-000010", "--probabilities", "--format", "npy"]) == 0
+    first = run.load_model("step-000010")
+    np.testing.assert_array_equal(np.load(out / "first_labels.npy"),
+                                  expected_labels(first, cubes[0]))
+    probabilities = np.load(out / "first_probabilities.npy")
+    assert probabilities.shape == (K, 21, 26) and probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, atol=1e-5)
+    # The run's chosen checkpoint is the default once there is one.
+    run.choose("step-000010")
+    assert main(["segment", str(run.path), str(cubes[0]), "--out", str(out), "--overwrite",
+                 "--format", "png", "--probabilities"]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "first_labels.png")),
+                                  expected_labels(first, cubes[0]))
+    assert tifffile.imread(out / "first_probabilities.tif").shape == (K, 21, 26)
+
+
+def test_classes_from_a_model_folder(run, cubes, tmp_path):
+    mapping = ClassMapping(
+        [SemanticClass("background", "#000000", [0]), SemanticClass("leaf", "#00ff00", [1, 2])],
+        n_clusters=K,
+    )
+    folder = export_model_folder(run, tmp_path / "model", mapping, checkpoint_id="step-000020")
+    out = tmp_path / "out"
+    assert main(["segment", "--classes", str(folder), *map(str, cubes), "--out", str(out)]) == 0
+    for cube in cubes:
+        labels = tifffile.imread(out / f"{cube.stem}_labels.tif")
+        np.testing.assert_array_equal(labels, expected_labels(run.load_model("step-000020"), cube))
+        np.testing.assert_array_equal(tifffile.imread(out / f"{cube.stem}_classes.tif"),
+                                      mapping.apply(labels))
+
+
+def test_bad_input_exits_with_one_line(run, cubes, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert "run.json" in fail(["segment", str(tmp_path / "nothing"), str(cubes[0]),
+                               "--out", str(out)], capsys)
+    assert "no checkpoint 'step-000999'" in fail(
+        ["segment", str(run.path), str(cubes[0]), "--out", str(out), "--checkpoint",
+         "step-000999"], capsys)
+    assert "at least one cube" in fail(["segment", str(run.path), "--out", str(out)], capsys)
+    wrong_bands = tmp_path / "wrong.npy"
+    np.save(wrong_bands, np.zeros((5, 5, N_BANDS + 1), np.float32))
+    assert "wrong.npy: the cube has 11 bands, the model was trained on 10" in fail(
+        ["segment", str(run.path), str(cubes[0]), str(wrong_bands), "--out", str(out)], capsys)
+    assert "missing.npy" in fail(
+        ["segment", str(run.path), str(tmp_path / "missing.npy"), "--out", str(out)], capsys)
+    assert "cannot go with --classes" in fail(
+        ["segment", "--classes", str(run.path), str(cubes[0]), "--out", str(out),
+         "--checkpoint", "step-000010"], capsys)
+    assert not out.exists()  # nothing was written for any of them
+
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    np.save(twin / "first.npy", np.load(cubes[0]))
+    assert "same output name" in fail(
+        ["segment", str(run.path), str(cubes[0]), str(twin / "first.npy"), "--out", str(out)],
+        capsys)
+    assert main(["segment", str(run.path), str(cubes[0]), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert "first_labels.tif: exists; pass --overwrite" in fail(
+        ["segment", str(run.path), str(cubes[0]), "--out", str(out)], capsys)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["segment", str(run.path), str(cubes[0]), "--out", str(out), "--tile", "0"])
+    assert exit_info.value.code == 2
