@@ -126,6 +126,22 @@ def test_drawn_mask_gives_hand_computed_iou(panel, scene):
     assert "unassigned" in widget.confusion_label.text()
 
 
+def test_mask_class_names_can_merge_mask_values(panel, scene):
+    viewer, widget, clusters = panel
+    viewer.add_labels(scene.labels, name="ground truth", metadata={"dgc_cube_layer": "leaf"})
+    widget.select_clusters([0, 3])
+    widget.assign_selected(0)
+    widget.select_clusters([1, 2])
+    widget.assign_selected(1)
+    assert widget.compute_iou().pooled.iou[2] == 0.0  # lesion in the mask, no lesion class
+    widget.mask_classes_edit.setText("background, tissue, tissue")
+    report = widget.compute_iou()
+    assert report.class_names == ["background", "tissue"]
+    np.testing.assert_allclose(report.pooled.iou, [1.0, 1.0])
+    widget.mask_classes_edit.setText("background,,tissue")
+    assert widget.compute_iou() is None and "non-empty" in widget.status_label.text()
+
+
 def test_without_mapping_the_suggestion_is_offered(panel, scene, tmp_path):
     viewer, widget, clusters = panel
     viewer.add_labels(scene.labels, name="ground truth", metadata={"dgc_cube_layer": "leaf", "class_names": ["background", "tissue", "lesion"]})

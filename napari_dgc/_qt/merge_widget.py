@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QListWidgetItem,
     QMessageBox,
     QPushButton,
@@ -62,7 +63,7 @@ from napari_dgc.evaluation import (
     write_report,
 )
 from napari_dgc.export import export_model_folder, write_class_map
-from napari_dgc.masks import DEFAULT_LEGEND, MASK_SUFFIXES, Mask, match_masks, read_mask
+from napari_dgc.masks import DEFAULT_LEGEND, MASK_SUFFIXES, Mask, match_masks, parse_legend, read_mask
 
 CLASSES_PREFIX = "DGC classes"
 MASK_PREFIX = "DGC mask"
@@ -205,6 +206,13 @@ class MergeWidget(QWidget):
         import_masks.clicked.connect(self._import_masks_clicked)
         masks_layout.addWidget(new_mask, 1, 0)
         masks_layout.addWidget(import_masks, 1, 1)
+        self.mask_classes_edit = QLineEdit()
+        self.mask_classes_edit.setPlaceholderText("mask classes (values 0, 1, ...)")
+        self.mask_classes_edit.setToolTip(
+            "Optional names of mask values 0, 1, 2, ... for scoring, overriding the layers' own;\n"
+            "repeat a name to merge values, e.g. 'background, tissue, tissue' scores lesion as tissue"
+        )
+        masks_layout.addWidget(self.mask_classes_edit, 1, 2)
         self.method_combo = QComboBox()
         self.method_combo.addItems(SUGGESTION_METHODS)
         self.method_combo.setToolTip("automatic mapping: Hungarian (one-to-one) or many-to-one")
@@ -572,10 +580,12 @@ class MergeWidget(QWidget):
 
     def masks(self) -> dict[str, Mask]:
         """Cube name → validated mask of every cube that has a mask layer."""
+        names = self.mask_classes_edit.text().strip()
+        override = parse_legend(names) if names else None
         result = {}
         for cube, layer in self.mask_layers().items():
-            values = np.asarray(layer.data)
-            result[cube] = Mask(values, legend=mask_legend(layer), source=f"mask layer {layer.name!r}")
+            legend = override or mask_legend(layer)
+            result[cube] = Mask(np.asarray(layer.data), legend=legend, source=f"mask layer {layer.name!r}")
         return result
 
     def _update_mask_label(self) -> None:
