@@ -443,9 +443,13 @@ def cluster_statistics(
         rows = slice(start, min(start + step, shape_hw[0]))
         block = np.asarray(read_rows(rows), dtype=np.float64).reshape(-1, n_bands)
         ids = labels[rows].ravel()
-        # A one-hot product sums each cluster's spectra without a Python loop over pixels.
-        one_hot = np.zeros((ids.size, n_clusters))
-        one_hot[np.arange(ids.size), ids] = 1.0
-        sums += one_hot.T @ block
-        squares += one_hot.T @ (block * block)
+        # Sorting the pixels by cluster turns the per-cluster sums into contiguous segment
+        # sums (np.add.reduceat), linear in pixels x bands whatever K is.
+        order = np.argsort(ids, kind="stable")
+        grouped = block[order]
+        block_counts = np.bincount(ids, minlength=n_clusters)
+        present = np.flatnonzero(block_counts)
+        starts = np.concatenate([[0], np.cumsum(block_counts)[:-1]])[present]
+        sums[present] += np.add.reduceat(grouped, starts, axis=0)
+        squares[present] += np.add.reduceat(grouped * grouped, starts, axis=0)
     return ClusterStatistics(counts.astype(np.int64), *_mean_std(counts, sums, squares))
