@@ -92,15 +92,19 @@ class _MeanShiftStep(torch.autograd.Function):
         grad_logits = weights * (grad_weights - (weights * grad_weights).sum(-1, keepdim=True))
         grad_inv_bw_sq = (grad_logits * (dots - 1.0)).sum().reshape(inv_bw_sq.shape)
         grad_dots = grad_logits * inv_bw_sq
-        grad_z = torch.zeros_like(z)
+        # dots_o(p) = z(p) . z(p+o) sends grad_dots_o(p) z(p+o) to z(p) and grad_dots_o(p) z(p)
+        # to z(p+o). Collecting per neighbour z(q+o) of pixel q: its coefficient is
+        # grad_dots_o(q) + grad_dots_{-o}(q+o) (the same pair seen from q+o), so one vector op
+        # per offset instead of two; offsets[n-1-i] is -offsets[i].
+        grad_z = grad_padded[:, radius : radius + h, radius : radius + w].clone()
+        grad_dots_padded = F.pad(grad_dots, (0, 0, radius, radius, radius, radius))
+        last = len(offsets) - 1
         for index, (dy, dx) in enumerate(offsets):
             if index == centre:
                 continue
-            g = grad_dots[..., index : index + 1]
-            neighbour = _shifted(padded, radius, dy, dx, h, w)
-            grad_z.addcmul_(g, neighbour)
-            _shifted(grad_padded, radius, dy, dx, h, w).addcmul_(g, z)
-        grad_z += grad_padded[:, radius : radius + h, radius : radius + w]
+            mirrored = _shifted(grad_dots_padded, radius, dy, dx, h, w)[..., last - index]
+            coefficient = (grad_dots[..., index] + mirrored).unsqueeze(-1)
+            grad_z.addcmul_(coefficient, _shifted(padded, radius, dy, dx, h, w))
         return grad_z, grad_inv_bw_sq, None, None
 
 

@@ -79,7 +79,7 @@ class ModelConfig:
     meanshift_window: int = 5
     bandwidth_init: float = 1.0
     temperature: float = 0.05
-    spectral_bands: int | None = 64
+    spectral_bands: int | None = 32
     spectral_channels: int = 16
     spectral_stride: int = 2
     brightness_norm: bool = False
@@ -135,6 +135,36 @@ def box_resampling_matrix(n_bands: int, n_bins: int) -> torch.Tensor:
     overlap = (torch.minimum(band_lo[:, None] + 1, bin_lo[None, :] + width)
                - torch.maximum(band_lo[:, None], bin_lo[None, :])).clamp_min(0)
     return (overlap / width).float()
+
+
+#: Sequences up to this length are convolved by one matrix product with the convolution's
+#: banded (Toeplitz) matrix; longer ones by ``conv1d``. For the short spectra of the default
+#: model the matrix product is ~2x faster than oneDNN's convolution (whose backward pass is
+#: slow for so few channels), for long ones the mostly-zero matrix would cost more.
+BANDED_MATRIX_MAX_LENGTH = 64
+
+
+def band_convolution(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """Apply ``conv`` to ``(P, C_in, L)`` sequences; same result as ``conv(x)``.
+
+    Short sequences use the convolution's banded matrix ``(C_in * L, C_out * L_out)`` built
+    from the (differentiable) kernel, so forward and backward passes are plain matrix products.
+    """
+    n_seq, channels_in, length = x.shape
+    if length > BANDED_MATRIX_MAX_LENGTH:
+        return conv(x)
+    (kernel,), (stride,), (padding,) = conv.kernel_size, conv.stride, conv.padding
+    length_out = (length + 2 * padding - kernel) // stride + 1
+    position = torch.arange(length, device=x.device)
+    tap = position[:, None] - (torch.arange(length_out, device=x.device) * stride - padding)[None, :]
+    inside = (tap >= 0) & (tap < kernel)
+    # weight[o, i, tap[l, j]] where the tap is inside the kernel: (C_out, C_in, L, L_out)
+    banded = conv.weight[:, :, tap.clamp(0, kernel - 1)] * inside.to(conv.weight.dtype)
+    matrix = banded.permute(1, 2, 0, 3).reshape(channels_in * length, -1)
+    out = x.reshape(n_seq, channels_in * length) @ matrix
+    if conv.bias is not None:
+        out = out + conv.bias.repeat_interleave(length_out)
+    return out.reshape(n_seq, conv.out_channels, length_out)
 
 
 class DGCModel(nn.Module):
@@ -248,7 +278,12 @@ class DGCModel(nn.Module):
         """
         if self.resampling is not None:
             pixels = pixels @ self.resampling
-        features = self.spectral_convs(pixels.unsqueeze(1))
+        features = pixels.unsqueeze(1)
+        for module in self.spectral_convs:
+            if isinstance(module, nn.Conv1d):
+                features = band_convolution(features, module)
+            else:
+                features = module(features)
         return features.mean(dim=-1)
 
     def spatial(self, features: torch.Tensor, valid_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -464,7 +464,7 @@ def train(
             state = trainer.training_state()
             state["elapsed_s"] = elapsed
             stats = _window_stats(window)
-            stats["bandwidth"] = float(model.bandwidth)
+            stats["bandwidth"] = float(model.bandwidth.detach())
             checkpoint = run.save_checkpoint(step, model.state_dict(), trainer.optimizer.state_dict(),
                                              state, stats)
             window = []

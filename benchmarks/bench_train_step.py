@@ -1,0 +1,99 @@
+"""Median time of one DGC training step at the paper's setting (CPU by default).
+
+Setting: batch 4 crop pairs, 64 x 64 crops, 301 bands, K = 4, a synthetic 256 x 256 leaf scene.
+Each variant gets ``--warmup`` untimed steps, then ``--steps`` timed ones; pixels per second
+counts the crop pixels of a step (2 x batch x crop^2).
+
+Usage::
+
+    python benchmarks/bench_train_step.py --threads 2 --steps 15
+    python benchmarks/bench_train_step.py --variants default,paper-channels,full-bands,second-pass
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from napari_dgc.model import DGCModel, ModelConfig
+from napari_dgc.normalization import compute_band_statistics
+from napari_dgc.sampling import CubeSource, PairStream
+from napari_dgc.synthetic import make_leaf_scene
+from napari_dgc.training import TrainConfig, Trainer
+
+VARIANTS = {
+    "default": {},
+    "paper-channels": {"model": {"spectral_channels": 32}},
+    "full-bands": {"model": {"spectral_bands": None}},
+    "full-bands-paper-channels": {"model": {"spectral_bands": None, "spectral_channels": 32}},
+    "second-pass": {"ema_second_pass": True},
+    "no-meanshift": {"model": {"meanshift_iters": 0}},
+}
+
+
+def make_config(variant: str, clusters: int, crop: int, batch: int) -> TrainConfig:
+    """TrainConfig of a named variant."""
+    overrides = VARIANTS[variant]
+    model = ModelConfig(n_clusters=clusters, **overrides.get("model", {}))
+    rest = {key: value for key, value in overrides.items() if key != "model"}
+    return TrainConfig(model=model, crop_size=crop, batch_size=batch, device="cpu", **rest)
+
+
+def time_variant(
+    cube: np.ndarray, config: TrainConfig, warmup: int, steps: int
+) -> tuple[list[float], list[float]]:
+    """Wall-clock and process CPU seconds of each timed step.
+
+    On a shared machine the wall clock includes time the process waited for a core; with one
+    thread the CPU time is what the step costs on an idle core.
+    """
+    source = CubeSource(cube, "synthetic")
+    stream = PairStream([source], config.crop_size, (config.overlap_min, config.overlap_max),
+                        config.pairs_per_cube, config.seed, config.augment)
+    torch.manual_seed(config.seed)
+    model = DGCModel(cube.shape[-1], config.model)
+    stats = compute_band_statistics([source], config.model.brightness_norm)
+    model.set_normalization(stats.offset, stats.scale, stats.brightness_floor)
+    trainer = Trainer(model, stream, config, torch.device("cpu"))
+    wall, cpu = [], []
+    for index in range(warmup + steps):
+        started, started_cpu = time.perf_counter(), time.process_time()
+        trainer.step()
+        if index >= warmup:
+            wall.append(time.perf_counter() - started)
+            cpu.append(time.process_time() - started_cpu)
+    return wall, cpu
+
+
+def main() -> None:
+    """Run the benchmark and print one line per variant."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--bands", type=int, default=301)
+    parser.add_argument("--clusters", type=int, default=4)
+    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--variants", default="default")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    cube = make_leaf_scene(256, 256, args.bands, seed=0).cube
+    pixels = 2 * args.batch * args.crop**2
+    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.bands} bands, "
+          f"batch {args.batch} pairs of {args.crop}x{args.crop}, K={args.clusters}")
+    for variant in args.variants.split(","):
+        config = make_config(variant, args.clusters, args.crop, args.batch)
+        wall, cpu = time_variant(cube, config, args.warmup, args.steps)
+        median = statistics.median(wall)
+        print(f"{variant:26s} wall median {median * 1e3:7.1f} ms/step (min {min(wall) * 1e3:7.1f})"
+              f"  {pixels / median / 1e3:6.1f} kpx/s | CPU median {statistics.median(cpu) * 1e3:7.1f}"
+              f" ms/step  ({len(wall)} steps)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""``napari-dgc train``: train a DGC model on cubes, writing checkpoints to a run folder.
+
+::
+
+    napari-dgc train CUBE... --clusters K --steps N --checkpoint-every M --out RUN [options]
+    napari-dgc train CUBE... --resume RUN [--steps N]
+
+Cubes may be in any format :func:`napari_dgc.io.open_cube` reads; only the windows the crop
+pairs need are read. A progress line on stderr shows the step, losses, active clusters and
+speed; Ctrl-C stops after the last complete checkpoint, and ``--resume RUN`` continues it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from napari_dgc.errors import ConfigError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Register the ``train`` sub-command."""
+    parser = subparsers.add_parser(
+        "train",
+        usage="napari-dgc train CUBE... (--out RUN | --resume RUN) [options]",
+        help="train a DGC model on hyperspectral cubes",
+        description=(
+            "Train Deep Global Clustering on one or more cubes of the same bands. Checkpoints "
+            "go to the run folder; browse them with napari-dgc segment or the napari plugin."
+        ),
+    )
+    parser.add_argument("cubes", nargs="+", metavar="CUBE", help="training cubes (any format)")
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--out", metavar="RUN", help="new run folder")
+    target.add_argument("--resume", metavar="RUN", help="continue this run from its latest checkpoint")
+    parser.add_argument("--clusters", type=int, default=None, metavar="K",
+                        help="clusters (default 4; a resumed run keeps its own)")
+    parser.add_argument("--steps", type=int, default=2000, metavar="N", help="total steps (default 2000)")
+    parser.add_argument("--checkpoint-every", type=int, default=100, metavar="M",
+                        help="steps between checkpoints (default 100)")
+    parser.add_argument("--crop-size", type=int, default=64, help="crop side in pixels (default 64)")
+    parser.add_argument("--batch-size", type=int, default=4, help="crop pairs per step (default 4)")
+    parser.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for PyTorch (default: PyTorch's choice)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.set_defaults(handler=run)
+
+
+def _config(args: argparse.Namespace):
+    from napari_dgc.model import ModelConfig
+    from napari_dgc.training import TrainConfig
+
+    settings = {
+        "model": ModelConfig(n_clusters=4 if args.clusters is None else args.clusters),
+        "steps": args.steps,
+        "checkpoint_every": args.checkpoint_every,
+        "crop_size": args.crop_size,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "device": args.device,
+    }
+    if args.lr is not None:
+        settings["learning_rate"] = args.lr
+    return TrainConfig(**settings)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train; return the exit code (bad input raises DGCError, reported by the dispatcher)."""
+    import torch
+
+    from napari_dgc.training import CheckpointEvent, FinishedEvent, ProgressEvent, train
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ConfigError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    resume = args.resume is not None
+    config = _config(args)
+    if resume:
+        from napari_dgc.run import RunDirectory
+
+        # The run's own model settings apply; --clusters only has to agree if it was given.
+        run_config = RunDirectory.open(args.resume).config
+        if args.clusters is not None and args.clusters != run_config.model.n_clusters:
+            raise ConfigError(
+                f"{args.resume}: the run has {run_config.model.n_clusters} clusters, "
+                f"not {args.clusters}"
+            )
+        config = type(config).from_dict({**config.to_dict(), "model": run_config.model.to_dict()})
+    run_dir = args.resume if resume else args.out
+    last_line = 0.0
+    for event in train(args.cubes, config, run_dir, resume=resume):
+        if isinstance(event, ProgressEvent) and not args.quiet:
+            now = time.monotonic()
+            if now - last_line >= 0.5 or event.step == event.total_steps:
+                last_line = now
+                rate = event.step / event.elapsed_s if event.elapsed_s > 0 else 0.0
+                print(f"\rstep {event.step}/{event.total_steps}  loss {event.losses['total']:+.4f}  "
+                      f"active {event.active_clusters}  {rate:.2f} steps/s ",
+                      end="", file=sys.stderr, flush=True)
+        elif isinstance(event, CheckpointEvent) and not args.quiet:
+            print(f"\ncheckpoint {event.checkpoint_id} written", file=sys.stderr, flush=True)
+        elif isinstance(event, FinishedEvent):
+            print(f"finished at step {event.step}: {event.run_dir}")
+    return 0
