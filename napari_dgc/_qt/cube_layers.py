@@ -125,6 +125,39 @@ def labels_layer_name(cube_name: str) -> str:
     return f"DGC clusters [{cube_name}]"
 
 
+def clusters_layer(
+    viewer, source: CubeSource, *, run_dir: str | Path, n_clusters: int, layer: Labels | None = None
+) -> Labels:
+    """The Labels layer of a cube's clusters: ``layer`` if still in the viewer, else the layer
+    named :func:`labels_layer_name`, else a new, empty (transparent) one.
+
+    Creating a Labels layer costs the GUI thread about half a second, so the training panel
+    calls this when Start is clicked rather than in the middle of training.
+    """
+    if layer is not None and layer in viewer.layers:
+        return layer
+    name = labels_layer_name(source.name)
+    existing = next((lay for lay in viewer.layers if isinstance(lay, Labels) and lay.name == name), None)
+    if existing is not None:
+        return existing
+    # The cube layer is (bands, rows, cols): its last two axes place the label map.
+    return viewer.add_labels(
+        np.zeros(source.layer.data.shape[-2:], dtype=np.int32),
+        name=name,
+        metadata={
+            "dgc_run": str(run_dir),
+            "dgc_checkpoint": None,
+            "dgc_cube_layer": source.name,
+            "dgc_n_clusters": int(n_clusters),
+            "dgc_label_offset": LABEL_OFFSET,
+        },
+        colormap=cluster_colormap(n_clusters),
+        opacity=0.6,
+        scale=tuple(source.layer.scale[-2:]),
+        translate=tuple(source.layer.translate[-2:]),
+    )
+
+
 def show_clusters(
     viewer,
     source: CubeSource,
@@ -147,8 +180,7 @@ def show_clusters(
     run_dir, checkpoint_id, n_clusters
         Recorded in the layer's metadata (read by the cluster-merge panel).
     layer : Labels, optional
-        The layer used last time; reused if it is still in the viewer, else the layer named
-        :func:`labels_layer_name` is reused, else a new one is added.
+        The layer used last time (see :func:`clusters_layer`).
 
     Returns
     -------
@@ -162,25 +194,9 @@ def show_clusters(
         "dgc_n_clusters": int(n_clusters),
         "dgc_label_offset": LABEL_OFFSET,
     }
-    data = labels.astype(np.int32, copy=False) + LABEL_OFFSET
-    name = labels_layer_name(source.name)
-    if layer is None or layer not in viewer.layers:
-        layer = next(
-            (lay for lay in viewer.layers if isinstance(lay, Labels) and lay.name == name), None
-        )
-    if layer is None:
-        # The cube layer is (bands, rows, cols): its last two axes place the label map.
-        return viewer.add_labels(
-            data,
-            name=name,
-            metadata=metadata,
-            colormap=cluster_colormap(n_clusters),
-            opacity=0.6,
-            scale=tuple(source.layer.scale[-2:]),
-            translate=tuple(source.layer.translate[-2:]),
-        )
+    layer = clusters_layer(viewer, source, run_dir=run_dir, n_clusters=n_clusters, layer=layer)
     if layer.metadata.get("dgc_n_clusters") != n_clusters:
         layer.colormap = cluster_colormap(n_clusters)
     layer.metadata.update(metadata)
-    layer.data = data
+    layer.data = labels.astype(np.int32, copy=False) + LABEL_OFFSET
     return layer

@@ -42,8 +42,13 @@ def run_demo(
     int
         Process exit code (0 on success).
     """
+    import warnings
+
     import napari
     from qtpy.QtCore import QTimer
+
+    # napari announces the PyQt5 deprecation as a toast; it is for developers, not demo users.
+    warnings.filterwarnings("ignore", message=".*PyQt5.*", category=FutureWarning)
 
     from napari_dgc._sample_data import synthetic_leaf_sample
     from napari_dgc._qt.train_state import TrainStatus
@@ -53,6 +58,8 @@ def run_demo(
         getattr(viewer, f"add_{layer_type}")(data, **kwargs)
     _dock, panel = viewer.window.add_plugin_dock_widget("napari-dgc", "DGC: Train")
     viewer.window._qt_window.resize(1600, 1000)
+    # Fit the scene to the canvas once the window has its final size.
+    QTimer.singleShot(500, viewer.reset_view)
 
     if train_steps > 0:
         config = panel.train_config()

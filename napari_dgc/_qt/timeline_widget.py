@@ -36,9 +36,9 @@ from napari_dgc.errors import DGCError
 from napari_dgc.io import open_cube
 from napari_dgc.run import CheckpointInfo
 
-from .cube_layers import CubeSource, cube_source, is_cube_layer, is_reader_cube, show_clusters
+from .cube_layers import CubeSource, clusters_layer, cube_source, is_cube_layer, is_reader_cube, show_clusters
 from .plots import SparklineGrid
-from .workers import CheckpointSegmented, FiguresComputed, start_review_worker
+from .workers import CheckpointSegmented, FiguresComputed, call_on_window_close, start_review_worker
 
 CURRENT_MARKER = None  # the theme's text colour
 CHOSEN_MARKER = "#ffd700"
@@ -87,6 +87,7 @@ class TimelineWidget(QWidget):
         self._review_worker = None
         self._build()
         self._update_enabled()
+        call_on_window_close(self.viewer, self.shutdown, self)
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -232,6 +233,14 @@ class TimelineWidget(QWidget):
         self.run_label.setToolTip(str(review.path))
         self.refresh()
 
+    def prepare_layers(self, sources: Sequence[CubeSource], run_dir: Path, n_clusters: int) -> None:
+        """Create the (empty) cluster layers of ``sources`` now, before training starts."""
+        for source in sources:
+            self.labels_layers[source.key] = clusters_layer(
+                self.viewer, source, run_dir=run_dir, n_clusters=n_clusters,
+                layer=self.labels_layers.get(source.key),
+            )
+
     def set_live(self, live: bool) -> None:
         """Mark whether training is producing checkpoints; when it stops, figures are filled in."""
         self.live = live
@@ -371,7 +380,7 @@ class TimelineWidget(QWidget):
         if not self._requests.empty():
             self._start_review_worker()
 
-    def shutdown(self, timeout_s: float = 30.0) -> None:
+    def shutdown(self, timeout_s: float = 120.0) -> None:
         """Stop the review worker and wait for it (used when napari closes)."""
         worker = self._review_worker
         self._stop_review_worker()

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.qt.threading import GeneratorWorker, create_worker
+from qtpy.QtCore import QEvent, QObject
 
 from napari_dgc.checkpoint_review import CheckpointFigures, CheckpointReview, CubeInput
 from napari_dgc.training import CheckpointEvent, TrainConfig, resolve_device, train
@@ -41,6 +42,30 @@ class ClosingGeneratorWorker(GeneratorWorker):
                 self._gen.close()
             finally:
                 self.done.set()
+
+
+class _CloseWatcher(QObject):
+    """Calls ``callback`` when the watched window receives its Close event."""
+
+    def __init__(self, callback: Callable[[], None], parent: QObject):
+        super().__init__(parent)
+        self._callback = callback
+
+    def eventFilter(self, watched, event) -> bool:
+        if event.type() == QEvent.Close:
+            self._callback()
+        return False
+
+
+def call_on_window_close(viewer, callback: Callable[[], None], owner: QObject) -> None:
+    """Call ``callback`` (on the GUI thread) when the viewer's main window closes.
+
+    Used to stop and wait for workers, so no thread is left writing files or emitting
+    signals into deleted Qt objects when napari exits. ``owner`` owns the event filter.
+    """
+    window = getattr(viewer.window, "_qt_window", None)
+    if window is not None:
+        window.installEventFilter(_CloseWatcher(callback, owner))
 
 
 @dataclass(frozen=True)
