@@ -50,8 +50,8 @@ class TrainConfig:
     balance_sign : {"paper", "reference"}
         ``"paper"`` minimises -H of cluster usage (maximises entropy); ``"reference"`` adds +H as
         the reference implementation does (rewards collapse; for comparison only).
-    uniform_schedule, kick_schedule : {"constant", "linear", "cosine"}
-        Decay of the uniform-assignment weight / kick size from its value to
+    uniform_schedule, balance_schedule, kick_schedule : {"constant", "linear", "cosine"}
+        Decay of the uniform-assignment weight / balance weight / kick size from its value to
         ``*_final_fraction`` of it at the last step.
     dead_threshold : float
         A cluster whose share of a step's probability mass is below this fraction is "dead"
@@ -90,6 +90,8 @@ class TrainConfig:
     balance_sign: str = "paper"
     uniform_schedule: str = "constant"
     uniform_final_fraction: float = 0.1
+    balance_schedule: str = "constant"
+    balance_final_fraction: float = 0.1
     kick_schedule: str = "constant"
     kick_final_fraction: float = 0.1
     max_spectral_shift: int = 2
@@ -130,17 +132,12 @@ class TrainConfig:
                 f"dead_threshold {self.dead_threshold} must be below 1/K = "
                 f"{1.0 / self.model.n_clusters:.3g} (a perfectly balanced cluster would be dead)"
             )
-        if self.model.n_clusters > self.crop_size * self.crop_size:
-            raise ConfigError(
-                f"{self.model.n_clusters} clusters cannot be balanced over "
-                f"{self.crop_size}x{self.crop_size}-pixel crops"
-            )
         if self.balance_sign not in ("paper", "reference"):
             raise ConfigError(f"balance_sign must be 'paper' or 'reference', got {self.balance_sign!r}")
-        for name in ("uniform_schedule", "kick_schedule"):
+        for name in ("uniform_schedule", "balance_schedule", "kick_schedule"):
             if getattr(self, name) not in SCHEDULES:
                 raise ConfigError(f"{name} must be one of {', '.join(SCHEDULES)}")
-        for name in ("uniform_final_fraction", "kick_final_fraction"):
+        for name in ("uniform_final_fraction", "balance_final_fraction", "kick_final_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.normalization_pixels < 100:
@@ -313,10 +310,12 @@ class Trainer:
         rows_a, rows_b = self._matched_rows(pairs)
         uniform_weight = schedule_value(config.weight_uniform, config.uniform_schedule,
                                         config.uniform_final_fraction, self.step_count, config.steps)
+        balance_weight = schedule_value(config.weight_balance, config.balance_schedule,
+                                        config.balance_final_fraction, self.step_count, config.steps)
         terms = {
             "compact": config.weight_compact * losses.compactness_loss(z, p, centroids),
             "orth": config.weight_orth * losses.orthogonality_loss(centroids),
-            "balance": config.weight_balance * losses.balance_loss(p, config.balance_sign),
+            "balance": balance_weight * losses.balance_loss(p, config.balance_sign),
             "uniform": uniform_weight * losses.uniform_assignment_loss(log_p),
             "consistency": config.weight_consistency
             * losses.consistency_loss(log_p[rows_a], log_p[rows_b]),

@@ -1,0 +1,157 @@
+"""DGC model: per-pixel spectral stage, exact mean-shift gradient, tiles == whole image, config."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from napari_dgc._meanshift import mean_shift
+from napari_dgc.errors import ConfigError
+from napari_dgc.model import DGCModel, ModelConfig, band_convolution, box_resampling_matrix
+
+SMALL = ModelConfig(n_clusters=3, embed_dim=8, spectral_channels=4, spectral_bands=8,
+                    meanshift_iters=2)
+
+
+def _model(n_bands: int = 12, config: ModelConfig = SMALL, seed: int = 0) -> DGCModel:
+    torch.manual_seed(seed)
+    return DGCModel(n_bands, config).eval()
+
+
+def test_spectral_stage_mixes_no_pixels():
+    model = _model()
+    pixels = torch.randn(20, 12)
+    before = model.spectral(pixels)
+    changed = pixels.clone()
+    changed[7] += 5.0
+    after = model.spectral(changed)
+    differs = (before - after).abs().amax(dim=1) > 0
+    assert differs.nonzero().flatten().tolist() == [7]
+
+
+def test_embed_depends_only_on_the_receptive_field():
+    model = _model()
+    x = torch.randn(1, 12, 40, 40)
+    changed = x.clone()
+    changed[0, :, 20, 20] += 3.0
+    moved = (model.embed(x) - model.embed(changed)).abs().amax(dim=1)[0] > 1e-6
+    rows, cols = moved.nonzero(as_tuple=True)
+    radius = model.receptive_radius
+    assert moved[20, 20]
+    assert (rows - 20).abs().max() <= radius and (cols - 20).abs().max() <= radius
+
+
+def test_receptive_radius_of_the_paper_architecture():
+    assert DGCModel(5).receptive_radius == 2 * 1 + 5 * 2
+
+
+@pytest.mark.parametrize("length", [20, 100])
+def test_band_convolution_equals_conv1d(length):
+    torch.manual_seed(1)
+    conv = torch.nn.Conv1d(3, 5, 9, stride=2, padding=4)
+    x = torch.randn(6, 3, length)
+    torch.testing.assert_close(band_convolution(x, conv), conv(x), rtol=1e-5, atol=1e-5)
+
+
+def test_box_resampling_averages_bands():
+    matrix = box_resampling_matrix(6, 3)
+    torch.testing.assert_close(matrix.sum(dim=0), torch.ones(3))
+    spectrum = torch.arange(6.0)
+    torch.testing.assert_close(spectrum @ matrix, torch.tensor([0.5, 2.5, 4.5]))
+
+
+def test_mean_shift_gradient_is_exact_with_border_and_mask():
+    torch.manual_seed(0)
+    z = F.normalize(torch.randn(2, 4, 6, 5, dtype=torch.float64), dim=1).requires_grad_()
+    bandwidth = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+    valid = torch.ones(2, 6, 5, dtype=torch.float64)
+    valid[1, :2] = 0
+    assert torch.autograd.gradcheck(lambda a, b: mean_shift(a, b, 2, 1, valid), (z, bandwidth))
+    assert torch.autograd.gradcheck(lambda a, b: mean_shift(a, b, 1, 2), (z, bandwidth))
+
+
+def test_mean_shift_keeps_unit_norm_and_pulls_neighbours_together():
+    torch.manual_seed(0)
+    base = F.normalize(torch.randn(1, 8, 1, 1), dim=1).expand(1, 8, 10, 10)
+    z = F.normalize(base + 0.3 * torch.randn(1, 8, 10, 10), dim=1)
+    shifted = mean_shift(z, torch.tensor(1.0), 3, 2)
+    torch.testing.assert_close(shifted.norm(dim=1), torch.ones(1, 10, 10))
+    spread_before = (z - z.mean(dim=(2, 3), keepdim=True)).norm(dim=1).mean()
+    spread_after = (shifted - shifted.mean(dim=(2, 3), keepdim=True)).norm(dim=1).mean()
+    assert spread_after < spread_before
+
+
+def test_tile_with_halo_equals_whole_image():
+    model = _model()
+    x = torch.randn(1, 12, 36, 36)
+    whole = model.embed(x)
+    radius = model.receptive_radius
+    rows, cols = slice(10 - radius, 22 + radius), slice(0, 14 + radius)  # touches the left border
+    tile = model.embed(x[:, :, rows, cols])
+    inner = tile[:, :, radius : radius + 12, :14]
+    torch.testing.assert_close(inner, whole[:, :, 10:22, 0:14], rtol=1e-5, atol=1e-5)
+
+
+def test_valid_mask_makes_outside_pixels_act_like_the_image_border():
+    model = _model()
+    x = torch.randn(1, 12, 20, 20)
+    whole = model.embed(x)
+    padded = torch.full((1, 12, 26, 26), float("nan"))
+    padded[:, :, 3:23, 3:23] = x
+    valid = torch.zeros(1, 26, 26, dtype=torch.bool)
+    valid[:, 3:23, 3:23] = True
+    inner = model.embed(padded, valid_mask=valid)[:, :, 3:23, 3:23]
+    torch.testing.assert_close(inner, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_outputs_are_normalised_and_predict_is_the_nearest_centroid():
+    model = _model()
+    x = torch.randn(2, 12, 16, 16)
+    z, p = model(x)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(2, 16, 16))
+    torch.testing.assert_close(p.sum(dim=1), torch.ones(2, 16, 16))
+    torch.testing.assert_close(model.centroids.norm(dim=1), torch.ones(3))
+    assert torch.equal(model.predict(x), p.argmax(dim=1))
+
+
+def test_state_dict_holds_normalisation_and_centroids():
+    model = _model()
+    model.set_normalization(torch.arange(12.0), torch.full((12,), 2.0))
+    state = model.state_dict()
+    assert {"band_offset", "band_scale", "centroids", "bandwidth_raw"} <= state.keys()
+    clone = _model(seed=99)
+    clone.load_state_dict(state)
+    x = torch.randn(1, 12, 16, 16)
+    assert torch.equal(clone.predict(x), model.predict(x))
+
+
+def test_normalize_uses_dataset_statistics_and_brightness():
+    model = _model(config=ModelConfig(**{**SMALL.to_dict(), "brightness_norm": True}))
+    model.set_normalization(torch.zeros(12), torch.ones(12), brightness_floor=1e-3)
+    x = torch.rand(1, 12, 4, 4) + 0.5
+    torch.testing.assert_close(model.normalize(x), model.normalize(3.0 * x))
+
+
+def test_config_round_trips_through_json():
+    config = ModelConfig(n_clusters=5, spectral_bands=None, brightness_norm=True)
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+
+
+@pytest.mark.parametrize("settings", [{"n_clusters": 1}, {"n_clusters": 65}, {"meanshift_window": 4},
+                                      {"temperature": 0.0}, {"spectral_kernel": 0}])
+def test_bad_model_settings_raise_config_error(settings):
+    with pytest.raises(ConfigError):
+        ModelConfig(**settings)
+
+
+def test_unknown_model_setting_raises():
+    with pytest.raises(ConfigError, match="unknown"):
+        ModelConfig.from_dict({"n_clusters": 3, "colour": "red"})
+
+
+def test_wrong_band_count_raises():
+    with pytest.raises(ConfigError, match="12"):
+        _model().embed(torch.randn(1, 10, 8, 8))

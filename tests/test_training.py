@@ -1,0 +1,204 @@
+"""Training generator: events, checkpoints, exact resume, reproducibility, kicks, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_dgc.errors import CheckpointError, ConfigError, CubeFormatError
+from napari_dgc.model import ModelConfig
+from napari_dgc.run import RunDirectory
+from napari_dgc.training import (
+    LOSS_TERMS,
+    CheckpointEvent,
+    FinishedEvent,
+    ProgressEvent,
+    TrainConfig,
+    Trainer,
+    schedule_value,
+    train,
+)
+
+TINY_MODEL = ModelConfig(n_clusters=2, embed_dim=8, spectral_channels=4, spectral_bands=8,
+                         meanshift_iters=2)
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    settings = dict(model=TINY_MODEL, steps=6, checkpoint_every=3, crop_size=12, batch_size=2,
+                    pairs_per_cube=2, device="cpu", seed=3)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+@pytest.fixture
+def cubes(rng):
+    """Two small two-material cubes of 10 bands."""
+    result = []
+    for _ in range(2):
+        labels = rng.random((24, 24)) < 0.5
+        spectra = np.where(labels[..., None], np.linspace(0, 1, 10), np.linspace(1, 0, 10))
+        result.append((spectra + 0.05 * rng.normal(size=spectra.shape)).astype(np.float32))
+    return result
+
+
+def test_events_come_in_order_with_all_loss_terms(cubes, tmp_path):
+    events = list(train(cubes, tiny_config(), tmp_path / "run"))
+    kinds = [type(e).__name__[0] for e in events]
+    assert "".join(kinds) == "PPPCPPPCF"
+    progress = [e for e in events if isinstance(e, ProgressEvent)]
+    assert [e.step for e in progress] == list(range(1, 7))
+    assert set(progress[0].losses) == set(LOSS_TERMS)
+    assert all(np.isfinite(v) for e in progress for v in e.losses.values())
+    assert progress[0].total_steps == 6 and progress[0].learning_rate == pytest.approx(1e-3)
+    assert 1 <= progress[-1].active_clusters <= 2
+    assert [e.checkpoint_id for e in events if isinstance(e, CheckpointEvent)] == [
+        "step-000003", "step-000006"]
+    assert isinstance(events[-1], FinishedEvent) and events[-1].step == 6
+    run = RunDirectory.open(tmp_path / "run")
+    assert [c.step for c in run.checkpoints()] == [3, 6]
+    assert set(run.checkpoints()[0].stats["losses"]) == set(LOSS_TERMS)
+    model = run.load_model()
+    assert model.predict(torch.from_numpy(cubes[0]).permute(2, 0, 1)[None]).shape == (1, 24, 24)
+
+
+def _weights(path) -> dict:
+    return RunDirectory.open(path).load_model(RunDirectory.open(path).latest_checkpoint().checkpoint_id).state_dict()
+
+
+def test_stopped_and_resumed_run_ends_with_the_uninterrupted_weights(cubes, tmp_path):
+    list(train(cubes, tiny_config(), tmp_path / "straight"))
+    interrupted = train(cubes, tiny_config(), tmp_path / "stopped")
+    for event in interrupted:
+        if isinstance(event, ProgressEvent) and event.step == 4:
+            break  # stop after step 4: steps 4.. are redone from checkpoint 3
+    interrupted.close()
+    assert [c.step for c in RunDirectory.open(tmp_path / "stopped").checkpoints()] == [3]
+    resumed = list(train(cubes, tiny_config(), tmp_path / "stopped", resume=True))
+    assert [e.step for e in resumed if isinstance(e, ProgressEvent)] == [4, 5, 6]
+    straight, stopped = _weights(tmp_path / "straight"), _weights(tmp_path / "stopped")
+    assert straight.keys() == stopped.keys()
+    for name in straight:
+        assert torch.equal(straight[name], stopped[name]), name
+
+
+def test_same_seed_same_weights_other_seed_other_weights(cubes, tmp_path):
+    config = tiny_config(steps=2, checkpoint_every=2)
+    list(train(cubes, config, tmp_path / "a"))
+    list(train(cubes, config, tmp_path / "b"))
+    list(train(cubes, tiny_config(steps=2, checkpoint_every=2, seed=4), tmp_path / "c"))
+    a, b, c = (_weights(tmp_path / name) for name in "abc")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_finished_run_can_be_extended(cubes, tmp_path):
+    list(train(cubes, tiny_config(steps=3), tmp_path / "run"))
+    events = list(train(cubes, tiny_config(steps=6), tmp_path / "run", resume=True))
+    assert [e.step for e in events if isinstance(e, ProgressEvent)] == [4, 5, 6]
+
+
+def _trainer(cubes, **overrides) -> Trainer:
+    from napari_dgc.model import DGCModel
+    from napari_dgc.sampling import PairStream, open_sources
+
+    config = tiny_config(**overrides)
+    stream = PairStream(open_sources(cubes), config.crop_size, (0.2, 0.8), 2, 0)
+    torch.manual_seed(0)
+    return Trainer(DGCModel(10, config.model), stream, config, torch.device("cpu"))
+
+
+def test_dead_cluster_is_kicked_and_live_one_follows_the_ema(cubes):
+    trainer = _trainer(cubes, kick=0.05, dead_threshold=0.01, ema_decay=0.9)
+    centroids = torch.nn.functional.normalize(torch.tensor([[1.0] + [0.0] * 7, [0.0, 1.0] + [0.0] * 6]), dim=1)
+    trainer.model.centroids.copy_(centroids)
+    z = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 1.0] + [0.0] * 5] * 100), dim=1)
+    p = torch.zeros(100, 2)
+    p[:, 0] = 1.0
+    p[0] = torch.tensor([0.5, 0.5])  # cluster 1 holds 0.5 % of the mass: dead
+    trainer._update_centroids(z, p)
+    new = trainer.model.centroids
+    expected_live = torch.nn.functional.normalize(0.9 * centroids[0] + 0.1 * z[0], dim=0)
+    torch.testing.assert_close(new[0], expected_live)
+    assert not torch.allclose(new[1], centroids[1])  # kicked
+    torch.testing.assert_close(new.norm(dim=1), torch.ones(2))
+
+
+def test_no_kick_when_every_cluster_has_mass(cubes):
+    trainer = _trainer(cubes, kick=1.0, ema_decay=0.0)
+    z = torch.nn.functional.normalize(torch.randn(50, 8), dim=1)
+    p = torch.full((50, 2), 0.5)
+    trainer._update_centroids(z, p)
+    torch.testing.assert_close(trainer.model.centroids[0], trainer.model.centroids[1])
+
+
+def test_schedules_decay_to_their_final_fraction():
+    assert schedule_value(2.0, "constant", 0.1, 99, 100) == 2.0
+    assert schedule_value(2.0, "linear", 0.1, 99, 100) == pytest.approx(0.2)
+    assert schedule_value(2.0, "cosine", 0.1, 0, 100) == pytest.approx(2.0)
+    assert schedule_value(2.0, "cosine", 0.1, 99, 100) == pytest.approx(0.2)
+
+
+def test_config_round_trips_through_json():
+    config = tiny_config(balance_sign="reference", uniform_schedule="cosine")
+    again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
+    assert again == config and isinstance(again.model, ModelConfig)
+
+
+# -- bad input: clear error, nothing written ----------------------------------------------------
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"model": ModelConfig(n_clusters=2), "dead_threshold": 0.6}, "dead_threshold"),
+        ({"overlap_min": 0.9, "overlap_max": 0.5}, "overlap"),
+        ({"crop_size": 4}, "crop_size"),
+        ({"steps": 0}, "steps"),
+        ({"learning_rate": -1.0}, "learning_rate"),
+        ({"uniform_schedule": "sometimes"}, "uniform_schedule"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_bad_settings_raise_config_error(settings, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(**settings)
+
+
+def test_bad_cluster_counts_raise_config_error():
+    with pytest.raises(ConfigError, match="n_clusters"):
+        tiny_config(model=ModelConfig(n_clusters=1))
+    with pytest.raises(ConfigError, match="n_clusters"):
+        tiny_config(model=ModelConfig(n_clusters=500))
+
+
+@pytest.mark.parametrize("problem", ["bands", "small", "nan", "constant"])
+def test_bad_cubes_raise_before_anything_is_written(cubes, tmp_path, problem):
+    if problem == "bands":
+        data, match = [cubes[0], cubes[1][..., :9]], "bands"
+    elif problem == "small":
+        data, match = [cubes[0], cubes[1][:10]], "smaller than the 12 x 12 crop"
+    elif problem == "nan":
+        bad = cubes[1].copy()
+        bad[5, 5, 2] = np.inf
+        data, match = [cubes[0], bad], "array 1: NaN or infinite"
+    else:
+        data, match = [np.ones((24, 24, 10), np.float32)], "constant"
+    with pytest.raises(CubeFormatError, match=match):
+        list(train(data, tiny_config(), tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_resuming_with_another_band_count_is_refused(cubes, tmp_path):
+    list(train(cubes, tiny_config(steps=3), tmp_path / "run"))
+    before = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    with pytest.raises(CheckpointError, match="10 bands, not 9"):
+        list(train([c[..., :9] for c in cubes], tiny_config(), tmp_path / "run", resume=True))
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == before
+
+
+def test_new_run_never_overwrites_an_existing_one(cubes, tmp_path):
+    list(train(cubes, tiny_config(steps=3), tmp_path / "run"))
+    with pytest.raises(CheckpointError, match="already"):
+        list(train(cubes, tiny_config(), tmp_path / "run"))
+    assert [c.step for c in RunDirectory.open(tmp_path / "run").checkpoints()] == [3]
