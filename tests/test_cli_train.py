@@ -1,0 +1,81 @@
+"""``napari-dgc train``: trains from files, resumes, and refuses bad input in one line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_dgc.cli import main
+from napari_dgc.run import RunDirectory
+
+FAST = ["--crop-size", "12", "--batch-size", "2", "--device", "cpu", "--threads", "1"]
+
+
+@pytest.fixture
+def cube_file(tmp_path, rng):
+    labels = rng.random((24, 24)) < 0.5
+    cube = np.where(labels[..., None], np.linspace(0, 1, 10), np.linspace(1, 0, 10))
+    path = tmp_path / "scene.npy"
+    np.save(path, (cube + 0.05 * rng.normal(size=cube.shape)).astype(np.float32))
+    return path
+
+
+def test_train_writes_checkpoints_and_resume_extends_the_run(cube_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", str(cube_file), "--clusters", "2", "--steps", "2",
+                 "--checkpoint-every", "1", "--out", str(run), *FAST])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "finished at step 2" in captured.out
+    assert "step 2/2" in captured.err and "checkpoint step-000002 written" in captured.err
+    assert [c.step for c in RunDirectory.open(run).checkpoints()] == [1, 2]
+    assert RunDirectory.open(run).dataset_files == [str(cube_file.resolve())]
+
+    code = main(["train", str(cube_file), "--steps", "3", "--checkpoint-every", "1",
+                 "--resume", str(run), *FAST])
+    assert code == 0
+    assert [c.step for c in RunDirectory.open(run).checkpoints()] == [1, 2, 3]
+
+
+def _error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--clusters", "1"], "n_clusters must be between 2 and 64"),
+        (["--clusters", "100"], "n_clusters must be between 2 and 64"),
+        (["--crop-size", "40"], "smaller than the 40 x 40 crop"),
+        (["--steps", "0"], "steps must be at least 1"),
+        (["--threads", "0"], "--threads"),
+    ],
+)
+def test_bad_input_exits_non_zero_with_one_line(cube_file, tmp_path, capsys, arguments, message):
+    run = tmp_path / "run"
+    code = main(["train", str(cube_file), "--out", str(run), *FAST, *arguments])
+    assert code == 2
+    line = _error_line(capsys)
+    assert line.startswith("napari-dgc train: error:") and message in line
+    assert not run.exists()
+
+
+def test_missing_cube_file_is_reported(tmp_path, capsys):
+    code = main(["train", str(tmp_path / "nope.npy"), "--out", str(tmp_path / "run"), *FAST])
+    assert code == 2
+    assert "nope.npy" in _error_line(capsys)
+
+
+def test_resume_with_other_clusters_or_bands_is_refused(cube_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(cube_file), "--clusters", "2", "--steps", "1", "--out", str(run),
+                 "--quiet", *FAST]) == 0
+    capsys.readouterr()
+    assert main(["train", str(cube_file), "--clusters", "3", "--resume", str(run), *FAST]) == 2
+    assert "2 clusters, not 3" in _error_line(capsys)
+    other = tmp_path / "other.npy"
+    np.save(other, np.load(cube_file)[..., :8])
+    assert main(["train", str(other), "--resume", str(run), *FAST]) == 2
+    assert "10 bands, not 8" in _error_line(capsys)
