@@ -35,12 +35,12 @@ def _shifted(padded: torch.Tensor, radius: int, dy: int, dx: int, h: int, w: int
 
 
 def _neighbour_mask(valid: torch.Tensor, radius: int) -> torch.Tensor:
-    """(B, H, W, n_offsets) bool: is the neighbour at each offset inside the image."""
+    """(n_offsets, B, H, W) bool: is the neighbour at each offset inside the image."""
     _, h, w = valid.shape
     padded = F.pad(valid, (radius, radius, radius, radius))
     masks = [_shifted(padded, radius, dy, dx, h, w) for dy, dx in _offsets(radius)]
-    mask = torch.stack(masks, dim=-1) > 0
-    mask[..., len(masks) // 2] = True  # a pixel always counts itself (keeps the softmax finite)
+    mask = torch.stack(masks) > 0
+    mask[len(masks) // 2] = True  # a pixel always counts itself (keeps the softmax finite)
     return mask
 
 
@@ -52,20 +52,26 @@ class _MeanShiftStep(torch.autograd.Function):
         batch, h, w, _ = z.shape
         offsets = _offsets(radius)
         centre = len(offsets) // 2
-        padded = F.pad(z, (0, 0, radius, radius, radius, radius))
-        dots = torch.empty(batch, h, w, len(offsets), dtype=z.dtype, device=z.device)
-        for index, (dy, dx) in enumerate(offsets):
-            if index == centre:
-                dots[..., index] = 1.0  # z . z of a unit vector
-            else:
-                dots[..., index] = torch.linalg.vecdot(z, _shifted(padded, radius, dy, dx, h, w))
+        # Padded by 2r: dots are computed on the image grown by r, so each product map serves
+        # the offset o and its mirror -o (dots_{-o}(p) = z(p) . z(p-o) = dots_o(p-o)).
+        padded = F.pad(z, (0, 0, 2 * radius, 2 * radius, 2 * radius, 2 * radius))
+        grown_h, grown_w = h + 2 * radius, w + 2 * radius
+        grown = padded[:, radius : radius + grown_h, radius : radius + grown_w]
+        # Offset-major (n_offsets, B, H, W) so every per-offset slice is contiguous.
+        dots = torch.empty(len(offsets), batch, h, w, dtype=z.dtype, device=z.device)
+        dots[centre] = 1.0  # z . z of a unit vector
+        last = len(offsets) - 1
+        for index in range(centre + 1, len(offsets)):
+            dy, dx = offsets[index]
+            products = torch.linalg.vecdot(grown, _shifted(padded, radius, dy, dx, grown_h, grown_w))
+            dots[index] = products[:, radius : radius + h, radius : radius + w]
+            dots[last - index] = products[:, radius - dy : radius - dy + h, radius - dx : radius - dx + w]
         logits = (dots - 1.0) * inv_bw_sq
-        if neighbour_ok is not None:
-            logits = logits.masked_fill(~neighbour_ok, float("-inf"))
-        weights = torch.softmax(logits, dim=-1)
+        logits = logits.masked_fill(~neighbour_ok, float("-inf"))
+        weights = torch.softmax(logits, dim=0)
         shifted_mean = torch.zeros_like(z)
         for index, (dy, dx) in enumerate(offsets):
-            shifted_mean.addcmul_(weights[..., index : index + 1], _shifted(padded, radius, dy, dx, h, w))
+            shifted_mean.addcmul_(weights[index].unsqueeze(-1), _shifted(padded, 2 * radius, dy, dx, h, w))
         norm = shifted_mean.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         out = shifted_mean / norm
         ctx.radius = radius
@@ -86,10 +92,10 @@ class _MeanShiftStep(torch.autograd.Function):
         grad_weights = torch.empty_like(weights)
         for index, (dy, dx) in enumerate(offsets):
             neighbour = _shifted(padded, radius, dy, dx, h, w)
-            grad_weights[..., index] = torch.linalg.vecdot(grad_mean, neighbour)
-            _shifted(grad_padded, radius, dy, dx, h, w).addcmul_(weights[..., index : index + 1], grad_mean)
+            grad_weights[index] = torch.linalg.vecdot(grad_mean, neighbour)
+            _shifted(grad_padded, radius, dy, dx, h, w).addcmul_(weights[index].unsqueeze(-1), grad_mean)
         # softmax backward; masked neighbours have weight 0 and so get no gradient.
-        grad_logits = weights * (grad_weights - (weights * grad_weights).sum(-1, keepdim=True))
+        grad_logits = weights * (grad_weights - (weights * grad_weights).sum(0, keepdim=True))
         grad_inv_bw_sq = (grad_logits * (dots - 1.0)).sum().reshape(inv_bw_sq.shape)
         grad_dots = grad_logits * inv_bw_sq
         # dots_o(p) = z(p) . z(p+o) sends grad_dots_o(p) z(p+o) to z(p) and grad_dots_o(p) z(p)
@@ -97,13 +103,13 @@ class _MeanShiftStep(torch.autograd.Function):
         # grad_dots_o(q) + grad_dots_{-o}(q+o) (the same pair seen from q+o), so one vector op
         # per offset instead of two; offsets[n-1-i] is -offsets[i].
         grad_z = grad_padded[:, radius : radius + h, radius : radius + w].clone()
-        grad_dots_padded = F.pad(grad_dots, (0, 0, radius, radius, radius, radius))
+        grad_dots_padded = F.pad(grad_dots, (radius, radius, radius, radius))
         last = len(offsets) - 1
         for index, (dy, dx) in enumerate(offsets):
             if index == centre:
                 continue
-            mirrored = _shifted(grad_dots_padded, radius, dy, dx, h, w)[..., last - index]
-            coefficient = (grad_dots[..., index] + mirrored).unsqueeze(-1)
+            mirrored = _shifted(grad_dots_padded[last - index], radius, dy, dx, h, w)
+            coefficient = (grad_dots[index] + mirrored).unsqueeze(-1)
             grad_z.addcmul_(coefficient, _shifted(padded, radius, dy, dx, h, w))
         return grad_z, grad_inv_bw_sq, None, None
 

@@ -52,7 +52,8 @@ class TrainConfig:
         the reference implementation does (rewards collapse; for comparison only).
     uniform_schedule, balance_schedule, kick_schedule : {"constant", "linear", "cosine"}
         Decay of the uniform-assignment weight / balance weight / kick size from its value to
-        ``*_final_fraction`` of it at the last step.
+        ``*_final_fraction`` of it after ``schedule_steps`` steps (the whole run if ``None``),
+        staying there afterwards.
     dead_threshold : float
         A cluster whose share of a step's probability mass is below this fraction is "dead"
         and kicked; also the share of hard labels a cluster needs to count as active.
@@ -94,6 +95,7 @@ class TrainConfig:
     balance_final_fraction: float = 0.1
     kick_schedule: str = "constant"
     kick_final_fraction: float = 0.1
+    schedule_steps: int | None = None
     max_spectral_shift: int = 2
     normalization_pixels: int = 50_000
     ema_second_pass: bool = False
@@ -140,6 +142,8 @@ class TrainConfig:
         for name in ("uniform_final_fraction", "balance_final_fraction", "kick_final_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.schedule_steps is not None and self.schedule_steps < 1:
+            raise ConfigError(f"schedule_steps must be at least 1, got {self.schedule_steps}")
         if self.normalization_pixels < 100:
             raise ConfigError("normalization_pixels must be at least 100")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
@@ -252,6 +256,10 @@ class Trainer:
         self.kick_rng = np.random.default_rng([config.seed, 4])
         self.step_count = 0
 
+    @property
+    def _schedule_length(self) -> int:
+        return self.config.schedule_steps or self.config.steps
+
     # -- state -----------------------------------------------------------------------------
     def training_state(self) -> dict:
         """JSON-serialisable state besides the model and optimiser (for checkpoints)."""
@@ -309,9 +317,11 @@ class Trainer:
         centroids = model.centroids
         rows_a, rows_b = self._matched_rows(pairs)
         uniform_weight = schedule_value(config.weight_uniform, config.uniform_schedule,
-                                        config.uniform_final_fraction, self.step_count, config.steps)
+                                        config.uniform_final_fraction, self.step_count,
+                                        self._schedule_length)
         balance_weight = schedule_value(config.weight_balance, config.balance_schedule,
-                                        config.balance_final_fraction, self.step_count, config.steps)
+                                        config.balance_final_fraction, self.step_count,
+                                        self._schedule_length)
         terms = {
             "compact": config.weight_compact * losses.compactness_loss(z, p, centroids),
             "orth": config.weight_orth * losses.orthogonality_loss(centroids),
@@ -351,7 +361,7 @@ class Trainer:
         dead = (mass / p.shape[0]) < config.dead_threshold
         if bool(dead.any()):
             kick = schedule_value(config.kick, config.kick_schedule, config.kick_final_fraction,
-                                  self.step_count, config.steps)
+                                  self.step_count, self._schedule_length)
             noise = torch.from_numpy(self.kick_rng.standard_normal(tuple(centroids.shape))).to(centroids)
             updated = torch.where(dead.unsqueeze(1), updated + kick * noise, updated)
         centroids.copy_(F.normalize(updated, dim=1))
