@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"| {rows}x{cols}x{args.bands} | {tile} | {floor['seconds']:.2f} "
                     f"({floor['cpu_seconds']:.2f}) | {segment['seconds']:.1f} "
-                    f"({segment['cpu_seconds']:.1f}) | {segment['seconds'] / floor['seconds']:.1f} | "
+                    f"({segment['cpu_seconds']:.1f}) | "
+                    f"{segment['seconds'] / floor['seconds']:.1f} | "
                     f"{floor['peak_rss_mib']:.0f} / {segment['peak_rss_mib']:.0f} "
                     f"(before: {segment['rss_before_mib']:.0f}) |",
                     flush=True,

@@ -345,7 +345,7 @@ def active_clusters(labels: np.ndarray, n_clusters: int, *, min_fraction: float 
     return int((cluster_usage(labels, n_clusters) > min_fraction).sum())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # array fields: no element-wise ==
 class ClusteringScores:
     """Scores of a cluster map against ground-truth classes.
 

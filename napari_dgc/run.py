@@ -113,14 +113,14 @@ def _encode(value: Any, name: str, tensors: dict[str, "torch.Tensor"]) -> Any:
     if isinstance(value, dict):
         if all(isinstance(key, str) for key in value):
             return {key: _encode(item, f"{name}.{key}", tensors) for key, item in value.items()}
-        return {
-            "__items__": [
-                [_encode(key, f"{name}.key{index}", tensors), _encode(item, f"{name}.{key}", tensors)]
-                for index, (key, item) in enumerate(value.items())
-            ]
-        }
+        items = [
+            [_encode(key, f"{name}.key{index}", tensors), _encode(item, f"{name}.{key}", tensors)]
+            for index, (key, item) in enumerate(value.items())
+        ]
+        return {"__items__": items}
     if isinstance(value, tuple):
-        return {"__tuple__": [_encode(item, f"{name}.{i}", tensors) for i, item in enumerate(value)]}
+        items = [_encode(item, f"{name}.{i}", tensors) for i, item in enumerate(value)]
+        return {"__tuple__": items}
     if isinstance(value, list):
         return [_encode(item, f"{name}.{i}", tensors) for i, item in enumerate(value)]
     if isinstance(value, (np.generic, np.ndarray)):
@@ -407,7 +407,9 @@ class RunDirectory:
         """
         checkpoint_id = checkpoint_id_for(step)
         if any(info.checkpoint_id == checkpoint_id for info in self.checkpoints()):
-            raise CheckpointError(f"{self.manifest_path}: checkpoint {checkpoint_id} already exists")
+            raise CheckpointError(
+                f"{self.manifest_path}: checkpoint {checkpoint_id} already exists"
+            )
         folder = self.path / CHECKPOINT_DIR / checkpoint_id
         optimizer_tensors: dict[str, torch.Tensor] = {}
         training_tensors: dict[str, torch.Tensor] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import pickle
 import threading
 from contextlib import contextmanager
@@ -210,7 +211,7 @@ class _Marker:
         return (open, ("/tmp/napari-dgc-unpickled-marker", "w"))
 
 
-def test_never_unpickles_and_rejects_garbage(run, tmp_path):
+def test_never_unpickles_and_rejects_garbage(run):
     from napari_dgc.run import _sha256
 
     save(run, 100)
@@ -219,8 +220,6 @@ def test_never_unpickles_and_rejects_garbage(run, tmp_path):
     _set_listed_digest(run, "model.safetensors", _sha256(file))  # as if the file were genuine
     with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors"):
         run.load_model()
-    import os
-
     assert not os.path.exists("/tmp/napari-dgc-unpickled-marker")
 
 

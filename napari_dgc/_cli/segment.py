@@ -91,7 +91,9 @@ def _load_model(args: argparse.Namespace):
     """Return ``(model, class mapping or None, cube arguments)`` from the chosen source."""
     if args.classes is not None:
         if args.checkpoint is not None:
-            raise ConfigError("--checkpoint selects a run's checkpoint; it cannot go with --classes")
+            raise ConfigError(
+                "--checkpoint selects a run's checkpoint; it cannot go with --classes"
+            )
         from napari_dgc.export import load_model_folder
 
         model, mapping = load_model_folder(args.classes)
