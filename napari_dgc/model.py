@@ -50,7 +50,9 @@ class ModelConfig:
     meanshift_iters, meanshift_window : int
         Unrolled mean-shift iterations and window size (odd, pixels).
     bandwidth_init : float
-        Initial mean-shift bandwidth ``h``.
+        Initial mean-shift bandwidth ``h`` (0.25; the reference's 1.0 applied to distances of
+        *unnormalised* embeddings; on unit vectors it weights even opposite neighbours by
+        ``e^-2`` and blurs boundaries, see docs/training.md).
     temperature : float
         Softmax temperature of the soft assignment.
     spectral_bands : int or None
@@ -77,7 +79,7 @@ class ModelConfig:
     spatial_layers: int = 2
     meanshift_iters: int = 5
     meanshift_window: int = 5
-    bandwidth_init: float = 1.0
+    bandwidth_init: float = 0.25
     temperature: float = 0.05
     spectral_bands: int | None = 32
     spectral_channels: int = 16

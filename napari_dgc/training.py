@@ -89,13 +89,13 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     balance_sign: str = "paper"
-    uniform_schedule: str = "constant"
+    uniform_schedule: str = "cosine"
     uniform_final_fraction: float = 0.1
-    balance_schedule: str = "constant"
+    balance_schedule: str = "cosine"
     balance_final_fraction: float = 0.1
     kick_schedule: str = "constant"
     kick_final_fraction: float = 0.1
-    schedule_steps: int | None = None
+    schedule_steps: int | None = 100
     max_spectral_shift: int = 2
     normalization_pixels: int = 50_000
     ema_second_pass: bool = False
