@@ -79,3 +79,18 @@ def test_resume_with_other_clusters_or_bands_is_refused(cube_file, tmp_path, cap
     np.save(other, np.load(cube_file)[..., :8])
     assert main(["train", str(other), "--resume", str(run), *FAST]) == 2
     assert "10 bands, not 8" in _error_line(capsys)
+
+
+def test_resume_without_cubes_uses_the_runs_own_cubes(cube_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(cube_file), "--clusters", "2", "--steps", "1", "--checkpoint-every", "1",
+                 "--out", str(run), "--quiet", *FAST]) == 0
+    assert main(["train", "--resume", str(run), "--steps", "2", "--quiet", *FAST]) == 0
+    assert [c.step for c in RunDirectory.open(run).checkpoints()] == [1, 2]
+
+
+def test_new_run_without_cubes_is_refused(tmp_path, capsys):
+    code = main(["train", "--out", str(tmp_path / "run"), *FAST])
+    assert code == 2
+    assert "at least one cube" in _error_line(capsys)
+    assert not (tmp_path / "run").exists()

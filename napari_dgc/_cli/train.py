@@ -3,11 +3,13 @@
 ::
 
     napari-dgc train CUBE... --clusters K --steps N --checkpoint-every M --out RUN [options]
-    napari-dgc train CUBE... --resume RUN [--steps N]
+    napari-dgc train [CUBE...] --resume RUN [--steps N]
 
 Cubes may be in any format :func:`napari_dgc.io.open_cube` reads; only the windows the crop
 pairs need are read. A progress line on stderr shows the step, losses, active clusters and
-speed; Ctrl-C stops after the last complete checkpoint, and ``--resume RUN`` continues it.
+speed; Ctrl-C stops after the last complete checkpoint, and ``--resume RUN`` continues it
+(on the cubes listed in the run unless others are given, up to the run's own step count
+unless ``--steps`` is given).
 """
 
 from __future__ import annotations
@@ -23,22 +25,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``train`` sub-command."""
     parser = subparsers.add_parser(
         "train",
-        usage="napari-dgc train CUBE... (--out RUN | --resume RUN) [options]",
+        usage="napari-dgc train CUBE... --out RUN [options] | napari-dgc train [CUBE...] --resume RUN",
         help="train a DGC model on hyperspectral cubes",
         description=(
             "Train Deep Global Clustering on one or more cubes of the same bands. Checkpoints "
             "go to the run folder; browse them with napari-dgc segment or the napari plugin."
         ),
     )
-    parser.add_argument("cubes", nargs="+", metavar="CUBE", help="training cubes (any format)")
+    parser.add_argument("cubes", nargs="*", metavar="CUBE",
+                        help="training cubes (any format); with --resume, default: the run's cubes")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", metavar="RUN", help="new run folder")
     target.add_argument("--resume", metavar="RUN", help="continue this run from its latest checkpoint")
     parser.add_argument("--clusters", type=int, default=None, metavar="K",
                         help="clusters (default 4; a resumed run keeps its own)")
-    parser.add_argument("--steps", type=int, default=2000, metavar="N", help="total steps (default 2000)")
-    parser.add_argument("--checkpoint-every", type=int, default=100, metavar="M",
-                        help="steps between checkpoints (default 100)")
+    parser.add_argument("--steps", type=int, default=None, metavar="N",
+                        help="total steps (default 2000; a resumed run keeps its own)")
+    parser.add_argument("--checkpoint-every", type=int, default=None, metavar="M",
+                        help="steps between checkpoints (default 100; a resumed run keeps its own)")
     parser.add_argument("--crop-size", type=int, default=64, help="crop side in pixels (default 64)")
     parser.add_argument("--batch-size", type=int, default=4, help="crop pairs per step (default 4)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3)")
@@ -56,8 +60,8 @@ def _config(args: argparse.Namespace):
 
     settings = {
         "model": ModelConfig(n_clusters=4 if args.clusters is None else args.clusters),
-        "steps": args.steps,
-        "checkpoint_every": args.checkpoint_every,
+        "steps": 2000 if args.steps is None else args.steps,
+        "checkpoint_every": 100 if args.checkpoint_every is None else args.checkpoint_every,
         "crop_size": args.crop_size,
         "batch_size": args.batch_size,
         "seed": args.seed,
@@ -80,20 +84,31 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     resume = args.resume is not None
     config = _config(args)
+    cubes = list(args.cubes)
     if resume:
         from napari_dgc.run import RunDirectory
 
-        # The run's own model settings apply; --clusters only has to agree if it was given.
-        run_config = RunDirectory.open(args.resume).config
+        # The run's own settings apply; --clusters only has to agree if it was given.
+        run = RunDirectory.open(args.resume)
+        run_config = run.config
         if args.clusters is not None and args.clusters != run_config.model.n_clusters:
             raise ConfigError(
                 f"{args.resume}: the run has {run_config.model.n_clusters} clusters, "
                 f"not {args.clusters}"
             )
-        config = type(config).from_dict({**config.to_dict(), "model": run_config.model.to_dict()})
+        config = type(config).from_dict({
+            **config.to_dict(),
+            "model": run_config.model.to_dict(),
+            "steps": run_config.steps if args.steps is None else args.steps,
+            "checkpoint_every": (run_config.checkpoint_every if args.checkpoint_every is None
+                                 else args.checkpoint_every),
+        })
+        cubes = cubes or list(run.dataset_files)
+    elif not cubes:
+        raise ConfigError("give at least one cube to train on")
     run_dir = args.resume if resume else args.out
     last_line = 0.0
-    for event in train(args.cubes, config, run_dir, resume=resume):
+    for event in train(cubes, config, run_dir, resume=resume):
         if isinstance(event, ProgressEvent) and not args.quiet:
             now = time.monotonic()
             if now - last_line >= 0.5 or event.step == event.total_steps:
