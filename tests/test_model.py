@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from napari_dgc import _meanshift
 from napari_dgc._meanshift import mean_shift
 from napari_dgc.errors import ConfigError
 from napari_dgc.model import DGCModel, ModelConfig, band_convolution, box_resampling_matrix
@@ -71,6 +72,23 @@ def test_mean_shift_gradient_is_exact_with_border_and_mask():
     valid[1, :2] = 0
     assert torch.autograd.gradcheck(lambda a, b: mean_shift(a, b, 2, 1, valid), (z, bandwidth))
     assert torch.autograd.gradcheck(lambda a, b: mean_shift(a, b, 1, 2), (z, bandwidth))
+
+
+@pytest.mark.parametrize("block_elements", [8 * 13 * 3, 10**9])  # ragged row blocks / one block
+@pytest.mark.parametrize("masked", [False, True])
+def test_mean_shift_inference_path_equals_the_autograd_path(monkeypatch, block_elements, masked):
+    monkeypatch.setattr(_meanshift, "INFERENCE_BLOCK_ELEMENTS", block_elements)
+    torch.manual_seed(1)
+    z = F.normalize(torch.randn(2, 8, 11, 13), dim=1)
+    valid = None
+    if masked:
+        valid = torch.rand(2, 11, 13) > 0.3
+    bandwidth = torch.tensor(0.4, requires_grad=True)
+    with_grad = mean_shift(z.clone().requires_grad_(), bandwidth, 3, 2, valid)
+    assert with_grad.requires_grad  # the autograd path really ran
+    with torch.inference_mode():
+        fast = mean_shift(z, bandwidth, 3, 2, valid)
+    torch.testing.assert_close(fast, with_grad.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_mean_shift_keeps_unit_norm_and_pulls_neighbours_together():
