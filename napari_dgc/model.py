@@ -145,6 +145,11 @@ def box_resampling_matrix(n_bands: int, n_bins: int) -> torch.Tensor:
 #: slow for so few channels), for long ones the mostly-zero matrix would cost more.
 BANDED_MATRIX_MAX_LENGTH = 64
 
+#: Pixels whose spectral convolutions run at once when no gradient is needed: the hidden
+#: activations of 1024 pixels (16 channels x 16 positions, float32) take 1 MiB and stay in the
+#: core's cache. Measured on a 280 x 280 tile: 1.6 us/pixel vs 3.1 for all pixels at once.
+SPECTRAL_CHUNK_PIXELS = 1024
+
 
 def band_convolution(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     """Apply ``conv`` to ``(P, C_in, L)`` sequences; same result as ``conv(x)``.
@@ -163,9 +168,11 @@ def band_convolution(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     # weight[o, i, tap[l, j]] where the tap is inside the kernel: (C_out, C_in, L, L_out)
     banded = conv.weight[:, :, tap.clamp(0, kernel - 1)] * inside.to(conv.weight.dtype)
     matrix = banded.permute(1, 2, 0, 3).reshape(channels_in * length, -1)
-    out = x.reshape(n_seq, channels_in * length) @ matrix
-    if conv.bias is not None:
-        out = out + conv.bias.repeat_interleave(length_out)
+    flat = x.reshape(n_seq, channels_in * length)
+    if conv.bias is None:
+        out = flat @ matrix
+    else:
+        out = torch.addmm(conv.bias.repeat_interleave(length_out), flat, matrix)
     return out.reshape(n_seq, conv.out_channels, length_out)
 
 
@@ -280,13 +287,48 @@ class DGCModel(nn.Module):
         """
         if self.resampling is not None:
             pixels = pixels @ self.resampling
-        features = pixels.unsqueeze(1)
-        for module in self.spectral_convs:
-            if isinstance(module, nn.Conv1d):
-                features = band_convolution(features, module)
-            else:
-                features = module(features)
-        return features.mean(dim=-1)
+        return self._band_features(pixels)
+
+    def _spectral_input(self, raw_pixels: torch.Tensor) -> torch.Tensor:
+        """Raw spectra ``(P, bands)`` -> normalised, resampled sequences ``(P, spectral_length)``.
+
+        Same as ``normalize_pixels`` followed by the band resampling, but as one matrix product
+        with the normalisation folded into the matrix: ``((p / b - o) / s) R = (p (R / s)) / b
+        - (o / s) R``, with the brightness ``b`` (the band mean) as an extra column. This
+        reads each 301-band spectrum once instead of three times.
+        """
+        if self.resampling is None:
+            return self.normalize_pixels(raw_pixels)
+        inverse_scale = 1.0 / self.band_scale
+        matrix = self.resampling * inverse_scale[:, None]
+        offset = (self.band_offset * inverse_scale) @ self.resampling
+        if not self.config.brightness_norm:
+            return torch.addmm(-offset, raw_pixels, matrix)
+        band_mean = torch.full_like(matrix[:, :1], 1.0 / self.n_bands)
+        products = raw_pixels @ torch.cat([matrix, band_mean], dim=1)
+        brightness = products[:, -1:].abs().clamp_min(self.brightness_floor)
+        return products[:, :-1] / brightness - offset
+
+    def _band_features(self, sequences: torch.Tensor) -> torch.Tensor:
+        """1D convolutions along the band axis and mean: ``(P, length)`` -> ``(P, D)``.
+
+        Without gradients the pixels go through in chunks of :data:`SPECTRAL_CHUNK_PIXELS`
+        (each pixel is independent, so the result is the same).
+        """
+        needs_grad = torch.is_grad_enabled() and (
+            sequences.requires_grad or any(p.requires_grad for p in self.spectral_convs.parameters())
+        )
+        chunk = sequences.shape[0] if needs_grad else SPECTRAL_CHUNK_PIXELS
+        outputs = []
+        for start in range(0, sequences.shape[0], max(1, chunk)):
+            features = sequences[start : start + chunk].unsqueeze(1)
+            for module in self.spectral_convs:
+                if isinstance(module, nn.Conv1d):
+                    features = band_convolution(features, module)
+                else:
+                    features = module(features)
+            outputs.append(features.mean(dim=-1))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def spatial(self, features: torch.Tensor, valid_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Spatial stage: features ``(B, D, H, W)`` -> unit-norm embeddings after mean-shift.
@@ -319,12 +361,13 @@ class DGCModel(nn.Module):
         """Raw cube tensor ``(B, bands, H, W)`` -> unit-norm embeddings ``(B, D, H, W)``."""
         self._check_bands(x)
         batch, _, height, width = x.shape
-        pixels = self.normalize_pixels(x.permute(0, 2, 3, 1).reshape(-1, self.n_bands))
+        sequences = self._spectral_input(x.permute(0, 2, 3, 1).reshape(-1, self.n_bands))
         if valid_mask is not None:
             # Values outside the image are ignored; keep NaN padding from reaching the convs.
+            # (Zeroing the resampled sequence equals zeroing the normalised spectrum.)
             flat_mask = valid_mask.reshape(-1, 1).bool()
-            pixels = torch.where(flat_mask, pixels, 0.0)
-        features = self.spectral(pixels)
+            sequences = torch.where(flat_mask, sequences, 0.0)
+        features = self._band_features(sequences)
         features = features.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
         return self.spatial(features, valid_mask)
 

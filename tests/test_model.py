@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_dgc import _meanshift
+from napari_dgc import _meanshift, model as model_module
 from napari_dgc._meanshift import mean_shift
 from napari_dgc.errors import ConfigError
 from napari_dgc.model import DGCModel, ModelConfig, band_convolution, box_resampling_matrix
@@ -31,6 +31,20 @@ def test_spectral_stage_mixes_no_pixels():
     after = model.spectral(changed)
     differs = (before - after).abs().amax(dim=1) > 0
     assert differs.nonzero().flatten().tolist() == [7]
+
+
+@pytest.mark.parametrize("brightness_norm", [False, True])
+def test_fused_normalisation_and_chunks_give_the_plain_spectral_stage(monkeypatch, brightness_norm):
+    config = ModelConfig(**{**SMALL.to_dict(), "brightness_norm": brightness_norm})
+    model = _model(config=config)
+    model.set_normalization(torch.rand(12), torch.rand(12) + 0.5, brightness_floor=0.01)
+    raw = torch.rand(50, 12) + 0.2
+    plain = model.spectral(model.normalize_pixels(raw))  # parameters need grad: one chunk
+    assert plain.requires_grad
+    monkeypatch.setattr(model_module, "SPECTRAL_CHUNK_PIXELS", 7)
+    with torch.inference_mode():
+        fused = model._band_features(model._spectral_input(raw))
+    torch.testing.assert_close(fused, plain.detach(), rtol=1e-5, atol=1e-5)
 
 
 def test_embed_depends_only_on_the_receptive_field():
