@@ -64,16 +64,29 @@ def parse_overrides(pairs: list[str]) -> dict:
     return config
 
 
-def score(model: DGCModel, cubes: list[np.ndarray], truths: list[np.ndarray], dataset: str) -> dict:
-    """Scores of whole-scene predictions pooled over the dataset."""
-    predictions = [
-        model.predict(torch.from_numpy(cube).permute(2, 0, 1).unsqueeze(0))[0].numpy()
-        for cube in cubes
-    ]
+def score(model: DGCModel, cubes: list[np.ndarray], truths: list[np.ndarray], dataset: str,
+          embedding_kmeans: bool = False) -> dict:
+    """Scores of whole-scene predictions pooled over the dataset.
+
+    With ``embedding_kmeans`` also ``emb_km_nmi``: NMI of k-means (K clusters) on the
+    embeddings themselves, which tells a poor embedding from poorly placed centroids.
+    """
+    model.eval()
+    with torch.no_grad():
+        embeddings = [model.embed(torch.from_numpy(cube).permute(2, 0, 1).unsqueeze(0))[0]
+                      for cube in cubes]
+    predictions = [torch.einsum("dhw,kd->khw", z, model.centroids).argmax(dim=0).numpy()
+                   for z in embeddings]
     clusters = np.concatenate([p.ravel() for p in predictions])
     truth = np.concatenate([t.ravel() for t in truths])
     full = evaluate_clustering(truth, clusters, n_clusters=model.n_clusters)
     result = {"nmi": full.nmi, "acc": full.accuracy}
+    if embedding_kmeans:
+        from sklearn.cluster import KMeans
+
+        flat = np.concatenate([z.reshape(z.shape[0], -1).T.numpy() for z in embeddings])
+        labels = KMeans(model.n_clusters, n_init=2, random_state=0).fit_predict(flat)
+        result["emb_km_nmi"] = evaluate_clustering(truth, labels, n_clusters=model.n_clusters).nmi
     if dataset == "synthetic":
         bt = evaluate_clustering((truth > 0).astype(np.int64), clusters, n_clusters=model.n_clusters)
         result["bt_iou"] = bt.many_to_one_mean_iou
@@ -93,6 +106,8 @@ def main() -> None:
     parser.add_argument("--bands", type=int, default=64)
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--embedding-kmeans", action="store_true",
+                        help="also score k-means on the embeddings (emb_km_nmi)")
     parser.add_argument("--set", action="append", default=[], help="TrainConfig override key=value")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -118,7 +133,7 @@ def main() -> None:
             result = trainer.step()
             history.append(result.active_clusters)
             if step % args.eval_every == 0 or step == args.steps:
-                scores = score(model, cubes, truths, args.dataset)
+                scores = score(model, cubes, truths, args.dataset, args.embedding_kmeans)
                 key = "bt_iou" if "bt_iou" in scores else "nmi"
                 if best is None or scores[key] > best[1][key]:
                     best = (step, scores)

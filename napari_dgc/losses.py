@@ -49,19 +49,39 @@ def balance_loss(p: torch.Tensor, sign: str = "paper") -> torch.Tensor:
     raise ValueError(f"unknown balance sign {sign!r}")
 
 
-@torch.no_grad()
-def balanced_pseudo_labels(scores: torch.Tensor) -> torch.Tensor:
-    """Hard pseudo-labels that give every cluster exactly ``N // K`` pixels (+1 for the first
-    ``N % K``), chosen greedily to agree with ``scores`` as far as the quota allows.
+def target_quotas(target: torch.Tensor, n_pixels: int) -> torch.Tensor:
+    """Pixel counts proportional to the marginal ``target`` that sum to ``n_pixels``.
 
-    Clusters are filled one at a time, least used first: each takes the still unassigned pixels
-    with the largest margin of its score over the best score among the clusters not yet
-    filled; the last cluster takes the rest. For ``K = 2`` this is the optimal balanced split.
+    Largest-remainder rounding; ties go to the lower cluster index, so equal targets give
+    ``N // K`` pixels each plus one for the first ``N % K`` clusters.
+    """
+    ideal = target.double().cpu() / target.double().sum() * n_pixels
+    quota = ideal.floor().long()
+    shortfall = n_pixels - int(quota.sum())
+    if shortfall > 0:
+        remainder = ideal - quota
+        order = sorted(range(len(quota)), key=lambda k: (-float(remainder[k]), k))
+        quota[order[:shortfall]] += 1
+    return quota
+
+
+@torch.no_grad()
+def balanced_pseudo_labels(scores: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Hard pseudo-labels that give cluster ``k`` exactly ``target_k * N`` pixels, chosen
+    greedily to agree with ``scores`` as far as the quotas allow.
+
+    Without ``target`` every cluster gets ``N // K`` pixels (+1 for the first ``N % K``), the
+    papers' exactly balanced labels. Clusters are filled one at a time, least used first: each
+    takes the still unassigned pixels with the largest margin of its score over the best score
+    among the clusters not yet filled; the last cluster takes the rest. For ``K = 2`` this is
+    the optimal split with the given quotas.
 
     Parameters
     ----------
     scores : torch.Tensor
         ``(N, K)`` preference of each pixel for each cluster (e.g. log-probabilities).
+    target : torch.Tensor, optional
+        ``(K,)`` positive target share of each cluster (normalised here).
 
     Returns
     -------
@@ -69,8 +89,9 @@ def balanced_pseudo_labels(scores: torch.Tensor) -> torch.Tensor:
         ``(N,)`` int64 labels.
     """
     n_pixels, n_clusters = scores.shape
-    quota = torch.full((n_clusters,), n_pixels // n_clusters, dtype=torch.long)
-    quota[: n_pixels % n_clusters] += 1
+    if target is None:
+        target = torch.ones(n_clusters)
+    quota = target_quotas(target, n_pixels)
     labels = torch.full((n_pixels,), -1, dtype=torch.long, device=scores.device)
     free = torch.ones(n_pixels, dtype=torch.bool, device=scores.device)
     order = torch.argsort(scores.softmax(dim=1).sum(dim=0)).tolist()
@@ -87,9 +108,38 @@ def balanced_pseudo_labels(scores: torch.Tensor) -> torch.Tensor:
     return labels
 
 
-def uniform_assignment_loss(log_p: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the predictions against balanced pseudo-labels (exactly N/K each)."""
-    return F.nll_loss(log_p, balanced_pseudo_labels(log_p.detach()))
+def uniform_assignment_loss(log_p: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of the predictions against pseudo-labels with the cluster shares
+    ``target`` (exactly N/K each without it, as in the papers)."""
+    return F.nll_loss(log_p, balanced_pseudo_labels(log_p.detach(), target))
+
+
+def floored_usage_target(usage: torch.Tensor, floor: float) -> torch.Tensor:
+    """Target marginal for the pseudo-labels: the observed cluster ``usage`` with every share
+    raised to at least ``floor / K`` (then renormalised).
+
+    The floor keeps the anti-collapse role of the exactly balanced labels (a dying cluster is
+    still handed ``floor / K`` of the pixels it fits best), while clusters above it keep the
+    share the data gives them instead of being forced to ``1 / K``. ``floor = 1`` gives the
+    papers' uniform target.
+    """
+    n_clusters = usage.shape[0]
+    shares = usage / usage.sum()
+    if floor >= 1.0:
+        return torch.full_like(shares, 1.0 / n_clusters)
+    minimum = floor / n_clusters
+    # Raise the small shares to the floor and shrink the others proportionally so the sum stays
+    # one; repeat while shrinking pushes another share under the floor (at most K rounds).
+    fixed = torch.zeros(n_clusters, dtype=torch.bool, device=usage.device)
+    for _ in range(n_clusters):
+        below = (shares < minimum) & ~fixed
+        if not bool(below.any()):
+            break
+        fixed |= below
+        free_mass = shares[~fixed].sum()
+        shares = torch.where(fixed, torch.full_like(shares, minimum),
+                             shares * (1.0 - minimum * int(fixed.sum())) / free_mass.clamp_min(1e-12))
+    return shares
 
 
 def consistency_loss(log_p_a: torch.Tensor, log_p_b: torch.Tensor) -> torch.Tensor:

@@ -64,6 +64,25 @@ class TrainConfig:
     ema_second_pass : bool
         Feed the EMA from a second, no-grad forward pass after the optimiser step (as the
         reference does) instead of the step's own detached embeddings.
+    uniform_target : {"usage", "uniform"}
+        Cluster shares of the uniform-assignment pseudo-labels. ``"uniform"``: exactly ``N/K``
+        each (the papers). ``"usage"``: an EMA of the observed cluster usage with every share
+        floored at ``uniform_floor / K``, so the term still revives dying clusters but no
+        longer forces imbalanced classes to equal size (see docs/training.md).
+    uniform_floor : float
+        Smallest target share of a cluster relative to ``1/K`` (``"usage"`` target only; 1.0
+        is the uniform target).
+    usage_ema_decay : float
+        Decay of the EMA of cluster usage behind the ``"usage"`` target (starts at ``1/K``).
+    dead_policy : {"reseed", "kick"}
+        What happens to a dead cluster: ``"kick"`` adds random noise of size ``kick`` to its
+        centroid (the reference); ``"reseed"`` moves it to the embedding of a pixel of the step
+        drawn with probability proportional to its squared distance ``(1 - cos)^2`` from the
+        nearest live centroid (k-means++ style: pixels the live clusters explain worst).
+    centroid_init : {"random", "kmeans++"}
+        ``"random"``: random unit vectors (the reference). ``"kmeans++"``: before the first
+        step, spherical k-means (k-means++ seeding, a few Lloyd iterations) on the embeddings
+        of the first batch.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -99,6 +118,11 @@ class TrainConfig:
     max_spectral_shift: int = 2
     normalization_pixels: int = 50_000
     ema_second_pass: bool = False
+    uniform_target: str = "usage"
+    uniform_floor: float = 0.5
+    usage_ema_decay: float = 0.9
+    dead_policy: str = "reseed"
+    centroid_init: str = "random"
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -144,6 +168,15 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.schedule_steps is not None and self.schedule_steps < 1:
             raise ConfigError(f"schedule_steps must be at least 1, got {self.schedule_steps}")
+        choices = {"uniform_target": ("usage", "uniform"), "dead_policy": ("reseed", "kick"),
+                   "centroid_init": ("random", "kmeans++")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not 0.0 < self.uniform_floor <= 1.0:
+            raise ConfigError(f"uniform_floor must be in (0, 1], got {self.uniform_floor}")
+        if not 0.0 <= self.usage_ema_decay < 1.0:
+            raise ConfigError(f"usage_ema_decay must be in [0, 1), got {self.usage_ema_decay}")
         if self.normalization_pixels < 100:
             raise ConfigError("normalization_pixels must be at least 100")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
@@ -255,6 +288,8 @@ class Trainer:
         )
         self.kick_rng = np.random.default_rng([config.seed, 4])
         self.step_count = 0
+        n_clusters = model.n_clusters
+        self.usage_ema = np.full(n_clusters, 1.0 / n_clusters)
 
     @property
     def _schedule_length(self) -> int:
@@ -267,6 +302,7 @@ class Trainer:
             "step": self.step_count,
             "sampler": self.stream.state_dict(),
             "kick_rng": self.kick_rng.bit_generator.state,
+            "usage_ema": self.usage_ema.tolist(),
         }
 
     def load_training_state(self, state: dict) -> None:
@@ -274,6 +310,8 @@ class Trainer:
         self.step_count = int(state["step"])
         self.stream.load_state_dict(state["sampler"])
         self.kick_rng.bit_generator.state = state["kick_rng"]
+        if "usage_ema" in state:  # absent in checkpoints written before the usage target
+            self.usage_ema = np.asarray(state["usage_ema"], dtype=np.float64)
 
     # -- one step --------------------------------------------------------------------------
     def _crop_features(self, pairs: list[CropPair]) -> torch.Tensor:
@@ -312,6 +350,10 @@ class Trainer:
         config, model = self.config, self.model
         pairs = [self.stream.next_pair() for _ in range(config.batch_size)]
         model.train()
+        if self.step_count == 0 and config.centroid_init == "kmeans++":
+            with torch.no_grad():
+                z_first, _ = self._forward(pairs)
+                model.centroids.copy_(spherical_kmeans(z_first, model.n_clusters, self.kick_rng))
         z, log_p = self._forward(pairs)
         p = log_p.exp()
         centroids = model.centroids
@@ -326,7 +368,7 @@ class Trainer:
             "compact": config.weight_compact * losses.compactness_loss(z, p, centroids),
             "orth": config.weight_orth * losses.orthogonality_loss(centroids),
             "balance": balance_weight * losses.balance_loss(p, config.balance_sign),
-            "uniform": uniform_weight * losses.uniform_assignment_loss(log_p),
+            "uniform": uniform_weight * losses.uniform_assignment_loss(log_p, self._uniform_target()),
             "consistency": config.weight_consistency
             * losses.consistency_loss(log_p[rows_a], log_p[rows_b]),
         }
@@ -343,6 +385,8 @@ class Trainer:
                 p = log_p.exp()
             z, p = z.detach(), p.detach()
             self._update_centroids(z, p)
+            self.usage_ema = (config.usage_ema_decay * self.usage_ema
+                              + (1 - config.usage_ema_decay) * p.mean(dim=0).double().cpu().numpy())
             usage = torch.bincount(p.argmax(dim=1), minlength=model.n_clusters).double() / p.shape[0]
         self.step_count += 1
         reported = {name: float(value.detach()) for name, value in terms.items()}
@@ -350,8 +394,15 @@ class Trainer:
         usage_np = usage.cpu().numpy()
         return StepResult(reported, int((usage_np >= max(config.dead_threshold, 1e-9)).sum()), usage_np)
 
+    def _uniform_target(self) -> torch.Tensor | None:
+        """Cluster shares of the uniform-assignment pseudo-labels (``None``: exactly N/K)."""
+        if self.config.uniform_target == "uniform":
+            return None
+        return losses.floored_usage_target(torch.from_numpy(self.usage_ema), self.config.uniform_floor)
+
     def _update_centroids(self, z: torch.Tensor, p: torch.Tensor) -> None:
-        """EMA toward the probability-weighted mean embeddings; kick clusters with too little mass."""
+        """EMA toward the probability-weighted mean embeddings; kick or re-seed clusters with
+        too little mass."""
         config, centroids = self.config, self.model.centroids
         mass = p.sum(dim=0)
         means = F.normalize(p.T @ z, dim=1)
@@ -359,12 +410,52 @@ class Trainer:
         updated = torch.where(has_mass, config.ema_decay * centroids + (1 - config.ema_decay) * means,
                               centroids)
         dead = (mass / p.shape[0]) < config.dead_threshold
-        if bool(dead.any()):
+        if bool(dead.any()) and config.dead_policy == "reseed":
+            updated = F.normalize(updated, dim=1)
+            for cluster in torch.nonzero(dead).squeeze(1).tolist():
+                live = ~dead
+                updated[cluster] = _draw_far_embedding(z, updated[live], self.kick_rng)
+                dead[cluster] = False
+        elif bool(dead.any()):
             kick = schedule_value(config.kick, config.kick_schedule, config.kick_final_fraction,
                                   self.step_count, self._schedule_length)
             noise = torch.from_numpy(self.kick_rng.standard_normal(tuple(centroids.shape))).to(centroids)
             updated = torch.where(dead.unsqueeze(1), updated + kick * noise, updated)
         centroids.copy_(F.normalize(updated, dim=1))
+
+
+def _draw_far_embedding(z: torch.Tensor, centroids: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """One row of ``z`` drawn with probability proportional to ``(1 - cos)^2`` to its nearest
+    row of ``centroids`` (uniformly when there are none or all distances are zero)."""
+    if centroids.shape[0] == 0:
+        weights = torch.ones(z.shape[0], dtype=torch.float64)
+    else:
+        distance = (1.0 - (z @ centroids.T).max(dim=1).values).clamp_min(0)
+        weights = distance.double().cpu() ** 2
+    total = float(weights.sum())
+    if total <= 0:
+        weights, total = torch.ones(z.shape[0], dtype=torch.float64), float(z.shape[0])
+    cumulative = torch.cumsum(weights, dim=0)
+    index = int(torch.searchsorted(cumulative, torch.tensor([rng.random() * total], dtype=torch.float64)))
+    return z[min(index, z.shape[0] - 1)]
+
+
+def spherical_kmeans(z: torch.Tensor, n_clusters: int, rng: np.random.Generator,
+                     iterations: int = 10, max_pixels: int = 4096) -> torch.Tensor:
+    """Unit-norm centroids ``(K, D)`` of the unit embeddings ``z`` ``(N, D)``: k-means++
+    seeding with the distance ``1 - cos``, then Lloyd iterations on the sphere, on at most
+    ``max_pixels`` rows drawn with ``rng``."""
+    if z.shape[0] > max_pixels:
+        z = z[torch.from_numpy(rng.choice(z.shape[0], max_pixels, replace=False)).to(z.device)]
+    centroids = z.new_zeros((0, z.shape[1]))
+    for _ in range(n_clusters):
+        centroids = torch.cat([centroids, _draw_far_embedding(z, centroids, rng)[None]])
+    for _ in range(iterations):
+        labels = (z @ centroids.T).argmax(dim=1)
+        sums = torch.zeros_like(centroids).index_add_(0, labels, z)
+        # A cluster left empty keeps its centroid.
+        centroids = torch.where(sums.norm(dim=1, keepdim=True) > 0, F.normalize(sums, dim=1), centroids)
+    return centroids
 
 
 def _describe_sources(cubes: Sequence) -> tuple[list[str], np.ndarray | None]:

@@ -82,3 +82,48 @@ def test_consistency_is_symmetric_zero_for_equal_and_safe_when_empty():
     assert losses.consistency_loss(a, b) == pytest.approx(float(expected), rel=1e-5)
     empty = torch.zeros(0, 3)
     assert losses.consistency_loss(empty, empty) == 0.0
+
+
+def test_pseudo_labels_follow_a_non_uniform_target():
+    torch.manual_seed(0)
+    scores = torch.randn(100, 3)
+    target = torch.tensor([0.7, 0.2, 0.1])
+    counts = torch.bincount(losses.balanced_pseudo_labels(scores, target), minlength=3)
+    assert counts.tolist() == [70, 20, 10]
+
+
+def test_target_quotas_round_to_the_pixel_count():
+    assert losses.target_quotas(torch.tensor([1.0, 1.0, 1.0]), 10).tolist() == [4, 3, 3]
+    assert losses.target_quotas(torch.tensor([0.55, 0.3, 0.15]), 7).tolist() == [4, 2, 1]
+    assert int(losses.target_quotas(torch.tensor([0.33, 0.33, 0.34]), 101).sum()) == 101
+
+
+def test_imbalanced_target_keeps_the_predicted_split_that_uniform_labels_break():
+    # 8 pixels clearly in cluster 0, 2 clearly in cluster 1: a 0.8 / 0.2 target agrees with
+    # every prediction, the uniform target must relabel 3 of them.
+    scores = torch.full((10, 2), -5.0)
+    truth = torch.tensor([0] * 8 + [1] * 2)
+    scores[torch.arange(10), truth] = 0.0
+    assert torch.equal(losses.balanced_pseudo_labels(scores, torch.tensor([0.8, 0.2])), truth)
+    assert int((losses.balanced_pseudo_labels(scores) != truth).sum()) == 3
+
+
+def test_floored_usage_target_raises_small_shares_and_keeps_large_ones_proportional():
+    usage = torch.tensor([0.9, 0.08, 0.02], dtype=torch.float64)
+    target = losses.floored_usage_target(usage, 0.5)  # floor 0.5 / 3
+    floor = 0.5 / 3
+    torch.testing.assert_close(target[1:], torch.full((2,), floor, dtype=torch.float64))
+    assert float(target.sum()) == pytest.approx(1.0)
+    assert float(target[0]) == pytest.approx(1 - 2 * floor)
+    balanced = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    torch.testing.assert_close(losses.floored_usage_target(balanced, 0.5), balanced)
+    torch.testing.assert_close(losses.floored_usage_target(usage, 1.0),
+                               torch.full((3,), 1 / 3, dtype=torch.float64))
+
+
+def test_floored_usage_target_lifts_a_share_pushed_under_the_floor_by_rescaling():
+    usage = torch.tensor([0.80, 0.15, 0.05], dtype=torch.float64)
+    target = losses.floored_usage_target(usage, 0.54)  # floor 0.18: lifting one pushes the 0.15 down
+    assert float(target.min()) == pytest.approx(0.18)
+    assert float(target.sum()) == pytest.approx(1.0)
+    assert float(target[0]) == pytest.approx(0.64)

@@ -111,7 +111,7 @@ def _trainer(cubes, **overrides) -> Trainer:
 
 
 def test_dead_cluster_is_kicked_and_live_one_follows_the_ema(cubes):
-    trainer = _trainer(cubes, kick=0.05, dead_threshold=0.01, ema_decay=0.9)
+    trainer = _trainer(cubes, kick=0.05, dead_threshold=0.01, ema_decay=0.9, dead_policy="kick")
     centroids = torch.nn.functional.normalize(torch.tensor([[1.0] + [0.0] * 7, [0.0, 1.0] + [0.0] * 6]), dim=1)
     trainer.model.centroids.copy_(centroids)
     z = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 1.0] + [0.0] * 5] * 100), dim=1)
@@ -132,6 +132,49 @@ def test_no_kick_when_every_cluster_has_mass(cubes):
     p = torch.full((50, 2), 0.5)
     trainer._update_centroids(z, p)
     torch.testing.assert_close(trainer.model.centroids[0], trainer.model.centroids[1])
+
+
+def test_dead_cluster_is_reseeded_at_a_poorly_explained_embedding(cubes):
+    trainer = _trainer(cubes, dead_threshold=0.01, ema_decay=0.9, dead_policy="reseed")
+    basis = torch.eye(8)
+    trainer.model.centroids.copy_(basis[:2])
+    # 99 pixels sit on the live centroid 0, one far from it; cluster 1 holds no mass.
+    z = torch.cat([basis[0].repeat(99, 1), basis[3][None]])
+    p = torch.zeros(100, 2)
+    p[:, 0] = 1.0
+    trainer._update_centroids(z, p)
+    torch.testing.assert_close(trainer.model.centroids[1], basis[3])
+    mean = torch.nn.functional.normalize(99 * basis[0] + basis[3], dim=0)
+    torch.testing.assert_close(trainer.model.centroids[0],
+                               torch.nn.functional.normalize(0.9 * basis[0] + 0.1 * mean, dim=0))
+
+
+def test_kmeans_init_puts_centroids_on_the_data(cubes):
+    from napari_dgc.training import spherical_kmeans
+
+    basis = torch.eye(8)
+    z = torch.nn.functional.normalize(
+        torch.cat([basis[0] + 0.05 * torch.randn(60, 8), basis[5] + 0.05 * torch.randn(40, 8)]), dim=1)
+    centroids = spherical_kmeans(z, 2, np.random.default_rng(0))
+    assert sorted((centroids @ basis[[0, 5]].T).argmax(dim=1).tolist()) == [0, 1]
+    assert float((centroids @ basis[[0, 5]].T).max(dim=1).values.min()) > 0.95
+    trainer = _trainer(cubes, centroid_init="kmeans++")
+    before = trainer.model.centroids.clone()
+    trainer.step()
+    assert not torch.allclose(before, trainer.model.centroids, atol=0.05)
+
+
+@pytest.mark.parametrize("settings", [{"uniform_target": "uniform", "dead_policy": "kick"},
+                                      {"centroid_init": "kmeans++", "usage_ema_decay": 0.5}])
+def test_resume_is_exact_with_other_collapse_safeguards(cubes, tmp_path, settings):
+    list(train(cubes, tiny_config(**settings), tmp_path / "straight"))
+    list(train(cubes, tiny_config(steps=3, **settings), tmp_path / "stopped"))
+    state = RunDirectory.open(tmp_path / "stopped").load_checkpoint_state("step-000003")[2]
+    assert len(state["usage_ema"]) == 2
+    list(train(cubes, tiny_config(**settings), tmp_path / "stopped", resume=True))
+    straight, stopped = _weights(tmp_path / "straight"), _weights(tmp_path / "stopped")
+    for name in straight:
+        assert torch.equal(straight[name], stopped[name]), name
 
 
 def test_schedules_decay_to_their_final_fraction():
@@ -158,6 +201,11 @@ def test_config_round_trips_through_json():
         ({"learning_rate": -1.0}, "learning_rate"),
         ({"uniform_schedule": "sometimes"}, "uniform_schedule"),
         ({"device": "tpu"}, "device"),
+        ({"uniform_target": "balanced"}, "uniform_target"),
+        ({"uniform_floor": 0.0}, "uniform_floor"),
+        ({"usage_ema_decay": 1.0}, "usage_ema_decay"),
+        ({"dead_policy": "ignore"}, "dead_policy"),
+        ({"centroid_init": "zeros"}, "centroid_init"),
     ],
 )
 def test_bad_settings_raise_config_error(settings, message):
