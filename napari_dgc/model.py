@@ -151,29 +151,43 @@ BANDED_MATRIX_MAX_LENGTH = 64
 SPECTRAL_CHUNK_PIXELS = 1024
 
 
-def band_convolution(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+def banded_matrix(conv: nn.Conv1d, length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return ``conv`` on sequences of ``length`` as a matrix product ``x @ matrix + bias``.
+
+    ``matrix`` is the convolution's banded (Toeplitz) matrix ``(C_in * L, C_out * L_out)``
+    built from the (differentiable) kernel; ``bias`` is the bias per output position
+    ``(C_out * L_out,)``, or None without a bias.
+    """
+    (kernel,), (stride,), (padding,) = conv.kernel_size, conv.stride, conv.padding
+    length_out = (length + 2 * padding - kernel) // stride + 1
+    device = conv.weight.device
+    position = torch.arange(length, device=device)
+    tap = position[:, None] - (torch.arange(length_out, device=device) * stride - padding)[None, :]
+    inside = (tap >= 0) & (tap < kernel)
+    # weight[o, i, tap[l, j]] where the tap is inside the kernel: (C_out, C_in, L, L_out)
+    banded = conv.weight[:, :, tap.clamp(0, kernel - 1)] * inside.to(conv.weight.dtype)
+    matrix = banded.permute(1, 2, 0, 3).reshape(conv.in_channels * length, -1)
+    bias = None if conv.bias is None else conv.bias.repeat_interleave(length_out)
+    return matrix, bias
+
+
+def band_convolution(
+    x: torch.Tensor,
+    conv: nn.Conv1d,
+    banded: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+) -> torch.Tensor:
     """Apply ``conv`` to ``(P, C_in, L)`` sequences; same result as ``conv(x)``.
 
-    Short sequences use the convolution's banded matrix ``(C_in * L, C_out * L_out)`` built
-    from the (differentiable) kernel, so forward and backward passes are plain matrix products.
+    Short sequences use the convolution's :func:`banded_matrix` (pass it as ``banded`` to
+    reuse it across calls), so forward and backward passes are plain matrix products.
     """
     n_seq, channels_in, length = x.shape
     if length > BANDED_MATRIX_MAX_LENGTH:
         return conv(x)
-    (kernel,), (stride,), (padding,) = conv.kernel_size, conv.stride, conv.padding
-    length_out = (length + 2 * padding - kernel) // stride + 1
-    position = torch.arange(length, device=x.device)
-    tap = position[:, None] - (torch.arange(length_out, device=x.device) * stride - padding)[None, :]
-    inside = (tap >= 0) & (tap < kernel)
-    # weight[o, i, tap[l, j]] where the tap is inside the kernel: (C_out, C_in, L, L_out)
-    banded = conv.weight[:, :, tap.clamp(0, kernel - 1)] * inside.to(conv.weight.dtype)
-    matrix = banded.permute(1, 2, 0, 3).reshape(channels_in * length, -1)
+    matrix, bias = banded_matrix(conv, length) if banded is None else banded
     flat = x.reshape(n_seq, channels_in * length)
-    if conv.bias is None:
-        out = flat @ matrix
-    else:
-        out = torch.addmm(conv.bias.repeat_interleave(length_out), flat, matrix)
-    return out.reshape(n_seq, conv.out_channels, length_out)
+    out = flat @ matrix if bias is None else torch.addmm(bias, flat, matrix)
+    return out.reshape(n_seq, conv.out_channels, -1)
 
 
 class DGCModel(nn.Module):
@@ -319,12 +333,20 @@ class DGCModel(nn.Module):
             sequences.requires_grad or any(p.requires_grad for p in self.spectral_convs.parameters())
         )
         chunk = sequences.shape[0] if needs_grad else SPECTRAL_CHUNK_PIXELS
+        # Banded matrices built once for all chunks (None: the sequence is long, use conv1d).
+        banded, length = {}, sequences.shape[-1]
+        for module in self.spectral_convs:
+            if isinstance(module, nn.Conv1d):
+                if length <= BANDED_MATRIX_MAX_LENGTH:
+                    banded[module] = banded_matrix(module, length)
+                (kernel,), (stride,), (padding,) = module.kernel_size, module.stride, module.padding
+                length = (length + 2 * padding - kernel) // stride + 1
         outputs = []
         for start in range(0, sequences.shape[0], max(1, chunk)):
             features = sequences[start : start + chunk].unsqueeze(1)
             for module in self.spectral_convs:
                 if isinstance(module, nn.Conv1d):
-                    features = band_convolution(features, module)
+                    features = band_convolution(features, module, banded.get(module))
                 else:
                     features = module(features)
             outputs.append(features.mean(dim=-1))
