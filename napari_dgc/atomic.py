@@ -6,6 +6,7 @@ renames it over the destination with :func:`os.replace` (atomic on POSIX and Win
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -101,3 +102,16 @@ def atomic_save_safetensors(
         metadata=dict(metadata) if metadata else None,
     )
     atomic_write_bytes(path, payload)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Return the SHA-256 hex digest of a file, read in 1 MiB blocks.
+
+    Checkpoints and model folders record it when written and check it when loaded, so a
+    truncated or altered weights file is refused instead of half-loaded.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -16,7 +16,6 @@ caller passes ``overwrite=True``.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from napari_dgc.atomic import atomic_save_safetensors, atomic_write_bytes, atomic_write_json
+from napari_dgc.atomic import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, file_sha256
 from napari_dgc.classes import ClassMapping, color_to_rgb
 from napari_dgc.errors import CheckpointError, DGCError, MappingError
 
@@ -238,7 +237,7 @@ def export_model_folder(
             "n_clusters": int(n_clusters),
             "wavelengths": None if run.wavelengths is None else [float(w) for w in run.wavelengths],
             "model_config": model.config.to_dict(),
-            "weights_sha256": _sha256(staging / WEIGHTS_FILE),
+            "weights_sha256": file_sha256(staging / WEIGHTS_FILE),
             "source": {"run": str(Path(run.path).resolve()), "checkpoint": checkpoint_id},
         }
         atomic_write_json(staging / MODEL_INFO_FILE, info)
@@ -248,14 +247,6 @@ def export_model_folder(
         if staging.exists():
             shutil.rmtree(staging)
     return folder
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_model_info(folder: str | os.PathLike) -> dict:
@@ -316,7 +307,7 @@ def load_model_folder(path: str | os.PathLike, device: str = "cpu") -> tuple["DG
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights}: not found")
-    if _sha256(weights) != info["weights_sha256"]:
+    if file_sha256(weights) != info["weights_sha256"]:
         raise CheckpointError(f"{weights}: checksum differs from {MODEL_INFO_FILE}; the file is corrupt")
     try:
         config = ModelConfig.from_dict(info["model_config"])

@@ -22,7 +22,6 @@ Nothing here unpickles: tensors are read with safetensors, everything else is JS
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -150,14 +149,6 @@ def _decode(value: Any, tensors: dict[str, "torch.Tensor"], source: Path) -> Any
             for key, item in value["__items__"]
         }
     return {key: _decode(item, tensors, source) for key, item in value.items()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _package_versions() -> dict[str, str]:
@@ -434,7 +425,7 @@ class RunDirectory:
                     folder / name, tensors, metadata if name == MODEL_FILE else None
                 )
             atomic.atomic_write_json(folder / STATE_FILE, state)
-            digests = {name: _sha256(folder / name) for name in [*files, STATE_FILE]}
+            digests = {name: atomic.file_sha256(folder / name) for name in [*files, STATE_FILE]}
             entry = {"id": checkpoint_id, "step": int(step), "stats": state["stats"],
                      "files": digests}
             with self._locked():
@@ -472,7 +463,7 @@ class RunDirectory:
         if not file.is_file():
             raise CheckpointError(f"{file}: checkpoint file is missing")
         expected = entry["files"].get(name)
-        if expected is not None and _sha256(file) != expected:
+        if expected is not None and atomic.file_sha256(file) != expected:
             raise CheckpointError(f"{file}: checksum mismatch, the file is corrupt or truncated")
         return file
 

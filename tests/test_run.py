@@ -212,12 +212,12 @@ class _Marker:
 
 
 def test_never_unpickles_and_rejects_garbage(run):
-    from napari_dgc.run import _sha256
+    from napari_dgc.atomic import file_sha256
 
     save(run, 100)
     file = run.path / "checkpoints" / "step-000100" / "model.safetensors"
     file.write_bytes(pickle.dumps({"weights": _Marker()}))
-    _set_listed_digest(run, "model.safetensors", _sha256(file))  # as if the file were genuine
+    _set_listed_digest(run, "model.safetensors", file_sha256(file))  # as if the file were genuine
     with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors"):
         run.load_model()
     assert not os.path.exists("/tmp/napari-dgc-unpickled-marker")
