@@ -105,9 +105,10 @@ def make_cube(path: Path, rows: int, cols: int, bands: int, seed: int = 0) -> No
 
 def _run_child(*arguments: str) -> dict:
     completed = subprocess.run(
-        [sys.executable, __file__, "--child", *arguments],
-        check=True, capture_output=True, text=True,
+        [sys.executable, __file__, "--child", *arguments], capture_output=True, text=True
     )
+    if completed.returncode != 0:
+        raise RuntimeError(f"child {arguments} failed:\n{completed.stderr}")
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
