@@ -42,13 +42,8 @@ def run_demo(
     int
         Process exit code (0 on success).
     """
-    import warnings
-
     import napari
     from qtpy.QtCore import QTimer
-
-    # napari announces the PyQt5 deprecation as a toast; it is for developers, not demo users.
-    warnings.filterwarnings("ignore", message=".*PyQt5.*", category=FutureWarning)
 
     from napari_dgc._sample_data import synthetic_leaf_sample
     from napari_dgc._qt.train_state import TrainStatus
