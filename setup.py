@@ -32,6 +32,7 @@ setup(
         "scipy>=1.10",
         "h5py>=3.8",
         "tifffile>=2023.1.1",
+        "Pillow>=9.0",
         "safetensors>=0.4",
         "matplotlib>=3.7",
         "npe2>=0.7",

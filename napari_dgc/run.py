@@ -425,7 +425,8 @@ class RunDirectory:
                     folder / name, tensors, metadata if name == MODEL_FILE else None
                 )
             atomic.atomic_write_json(folder / STATE_FILE, state)
-            digests = {name: atomic.file_sha256(folder / name) for name in [*files, STATE_FILE]}
+            names = [*files, STATE_FILE]
+            digests = {name: atomic.file_sha256(folder / name) for name in names}
             entry = {"id": checkpoint_id, "step": int(step), "stats": state["stats"],
                      "files": digests}
             with self._locked():
