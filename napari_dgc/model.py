@@ -46,7 +46,10 @@ class ModelConfig:
     spectral_kernel, spectral_layers : int
         Kernel size and count of the 1D convolutions along the band axis.
     spatial_kernel, spatial_layers : int
-        Kernel size (odd) and count of the 2D convolutions.
+        Kernel size (odd) and count of the 2D convolutions. The kernel is 1 by default
+        (*deviation*, paper 3): at initialisation random 3x3 kernels blur fine structures before
+        the edge-preserving mean-shift sees them; the mean-shift then gives the spatial context
+        alone (measured in docs/training.md). ``spatial_kernel=3`` is the paper's architecture.
     meanshift_iters, meanshift_window : int
         Unrolled mean-shift iterations and window size (odd, pixels).
     bandwidth_init : float
@@ -65,7 +68,8 @@ class ModelConfig:
         Stride of each 1D convolution along the band axis.
     brightness_norm : bool
         Divide each pixel by its mean over the bands before the per-band normalisation, which
-        removes illumination gain differences between captures.
+        removes illumination gain differences between captures and within a scene (on by
+        default, *deviation*; measured in docs/training.md).
     embedding_relu : bool
         Apply ReLU after the last spatial convolution too (the paper's "ReLU everywhere"); off
         by default so embeddings may use the whole unit sphere, not only its positive orthant.
@@ -75,7 +79,7 @@ class ModelConfig:
     embed_dim: int = 32
     spectral_kernel: int = 9
     spectral_layers: int = 3
-    spatial_kernel: int = 3
+    spatial_kernel: int = 1
     spatial_layers: int = 2
     meanshift_iters: int = 5
     meanshift_window: int = 5
@@ -84,7 +88,7 @@ class ModelConfig:
     spectral_bands: int | None = 32
     spectral_channels: int = 16
     spectral_stride: int = 2
-    brightness_norm: bool = False
+    brightness_norm: bool = True
     embedding_relu: bool = False
 
     def __post_init__(self) -> None:

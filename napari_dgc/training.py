@@ -111,7 +111,7 @@ class TrainConfig:
     uniform_schedule: str = "cosine"
     uniform_final_fraction: float = 0.1
     balance_schedule: str = "cosine"
-    balance_final_fraction: float = 0.1
+    balance_final_fraction: float = 0.0
     kick_schedule: str = "constant"
     kick_final_fraction: float = 0.1
     schedule_steps: int | None = 100
