@@ -46,10 +46,7 @@ class ModelConfig:
     spectral_kernel, spectral_layers : int
         Kernel size and count of the 1D convolutions along the band axis.
     spatial_kernel, spatial_layers : int
-        Kernel size (odd) and count of the 2D convolutions. The kernel is 1 by default
-        (*deviation*, paper 3): at initialisation random 3x3 kernels blur fine structures before
-        the edge-preserving mean-shift sees them; the mean-shift then gives the spatial context
-        alone (measured in docs/training.md). ``spatial_kernel=3`` is the paper's architecture.
+        Kernel size (odd) and count of the 2D convolutions.
     meanshift_iters, meanshift_window : int
         Unrolled mean-shift iterations and window size (odd, pixels).
     bandwidth_init : float
@@ -79,7 +76,7 @@ class ModelConfig:
     embed_dim: int = 32
     spectral_kernel: int = 9
     spectral_layers: int = 3
-    spatial_kernel: int = 1
+    spatial_kernel: int = 3
     spatial_layers: int = 2
     meanshift_iters: int = 5
     meanshift_window: int = 5
