@@ -12,11 +12,14 @@ One step (see docs/training.md):
 2. normalise and run the per-pixel spectral stage once per *unique* scene pixel of each pair,
    gather both crops from it, run the spatial stage and mean-shift on the ``2 x batch`` crops;
 3. loss = compactness + orthogonality + balance (-H of cluster usage) + uniform assignment
-   (cross-entropy against exactly-balanced pseudo-labels) + consistency (symmetric KL between
-   the two crops at pixels that show the same scene location); AdamW step, gradient clipping;
+   (cross-entropy against pseudo-labels with fixed cluster quotas: an EMA of the observed usage
+   floored at ``uniform_floor / K`` by default, exactly N/K as in the papers on request) +
+   consistency (symmetric KL between the two crops at pixels that show the same scene
+   location); AdamW step, gradient clipping;
 4. EMA of the centroids toward the probability-weighted mean embeddings of the step (the
-   embeddings of step 2, detached), a random kick for clusters whose share of the step's
-   probability mass is below ``dead_threshold``, re-normalisation.
+   embeddings of step 2, detached); a cluster whose share of the step's probability mass is
+   below ``dead_threshold`` is re-seeded at a poorly explained embedding (or kicked at random,
+   as the reference does); re-normalisation.
 """
 
 from __future__ import annotations
