@@ -33,6 +33,16 @@ from napari_dgc.errors import ConfigError
 MAX_CLUSTERS = 64
 
 
+def reject_unknown_settings(config_class: type, data: dict, kind: str) -> None:
+    """Raise :class:`ConfigError` naming every key of ``data`` that ``config_class`` lacks.
+
+    Settings files come from users and older versions: a typo must not pass silently.
+    """
+    unknown = set(data) - {f.name for f in fields(config_class)}
+    if unknown:
+        raise ConfigError(f"unknown {kind} settings: {', '.join(sorted(unknown))}")
+
+
 @dataclass
 class ModelConfig:
     """Architecture of a :class:`DGCModel`; defaults are the papers' values except where noted.
@@ -119,10 +129,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
         """Build a configuration from :meth:`to_dict` output; unknown keys raise ConfigError."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown model settings: {', '.join(sorted(unknown))}")
+        reject_unknown_settings(cls, data, "model")
         return cls(**data)
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from napari_dgc import losses
 from napari_dgc.errors import ConfigError
-from napari_dgc.model import DGCModel, ModelConfig
+from napari_dgc.model import DGCModel, ModelConfig, reject_unknown_settings
 from napari_dgc.normalization import compute_band_statistics
 from napari_dgc.sampling import CropPair, PairStream, open_sources
 
@@ -194,10 +194,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         """Build settings from :meth:`to_dict` output; missing keys take their defaults."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ConfigError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        reject_unknown_settings(cls, data, "training")
         values = dict(data)
         if "model" in values and not isinstance(values["model"], ModelConfig):
             values["model"] = ModelConfig.from_dict(values["model"])
