@@ -144,8 +144,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="side of the training cube")
     parser.add_argument("--bands", type=int, default=64)
     parser.add_argument("--skip-timeline", action="store_true")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (napari's own default: all cores)")
     args = parser.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, napari {napari.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
