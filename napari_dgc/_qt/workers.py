@@ -7,6 +7,7 @@ cube-layer identity, figures, progress events) through the workers' ``yielded`` 
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from napari.qt.threading import GeneratorWorker, create_worker
 from qtpy.QtCore import QEvent, QObject
 
@@ -121,7 +123,12 @@ def start_training_worker(
     *args,
     **kwargs,
 ) -> ClosingGeneratorWorker:
-    """Start :func:`training_events` in a worker; errors go to ``connect["errored"]`` only."""
+    """Start :func:`training_events` in a worker; errors go to ``connect["errored"]`` only.
+
+    PyTorch is limited to all cores but one first: measured on the 2-core machine, two torch
+    threads push the GUI thread's p95 tick gap from 47 to 62 ms (docs/benchmarks.md).
+    """
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     return create_worker(
         training_events,
         *args,
