@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from napari_dgc import losses
 from napari_dgc.errors import ConfigError
+from napari_dgc.metrics import usage_entropy
 from napari_dgc.model import DGCModel, ModelConfig, reject_unknown_settings
 from napari_dgc.normalization import compute_band_statistics
 from napari_dgc.sampling import CropPair, PairStream, open_sources
@@ -473,13 +474,12 @@ def _describe_sources(cubes: Sequence) -> tuple[list[str], np.ndarray | None]:
 def _window_stats(results: list[StepResult]) -> dict:
     """Checkpoint statistics: mean losses, active clusters and usage since the last checkpoint."""
     usage = np.mean([result.usage for result in results], axis=0)
-    nonzero = usage[usage > 0]
     return {
         "losses": {term: float(np.mean([r.losses[term] for r in results])) for term in LOSS_TERMS},
         "active_clusters": results[-1].active_clusters,
         "mean_active_clusters": float(np.mean([r.active_clusters for r in results])),
         "usage": usage.tolist(),
-        "usage_entropy": float(-(nonzero * np.log(nonzero)).sum()),
+        "usage_entropy": usage_entropy(usage),
         "steps_averaged": len(results),
     }
 
