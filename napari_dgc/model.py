@@ -33,6 +33,11 @@ from napari_dgc.errors import ConfigError
 MAX_CLUSTERS = 64
 
 
+#: Scale of the default random weights left on top of the identity (Dirac) kernel when
+#: ``spatial_init="identity"``.
+IDENTITY_INIT_NOISE = 0.1
+
+
 def reject_unknown_settings(config_class: type, data: dict, kind: str) -> None:
     """Raise :class:`ConfigError` naming every key of ``data`` that ``config_class`` lacks.
 
@@ -97,6 +102,7 @@ class ModelConfig:
     spectral_stride: int = 2
     brightness_norm: bool = True
     embedding_relu: bool = False
+    spatial_init: str = "default"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -119,6 +125,8 @@ class ModelConfig:
             raise ConfigError(f"meanshift_iters must be >= 0, got {self.meanshift_iters}")
         if self.bandwidth_init <= 0 or self.temperature <= 0:
             raise ConfigError("bandwidth_init and temperature must be positive")
+        if self.spatial_init not in ("default", "identity"):
+            raise ConfigError(f"spatial_init must be 'default' or 'identity', got {self.spatial_init!r}")
         if self.spectral_bands is not None and self.spectral_bands < 1:
             raise ConfigError(f"spectral_bands must be at least 1, got {self.spectral_bands}")
 
@@ -248,6 +256,12 @@ class DGCModel(nn.Module):
                       padding=config.spatial_kernel // 2)
             for _ in range(config.spatial_layers)
         )
+        if config.spatial_init == "identity":
+            for conv in self.spatial_convs:
+                with torch.no_grad():
+                    conv.weight.mul_(IDENTITY_INIT_NOISE)
+                    conv.weight.add_(nn.init.dirac_(torch.empty_like(conv.weight)))
+                    conv.bias.zero_()
         self.bandwidth_raw = nn.Parameter(
             torch.tensor(math.log(math.expm1(config.bandwidth_init)))  # softplus^-1
         )

@@ -172,8 +172,21 @@ def test_config_round_trips_through_json():
     assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
+def test_identity_spatial_init_starts_from_the_per_pixel_spectral_features(monkeypatch):
+    monkeypatch.setattr(model_module, "IDENTITY_INIT_NOISE", 0.0)
+    config = ModelConfig(**{**SMALL.to_dict(), "meanshift_iters": 0, "spatial_init": "identity"})
+    model = _model(config=config)
+    x = torch.rand(1, 12, 9, 9)
+    features = model.spectral(model.normalize(x).movedim(1, -1).reshape(-1, 12))
+    expected = F.normalize(features, dim=1).reshape(1, 9, 9, -1).permute(0, 3, 1, 2)
+    torch.testing.assert_close(model.embed(x), expected)
+    default = _model(config=ModelConfig(**{**config.to_dict(), "spatial_init": "default"}))
+    assert not torch.allclose(default.embed(x), expected, atol=1e-3)  # random kernels mix pixels
+
+
 @pytest.mark.parametrize("settings", [{"n_clusters": 1}, {"n_clusters": 65}, {"meanshift_window": 4},
-                                      {"temperature": 0.0}, {"spectral_kernel": 0}])
+                                      {"temperature": 0.0}, {"spectral_kernel": 0},
+                                      {"spatial_init": "zeros"}])
 def test_bad_model_settings_raise_config_error(settings):
     with pytest.raises(ConfigError):
         ModelConfig(**settings)
