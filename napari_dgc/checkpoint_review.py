@@ -10,6 +10,16 @@ checkpoint, the figures drawn along the timeline:
 * the number of active clusters and the normalised entropy of cluster usage,
 * the losses the training recorded with the checkpoint.
 
+Every checkpoint of a run shares the model's normalisation and band resampling, so the first
+step of the model gives the same result for a cube at every checkpoint. The review keeps that
+result per cube (:class:`~napari_dgc.segmentation.SpectralInput`, ``4 * spectral_length`` bytes
+per pixel: 32 MiB for a 512 x 512 cube at the default 32 bins, a tenth of the 301-band cube),
+computed as a by-product of the first segmentation; later checkpoints segment from it and skip
+reading the raw bands. Its entries carry a fingerprint of the normalisation and are replaced,
+never reused, when a model's differs. This cache has its own byte budget: cubes are kept in
+the order they are first segmented until it is full; the others are read from the cube at every
+checkpoint, as without the cache.
+
 All figures pool the pixels of every reviewed cube. The class is thread-safe: the training
 worker, a review worker and the GUI thread may call it at the same time; a checkpoint is
 segmented at most once however many threads ask for it concurrently.
@@ -22,6 +32,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,7 +40,10 @@ from napari_dgc.errors import CheckpointError
 from napari_dgc.io import Cube
 from napari_dgc.metrics import active_clusters, cluster_usage, normalized_mutual_info, usage_entropy
 from napari_dgc.run import CheckpointInfo, RunDirectory
-from napari_dgc.segmentation import segment_cube
+from napari_dgc.segmentation import SpectralInput, segment_cube, spectral_input_fingerprint
+
+if TYPE_CHECKING:
+    from napari_dgc.model import DGCModel
 
 #: A cube to review: a lazily read :class:`~napari_dgc.io.Cube` or a band-last array.
 CubeInput = Cube | np.ndarray
@@ -70,6 +84,10 @@ def _cube_bands(cube: CubeInput) -> int:
     return cube.n_bands if isinstance(cube, Cube) else int(np.shape(cube)[-1])
 
 
+def _cube_shape_hw(cube: CubeInput) -> tuple[int, int]:
+    return tuple(cube.shape_hw) if isinstance(cube, Cube) else tuple(np.shape(cube)[:2])
+
+
 def recorded_losses(info: CheckpointInfo) -> dict[str, float]:
     """The numeric loss terms stored with a checkpoint (``stats["losses"]``), if any."""
     losses = info.stats.get("losses", {}) if isinstance(info.stats, dict) else {}
@@ -97,6 +115,8 @@ class CheckpointReview:
     cache_bytes : int
         Budget of the label-map cache; the least recently used checkpoints are dropped first
         (their figures, being tiny, are kept).
+    spectral_cache_bytes : int
+        Budget of the per-cube spectral-input cache (see the module docstring); 0 turns it off.
 
     Raises
     ------
@@ -112,6 +132,7 @@ class CheckpointReview:
         device: str = "cpu",
         tile: int = 256,
         cache_bytes: int = 512 * 2**20,
+        spectral_cache_bytes: int = 256 * 2**20,
     ) -> None:
         self.run = RunDirectory.open(run_dir)
         for key, cube in cubes.items():
@@ -124,11 +145,13 @@ class CheckpointReview:
         self.device = device
         self.tile = tile
         self.cache_bytes = cache_bytes
+        self.spectral_cache_bytes = spectral_cache_bytes
         self.n_clusters = self.run.config.model.n_clusters
         self._lock = threading.Lock()
         self._labels: OrderedDict[str, dict[str, np.ndarray]] = OrderedDict()
         self._figures: dict[str, CheckpointFigures] = {}
         self._segmenting: dict[str, threading.Lock] = {}
+        self._spectral: dict[str, SpectralInput] = {}
 
     @property
     def path(self) -> Path:
@@ -152,8 +175,10 @@ class CheckpointReview:
         with self._lock:
             return self._figures.get(checkpoint_id)
 
-    def labels(self, checkpoint_id: str) -> dict[str, np.ndarray]:
+    def labels(self, checkpoint_id: str, *, workers: int | None = None) -> dict[str, np.ndarray]:
         """Label maps ``(rows, cols)`` int32 of every cube at a checkpoint, computed once.
+
+        ``workers``: tiles segmented at once (see :func:`~napari_dgc.segmentation.segment_cube`).
 
         Raises
         ------
@@ -170,14 +195,42 @@ class CheckpointReview:
             if cached is not None:
                 return cached
             model = self.run.load_model(checkpoint_id, device=self.device)
-            labels = {
-                key: segment_cube(model, cube, tile=self.tile, device=self.device).labels
-                for key, cube in self.cubes.items()
-            }
+            labels = {key: self._segment(model, key, workers) for key in self.cubes}
             self._store(checkpoint_id, labels)
         with self._lock:
             self._segmenting.pop(checkpoint_id, None)
         return labels
+
+    def _segment(self, model: "DGCModel", key: str, workers: int | None) -> np.ndarray:
+        """Labels of one cube, from its cached spectral input when the model's matches."""
+        fingerprint = spectral_input_fingerprint(model)
+        with self._lock:
+            prepared = self._spectral.get(key)
+        if prepared is not None and prepared.fingerprint != fingerprint:
+            prepared = None
+        options = dict(tile=self.tile, device=self.device, workers=workers)
+        if prepared is not None:
+            return segment_cube(model, prepared, **options).labels
+        rows, cols = _cube_shape_hw(self.cubes[key])
+        keep = rows * cols * model.spectral_length * 4 <= self.spectral_cache_bytes
+        result = segment_cube(model, self.cubes[key], return_spectral_input=keep, **options)
+        if keep:
+            self._store_spectral(key, result.spectral_input)
+        return result.labels
+
+    def _store_spectral(self, key: str, prepared: SpectralInput) -> None:
+        with self._lock:
+            # Entries of another normalisation are useless now; the others stay, first come
+            # first kept (every checkpoint visits all cubes in turn, so evicting the least
+            # recently used would evict each cube just before it is needed again).
+            self._spectral = {
+                other: entry
+                for other, entry in self._spectral.items()
+                if other != key and entry.fingerprint == prepared.fingerprint
+            }
+            used = sum(entry.nbytes for entry in self._spectral.values())
+            if used + prepared.nbytes <= self.spectral_cache_bytes:
+                self._spectral[key] = prepared
 
     def _store(self, checkpoint_id: str, labels: dict[str, np.ndarray]) -> None:
         with self._lock:
@@ -189,8 +242,10 @@ class CheckpointReview:
                 _, dropped = self._labels.popitem(last=False)
                 total -= sum(a.nbytes for a in dropped.values())
 
-    def figures(self, checkpoint_id: str) -> CheckpointFigures:
+    def figures(self, checkpoint_id: str, *, workers: int | None = None) -> CheckpointFigures:
         """Stability figures of a checkpoint (segments it and its predecessor if needed).
+
+        ``workers`` is passed to :meth:`labels`.
 
         Raises
         ------
@@ -204,10 +259,10 @@ class CheckpointReview:
         index = next((i for i, info in enumerate(infos) if info.checkpoint_id == checkpoint_id), None)
         if index is None:
             raise CheckpointError(f"{self.path}: no checkpoint {checkpoint_id!r} in this run")
-        current = self._pooled(self.labels(checkpoint_id))
+        current = self._pooled(self.labels(checkpoint_id, workers=workers))
         nmi = None
         if index > 0:
-            previous = self._pooled(self.labels(infos[index - 1].checkpoint_id))
+            previous = self._pooled(self.labels(infos[index - 1].checkpoint_id, workers=workers))
             nmi = normalized_mutual_info(previous, current)
         usage = cluster_usage(current, self.n_clusters)
         result = CheckpointFigures(

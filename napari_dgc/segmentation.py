@@ -11,13 +11,27 @@ whole-image pass treats pixels outside the image, so:
   image border exactly as the whole image does.
 
 Hence the tiled labels equal the whole-cube labels (see ``tests/test_segmentation.py``), while
-memory is bounded by one tile whatever the cube size: the only full-size arrays are the
-outputs (labels 4 bytes per pixel; probabilities ``4 K`` and embeddings ``4 D`` bytes per pixel
-when asked for).
+memory is bounded by the tiles in flight whatever the cube size: the only full-size arrays are
+the outputs (labels 4 bytes per pixel; probabilities ``4 K`` and embeddings ``4 D`` bytes per
+pixel when asked for; the spectral input ``4 L`` bytes per pixel when asked for).
+
+Tiles are independent, so ``workers`` threads segment several at once (PyTorch releases the GIL
+inside its operations); at most ``workers`` tiles are read or computed at any time.
+
+The first step of the model, normalising each spectrum and resampling it to
+``model.spectral_length`` bins, depends only on the model's normalisation buffers and the fixed
+resampling, which every checkpoint of a training run shares. :class:`SpectralInput` holds that
+step's result for a whole cube (``return_spectral_input=True``); passing it to
+:func:`segment_cube` instead of the cube skips reading the raw bands and the input matrix
+product. It remembers a fingerprint of the normalisation and is refused by a model whose
+normalisation differs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterator
 
@@ -26,10 +40,50 @@ import numpy as np
 from napari_dgc.errors import ConfigError
 
 if TYPE_CHECKING:
+    import torch
+
     from napari_dgc.io import Cube
     from napari_dgc.model import DGCModel
 
 ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SpectralInput:
+    """A cube's normalised, resampled spectra: the model's input after its first step.
+
+    Attributes
+    ----------
+    values : np.ndarray
+        ``(rows, cols, model.spectral_length)`` float32, read-only.
+    fingerprint : str
+        :func:`spectral_input_fingerprint` of the model that computed it; only models with the
+        same fingerprint may use it.
+    """
+
+    values: np.ndarray
+
+    fingerprint: str
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by :attr:`values`."""
+        return self.values.nbytes
+
+
+def spectral_input_fingerprint(model: "DGCModel") -> str:
+    """Identify everything the model's spectral input depends on.
+
+    That is the band count, the brightness normalisation switch and floor, the per-band offset
+    and scale and the resampling matrix. Every checkpoint of one training run shares them, so
+    they share the fingerprint; a model with any other normalisation gets another one.
+    """
+    digest = hashlib.sha256()
+    digest.update(f"{model.n_bands}|{model.spectral_length}|{model.config.brightness_norm}".encode())
+    tensors = (model.band_offset, model.band_scale, model.brightness_floor, model.resampling)
+    for tensor in tensors:
+        digest.update(b"-" if tensor is None else tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -44,11 +98,14 @@ class Segmentation:
         ``(K, rows, cols)`` float32 soft assignments, when asked for.
     embeddings : np.ndarray or None
         ``(D, rows, cols)`` float32 unit-norm pixel embeddings after mean-shift, when asked for.
+    spectral_input : SpectralInput or None
+        The cube's spectral input, when asked for (to segment it again at other checkpoints).
     """
 
     labels: np.ndarray
     probabilities: np.ndarray | None = None
     embeddings: np.ndarray | None = None
+    spectral_input: SpectralInput | None = None
 
 
 def tile_windows(
@@ -86,15 +143,35 @@ def tile_windows(
             )
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Tiles segmented at once when the caller does not say: PyTorch's thread budget.
+
+    ``torch.get_num_threads()`` is the number of cores by default and what an application set
+    (the training panel lowers it while training), capped at :func:`usable_cores`.
+    """
+    import torch
+
+    return max(1, min(torch.get_num_threads(), usable_cores()))
+
+
 def segment_cube(
     model: "DGCModel",
-    cube: "Cube | np.ndarray",
+    cube: "Cube | np.ndarray | SpectralInput",
     *,
     tile: int = 256,
     return_probabilities: bool = False,
     return_embeddings: bool = False,
+    return_spectral_input: bool = False,
     device: str = "cpu",
     progress: ProgressCallback | None = None,
+    workers: int | None = None,
 ) -> Segmentation:
     """Segment a whole cube by tiles with a halo of the model's receptive radius.
 
@@ -102,18 +179,26 @@ def segment_cube(
     ----------
     model : DGCModel
         Trained model; it is run in evaluation mode (and left in the mode it came in).
-    cube : Cube or np.ndarray
-        A :class:`~napari_dgc.io.Cube` (read window by window) or a band-last
-        ``(rows, cols, bands)`` array.
+    cube : Cube, np.ndarray or SpectralInput
+        A :class:`~napari_dgc.io.Cube` (read window by window), a band-last
+        ``(rows, cols, bands)`` array, or a cube's :class:`SpectralInput` computed by a model
+        with the same normalisation (a checkpoint of the same run).
     tile : int
         Side of the tile interior in pixels. The result does not depend on it; larger tiles
         waste less on halos, smaller ones need less memory.
     return_probabilities, return_embeddings : bool
         Also return the soft assignments ``(K, rows, cols)`` / embeddings ``(D, rows, cols)``.
+    return_spectral_input : bool
+        Also return the cube's :class:`SpectralInput` (``4 * model.spectral_length`` bytes per
+        pixel). Ignored when ``cube`` already is one.
     device : str
         Torch device to run the model on.
     progress : callable, optional
-        Called as ``progress(done_tiles, total_tiles)`` after each tile.
+        Called as ``progress(done_tiles, total_tiles)`` after each tile, in the calling thread.
+    workers : int, optional
+        Tiles segmented at once by a pool of threads; each in-flight tile holds its window and
+        the model's intermediates. Default :func:`default_workers`. The labels do not depend
+        on it.
 
     Returns
     -------
@@ -122,16 +207,27 @@ def segment_cube(
     Raises
     ------
     ConfigError
-        If ``tile`` is not positive or the cube's band count differs from the model's.
+        If ``tile`` or ``workers`` is not positive, the cube's band count differs from the
+        model's, or a :class:`SpectralInput` comes from a model with another normalisation.
     """
     import torch
 
     if tile < 1:
         raise ConfigError(f"the tile size must be a positive number of pixels, got {tile}")
-    read_window, shape_hw, n_bands, source = _window_reader(cube)
-    if n_bands != model.n_bands:
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ConfigError(f"the number of workers must be at least 1, got {workers}")
+    read_window, shape_hw, prepared, source = _window_reader(cube)
+    if prepared:
+        if cube.fingerprint != spectral_input_fingerprint(model):
+            raise ConfigError(
+                "this spectral input was computed with another normalisation than the model's "
+                "(a checkpoint of another run?); segment the cube itself"
+            )
+        return_spectral_input = False
+    elif _bands(cube) != model.n_bands:
         raise ConfigError(
-            f"{source}: the cube has {n_bands} bands, the model was trained on {model.n_bands}"
+            f"{source}: the cube has {_bands(cube)} bands, the model was trained on {model.n_bands}"
         )
     n_rows, n_cols = shape_hw
     labels = np.empty(shape_hw, dtype=np.int32)
@@ -145,35 +241,98 @@ def segment_cube(
         if return_embeddings
         else None
     )
+    spectral = (
+        np.empty((n_rows, n_cols, model.spectral_length), np.float32)
+        if return_spectral_input
+        else None
+    )
+
+    def segment_tile(rows: slice, cols: slice, inner_rows: slice, inner_cols: slice) -> None:
+        # Grad mode is per thread: a pool thread needs its own inference mode.
+        with torch.inference_mode():
+            window = read_window(rows, cols)
+            # A read-only view (a window contiguous in a read-only array or memory map) would
+            # make torch warn; the copy is what a non-contiguous window costs anyway.
+            window = torch.from_numpy(window if window.flags.writeable else window.copy())
+            window = window.to(device)
+            height, width, channels = window.shape
+            sequences = window.reshape(-1, channels)
+            if not prepared:
+                sequences = model._spectral_input(sequences)
+            embedded = _embed_sequences(model, sequences, height, width)
+            soft = model.assign(embedded)
+            target = (slice(rows.start + inner_rows.start, rows.start + inner_rows.stop),
+                      slice(cols.start + inner_cols.start, cols.start + inner_cols.stop))
+            kept = soft[0, :, inner_rows, inner_cols]
+            labels[target] = kept.argmax(dim=0).cpu().numpy()
+            if probabilities is not None:
+                probabilities[(slice(None), *target)] = kept.cpu().numpy()
+            if embeddings is not None:
+                embeddings[(slice(None), *target)] = (
+                    embedded[0, :, inner_rows, inner_cols].cpu().numpy()
+                )
+            if spectral is not None:
+                spectral[target] = (
+                    sequences.reshape(height, width, -1)[inner_rows, inner_cols].cpu().numpy()
+                )
+
     windows = list(tile_windows(shape_hw, tile, model.receptive_radius))
     was_training = model.training
     model.eval()
     try:
-        with torch.inference_mode():
-            for done, (rows, cols, inner_rows, inner_cols) in enumerate(windows, start=1):
-                window = torch.from_numpy(read_window(rows, cols)).to(device)
-                # A band-last view, not a copy: the model flattens it back to pixels for free.
-                pixels = window.permute(2, 0, 1).unsqueeze(0)
-                embedded = model.embed(pixels)
-                soft = model.assign(embedded)
-                target = (slice(rows.start + inner_rows.start, rows.start + inner_rows.stop),
-                          slice(cols.start + inner_cols.start, cols.start + inner_cols.stop))
-                labels[target] = soft[0, :, inner_rows, inner_cols].argmax(dim=0).cpu().numpy()
-                if probabilities is not None:
-                    probabilities[(slice(None), *target)] = (
-                        soft[0, :, inner_rows, inner_cols].cpu().numpy()
-                    )
-                if embeddings is not None:
-                    embeddings[(slice(None), *target)] = (
-                        embedded[0, :, inner_rows, inner_cols].cpu().numpy()
-                    )
-                if progress is not None:
-                    progress(done, len(windows))
+        _run_tiles(segment_tile, windows, min(workers, len(windows)), progress)
     finally:
         model.train(was_training)
-    return Segmentation(labels, probabilities, embeddings)
+    spectral_input = None
+    if spectral is not None:
+        spectral.flags.writeable = False  # shared between segmentations, e.g. in a cache
+        spectral_input = SpectralInput(spectral, spectral_input_fingerprint(model))
+    return Segmentation(labels, probabilities, embeddings, spectral_input)
 
 
+def _embed_sequences(
+    model: "DGCModel", sequences: "torch.Tensor", height: int, width: int
+) -> "torch.Tensor":
+    """``DGCModel.embed`` from the spectral input ``(height * width, L)``: ``(1, D, H, W)``."""
+    features = model._band_features(sequences)
+    return model.spatial(features.reshape(1, height, width, -1).permute(0, 3, 1, 2))
+
+
+def _run_tiles(
+    segment_tile: Callable[..., None],
+    windows: list[tuple[slice, slice, slice, slice]],
+    workers: int,
+    progress: ProgressCallback | None,
+) -> None:
+    """Call ``segment_tile(*window)`` for every window, ``workers`` at a time at most."""
+    if workers <= 1:
+        for done, window in enumerate(windows, start=1):
+            segment_tile(*window)
+            if progress is not None:
+                progress(done, len(windows))
+        return
+    done = 0
+    pending: set[Future] = set()
+    remaining = iter(windows)
+    with ThreadPoolExecutor(workers, thread_name_prefix="segment-tile") as pool:
+        try:
+            while True:
+                # Submit no more than `workers` tiles: each holds a window and intermediates.
+                for window in remaining:
+                    pending.add(pool.submit(segment_tile, *window))
+                    if len(pending) >= workers:
+                        break
+                if not pending:
+                    return
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    future.result()  # re-raises a tile's error here, in the caller
+                    done += 1
+                    if progress is not None:
+                        progress(done, len(windows))
+        finally:
+            for future in pending:
+                future.cancel()
 def segment_array(model: "DGCModel", array: np.ndarray, **options) -> Segmentation:
     """Segment an in-memory band-last ``(rows, cols, bands)`` array.
 
@@ -183,16 +342,22 @@ def segment_array(model: "DGCModel", array: np.ndarray, **options) -> Segmentati
     return segment_cube(model, np.asarray(array), **options)
 
 
+def _bands(cube: "Cube | np.ndarray") -> int:
+    return cube.shape[2] if isinstance(cube, np.ndarray) else cube.n_bands
+
+
 def _window_reader(
-    cube: "Cube | np.ndarray",
-) -> tuple[Callable[[slice, slice], np.ndarray], tuple[int, int], int, str]:
-    """Return ``(read_window, shape_hw, n_bands, name)`` for a Cube or a band-last array."""
-    if isinstance(cube, np.ndarray):
-        if cube.ndim != 3:
-            raise ConfigError(f"a band-last (rows, cols, bands) array is needed, got {cube.shape}")
+    cube: "Cube | np.ndarray | SpectralInput",
+) -> tuple[Callable[[slice, slice], np.ndarray], tuple[int, int], bool, str]:
+    """Return ``(read_window, shape_hw, is_spectral_input, name)`` for any input of segment_cube."""
+    if isinstance(cube, (np.ndarray, SpectralInput)):
+        array = cube.values if isinstance(cube, SpectralInput) else cube
+        if array.ndim != 3:
+            raise ConfigError(f"a band-last (rows, cols, bands) array is needed, got {array.shape}")
 
         def read_array(rows: slice, cols: slice) -> np.ndarray:
-            return np.ascontiguousarray(cube[rows, cols], dtype=np.float32)
+            return np.ascontiguousarray(array[rows, cols], dtype=np.float32)
 
-        return read_array, (cube.shape[0], cube.shape[1]), cube.shape[2], "the array"
-    return cube.read_window, tuple(cube.shape_hw), cube.n_bands, str(cube.path)
+        return (read_array, (array.shape[0], array.shape[1]),
+                isinstance(cube, SpectralInput), "the array")
+    return cube.read_window, tuple(cube.shape_hw), False, str(cube.path)

@@ -10,6 +10,7 @@ import pytest
 from napari_dgc import checkpoint_review
 from napari_dgc.checkpoint_review import CheckpointReview
 from napari_dgc.errors import CheckpointError
+from napari_dgc.io import open_cube
 from napari_dgc.metrics import active_clusters, cluster_usage, normalized_mutual_info, usage_entropy
 from napari_dgc.run import RunDirectory
 from napari_dgc.segmentation import segment_cube
@@ -120,3 +121,85 @@ def test_unknown_checkpoint_and_missing_run(trained_run, tmp_path):
         review.labels("step-999999")
     with pytest.raises(CheckpointError):
         CheckpointReview(tmp_path / "not-a-run", cubes)
+
+
+@pytest.fixture
+def counted_cubes(trained_run, tmp_path, monkeypatch):
+    """The run's cubes as memory-mapped Cubes whose raw reads are counted by key."""
+    _, cubes = trained_run
+    reads = {key: 0 for key in cubes}
+    opened = {}
+    for key, array in cubes.items():
+        np.save(tmp_path / f"{key}.npy", array)
+        cube = open_cube(tmp_path / f"{key}.npy")
+        original = cube.read_window
+
+        def counting_read(rows, cols, key=key, original=original):
+            reads[key] += 1
+            return original(rows, cols)
+
+        monkeypatch.setattr(cube, "read_window", counting_read)
+        opened[key] = cube
+    return opened, reads
+
+
+def test_later_checkpoints_reuse_the_spectral_input(trained_run, counted_cubes):
+    run_dir, arrays = trained_run
+    cubes, reads = counted_cubes
+    review = CheckpointReview(run_dir, cubes, tile=16)
+    ids = [info.checkpoint_id for info in review.checkpoints()]
+    for index, checkpoint_id in enumerate(ids):
+        labels = review.labels(checkpoint_id, workers=1 + index % 2)
+        model = RunDirectory.open(run_dir).load_model(checkpoint_id)
+        for key, array in arrays.items():
+            np.testing.assert_array_equal(labels[key], segment_cube(model, array).labels)
+        if index == 0:
+            first_reads = dict(reads)
+            assert all(count > 0 for count in first_reads.values())
+    assert reads == first_reads  # the raw cubes were read for the first checkpoint only
+
+
+def test_spectral_input_of_another_normalisation_is_not_reused(
+    trained_run, counted_cubes, monkeypatch
+):
+    run_dir, arrays = trained_run
+    cubes, reads = counted_cubes
+    review = CheckpointReview(run_dir, cubes)
+    first, second, _ = (info.checkpoint_id for info in review.checkpoints())
+    review.labels(first)
+    first_reads = dict(reads)
+    original = review.run.load_model
+
+    def renormalised(*args, **kwargs):
+        model = original(*args, **kwargs)
+        model.set_normalization(model.band_offset + 0.5, model.band_scale * 2.0)
+        return model
+
+    monkeypatch.setattr(review.run, "load_model", renormalised)
+    labels = review.labels(second)
+    assert all(reads[key] > first_reads[key] for key in reads)
+    model = renormalised(second)
+    for key, array in arrays.items():
+        np.testing.assert_array_equal(labels[key], segment_cube(model, array).labels)
+
+
+def test_spectral_cache_budget(trained_run, counted_cubes):
+    run_dir, _ = trained_run
+    cubes, reads = counted_cubes
+    # tiny_config keeps all 16 bands: 16 float32 per pixel; cube "a" is 32 x 32, "b" 24 x 28.
+    size_a, size_b = 32 * 32 * 16 * 4, 24 * 28 * 16 * 4
+    ids = [info.checkpoint_id for info in CheckpointReview(run_dir, cubes).checkpoints()]
+
+    off = CheckpointReview(run_dir, cubes, spectral_cache_bytes=0)
+    off.labels(ids[0])
+    before = dict(reads)
+    off.labels(ids[1])
+    assert all(reads[key] > before[key] for key in reads)
+
+    # Room for "a" (segmented first) but not for both: "a" is kept, "b" read every time.
+    only_a = CheckpointReview(run_dir, cubes, spectral_cache_bytes=size_a + size_b - 1)
+    for checkpoint_id in ids:
+        before = dict(reads)
+        only_a.labels(checkpoint_id)
+        assert reads["b"] > before["b"]
+        assert reads["a"] == before["a"] or checkpoint_id == ids[0]

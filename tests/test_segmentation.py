@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +11,12 @@ import torch
 from napari_dgc.errors import ConfigError
 from napari_dgc.io import open_cube
 from napari_dgc.model import DGCModel, ModelConfig
-from napari_dgc.segmentation import segment_array, segment_cube, tile_windows
+from napari_dgc.segmentation import (
+    segment_array,
+    segment_cube,
+    spectral_input_fingerprint,
+    tile_windows,
+)
 
 N_BANDS = 20
 
@@ -101,3 +108,116 @@ def test_bad_input(model, cube_array):
         segment_cube(model, cube_array, tile=0)
     with pytest.raises(ConfigError, match=r"band-last .* got \(8, 8\)"):
         segment_array(model, np.zeros((8, 8), np.float32))
+
+
+@pytest.mark.parametrize("tile", [17, 32])
+def test_parallel_tiles_equal_the_serial_pass(model, cube_array, tile):
+    options = dict(tile=tile, return_probabilities=True, return_embeddings=True)
+    serial = segment_cube(model, cube_array, workers=1, **options)
+    calls = []
+    parallel = segment_cube(model, cube_array, workers=3,
+                            progress=lambda done, total: calls.append((done, total)), **options)
+    np.testing.assert_array_equal(parallel.labels, serial.labels)
+    np.testing.assert_array_equal(parallel.probabilities, serial.probabilities)
+    np.testing.assert_array_equal(parallel.embeddings, serial.embeddings)
+    n_tiles = len(list(tile_windows(cube_array.shape[:2], tile, model.receptive_radius)))
+    assert calls == [(i, n_tiles) for i in range(1, n_tiles + 1)]
+
+
+class CountingCube:
+    """A Cube stand-in over an array that records how many tiles were read but not reported."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.path = array, "counting.npy"
+        self.shape_hw, self.n_bands = array.shape[:2], array.shape[2]
+        self.reads, self.reported, self.in_flight = 0, 0, []
+        self.lock = threading.Lock()
+
+    def read_window(self, rows: slice, cols: slice) -> np.ndarray:
+        with self.lock:
+            self.reads += 1
+            self.in_flight.append(self.reads - self.reported)
+        return np.ascontiguousarray(self.array[rows, cols])
+
+    def progress(self, done: int, total: int) -> None:
+        with self.lock:
+            self.reported = done
+
+
+def test_at_most_workers_tiles_in_flight(model, cube_array):
+    cube = CountingCube(cube_array)
+    result = segment_cube(model, cube, tile=16, workers=2, progress=cube.progress)
+    assert cube.reads == 5 * 6 and max(cube.in_flight) <= 2
+    np.testing.assert_array_equal(result.labels, segment_cube(model, cube_array, workers=1).labels)
+
+
+def test_an_error_in_a_tile_reaches_the_caller(model, cube_array, monkeypatch):
+    original, calls = DGCModel.assign, []
+
+    def failing_assign(self, z):
+        calls.append(None)
+        if len(calls) == 3:
+            raise RuntimeError("tile 3 failed")
+        return original(self, z)
+
+    monkeypatch.setattr(DGCModel, "assign", failing_assign)
+    with pytest.raises(RuntimeError, match="tile 3 failed"):
+        segment_cube(model, cube_array, tile=16, workers=2)
+    assert len(calls) < 30  # the remaining tiles were not segmented
+
+
+@pytest.fixture(scope="module")
+def resampling_model() -> DGCModel:
+    """A model whose spectral input resamples 20 bands to 8 bins, with brightness and band
+    normalisation, so the spectral input differs from the raw cube."""
+    torch.manual_seed(5)
+    net = DGCModel(N_BANDS, ModelConfig(n_clusters=4, spectral_bands=8))
+    rng = np.random.default_rng(1)
+    net.set_normalization(rng.normal(1.0, 0.1, N_BANDS), rng.uniform(0.1, 0.3, N_BANDS), 1e-3)
+    with torch.no_grad():
+        z = net.embed(torch.rand(1, N_BANDS, 16, 16)).flatten(2)[0].T
+        net.centroids.copy_(z[torch.randperm(z.shape[0])[:4]])
+    return net.eval()
+
+
+@pytest.mark.parametrize("tile, workers", [(1000, 1), (32, 1), (17, 2)])
+def test_segmenting_the_spectral_input_equals_segmenting_the_cube(
+    resampling_model, cube_array, tile, workers
+):
+    model = resampling_model
+    whole = segment_cube(model, cube_array, tile=1000, return_probabilities=True, workers=1)
+    first = segment_cube(model, cube_array, tile=tile, workers=workers, return_spectral_input=True)
+    prepared = first.spectral_input
+    assert prepared.values.shape == (70, 90, 8) and not prepared.values.flags.writeable
+    with torch.no_grad():
+        direct = model._spectral_input(torch.from_numpy(cube_array).reshape(-1, N_BANDS))
+    np.testing.assert_allclose(prepared.values.reshape(-1, 8), direct.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(first.labels, whole.labels)
+
+    again = segment_cube(model, prepared, tile=tile, workers=workers, return_probabilities=True)
+    assert np.array_equal(again.labels, whole.labels)
+    np.testing.assert_allclose(again.probabilities, whole.probabilities, atol=1e-5)
+    assert again.spectral_input is None
+
+
+def test_spectral_input_fingerprint(resampling_model, model):
+    # Another checkpoint of the same run: other weights, same normalisation -> same input.
+    other_weights = DGCModel(N_BANDS, resampling_model.config)
+    other_weights.load_state_dict(resampling_model.state_dict())
+    with torch.no_grad():
+        other_weights.spectral_convs[0].weight.mul_(2.0)
+    assert spectral_input_fingerprint(other_weights) == spectral_input_fingerprint(resampling_model)
+    other_scale = DGCModel(N_BANDS, resampling_model.config)
+    other_scale.load_state_dict(resampling_model.state_dict())
+    other_scale.set_normalization(other_scale.band_offset, other_scale.band_scale * 1.001)
+    assert spectral_input_fingerprint(other_scale) != spectral_input_fingerprint(resampling_model)
+    assert spectral_input_fingerprint(model) != spectral_input_fingerprint(resampling_model)
+
+
+def test_spectral_input_of_another_normalisation_is_refused(resampling_model, model, cube_array):
+    prepared = segment_cube(resampling_model, cube_array[:20, :20],
+                            return_spectral_input=True).spectral_input
+    with pytest.raises(ConfigError, match="another normalisation"):
+        segment_cube(model, prepared)
+    with pytest.raises(ConfigError, match="workers must be at least 1"):
+        segment_cube(model, cube_array, workers=0)

@@ -7,7 +7,6 @@ cube-layer identity, figures, progress events) through the workers' ``yielded`` 
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -20,7 +19,23 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from qtpy.QtCore import QEvent, QObject
 
 from napari_dgc.checkpoint_review import CheckpointFigures, CheckpointReview, CubeInput
+from napari_dgc.segmentation import usable_cores
 from napari_dgc.training import CheckpointEvent, TrainConfig, resolve_device, train
+
+#: Training generators running now (each napari window may run one), guarded by the lock.
+_running_trainings = 0
+_running_trainings_lock = threading.Lock()
+
+
+def segmentation_workers() -> int:
+    """Tiles a checkpoint segmentation runs at once: every core while no training runs.
+
+    While a training runs it keeps all cores but one (see :func:`start_training_worker`), and
+    so does segmentation, so the GUI thread keeps a core.
+    """
+    with _running_trainings_lock:
+        training = _running_trainings > 0
+    return max(1, usable_cores() - 1) if training else usable_cores()
 
 
 class ClosingGeneratorWorker(GeneratorWorker):
@@ -100,9 +115,13 @@ def training_events(
 
     Yields the engine's events unchanged and, after every ``CheckpointEvent``, a
     :class:`CheckpointSegmented`. ``review`` is reused when given (same run, resumed), else
-    created at the first checkpoint, when the run folder is complete.
+    created at the first checkpoint, when the run folder is complete. While it runs,
+    :func:`segmentation_workers` leaves a core to the GUI thread.
     """
+    global _running_trainings
     events = train(list(train_inputs), config, run_dir, resume=resume)
+    with _running_trainings_lock:
+        _running_trainings += 1
     try:
         for event in events:
             yield event
@@ -111,10 +130,13 @@ def training_events(
                     review = CheckpointReview(
                         event.run_dir, review_cubes, device=str(resolve_device(config.device))
                     )
-                labels = review.labels(event.checkpoint_id)
-                figures = review.figures(event.checkpoint_id)
+                workers = segmentation_workers()
+                labels = review.labels(event.checkpoint_id, workers=workers)
+                figures = review.figures(event.checkpoint_id, workers=workers)
                 yield CheckpointSegmented(review, event.checkpoint_id, labels, figures)
     finally:
+        with _running_trainings_lock:
+            _running_trainings -= 1
         events.close()
 
 
@@ -128,7 +150,7 @@ def start_training_worker(
     PyTorch is limited to all cores but one first: measured on the 2-core machine, two torch
     threads push the GUI thread's p95 tick gap from 47 to 62 ms (docs/benchmarks.md).
     """
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
+    torch.set_num_threads(max(1, usable_cores() - 1))
     return create_worker(
         training_events,
         *args,
@@ -154,14 +176,14 @@ def review_events(
         while not requests.empty():
             latest = requests.get_nowait()
         if latest is not None:
-            labels = review.labels(latest)
+            labels = review.labels(latest, workers=segmentation_workers())
             yield CheckpointSegmented(review, latest, labels, None)
-            yield FiguresComputed(review.figures(latest))
+            yield FiguresComputed(review.figures(latest, workers=segmentation_workers()))
             continue
         missing = review.checkpoints_without_figures() if sweep else []
         if not missing:
             return
-        yield FiguresComputed(review.figures(missing[0]))
+        yield FiguresComputed(review.figures(missing[0], workers=segmentation_workers()))
 
 
 def start_review_worker(
