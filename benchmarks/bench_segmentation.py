@@ -6,19 +6,31 @@ with ``posix_fadvise(POSIX_FADV_DONTNEED)`` (dropping all caches needs root):
 
 * **I/O floor**: sum the cube once through a memory map, in blocks of rows;
 * **segmentation**: ``segment_cube`` with a randomly initialised ``DGCModel`` at the default
-  architecture (an untrained model costs exactly what a trained one costs).
+  architecture (an untrained model costs exactly what a trained one costs), once per value of
+  ``--workers`` (tiles segmented in parallel), side by side.
 
-Each child reports its wall time and its own peak RSS (``VmHWM``, which includes the
-interpreter, numpy and torch, and the file pages it has mapped). Prints a markdown table. Example::
+Each child reports its wall and CPU time, its own peak RSS (``VmHWM``, which includes the
+interpreter, numpy and torch, and the file pages it has mapped) and a hash of the labels (all
+worker counts must give the same labels). Prints a markdown table. Example::
 
-    python benchmarks/bench_segmentation.py --sizes 1000x1000 2000x1000 --threads 2
+    python benchmarks/bench_segmentation.py --sizes 1000x1000 2000x1000 --threads 1 --workers 1 2
+
+``--timeline`` instead times the checkpoint timeline's engine part,
+:class:`~napari_dgc.checkpoint_review.CheckpointReview`, on an in-memory synthetic
+512 x 512 x 301 leaf scene and a run folder of random checkpoints sharing one normalisation:
+the first (not yet segmented) checkpoint, the next one (spectral input cached or not) and a
+cached one, serial and with parallel tiles::
+
+    python benchmarks/bench_segmentation.py --timeline --threads 1 --workers 1 2
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,7 +78,7 @@ def child_read(path: Path) -> dict:
             "cpu_seconds": time.process_time() - cpu_started, "peak_rss_mib": _peak_rss_mib()}
 
 
-def child_segment(path: Path, tile: int, threads: int) -> dict:
+def child_segment(path: Path, tile: int, threads: int, workers: int) -> dict:
     """Segment the cube with a random default-architecture model."""
     import torch
 
@@ -81,7 +93,7 @@ def child_segment(path: Path, tile: int, threads: int) -> dict:
     _evict(path)
     rss_before = _rss_mib("VmRSS")
     started, cpu_started = time.perf_counter(), time.process_time()
-    result = segment_cube(model, cube, tile=tile)
+    result = segment_cube(model, cube, tile=tile, workers=workers)
     seconds = time.perf_counter() - started
     return {
         "seconds": seconds,
@@ -89,6 +101,7 @@ def child_segment(path: Path, tile: int, threads: int) -> dict:
         "peak_rss_mib": _peak_rss_mib(),
         "rss_before_mib": rss_before,
         "clusters_used": int(len(np.unique(result.labels))),
+        "labels_sha256": hashlib.sha256(result.labels.tobytes()).hexdigest(),
     }
 
 
@@ -112,6 +125,65 @@ def _run_child(*arguments: str) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+def _timed(function) -> tuple[object, float, float]:
+    """``(result, wall s, process CPU s)`` of ``function()``."""
+    started, cpu_started = time.perf_counter(), time.process_time()
+    result = function()
+    return result, time.perf_counter() - started, time.process_time() - cpu_started
+
+
+def bench_timeline(scratch: Path, threads: int, worker_counts: list[int], repeats: int) -> None:
+    """Time CheckpointReview on a 512 x 512 x 301 scene; print a markdown table."""
+    import torch
+
+    from napari_dgc.checkpoint_review import CheckpointReview
+    from napari_dgc.model import DGCModel, ModelConfig
+    from napari_dgc.run import RunDirectory
+    from napari_dgc.synthetic import make_leaf_scene
+    from napari_dgc.training import TrainConfig
+
+    torch.set_num_threads(threads)
+    cube = make_leaf_scene(512, 512, 301, seed=0).cube
+    pixels = cube.reshape(-1, cube.shape[-1])
+    brightness = pixels.mean(axis=1, keepdims=True)
+    offset, scale = (pixels / brightness).mean(axis=0), (pixels / brightness).std(axis=0)
+    config = TrainConfig(model=ModelConfig(n_clusters=4))
+    with tempfile.TemporaryDirectory(dir=scratch) as folder:
+        run = RunDirectory.create(Path(folder) / "run", config, cube.shape[-1], None, [], seed=0)
+        for step in range(1, 4):  # every checkpoint of a run has the same normalisation
+            torch.manual_seed(step)
+            model = DGCModel(cube.shape[-1], config.model)
+            model.set_normalization(offset, scale)
+            optimizer = torch.optim.AdamW(model.parameters())
+            run.save_checkpoint(step, model.state_dict(), optimizer.state_dict(), {}, {})
+        ids = [info.checkpoint_id for info in run.checkpoints()]
+        variants = [(workers, spectral) for workers in worker_counts for spectral in (False, True)]
+        rows: dict[tuple[int, bool], list[tuple[float, ...]]] = {v: [] for v in variants}
+        reference = None
+        for _ in range(repeats):  # variants interleaved, so load changes hit them alike
+            for workers, spectral in variants:
+                review = CheckpointReview(run.path, {"leaf": cube},
+                                          spectral_cache_bytes=256 * 2**20 if spectral else 0)
+                first, wall_1, cpu_1 = _timed(lambda: review.labels(ids[0], workers=workers))
+                second, wall_2, cpu_2 = _timed(lambda: review.labels(ids[1], workers=workers))
+                _, wall_c, _ = _timed(lambda: review.labels(ids[0], workers=workers))
+                labels = (first["leaf"], second["leaf"])
+                if reference is None:
+                    reference = labels
+                if not all(np.array_equal(a, b) for a, b in zip(labels, reference)):
+                    raise AssertionError(f"workers={workers}, spectral cache={spectral}: "
+                                         "labels differ from the first variant's")
+                rows[(workers, spectral)].append((wall_1, cpu_1, wall_2, cpu_2, wall_c))
+    print(f"torch threads {threads}; median of {repeats} (labels identical in every variant)")
+    print("| workers | spectral cache | 1st checkpoint s (CPU s) | next checkpoint s (CPU s) | "
+          "cached ms |")
+    print("|---|---|---|---|---|")
+    for (workers, spectral), values in rows.items():
+        m = [statistics.median(column) for column in zip(*values)]
+        print(f"| {workers} | {'on' if spectral else 'off'} | {m[0]:.2f} ({m[1]:.2f}) | "
+              f"{m[2]:.2f} ({m[3]:.2f}) | {1000 * m[4]:.2f} |", flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["1000x1000", "2000x1000"],
@@ -119,6 +191,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bands", type=int, default=301)
     parser.add_argument("--tile", type=int, nargs="+", default=[256], help="tile sides to try")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="tiles segmented in parallel; each value is measured")
+    parser.add_argument("--timeline", action="store_true",
+                        help="time CheckpointReview on 512x512x301 instead (see above)")
+    parser.add_argument("--repeats", type=int, default=3, help="timeline rounds")
     parser.add_argument("--scratch", default=tempfile.gettempdir(), help="folder for the cubes")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -126,30 +203,40 @@ def main(argv: list[str] | None = None) -> None:
     if args.child:
         kind, path, *rest = args.child
         result = (child_read(Path(path)) if kind == "read"
-                  else child_segment(Path(path), int(rest[0]), int(rest[1])))
+                  else child_segment(Path(path), *map(int, rest)))
         print(json.dumps(result))
         return
+    if args.timeline:
+        bench_timeline(Path(args.scratch), args.threads, args.workers, args.repeats)
+        return
 
-    print("| cube | tile | I/O floor s (CPU s) | segment s (CPU s) | ratio | "
+    print(f"torch threads {args.threads}")
+    print("| cube | tile | workers | I/O floor s (CPU s) | segment s (CPU s) | ratio | "
           "peak RSS MiB: read / segment (before segmenting) |")
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
         rows, cols = (int(n) for n in size.lower().split("x"))
         path = Path(args.scratch) / f"napari-dgc-bench-{rows}x{cols}x{args.bands}.npy"
         try:
             make_cube(path, rows, cols, args.bands)
             for tile in args.tile:
-                floor = _run_child("read", str(path))
-                segment = _run_child("segment", str(path), str(tile), str(args.threads))
-                print(
-                    f"| {rows}x{cols}x{args.bands} | {tile} | {floor['seconds']:.2f} "
-                    f"({floor['cpu_seconds']:.2f}) | {segment['seconds']:.1f} "
-                    f"({segment['cpu_seconds']:.1f}) | "
-                    f"{segment['seconds'] / floor['seconds']:.1f} | "
-                    f"{floor['peak_rss_mib']:.0f} / {segment['peak_rss_mib']:.0f} "
-                    f"(before: {segment['rss_before_mib']:.0f}) |",
-                    flush=True,
-                )
+                hashes = set()
+                for workers in args.workers:  # side by side, each next to a fresh I/O floor
+                    floor = _run_child("read", str(path))
+                    segment = _run_child("segment", str(path), str(tile), str(args.threads),
+                                         str(workers))
+                    hashes.add(segment["labels_sha256"])
+                    print(
+                        f"| {rows}x{cols}x{args.bands} | {tile} | {workers} | "
+                        f"{floor['seconds']:.2f} ({floor['cpu_seconds']:.2f}) | "
+                        f"{segment['seconds']:.2f} ({segment['cpu_seconds']:.2f}) | "
+                        f"{segment['seconds'] / floor['seconds']:.1f} | "
+                        f"{floor['peak_rss_mib']:.0f} / {segment['peak_rss_mib']:.0f} "
+                        f"(before: {segment['rss_before_mib']:.0f}) |",
+                        flush=True,
+                    )
+                if len(hashes) > 1:
+                    raise AssertionError(f"{size}, tile {tile}: labels differ between workers")
         finally:
             path.unlink(missing_ok=True)
 

@@ -60,7 +60,7 @@ def fail(argv: list[str], capsys) -> str:
 def test_writes_label_maps_equal_to_segment_cube(run, cubes, tmp_path, capsys, file_format):
     out = tmp_path / "out"
     argv = ["segment", str(run.path), *map(str, cubes), "--out", str(out),
-            "--format", file_format, "--tile", "8"]
+            "--format", file_format, "--tile", "8", "--workers", "2"]
     assert main(argv) == 0
     assert "first_labels" in capsys.readouterr().out
     latest = run.load_model()
@@ -140,6 +140,8 @@ def test_bad_input_exits_with_one_line(run, cubes, tmp_path, capsys):
     capsys.readouterr()
     assert "first_labels.tif: exists; pass --overwrite" in fail(
         ["segment", str(run.path), str(cubes[0]), "--out", str(out)], capsys)
-    with pytest.raises(SystemExit) as exit_info:
-        main(["segment", str(run.path), str(cubes[0]), "--out", str(out), "--tile", "0"])
-    assert exit_info.value.code == 2
+    for option in ("--tile", "--workers"):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["segment", str(run.path), str(cubes[0]), "--out", str(out), option, "0"])
+        assert exit_info.value.code == 2
+        assert f"argument {option}: must be a positive integer" in capsys.readouterr().err

@@ -65,6 +65,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="tile side in pixels (memory vs. speed; the maps do not depend on it)",
     )
     parser.add_argument(
+        "--workers", type=_positive_int, default=None, metavar="N",
+        help="tiles segmented at once by parallel threads (default: PyTorch's thread count, "
+        "i.e. the cores); each holds one tile in memory",
+    )
+    parser.add_argument(
         "--probabilities", action="store_true", help="also write per-pixel cluster probabilities"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -148,7 +153,8 @@ def _run(args: argparse.Namespace) -> int:
     for cube, (maps, probability_file) in zip(cubes, planned):
         started = time.perf_counter()
         result = segment_cube(
-            model, cube, tile=args.tile, return_probabilities=probability_file is not None
+            model, cube, tile=args.tile, workers=args.workers,
+            return_probabilities=probability_file is not None,
         )
         written = write_label_map(maps["labels"], result.labels, legend, overwrite=True)
         if mapping is not None:
