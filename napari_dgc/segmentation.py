@@ -62,7 +62,6 @@ class SpectralInput:
     """
 
     values: np.ndarray
-
     fingerprint: str
 
     @property
