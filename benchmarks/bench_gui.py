@@ -5,7 +5,12 @@
 2. Timeline: time from moving the slider to the cluster map being on the Labels layer, for a
    checkpoint not yet segmented and for a cached one, on a 512 x 512 x 301 cube.
 
-    xvfb-run -a .venv/bin/python benchmarks/bench_gui.py [--seconds 60] [--skip-timeline]
+    xvfb-run -a .venv/bin/python benchmarks/bench_gui.py [--seconds 60] [--skip-timeline] [--trace]
+
+``--trace`` also says what made each long gap: every Python callback the Qt event loop runs
+on the GUI thread is timed (``sys.setprofile``, which slows the GUI thread a little), garbage
+collections are timed (``gc.callbacks``), and a sampler thread records what the GUI thread and
+the training worker were executing; gaps over ``--trace-gap-ms`` are listed with all three.
 
 Targets (from the issue): gap p95 < 50 ms and max < 250 ms; another checkpoint < 1 s,
 a cached one < 100 ms.
@@ -14,10 +19,15 @@ a cached one < 100 ms.
 from __future__ import annotations
 
 import argparse
+import collections
+import gc
 import os
 import platform
+import sys
 import tempfile
+import threading
 import time
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -51,7 +61,138 @@ def process_until(condition, timeout_s: float) -> None:
         time.sleep(0.002)
 
 
-def bench_responsiveness(seconds: float, run_dir: Path, size: int, bands: int) -> dict:
+def _frame_name(frame) -> str:
+    code = frame.f_code
+    return f"{code.co_qualname} ({Path(code.co_filename).name}:{frame.f_lineno})"
+
+
+def _stack(frame, depth: int = 3) -> str:
+    """The innermost ``depth`` frames of a stack, innermost first, as one string.
+
+    A string, not a tuple: the tracer keeps thousands of samples, and tuples of strings are
+    objects the garbage collector scans, making its own pauses longer.
+    """
+    names = []
+    while frame is not None and len(names) < depth:
+        names.append(_frame_name(frame))
+        frame = frame.f_back
+    return " < ".join(names)
+
+
+class GuiTracer:
+    """Explains long gaps of the GUI thread (see ``--trace`` in the module docstring).
+
+    Parameters
+    ----------
+    loop_code
+        Code object of the Python function that runs the Qt event loop: a call whose caller
+        is that frame is a callback the event loop dispatched (a slot, timer, paint, ...).
+    sample_ms
+        Period of the stack sampler. A sampler wake-up later than that by much means another
+        thread held the GIL (or the CPU was busy): its lateness is recorded too.
+    """
+
+    def __init__(self, loop_code, sample_ms: float = 5.0, min_callback_ms: float = 1.0):
+        self._loop_code = loop_code
+        self._sample_s = sample_ms / 1000.0
+        self._min_callback_s = min_callback_ms / 1000.0
+        self._open: dict[int, float] = {}
+        self._gc_start: dict[int, float] = {}
+        self.callbacks: list[tuple[float, float, str]] = []
+        self.collections: list[tuple[float, float, int, str]] = []
+        self.samples: collections.deque = collections.deque(maxlen=100_000)
+        self._main_ident = threading.get_ident()
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, name="gui-trace-sampler", daemon=True)
+
+    def _profile(self, frame, event, _arg) -> None:
+        if event == "call":
+            if frame.f_back is not None and frame.f_back.f_code is self._loop_code:
+                self._open[id(frame)] = time.perf_counter()
+        elif event == "return":
+            start = self._open.pop(id(frame), None)
+            if start is not None:
+                stop = time.perf_counter()
+                if stop - start >= self._min_callback_s:
+                    self.callbacks.append((start, stop, _frame_name(frame)))
+
+    def _on_gc(self, phase: str, info: dict) -> None:
+        ident = threading.get_ident()
+        if phase == "start":
+            self._gc_start[ident] = time.perf_counter()
+        elif ident in self._gc_start:
+            thread = "gui" if ident == self._main_ident else threading.current_thread().name
+            start = self._gc_start.pop(ident)
+            self.collections.append((start, time.perf_counter(), info["generation"], thread))
+
+    def _sample(self) -> None:
+        names = {}
+        expected = time.perf_counter()
+        while not self._stop.is_set():
+            time.sleep(self._sample_s)
+            now = time.perf_counter()
+            late = now - expected - self._sample_s
+            expected = now
+            frames = sys._current_frames()
+            if len(names) != len(frames):
+                names = {t.ident: t.name for t in threading.enumerate()}
+            stacks = "\n".join(
+                f"{'gui' if ident == self._main_ident else names.get(ident, ident)}: {_stack(frame)}"
+                for ident, frame in frames.items()
+                if ident != threading.get_ident()
+            )
+            self.samples.append((now, late, stacks))
+            del frames
+
+    def start(self) -> None:
+        gc.callbacks.append(self._on_gc)
+        sys.setprofile(self._profile)
+        self._sampler.start()
+
+    def stop(self) -> None:
+        sys.setprofile(None)
+        gc.callbacks.remove(self._on_gc)
+        self._stop.set()
+        self._sampler.join()
+
+    def report(self, ticks: list[float], gap_ms: float) -> None:
+        """Print the slowest callbacks, all collections over 5 ms, and each gap over ``gap_ms``."""
+        by_name: dict[str, list[float]] = collections.defaultdict(list)
+        for start, stop, name in self.callbacks:
+            by_name[name].append(1000 * (stop - start))
+        print(f"GUI-thread callbacks >= {1000 * self._min_callback_s:.0f} ms, slowest 25 by max "
+              "(count, total ms, median ms, max ms):")
+        for name, values in sorted(by_name.items(), key=lambda item: -max(item[1]))[:25]:
+            print(f"  {len(values):6d} {sum(values):9.0f} {np.median(values):8.1f} {max(values):8.1f}  {name}")
+        long_gc = [c for c in self.collections if c[1] - c[0] > 0.005]
+        print(f"garbage collections: {len(self.collections)}, over 5 ms: "
+              + ", ".join(f"gen{g} {1000 * (b - a):.0f} ms ({t})" for a, b, g, t in long_gc))
+        lateness = np.array([late for _, late, _ in self.samples]) * 1000
+        if lateness.size:
+            print(f"sampler lateness (GIL/CPU waits), p50 / p95 / max: {np.percentile(lateness, 50):.1f} / "
+                  f"{np.percentile(lateness, 95):.1f} / {lateness.max():.1f} ms")
+        for before, after in zip(ticks[:-1], ticks[1:]):
+            if 1000 * (after - before) < gap_ms:
+                continue
+            print(f"gap {1000 * (after - before):.0f} ms at t={before - ticks[0]:.2f} s")
+            for start, stop, name in self.callbacks:
+                if stop > before and start < after:
+                    print(f"    callback {1000 * (stop - start):6.1f} ms  {name}")
+            for start, stop, generation, thread in self.collections:
+                if stop > before and start < after and stop - start > 0.001:
+                    print(f"    gc gen{generation} {1000 * (stop - start):.1f} ms in {thread}")
+            inside = [(late, stacks) for t, late, stacks in self.samples if before <= t <= after]
+            worst = max(inside, key=lambda item: item[0], default=None)
+            if worst is not None and worst[0] > 0.02:
+                print(f"    sampler {1000 * worst[0]:.0f} ms late")
+            counts = collections.Counter(line for _, stacks in inside for line in stacks.splitlines())
+            for line, count in sorted(counts.most_common(8)):
+                print(f"    {count:4d} samples {line}")
+
+
+def bench_responsiveness(
+    seconds: float, run_dir: Path, size: int, bands: int, trace_gap_ms: float | None = None
+) -> dict:
     viewer = napari.Viewer(show=True)
     add_scene(viewer, size, size, bands, "leaf")
     widget = TrainWidget(viewer)
@@ -69,16 +210,23 @@ def bench_responsiveness(seconds: float, run_dir: Path, size: int, bands: int) -
     clicked = time.perf_counter()
     assert widget.start_training()  # creates the cluster layer: a one-off, on the click
     start_ms = 1000 * (time.perf_counter() - clicked)
+    tracer = GuiTracer(process_until.__code__) if trace_gap_ms is not None else None
+    if tracer is not None:
+        tracer.start()
     timer.start()
     start = time.perf_counter()
     process_until(lambda: time.perf_counter() - start > seconds, seconds + 30)
     timer.stop()
+    if tracer is not None:
+        tracer.stop()
+        tracer.report(ticks, trace_gap_ms)
     steps = widget.state.history.latest.step if widget.state.history.latest else 0
     checkpoints = len(widget.timeline.checkpoints)
     widget.stop_training()
     process_until(lambda: widget.state.status is TrainStatus.IDLE, 120)
     viewer.close()
     gaps = np.diff(ticks) * 1000.0
+    largest = np.argsort(gaps)[::-1][:5]
     return {
         "cube": f"{size}x{size}x{bands}",
         "seconds": seconds,
@@ -88,6 +236,7 @@ def bench_responsiveness(seconds: float, run_dir: Path, size: int, bands: int) -
         "gap_p50_ms": float(np.percentile(gaps, 50)),
         "gap_p95_ms": float(np.percentile(gaps, 95)),
         "gap_max_ms": float(gaps.max()),
+        "largest_gaps_ms_at_s": [(round(float(gaps[i]), 1), round(ticks[i] - ticks[0], 2)) for i in largest],
     }
 
 
@@ -145,12 +294,17 @@ def main() -> None:
     parser.add_argument("--bands", type=int, default=64)
     parser.add_argument("--skip-timeline", action="store_true")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (napari's own default: all cores)")
+    parser.add_argument("--trace", action="store_true", help="explain long gaps (slows the GUI thread a little)")
+    parser.add_argument("--trace-gap-ms", type=float, default=100.0, help="gaps listed by --trace")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, napari {napari.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
-        print("responsiveness:", bench_responsiveness(args.seconds, Path(tmp) / "run", args.size, args.bands))
+        print("responsiveness:", bench_responsiveness(
+            args.seconds, Path(tmp) / "run", args.size, args.bands,
+            trace_gap_ms=args.trace_gap_ms if args.trace else None,
+        ))
         if not args.skip_timeline:
             print("timeline:", bench_timeline(Path(tmp)))
 

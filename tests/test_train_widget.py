@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 
 import numpy as np
@@ -122,10 +123,14 @@ def test_stop_then_resume_continues_the_run(make_napari_viewer, qtbot, tmp_path,
     viewer = make_napari_viewer()
     add_cube_layer(viewer, "leaf")
     widget = make_panel(viewer, qtbot, tmp_path / "run", steps=400, checkpoint_every=2)
+    assert gc.get_freeze_count() == 0
     assert widget.start_training()
     qtbot.waitUntil(lambda: len(widget.timeline.checkpoints) >= 2, timeout=TIMEOUT_MS)
+    # While training, the objects from before Start are out of the garbage collector's scans...
+    assert gc.get_freeze_count() > 0
     widget.stop_training()
     wait_idle(qtbot, widget)
+    assert gc.get_freeze_count() == 0  # ...and collectable again once it stops
     run = RunDirectory.open(tmp_path / "run")
     written = run.checkpoints()
     assert 2 <= len(written) < 200
@@ -150,6 +155,7 @@ def test_training_error_is_notified_and_panel_returns_to_idle(make_napari_viewer
     wait_idle(qtbot, widget)
     assert len(notifications) == 1
     assert "crop" in notifications[0].lower()
+    assert gc.get_freeze_count() == 0  # a failed start unfreezes too
     assert widget.start_button.isEnabled()
     assert widget.progress_label.text() == "idle"
 
@@ -180,6 +186,7 @@ def test_closing_napari_stops_training_cleanly(make_napari_viewer, qtbot, tmp_pa
     worker = widget.worker
     viewer.close()
     assert worker.done.is_set()  # closing waited for the worker to finish its clean stop
+    assert gc.get_freeze_count() == 0
     run = RunDirectory.open(tmp_path / "run")
     infos = run.checkpoints()
     assert 1 <= len(infos) < 50_000
@@ -223,10 +230,38 @@ def test_history_eta_and_cluster_colours():
     history.add(ProgressEvent(1, 11, {"total": 1.0}, 3, 1e-4, 0.1))
     time.sleep(0.05)
     history.add(ProgressEvent(2, 11, {"total": 0.9, "late": 2.0}, 2, 1e-4, 0.2))
-    assert history.steps == [1, 2]
+    assert history.steps.tolist() == [1, 2]
     assert np.isnan(history.losses["late"][0]) and history.losses["late"][1] == 2.0
     eta = history.eta_seconds()
     assert eta is not None and 9 * 0.04 < eta < 9 * 5
     for k in (2, 16, 40):
         colors = cluster_colors(k)
         assert len(set(colors)) == k
+
+
+def test_history_grows_past_its_first_capacity_and_pads_missing_terms():
+    history = TrainingHistory()
+    for step in range(1, 1001):
+        losses = {"total": 1.0 / step} if step % 100 else {}  # every 100th step reports nothing
+        history.add(ProgressEvent(step, 1000, losses, step % 5, 1e-4, 0.01 * step))
+    assert history.steps.tolist() == list(range(1, 1001))
+    total = history.losses["total"]
+    assert total.shape == (1000,) and np.isnan(total[99]) and total[98] == pytest.approx(1 / 99)
+    assert np.isnan(total).sum() == 10
+    assert history.active_clusters[:6].tolist() == [1, 2, 3, 4, 0, 1]
+    with pytest.raises(ValueError):
+        history.steps[0] = 7  # the plots keep views: they must not be written through
+
+
+def test_decimation_keeps_spikes_gaps_and_order():
+    from napari_dgc._qt.plots import _decimate
+
+    x = np.arange(10_000, dtype=np.float64)
+    y = np.sin(x / 500.0)
+    y[1234], y[8765] = 40.0, -40.0
+    y[3000:5000] = np.nan
+    xs, ys = _decimate(x, y, 200)
+    assert xs.size <= 200 and np.all(np.diff(xs) >= 0)
+    assert 40.0 in ys and -40.0 in ys
+    assert np.isnan(ys[(xs >= 3100) & (xs < 4900)]).all()  # the gap is still drawn as a gap
+    assert np.array_equal(_decimate(x[:150], y[:150], 200)[1], y[:150])  # few points: unchanged

@@ -6,12 +6,11 @@ draw polylines, so live loss curves stay cheap even at 10 redraws a second.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 from qtpy.QtCore import QPointF, QRectF, QSize, Qt, Signal
-from qtpy.QtGui import QColor, QFont, QPainter, QPainterPath, QPen, QPolygonF
+from qtpy.QtGui import QColor, QFont, QPainter, QPen, QPolygonF
 from qtpy.QtWidgets import QGridLayout, QSizePolicy, QWidget
 
 _Y_LABEL_WIDTH = 34
@@ -24,18 +23,31 @@ SERIES_COLORS = (
 
 
 def _decimate(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the min and max of each of ``max_points // 2`` buckets, so spikes stay visible."""
+    """Keep the min and max of each of ``max_points // 2`` buckets, so spikes stay visible.
+
+    Vectorised (no Python loop over buckets): the plots redraw ten times a second on the GUI
+    thread and a training history grows to thousands of steps. An all-NaN bucket keeps one
+    NaN, so gaps stay gaps.
+    """
     if x.size <= max_points:
         return x, y
-    buckets = max(1, max_points // 2)
-    edges = np.linspace(0, x.size, buckets + 1).astype(int)
-    keep = []
-    for start, stop in zip(edges[:-1], edges[1:]):
-        if stop > start:
-            segment = y[start:stop]
-            keep.extend(sorted({start + int(np.nanargmin(segment)), start + int(np.nanargmax(segment))}))
-    index = np.asarray(keep)
+    per_bucket = -(-x.size // max(1, max_points // 2))
+    padded = np.full(-(-x.size // per_bucket) * per_bucket, np.nan)
+    padded[: x.size] = y
+    buckets = padded.reshape(-1, per_bucket)
+    finite = np.isfinite(buckets)
+    lowest = np.where(finite, buckets, np.inf).argmin(axis=1)
+    highest = np.where(finite, buckets, -np.inf).argmax(axis=1)
+    # Padding is NaN, so it is only picked (offset 0, inside x) in an all-NaN bucket.
+    index = np.stack([np.minimum(lowest, highest), np.maximum(lowest, highest)], axis=1)
+    index = (index + per_bucket * np.arange(len(buckets))[:, None]).ravel()
     return x[index], y[index]
+
+
+def _finite_runs(finite: np.ndarray) -> list[tuple[int, int]]:
+    """``(start, stop)`` of each run of consecutive ``True`` values."""
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], finite.astype(np.int8), [0]))))
+    return list(zip(edges[0::2].tolist(), edges[1::2].tolist()))
 
 
 class SparklinePlot(QWidget):
@@ -75,7 +87,7 @@ class SparklinePlot(QWidget):
         self._series = []
         for index, (name, x, y) in enumerate(series):
             xs = np.asarray(x, dtype=np.float64)
-            ys = np.asarray([np.nan if v is None else v for v in y], dtype=np.float64)
+            ys = np.asarray(y, dtype=np.float64)  # None becomes NaN
             color = QColor(SERIES_COLORS[index % len(SERIES_COLORS)])
             self._series.append((name, xs, ys, color, points))
         self.update()
@@ -182,25 +194,20 @@ class SparklinePlot(QWidget):
         max_points = max(8, int(rect.width()) * 2)
         for _, x, y, color, points in self._series:
             xs, ys = _decimate(x, y, max_points)
-            painter.setPen(QPen(color, 1.5))
-            path = QPainterPath()
-            pen_down = False
-            for xv, yv in zip(xs, ys):
-                if not (math.isfinite(xv) and math.isfinite(yv)):
-                    pen_down = False
-                    continue
-                point = to_point(xv, yv)
-                if pen_down:
-                    path.lineTo(point)
-                else:
-                    path.moveTo(point)
-                    pen_down = True
-            painter.drawPath(path)
+            # Pixel coordinates in numpy; Python only builds the QPointF of each kept point.
+            px = (rect.left() + (xs - x0) / (x1 - x0) * rect.width()).tolist()
+            py = (rect.bottom() - (ys - y0) / (y1 - y0) * rect.height()).tolist()
+            finite = np.isfinite(xs) & np.isfinite(ys)
+            # Width 1 takes Qt's fast path for antialiased lines: a 1.5 px pen strokes every
+            # segment's outline, ~40 times slower on a noisy loss curve (3 ms per plot).
+            painter.setPen(QPen(color, 1.0))
+            for start, stop in _finite_runs(finite):
+                if stop - start > 1:
+                    painter.drawPolyline(QPolygonF([QPointF(a, b) for a, b in zip(px[start:stop], py[start:stop])]))
             if points:
-                finite = np.isfinite(xs) & np.isfinite(ys)
                 painter.setBrush(color)
-                for xv, yv in zip(xs[finite], ys[finite]):
-                    painter.drawEllipse(to_point(xv, yv), 2.0, 2.0)
+                for index in np.flatnonzero(finite).tolist():
+                    painter.drawEllipse(QPointF(px[index], py[index]), 2.0, 2.0)
                 painter.setBrush(Qt.NoBrush)
 
         for x, color, style in self._markers:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import enum
 import time
-from dataclasses import dataclass, field
 
+import numpy as np
 from psygnal import Signal
 
 from napari_dgc.training import ProgressEvent
@@ -24,30 +24,81 @@ class TrainStatus(enum.Enum):
     STOPPING = "stopping"
 
 
-@dataclass
+class GrowingColumn:
+    """A 1-D numpy array that grows by appending (amortised O(1), capacity doubles).
+
+    :attr:`values` is a view, not a copy: the plots redraw ten times a second from columns
+    of thousands of steps, and converting Python lists each time would cost the GUI thread
+    milliseconds per plot. Values already in a view never change.
+    """
+
+    def __init__(self, dtype=np.float64) -> None:
+        self._data = np.empty(256, dtype=dtype)
+        self._size = 0
+
+    def append(self, value) -> None:
+        """Add one value at the end."""
+        if self._size == self._data.size:
+            grown = np.empty(2 * self._data.size, dtype=self._data.dtype)
+            grown[: self._size] = self._data[: self._size]
+            self._data = grown
+        self._data[self._size] = value
+        self._size += 1
+
+    @property
+    def values(self) -> np.ndarray:
+        """The values appended so far (a read-only view)."""
+        view = self._data[: self._size]
+        view.flags.writeable = False
+        return view
+
+    def __len__(self) -> int:
+        return self._size
+
+
 class TrainingHistory:
     """Loss terms and active clusters per optimiser step, plus timing for the ETA."""
 
-    steps: list[int] = field(default_factory=list)
-    losses: dict[str, list[float]] = field(default_factory=dict)
-    active_clusters: list[int] = field(default_factory=list)
-    latest: ProgressEvent | None = None
-    _first_step: int | None = None
-    _first_time: float = 0.0
+    def __init__(self) -> None:
+        self._steps = GrowingColumn(np.int64)
+        self._losses: dict[str, GrowingColumn] = {}
+        self._active_clusters = GrowingColumn(np.int64)
+        self.latest: ProgressEvent | None = None
+        self._first_step: int | None = None
+        self._first_time = 0.0
+
+    @property
+    def steps(self) -> np.ndarray:
+        """Optimiser step of every recorded event."""
+        return self._steps.values
+
+    @property
+    def losses(self) -> dict[str, np.ndarray]:
+        """Each loss term per recorded step (NaN where the term was not reported)."""
+        return {name: column.values for name, column in self._losses.items()}
+
+    @property
+    def active_clusters(self) -> np.ndarray:
+        """Active clusters per recorded step."""
+        return self._active_clusters.values
 
     def add(self, event: ProgressEvent) -> None:
         """Record one optimiser step."""
         if self._first_step is None:
             self._first_step, self._first_time = event.step, time.perf_counter()
-        self.steps.append(event.step)
+        recorded = len(self._steps)
+        self._steps.append(event.step)
         for name, value in event.losses.items():
-            # A term that appears late (or a resumed run) is padded so all lists align.
-            values = self.losses.setdefault(name, [float("nan")] * (len(self.steps) - 1))
-            values.append(float(value))
-        for values in self.losses.values():
-            if len(values) < len(self.steps):
-                values.append(float("nan"))
-        self.active_clusters.append(int(event.active_clusters))
+            if name not in self._losses:
+                # A term that appears late (or a resumed run) is padded so all columns align.
+                self._losses[name] = GrowingColumn()
+                for _ in range(recorded):
+                    self._losses[name].append(np.nan)
+            self._losses[name].append(float(value))
+        for column in self._losses.values():
+            if len(column) < recorded + 1:
+                column.append(np.nan)
+        self._active_clusters.append(int(event.active_clusters))
         self.latest = event
 
     def steps_per_second(self) -> float | None:
