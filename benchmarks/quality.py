@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tune_quality import parse_overrides  # benchmarks/ is on sys.path when run as a script
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -138,19 +139,15 @@ def run_baselines(dataset: Dataset, k: int, seed: int) -> dict[str, dict[str, fl
 
 def run_dgc(dataset: Dataset, k: int, seed: int, args, scratch: Path) -> dict:
     """Train once; score every checkpoint; return best, final and the training time."""
-    from napari_dgc.model import ModelConfig
     from napari_dgc.run import RunDirectory
     from napari_dgc.segmentation import segment_cube
     from napari_dgc.training import FinishedEvent, TrainConfig, train
 
-    defaults = TrainConfig()
-    config = dataclasses.replace(
-        defaults,
-        model=dataclasses.replace(defaults.model, n_clusters=k),
-        steps=args.steps,
-        checkpoint_every=args.checkpoint_every,
-        seed=seed,
-    )
+    settings = TrainConfig().to_dict()
+    overrides = parse_overrides(args.set)
+    settings["model"].update(overrides.pop("model"), n_clusters=k)
+    settings.update(overrides, steps=args.steps, checkpoint_every=args.checkpoint_every, seed=seed)
+    config = TrainConfig.from_dict(settings)
     run_dir = scratch / f"run-{dataset.name}-k{k}-s{seed}"
     started = time.perf_counter()
     for event in train([str(f) for f in dataset.train_files], config, run_dir):
@@ -196,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leaf-test", type=int, default=2, help="other leaf scenes to score")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no-dgc", action="store_true", help="baselines only")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="TrainConfig override (model.KEY for model settings), repeatable")
     parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
     args = parser.parse_args(argv)
 

@@ -87,6 +87,11 @@ class TrainConfig:
         ``"random"``: random unit vectors (the reference). ``"kmeans++"``: before the first
         step, spherical k-means (k-means++ seeding, a few Lloyd iterations) on the embeddings
         of the first batch.
+    layer_init : {"default", "data"}
+        ``"default"``: PyTorch's initialisation of the convolutions. ``"data"``: before the
+        first step, every convolution is rescaled so its output over the first batch has zero
+        mean and unit variance per channel (:meth:`DGCModel.initialize_from_data`), so the
+        initial embeddings spread over the sphere along the spectral differences.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -127,6 +132,7 @@ class TrainConfig:
     usage_ema_decay: float = 0.9
     dead_policy: str = "reseed"
     centroid_init: str = "random"
+    layer_init: str = "default"
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -173,7 +179,7 @@ class TrainConfig:
         if self.schedule_steps is not None and self.schedule_steps < 1:
             raise ConfigError(f"schedule_steps must be at least 1, got {self.schedule_steps}")
         choices = {"uniform_target": ("usage", "uniform"), "dead_policy": ("reseed", "kick"),
-                   "centroid_init": ("random", "kmeans++")}
+                   "centroid_init": ("random", "kmeans++"), "layer_init": ("default", "data")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -319,19 +325,22 @@ class Trainer:
         """Spectral stage once per unique pixel of each pair, gathered into ``2B`` crops."""
         model = self.model
         size = self.config.crop_size
-        pixel_blocks, index_blocks, offset = [], [], 0
+        sequence_blocks, index_blocks, offset = [], [], 0
         for pair in pairs:
-            pixels = model.normalize_pixels(torch.from_numpy(pair.pixels).to(self.device))
-            if pair.spectral_shift:
-                bands = torch.arange(model.n_bands, device=self.device) + pair.spectral_shift
-                pixels = pixels[:, bands.clamp(0, model.n_bands - 1)]
-            pixel_blocks.append(pixels)
+            # Normalisation, band shift and resampling as one matrix product per pair.
+            raw = torch.from_numpy(pair.pixels).to(self.device)
+            sequence_blocks.append(model._spectral_input(raw, pair.spectral_shift))
             index_blocks += [pair.index_a + offset, pair.index_b + offset]
             offset += pair.pixels.shape[0]
-        features = model.spectral(torch.cat(pixel_blocks))
+        features = model._band_features(torch.cat(sequence_blocks))
         index = torch.from_numpy(np.stack(index_blocks)).to(self.device).reshape(-1)
         crops = features[index].reshape(2 * len(pairs), size, size, -1)
         return crops.permute(0, 3, 1, 2)
+
+    def _raw_crops(self, pairs: list[CropPair]) -> torch.Tensor:
+        """The pairs' ``2B`` crops as raw spectra ``(2B, bands, S, S)`` (no spectral shift)."""
+        crops = [pair.pixels[index] for pair in pairs for index in (pair.index_a, pair.index_b)]
+        return torch.from_numpy(np.stack(crops)).to(self.device).permute(0, 3, 1, 2)
 
     def _forward(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor]:
         z = self.model.spatial(self._crop_features(pairs))
@@ -351,6 +360,8 @@ class Trainer:
         config, model = self.config, self.model
         pairs = [self.stream.next_pair() for _ in range(config.batch_size)]
         model.train()
+        if self.step_count == 0 and config.layer_init == "data":
+            model.initialize_from_data(self._raw_crops(pairs))
         if self.step_count == 0 and config.centroid_init == "kmeans++":
             with torch.no_grad():
                 z_first, _ = self._forward(pairs)

@@ -184,6 +184,24 @@ def test_identity_spatial_init_starts_from_the_per_pixel_spectral_features(monke
     assert not torch.allclose(default.embed(x), expected, atol=1e-3)  # random kernels mix pixels
 
 
+def test_data_initialisation_centres_and_scales_every_convolution():
+    model = _model(config=ModelConfig(**{**SMALL.to_dict(), "meanshift_iters": 0}))
+    model.set_normalization(torch.rand(12), torch.rand(12) + 0.5)
+    x = torch.rand(2, 12, 16, 16) + 0.5
+    before = model.embed(x)
+    model.initialize_from_data(x)
+    features = model.spectral(model.normalize(x).movedim(1, -1).reshape(-1, 12))
+    features = features.reshape(2, 16, 16, -1).permute(0, 3, 1, 2)
+    hidden = F.relu(model.spatial_convs[0](features))
+    out = model.spatial_convs[1](hidden)
+    torch.testing.assert_close(out.mean(dim=(0, 2, 3)), torch.zeros(out.shape[1]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.std(dim=(0, 2, 3)), torch.ones(out.shape[1]), atol=1e-4, rtol=0)
+    # Pixels now differ in direction: the cosine between embeddings spreads out.
+    after = model.embed(x)
+    assert (after.flatten(2) - after.flatten(2).mean(-1, keepdim=True)).norm() > 3 * (
+        before.flatten(2) - before.flatten(2).mean(-1, keepdim=True)).norm()
+
+
 @pytest.mark.parametrize("settings", [{"n_clusters": 1}, {"n_clusters": 65}, {"meanshift_window": 4},
                                       {"temperature": 0.0}, {"spectral_kernel": 0},
                                       {"spatial_init": "zeros"}])
