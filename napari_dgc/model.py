@@ -346,7 +346,7 @@ class DGCModel(nn.Module):
         """
         self._check_bands(x)
         batch, _, height, width = x.shape
-        features = self._spectral_input(x.permute(0, 2, 3, 1).reshape(-1, self.n_bands)).unsqueeze(1)
+        features = self.spectral_input(x.permute(0, 2, 3, 1).reshape(-1, self.n_bands)).unsqueeze(1)
         for module in self.spectral_convs:
             features = _standardize_output(module, features, dims=(0, 2)) if isinstance(
                 module, nn.Conv1d) else module(features)
@@ -366,9 +366,9 @@ class DGCModel(nn.Module):
         """
         if self.resampling is not None:
             pixels = pixels @ self.resampling
-        return self._band_features(pixels)
+        return self.band_features(pixels)
 
-    def _spectral_input(self, raw_pixels: torch.Tensor, band_shift: int = 0) -> torch.Tensor:
+    def spectral_input(self, raw_pixels: torch.Tensor, band_shift: int = 0) -> torch.Tensor:
         """Raw spectra ``(P, bands)`` -> normalised, resampled sequences ``(P, spectral_length)``.
 
         Same as ``normalize_pixels``, then moving every band by ``band_shift`` positions
@@ -398,7 +398,7 @@ class DGCModel(nn.Module):
         brightness = products[:, -1:].abs().clamp_min(self.brightness_floor)
         return products[:, :-1] / brightness - offset
 
-    def _band_features(self, sequences: torch.Tensor) -> torch.Tensor:
+    def band_features(self, sequences: torch.Tensor) -> torch.Tensor:
         """1D convolutions along the band axis and mean: ``(P, length)`` -> ``(P, D)``.
 
         The pixels go through in chunks (each pixel is independent, so the result is the same)
@@ -459,13 +459,13 @@ class DGCModel(nn.Module):
         """Raw cube tensor ``(B, bands, H, W)`` -> unit-norm embeddings ``(B, D, H, W)``."""
         self._check_bands(x)
         batch, _, height, width = x.shape
-        sequences = self._spectral_input(x.permute(0, 2, 3, 1).reshape(-1, self.n_bands))
+        sequences = self.spectral_input(x.permute(0, 2, 3, 1).reshape(-1, self.n_bands))
         if valid_mask is not None:
             # Values outside the image are ignored; keep NaN padding from reaching the convs.
             # (Zeroing the resampled sequence equals zeroing the normalised spectrum.)
             flat_mask = valid_mask.reshape(-1, 1).bool()
             sequences = torch.where(flat_mask, sequences, 0.0)
-        features = self._band_features(sequences)
+        features = self.band_features(sequences)
         features = features.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
         return self.spatial(features, valid_mask)
 

@@ -257,7 +257,7 @@ def segment_cube(
             height, width, channels = window.shape
             sequences = window.reshape(-1, channels)
             if not prepared:
-                sequences = model._spectral_input(sequences)
+                sequences = model.spectral_input(sequences)
             embedded = _embed_sequences(model, sequences, height, width)
             soft = model.assign(embedded)
             target = (slice(rows.start + inner_rows.start, rows.start + inner_rows.stop),
@@ -293,7 +293,7 @@ def _embed_sequences(
     model: "DGCModel", sequences: "torch.Tensor", height: int, width: int
 ) -> "torch.Tensor":
     """``DGCModel.embed`` from the spectral input ``(height * width, L)``: ``(1, D, H, W)``."""
-    features = model._band_features(sequences)
+    features = model.band_features(sequences)
     return model.spatial(features.reshape(1, height, width, -1).permute(0, 3, 1, 2))
 
 

@@ -329,10 +329,10 @@ class Trainer:
         for pair in pairs:
             # Normalisation, band shift and resampling as one matrix product per pair.
             raw = torch.from_numpy(pair.pixels).to(self.device)
-            sequence_blocks.append(model._spectral_input(raw, pair.spectral_shift))
+            sequence_blocks.append(model.spectral_input(raw, pair.spectral_shift))
             index_blocks += [pair.index_a + offset, pair.index_b + offset]
             offset += pair.pixels.shape[0]
-        features = model._band_features(torch.cat(sequence_blocks))
+        features = model.band_features(torch.cat(sequence_blocks))
         index = torch.from_numpy(np.stack(index_blocks)).to(self.device).reshape(-1)
         crops = features[index].reshape(2 * len(pairs), size, size, -1)
         return crops.permute(0, 3, 1, 2)

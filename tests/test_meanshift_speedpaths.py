@@ -111,7 +111,7 @@ def test_spectral_input_folds_normalisation_shift_and_resampling(shift, settings
     normalized = model.normalize_pixels(raw)
     shifted = normalized[:, (torch.arange(12) + shift).clamp(0, 11)]
     expected = shifted if model.resampling is None else shifted @ model.resampling
-    torch.testing.assert_close(model._spectral_input(raw, shift), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.spectral_input(raw, shift), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_spectral_gradients_in_chunks_equal_one_piece(monkeypatch):
@@ -123,7 +123,7 @@ def test_spectral_gradients_in_chunks_equal_one_piece(monkeypatch):
     for chunk in (10**6, 7):
         monkeypatch.setattr(model_module, "SPECTRAL_GRAD_CHUNK_PIXELS", chunk)
         model.zero_grad()
-        features = model._band_features(sequences)
+        features = model.band_features(sequences)
         features.backward(upstream)
         results.append([features.detach()] + [p.grad.clone() for p in model.spectral_convs.parameters()])
     for whole, chunked in zip(*results):

@@ -43,7 +43,7 @@ def test_fused_normalisation_and_chunks_give_the_plain_spectral_stage(monkeypatc
     assert plain.requires_grad
     monkeypatch.setattr(model_module, "SPECTRAL_CHUNK_PIXELS", 7)
     with torch.inference_mode():
-        fused = model._band_features(model._spectral_input(raw))
+        fused = model.band_features(model.spectral_input(raw))
     torch.testing.assert_close(fused, plain.detach(), rtol=1e-5, atol=1e-5)
 
 

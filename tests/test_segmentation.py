@@ -190,7 +190,7 @@ def test_segmenting_the_spectral_input_equals_segmenting_the_cube(
     prepared = first.spectral_input
     assert prepared.values.shape == (70, 90, 8) and not prepared.values.flags.writeable
     with torch.no_grad():
-        direct = model._spectral_input(torch.from_numpy(cube_array).reshape(-1, N_BANDS))
+        direct = model.spectral_input(torch.from_numpy(cube_array).reshape(-1, N_BANDS))
     np.testing.assert_allclose(prepared.values.reshape(-1, 8), direct.numpy(), atol=1e-5)
     np.testing.assert_array_equal(first.labels, whole.labels)
 
