@@ -280,11 +280,9 @@ class TimelineWidget(QWidget):
             return  # a result of a run that is no longer shown
         if result.figures is not None:
             self.figures[result.checkpoint_id] = result.figures
-        self.refresh()
-        selected = self.current_checkpoint_id()
-        if selected == result.checkpoint_id:
+        self.refresh()  # redraws the plots and the label with the new figures
+        if self.current_checkpoint_id() == result.checkpoint_id:
             self._show_labels(result.checkpoint_id, result.labels)
-        self._update_plots()
 
     # ------------------------------------------------------------------ the slider
     def current_checkpoint_id(self) -> str | None:

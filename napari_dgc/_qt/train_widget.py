@@ -21,8 +21,9 @@ from pathlib import Path
 import napari
 import torch
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QEventLoop, Qt, QTimer
 from qtpy.QtWidgets import (
+    QApplication,
     QComboBox,
     QDoubleSpinBox,
     QFileDialog,
@@ -409,6 +410,11 @@ class TrainWidget(QWidget):
         self.progress_label.setText("starting…")
         # Creating a Labels layer blocks the GUI ~0.5 s: do it now, not mid-training.
         self.timeline.prepare_layers(sources, run_dir, config.model.n_clusters)
+        self.settings_section.set_expanded(False)  # make room for the plots and the timeline
+        # Paint the new layer and the folded settings now, before the worker competes for the
+        # GIL and the CPU: painted alongside the worker's start-up, this first frame froze the
+        # GUI for 200-250 ms. User input waits, so Start cannot be re-entered meanwhile.
+        QApplication.processEvents(QEventLoop.ExcludeUserInputEvents)
         review = self.timeline.review
         same_run = review is not None and resume and review.path.resolve() == run_dir.resolve()
         # napari, vispy and torch make ~400 000 objects that the cyclic garbage collector scans
@@ -431,7 +437,6 @@ class TrainWidget(QWidget):
         )
         if same_run:
             self.timeline.attach(review, sources, live=True)
-        self.settings_section.set_expanded(False)  # make room for the plots and the timeline
         self.state.status = TrainStatus.RUNNING
         return True
 
