@@ -33,6 +33,9 @@ from napari_dgc.errors import ConfigError
 MAX_CLUSTERS = 64
 
 
+#: Smallest per-channel spread that the data-dependent initialisation divides by.
+MIN_INIT_SPREAD = 1e-6
+
 #: Scale of the default random weights left on top of the identity (Dirac) kernel when
 #: ``spatial_init="identity"``.
 IDENTITY_INIT_NOISE = 0.1
@@ -85,6 +88,12 @@ class ModelConfig:
     embedding_relu : bool
         Apply ReLU after the last spatial convolution too (the paper's "ReLU everywhere"); off
         by default so embeddings may use the whole unit sphere, not only its positive orthant.
+    spatial_init : {"identity", "default"}
+        Initial 3x3 spatial kernels: ``"identity"`` (*deviation*, default) starts each as the
+        identity (a Dirac kernel) plus a tenth of PyTorch's random initialisation, so the first
+        embeddings are the per-pixel spectral features and spatial context is learned;
+        ``"default"``: PyTorch's random initialisation, which mixes each pixel with its
+        neighbours before any training (measured in docs/training.md). Only affects a new model.
     """
 
     n_clusters: int = 4
@@ -102,7 +111,7 @@ class ModelConfig:
     spectral_stride: int = 2
     brightness_norm: bool = True
     embedding_relu: bool = False
-    spatial_init: str = "default"
+    spatial_init: str = "identity"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -217,7 +226,10 @@ def _standardize_output(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor, dims: tupl
     over ``dims``; return the new output."""
     out = conv(x)
     mean = out.mean(dim=dims)
-    std = out.std(dim=dims).clamp_min(1e-8)
+    std = out.std(dim=dims)
+    # A channel constant over the batch (e.g. a flat test crop) keeps its scale: dividing by a
+    # vanishing spread would blow its weights up for the data that does vary.
+    std = torch.where(std > MIN_INIT_SPREAD, std, torch.ones_like(std))
     conv.weight.div_(std.reshape(-1, *[1] * (conv.weight.ndim - 1)))
     conv.bias.sub_(mean).div_(std)
     shape = [1] * out.ndim

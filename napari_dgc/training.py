@@ -132,7 +132,7 @@ class TrainConfig:
     usage_ema_decay: float = 0.9
     dead_policy: str = "reseed"
     centroid_init: str = "random"
-    layer_init: str = "default"
+    layer_init: str = "data"
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):

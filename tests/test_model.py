@@ -202,6 +202,15 @@ def test_data_initialisation_centres_and_scales_every_convolution():
         before.flatten(2) - before.flatten(2).mean(-1, keepdim=True)).norm()
 
 
+def test_data_initialisation_keeps_the_scale_of_channels_that_do_not_vary():
+    model = _model()
+    weights = [conv.weight.clone() for conv in model.spatial_convs]
+    model.initialize_from_data(torch.ones(1, 12, 8, 8))  # a flat crop: every channel constant
+    for conv, before in zip(model.spatial_convs, weights):
+        torch.testing.assert_close(conv.weight, before)
+    assert torch.isfinite(model.embed(torch.rand(1, 12, 8, 8))).all()
+
+
 @pytest.mark.parametrize("settings", [{"n_clusters": 1}, {"n_clusters": 65}, {"meanshift_window": 4},
                                       {"temperature": 0.0}, {"spectral_kernel": 0},
                                       {"spatial_init": "zeros"}])
