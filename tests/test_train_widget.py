@@ -265,3 +265,21 @@ def test_decimation_keeps_spikes_gaps_and_order():
     assert 40.0 in ys and -40.0 in ys
     assert np.isnan(ys[(xs >= 3100) & (xs < 4900)]).all()  # the gap is still drawn as a gap
     assert np.array_equal(_decimate(x[:150], y[:150], 200)[1], y[:150])  # few points: unchanged
+
+
+def test_long_series_with_gaps_paints(qtbot):
+    from napari_dgc._qt.plots import SparklinePlot, _last_finite
+
+    plot = SparklinePlot("loss")
+    qtbot.addWidget(plot)
+    plot.resize(220, 80)
+    steps = np.arange(1, 100_001)
+    late = np.full(steps.size, np.nan)
+    late[50_000:] = np.linspace(2.0, 1.0, 50_000)  # a term that appears half-way
+    total = np.cos(steps / 1000.0)
+    total[-3:] = np.nan  # the newest values not reported
+    plot.set_series([("total", steps, total), ("late", steps, late)])
+    plot.set_x_range(0, steps[-1])
+    assert not plot.grab().isNull()  # an exception in paintEvent would abort the test run
+    assert _last_finite(total) == pytest.approx(np.cos(99_997 / 1000.0))
+    assert _last_finite(late) == 1.0 and _last_finite(np.full(3, np.nan)) is None

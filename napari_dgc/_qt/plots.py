@@ -44,6 +44,14 @@ def _decimate(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray
     return x[index], y[index]
 
 
+def _last_finite(y: np.ndarray) -> float | None:
+    """The last finite value of ``y`` (usually its last element: no scan), or ``None``."""
+    if y.size and np.isfinite(y[-1]):
+        return float(y[-1])
+    finite = np.flatnonzero(np.isfinite(y))
+    return float(y[finite[-1]]) if finite.size else None
+
+
 def _finite_runs(finite: np.ndarray) -> list[tuple[int, int]]:
     """``(start, stop)`` of each run of consecutive ``True`` values."""
     edges = np.flatnonzero(np.diff(np.concatenate(([0], finite.astype(np.int8), [0]))))
@@ -122,10 +130,11 @@ class SparklinePlot(QWidget):
         low, high = float(values.min()), float(values.max())
         return (low, high) if high > low else (low - 0.5, high + 0.5)
 
-    def _data_y_range(self) -> tuple[float, float]:
+    def _data_y_range(self, shown: Sequence[np.ndarray]) -> tuple[float, float]:
+        """y axis fitted to the ``shown`` (decimated) values: decimation keeps every extreme."""
         if self.fixed_y_range is not None:
             return self.fixed_y_range
-        finite = [y[np.isfinite(y)] for _, _, y, *_ in self._series]
+        finite = [y[np.isfinite(y)] for y in shown]
         values = np.concatenate(finite) if finite else np.zeros(0)
         if values.size == 0:
             return 0.0, 1.0
@@ -158,9 +167,9 @@ class SparklinePlot(QWidget):
         painter.drawText(QRectF(2, 0, self.width(), 15), Qt.AlignLeft | Qt.AlignVCenter, self.title)
         latest = []
         for name, _, y, color, _ in self._series:
-            finite = y[np.isfinite(y)]
-            if finite.size:
-                latest.append((f"{finite[-1]:.3g}", color))
+            last = _last_finite(y)
+            if last is not None:
+                latest.append((f"{last:.3g}", color))
         x_text = rect.right()
         for text, color in reversed(latest):
             width = painter.fontMetrics().horizontalAdvance(text + " ")
@@ -173,8 +182,11 @@ class SparklinePlot(QWidget):
         painter.setPen(QPen(frame, 1))
         painter.drawRect(rect)
 
+        # Decimated once per paint; everything below uses these few hundred points.
+        max_points = max(8, int(rect.width()) * 2)
+        shown = [(*_decimate(x, y, max_points), color, points) for _, x, y, color, points in self._series]
         x0, x1 = self._data_x_range()
-        y0, y1 = self._data_y_range()
+        y0, y1 = self._data_y_range([ys for _, ys, *_ in shown])
 
         def to_point(x: float, y: float) -> QPointF:
             return QPointF(
@@ -191,9 +203,7 @@ class SparklinePlot(QWidget):
         painter.drawText(labels, Qt.AlignRight | Qt.AlignBottom, f"{y0:.2g}")
 
         painter.setClipRect(rect)
-        max_points = max(8, int(rect.width()) * 2)
-        for _, x, y, color, points in self._series:
-            xs, ys = _decimate(x, y, max_points)
+        for xs, ys, color, points in shown:
             # Pixel coordinates in numpy; Python only builds the QPointF of each kept point.
             px = (rect.left() + (xs - x0) / (x1 - x0) * rect.width()).tolist()
             py = (rect.bottom() - (ys - y0) / (y1 - y0) * rect.height()).tolist()
