@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from tune_quality import parse_overrides  # benchmarks/ is on sys.path when run as a script
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -141,13 +140,12 @@ def run_dgc(dataset: Dataset, k: int, seed: int, args, scratch: Path) -> dict:
     """Train once; score every checkpoint; return best, final and the training time."""
     from napari_dgc.run import RunDirectory
     from napari_dgc.segmentation import segment_cube
-    from napari_dgc.training import FinishedEvent, TrainConfig, train
+    from napari_dgc.training import FinishedEvent, TrainConfig, apply_overrides, train
 
     settings = TrainConfig().to_dict()
-    overrides = parse_overrides(args.set)
-    settings["model"].update(overrides.pop("model"), n_clusters=k)
-    settings.update(overrides, steps=args.steps, checkpoint_every=args.checkpoint_every, seed=seed)
-    config = TrainConfig.from_dict(settings)
+    settings["model"]["n_clusters"] = k
+    settings.update(steps=args.steps, checkpoint_every=args.checkpoint_every, seed=seed)
+    config = TrainConfig.from_dict(apply_overrides(settings, args.set))
     run_dir = scratch / f"run-{dataset.name}-k{k}-s{seed}"
     started = time.perf_counter()
     for event in train([str(f) for f in dataset.train_files], config, run_dir):

@@ -15,7 +15,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from napari_dgc.model import DGCModel
 from napari_dgc.normalization import compute_band_statistics
 from napari_dgc.sampling import CubeSource, PairStream
 from napari_dgc.synthetic import make_leaf_scene
-from napari_dgc.training import TrainConfig, Trainer
+from napari_dgc.training import TrainConfig, Trainer, apply_overrides
 
 SAMSON = Path(__file__).resolve().parents[2] / "shared" / "data" / "samson" / "Samson.mat"
 
@@ -46,22 +45,6 @@ def load_dataset(name: str, n_cubes: int, size: int, bands: int) -> tuple[list[n
         cube = data["Y"].T.reshape(95, 95, 156, order="F").astype(np.float32)
         return [cube], [data["S_GT"].argmax(-1).astype(np.int64)]
     raise SystemExit(f"unknown dataset {name}")
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """``key=value`` (``model.key=value`` for model settings), values parsed as JSON."""
-    config: dict = {"model": {}}
-    for pair in pairs:
-        key, value = pair.split("=", 1)
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        if key.startswith("model."):
-            config["model"][key[len("model."):]] = parsed
-        else:
-            config[key] = parsed
-    return config
 
 
 def score(model: DGCModel, cubes: list[np.ndarray], truths: list[np.ndarray], dataset: str,
@@ -112,14 +95,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cubes, truths = load_dataset(args.dataset, args.cubes, args.size, args.bands)
-    overrides = parse_overrides(args.set)
-    model_settings = {"n_clusters": args.clusters, **overrides.pop("model")}
     for seed in [int(s) for s in args.seeds.split(",")]:
         base = TrainConfig().to_dict()
-        base["model"].update(model_settings)
-        base.update({"steps": args.steps, "crop_size": args.crop, "seed": seed, "device": "cpu"},
-                    **overrides)
-        config = TrainConfig.from_dict(base)
+        base["model"]["n_clusters"] = args.clusters
+        base.update({"steps": args.steps, "crop_size": args.crop, "seed": seed, "device": "cpu"})
+        config = TrainConfig.from_dict(apply_overrides(base, args.set))
         sources = [CubeSource(cube, f"cube {i}") for i, cube in enumerate(cubes)]
         stream = PairStream(sources, config.crop_size, (config.overlap_min, config.overlap_max),
                             config.pairs_per_cube, seed, config.augment, config.max_spectral_shift)

@@ -24,6 +24,7 @@ One step (see docs/training.md):
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -240,6 +241,33 @@ class FinishedEvent:
 
     step: int
     run_dir: Path
+
+
+def apply_overrides(settings: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``KEY=VALUE`` overrides to a :meth:`TrainConfig.to_dict` dict and return it.
+
+    ``model.KEY`` sets a model setting; values are parsed as JSON (``1e-4``, ``false``,
+    ``null``, ``"cosine"``) and otherwise kept as strings (``cosine``). Unknown keys and invalid
+    values are caught when the dict is turned back into a :class:`TrainConfig`.
+
+    Raises
+    ------
+    ConfigError
+        An override without ``=``.
+    """
+    for override in overrides:
+        key, separator, text = override.partition("=")
+        if not separator or not key:
+            raise ConfigError(f"a setting must look like KEY=VALUE, got {override!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        if key.startswith("model."):
+            settings["model"][key[len("model."):]] = value
+        else:
+            settings[key] = value
+    return settings
 
 
 def schedule_value(start: float, kind: str, final_fraction: float, step: int, total: int) -> float:

@@ -37,6 +37,21 @@ def test_train_writes_checkpoints_and_resume_extends_the_run(cube_file, tmp_path
     assert [c.step for c in RunDirectory.open(run).checkpoints()] == [1, 2, 3]
 
 
+def test_set_overrides_any_training_and_model_setting(cube_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", str(cube_file), "--steps", "1", "--checkpoint-every", "1", "--out", str(run),
+                 *FAST, "--set", "learning_rate=3e-4", "--set", "model.brightness_norm=false",
+                 "--set", "uniform_schedule=linear"])
+    assert code == 0
+    config = RunDirectory.open(run).config
+    assert config.learning_rate == 3e-4 and config.uniform_schedule == "linear"
+    assert config.model.brightness_norm is False and config.crop_size == 12
+    capsys.readouterr()
+
+    code = main(["train", "--resume", str(run), "--steps", "2", *FAST, "--set", "learning_rate=1"])
+    assert code == 2 and "new runs only" in _error_line(capsys)
+
+
 def _error_line(capsys) -> str:
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
@@ -51,6 +66,10 @@ def _error_line(capsys) -> str:
         (["--crop-size", "40"], "smaller than the 40 x 40 crop"),
         (["--steps", "0"], "steps must be at least 1"),
         (["--threads", "0"], "--threads"),
+        (["--set", "learning_rat=0.1"], "unknown training settings: learning_rat"),
+        (["--set", "model.colour=red"], "unknown model settings: colour"),
+        (["--set", "uniform_schedule=sideways"], "uniform_schedule must be one of"),
+        (["--set", "learning_rate"], "KEY=VALUE"),
     ],
 )
 def test_bad_input_exits_non_zero_with_one_line(cube_file, tmp_path, capsys, arguments, message):

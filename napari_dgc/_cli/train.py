@@ -3,6 +3,7 @@
 ::
 
     napari-dgc train CUBE... --clusters K --steps N --checkpoint-every M --out RUN [options]
+    napari-dgc train CUBE... --out RUN --set model.brightness_norm=false --set learning_rate=3e-4
     napari-dgc train [CUBE...] --resume RUN [--steps N]
 
 Cubes may be in any format :func:`napari_dgc.io.open_cube` reads; only the windows the crop
@@ -51,12 +52,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for PyTorch (default: PyTorch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="any other training setting, e.g. --set learning_rate=3e-4 or "
+                             "--set model.brightness_norm=false (repeatable; new runs only; "
+                             "names in docs/training.md)")
     parser.set_defaults(handler=run)
 
 
 def _config(args: argparse.Namespace):
     from napari_dgc.model import ModelConfig
-    from napari_dgc.training import TrainConfig
+    from napari_dgc.training import TrainConfig, apply_overrides
 
     settings = {
         "model": ModelConfig(n_clusters=4 if args.clusters is None else args.clusters),
@@ -69,7 +74,10 @@ def _config(args: argparse.Namespace):
     }
     if args.lr is not None:
         settings["learning_rate"] = args.lr
-    return TrainConfig(**settings)
+    config = TrainConfig(**settings)
+    if not args.overrides:
+        return config
+    return TrainConfig.from_dict(apply_overrides(config.to_dict(), args.overrides))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +91,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     resume = args.resume is not None
+    if resume and args.overrides:
+        raise ConfigError("--set applies to new runs only: a resumed run keeps its own settings")
     config = _config(args)
     cubes = list(args.cubes)
     if resume:
