@@ -40,7 +40,12 @@ from napari_dgc.errors import CheckpointError
 from napari_dgc.io import Cube
 from napari_dgc.metrics import active_clusters, cluster_usage, normalized_mutual_info, usage_entropy
 from napari_dgc.run import CheckpointInfo, RunDirectory
-from napari_dgc.segmentation import SpectralInput, segment_cube, spectral_input_fingerprint
+from napari_dgc.segmentation import (
+    SpectralInput,
+    cube_bands,
+    segment_cube,
+    spectral_input_fingerprint,
+)
 
 if TYPE_CHECKING:
     from napari_dgc.model import DGCModel
@@ -78,10 +83,6 @@ class CheckpointFigures:
     active_clusters: int
     usage_entropy: float
     losses: dict[str, float] = field(default_factory=dict)
-
-
-def _cube_bands(cube: CubeInput) -> int:
-    return cube.n_bands if isinstance(cube, Cube) else int(np.shape(cube)[-1])
 
 
 def _cube_shape_hw(cube: CubeInput) -> tuple[int, int]:
@@ -136,9 +137,9 @@ class CheckpointReview:
     ) -> None:
         self.run = RunDirectory.open(run_dir)
         for key, cube in cubes.items():
-            if _cube_bands(cube) != self.run.n_bands:
+            if cube_bands(cube) != self.run.n_bands:
                 raise CheckpointError(
-                    f"{self.run.path}: cube {key!r} has {_cube_bands(cube)} bands but the run "
+                    f"{self.run.path}: cube {key!r} has {cube_bands(cube)} bands but the run "
                     f"was trained on {self.run.n_bands}"
                 )
         self.cubes: dict[str, CubeInput] = dict(cubes)

@@ -477,6 +477,18 @@ class DGCModel(nn.Module):
             # (Zeroing the resampled sequence equals zeroing the normalised spectrum.)
             flat_mask = valid_mask.reshape(-1, 1).bool()
             sequences = torch.where(flat_mask, sequences, 0.0)
+        return self.embed_sequences(sequences, batch, height, width, valid_mask)
+
+    def embed_sequences(
+        self,
+        sequences: torch.Tensor,
+        batch: int,
+        height: int,
+        width: int,
+        valid_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """:meth:`embed` from the spectral input ``(batch * height * width, L)`` (the output of
+        :meth:`spectral_input`, pixels row-major per image) -> ``(B, D, H, W)``."""
         features = self.band_features(sequences)
         features = features.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
         return self.spatial(features, valid_mask)

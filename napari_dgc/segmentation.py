@@ -40,8 +40,6 @@ import numpy as np
 from napari_dgc.errors import ConfigError
 
 if TYPE_CHECKING:
-    import torch
-
     from napari_dgc.io import Cube
     from napari_dgc.model import DGCModel
 
@@ -224,9 +222,9 @@ def segment_cube(
                 "(a checkpoint of another run?); segment the cube itself"
             )
         return_spectral_input = False
-    elif _bands(cube) != model.n_bands:
+    elif cube_bands(cube) != model.n_bands:
         raise ConfigError(
-            f"{source}: the cube has {_bands(cube)} bands, the model was trained on {model.n_bands}"
+            f"{source}: the cube has {cube_bands(cube)} bands, the model was trained on {model.n_bands}"
         )
     n_rows, n_cols = shape_hw
     labels = np.empty(shape_hw, dtype=np.int32)
@@ -258,7 +256,7 @@ def segment_cube(
             sequences = window.reshape(-1, channels)
             if not prepared:
                 sequences = model.spectral_input(sequences)
-            embedded = _embed_sequences(model, sequences, height, width)
+            embedded = model.embed_sequences(sequences, 1, height, width)
             soft = model.assign(embedded)
             target = (slice(rows.start + inner_rows.start, rows.start + inner_rows.stop),
                       slice(cols.start + inner_cols.start, cols.start + inner_cols.stop))
@@ -287,14 +285,6 @@ def segment_cube(
         spectral.flags.writeable = False  # shared between segmentations, e.g. in a cache
         spectral_input = SpectralInput(spectral, spectral_input_fingerprint(model))
     return Segmentation(labels, probabilities, embeddings, spectral_input)
-
-
-def _embed_sequences(
-    model: "DGCModel", sequences: "torch.Tensor", height: int, width: int
-) -> "torch.Tensor":
-    """``DGCModel.embed`` from the spectral input ``(height * width, L)``: ``(1, D, H, W)``."""
-    features = model.band_features(sequences)
-    return model.spatial(features.reshape(1, height, width, -1).permute(0, 3, 1, 2))
 
 
 def _run_tiles(
@@ -332,6 +322,8 @@ def _run_tiles(
         finally:
             for future in pending:
                 future.cancel()
+
+
 def segment_array(model: "DGCModel", array: np.ndarray, **options) -> Segmentation:
     """Segment an in-memory band-last ``(rows, cols, bands)`` array.
 
@@ -341,8 +333,9 @@ def segment_array(model: "DGCModel", array: np.ndarray, **options) -> Segmentati
     return segment_cube(model, np.asarray(array), **options)
 
 
-def _bands(cube: "Cube | np.ndarray") -> int:
-    return cube.shape[2] if isinstance(cube, np.ndarray) else cube.n_bands
+def cube_bands(cube: "Cube | np.ndarray") -> int:
+    """Band count of a :class:`~napari_dgc.io.Cube` or a band-last ``(rows, cols, bands)`` array."""
+    return cube.n_bands if hasattr(cube, "n_bands") else int(np.shape(cube)[-1])
 
 
 def _window_reader(
