@@ -40,6 +40,8 @@ import numpy as np
 from napari_dgc.errors import ConfigError
 
 if TYPE_CHECKING:
+    import torch
+
     from napari_dgc.io import Cube
     from napari_dgc.model import DGCModel
 
@@ -166,7 +168,7 @@ def segment_cube(
     return_probabilities: bool = False,
     return_embeddings: bool = False,
     return_spectral_input: bool = False,
-    device: str = "cpu",
+    device: str | None = None,
     progress: ProgressCallback | None = None,
     workers: int | None = None,
 ) -> Segmentation:
@@ -188,8 +190,9 @@ def segment_cube(
     return_spectral_input : bool
         Also return the cube's :class:`SpectralInput` (``4 * model.spectral_length`` bytes per
         pixel). Ignored when ``cube`` already is one.
-    device : str
-        Torch device to run the model on.
+    device : str, optional
+        Torch device the model is on and the tiles go to (``"cpu"``, ``"cuda"``); default: the
+        model's own device.
     progress : callable, optional
         Called as ``progress(done_tiles, total_tiles)`` after each tile, in the calling thread.
     workers : int, optional
@@ -205,7 +208,8 @@ def segment_cube(
     ------
     ConfigError
         If ``tile`` or ``workers`` is not positive, the cube's band count differs from the
-        model's, or a :class:`SpectralInput` comes from a model with another normalisation.
+        model's, the model is not on ``device``, or a :class:`SpectralInput` comes from a model
+        with another normalisation.
     """
     import torch
 
@@ -214,6 +218,7 @@ def segment_cube(
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ConfigError(f"the number of workers must be at least 1, got {workers}")
+    device = _model_device(model, device)
     read_window, shape_hw, prepared, source = _window_reader(cube)
     if prepared:
         if cube.fingerprint != spectral_input_fingerprint(model):
@@ -285,6 +290,24 @@ def segment_cube(
         spectral.flags.writeable = False  # shared between segmentations, e.g. in a cache
         spectral_input = SpectralInput(spectral, spectral_input_fingerprint(model))
     return Segmentation(labels, probabilities, embeddings, spectral_input)
+
+
+def _model_device(model: "DGCModel", device: str | None) -> "torch.device":
+    """The device the tiles go to: ``device`` if the model is there, the model's by default."""
+    import torch
+
+    model_device = model.centroids.device
+    if device is None:
+        return model_device
+    wanted = torch.device(device)
+    if wanted.type != model_device.type or (
+        wanted.index is not None and wanted.index != model_device.index
+    ):
+        raise ConfigError(
+            f"the model is on {model_device} but device {device!r} was asked for; "
+            "move it there first (model.to(device))"
+        )
+    return model_device
 
 
 def _run_tiles(

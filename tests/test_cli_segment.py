@@ -128,6 +128,8 @@ def test_bad_input_exits_with_one_line(run, cubes, tmp_path, capsys):
     assert "cannot go with --classes" in fail(
         ["segment", "--classes", str(run.path), str(cubes[0]), "--out", str(out),
          "--checkpoint", "step-000010"], capsys)
+    assert "unknown device 'tpu'" in fail(
+        ["segment", str(run.path), str(cubes[0]), "--out", str(out), "--device", "tpu"], capsys)
     assert not out.exists()  # nothing was written for any of them
 
     twin = tmp_path / "twin"

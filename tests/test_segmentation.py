@@ -221,3 +221,11 @@ def test_spectral_input_of_another_normalisation_is_refused(resampling_model, mo
         segment_cube(model, prepared)
     with pytest.raises(ConfigError, match="workers must be at least 1"):
         segment_cube(model, cube_array, workers=0)
+
+
+def test_tiles_go_to_the_models_device_and_another_device_is_refused(model, cube_array):
+    default = segment_cube(model, cube_array[:20, :20]).labels
+    np.testing.assert_array_equal(segment_cube(model, cube_array[:20, :20], device="cpu").labels,
+                                  default)
+    with pytest.raises(ConfigError, match="the model is on cpu but device 'meta' was asked for"):
+        segment_cube(model, cube_array[:20, :20], device="meta")

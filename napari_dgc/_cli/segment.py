@@ -70,6 +70,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "i.e. the cores); each holds one tile in memory",
     )
     parser.add_argument(
+        "--device", default="auto", help="auto, cpu or cuda (default auto: CUDA when available)"
+    )
+    parser.add_argument(
         "--probabilities", action="store_true", help="also write per-pixel cluster probabilities"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -94,6 +97,9 @@ def _probability_bytes(probabilities: np.ndarray, file_format: str) -> bytes:
 
 def _load_model(args: argparse.Namespace):
     """Return ``(model, class mapping or None, cube arguments)`` from the chosen source."""
+    from napari_dgc.training import resolve_device
+
+    device = str(resolve_device(args.device))
     if args.classes is not None:
         if args.checkpoint is not None:
             raise ConfigError(
@@ -101,13 +107,13 @@ def _load_model(args: argparse.Namespace):
             )
         from napari_dgc.export import load_model_folder
 
-        model, mapping = load_model_folder(args.classes)
+        model, mapping = load_model_folder(args.classes, device=device)
         return model, mapping, args.inputs
     if len(args.inputs) < 2:
         raise ConfigError("give a run folder and at least one cube (or --classes MODEL_FOLDER)")
     from napari_dgc.run import RunDirectory
 
-    model = RunDirectory.open(args.inputs[0]).load_model(args.checkpoint)
+    model = RunDirectory.open(args.inputs[0]).load_model(args.checkpoint, device=device)
     return model, None, args.inputs[1:]
 
 
