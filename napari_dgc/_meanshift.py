@@ -200,14 +200,15 @@ class _WorkerPool:
         return executor
 
 
-_POOL = _WorkerPool()
+#: The threads that run independent chunks of the training step (mean-shift, spectral stage).
+WORKER_POOL = _WorkerPool()
 
 
 class _MeanShift(torch.autograd.Function):
     """``iterations`` mean-shift steps on channels-last unit embeddings ``(B, H, W, D)``.
 
     The images are processed in chunks of :data:`CHUNK_ELEMENTS`, in parallel on
-    :data:`_POOL`'s threads, forward and backward; each chunk keeps what
+    :data:`WORKER_POOL`'s threads, forward and backward; each chunk keeps what
     :func:`_step_backward` needs per iteration (the embeddings, the neighbour weights and
     dots, the norm per pixel).
     """
@@ -226,7 +227,7 @@ class _MeanShift(torch.autograd.Function):
                     saved.append(state)
                 return part, saved
 
-        results = _POOL.map(run, chunks)
+        results = WORKER_POOL.map(run, chunks)
         ctx.chunks, ctx.saved = chunks, [saved for _, saved in results]
         return torch.cat([part for part, _ in results])
 
@@ -241,7 +242,7 @@ class _MeanShift(torch.autograd.Function):
                     grad_inv_bw_sq = grad_inv_bw_sq + grad_step
                 return grad_part, grad_inv_bw_sq
 
-        results = _POOL.map(run, range(len(ctx.chunks)))
+        results = WORKER_POOL.map(run, range(len(ctx.chunks)))
         grad_inv_bw_sq = sum(grad for _, grad in results[1:]) + results[0][1]
         return torch.cat([grad for grad, _ in results]), grad_inv_bw_sq, None, None, None
 

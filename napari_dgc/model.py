@@ -24,8 +24,9 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
-from napari_dgc._meanshift import mean_shift
+from napari_dgc._meanshift import WORKER_POOL, mean_shift
 from napari_dgc.errors import ConfigError
 
 #: The most clusters a model may have: far more than a person can name and merge by hand, and
@@ -237,6 +238,83 @@ def _standardize_output(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor, dims: tupl
     return (out - mean.reshape(shape)) / std.reshape(shape)
 
 
+def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """``grad`` where the ReLU's ``output`` is positive, else 0 (one pass; autograd's own op)."""
+    return torch.ops.aten.threshold_backward(grad, output, 0)
+
+
+class _BandedStack(torch.autograd.Function):
+    """``mean(relu(... relu(x @ M_1 + b_1) ...) @ M_n + b_n)`` over the last layer's positions.
+
+    The spectral stage of :meth:`DGCModel.band_features` (convolutions as banded-matrix
+    products, each followed by ReLU, then the mean over band positions) for ``(P, L)``
+    sequences, with a hand-written backward pass. The pixels are independent, so chunks of
+    ``chunk`` pixels run on :data:`~napari_dgc._meanshift.WORKER_POOL`'s threads, forward and
+    backward: their matrix products keep a core each busy, whereas splitting each product of a
+    few thousand rows across threads scales poorly. Each chunk keeps its ReLU outputs (what
+    the matrix and ReLU gradients need); the gradients of the matrices and biases are summed
+    over the chunks in chunk order, so the result does not depend on the thread count. The
+    matrices' gradients reach the convolution kernels through :func:`banded_matrix`.
+
+    Arguments: ``sequences``, ``length_out`` (positions of the last layer), ``chunk``, then
+    ``M_1, b_1, ..., M_n, b_n`` (a bias may be None).
+    """
+
+    @staticmethod
+    def forward(ctx, sequences, length_out: int, chunk: int, *layers):  # noqa: D102
+        pairs = list(zip(layers[0::2], layers[1::2]))
+        chunks = [slice(start, start + chunk) for start in range(0, sequences.shape[0], chunk)]
+
+        def run(rows: slice) -> tuple[torch.Tensor, list[torch.Tensor]]:
+            with torch.no_grad():  # grad mode is per thread
+                activation, kept = sequences[rows], [sequences[rows]]
+                for matrix, bias in pairs:
+                    product = activation @ matrix if bias is None else torch.addmm(bias, activation, matrix)
+                    activation = product.relu_()
+                    kept.append(activation)
+                features = activation.reshape(activation.shape[0], -1, length_out).mean(dim=-1)
+                return features, kept
+
+        results = WORKER_POOL.map(run, chunks)
+        ctx.chunks, ctx.kept, ctx.pairs, ctx.length_out = chunks, [kept for _, kept in results], pairs, length_out
+        ctx.input_needs_grad = ctx.needs_input_grad[0]
+        return torch.cat([features for features, _ in results])
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_features):  # noqa: D102 - gradient of the forward above
+        pairs, length_out = ctx.pairs, ctx.length_out
+
+        def run(index: int) -> tuple[torch.Tensor | None, list]:
+            with torch.no_grad():
+                kept = ctx.kept[index]
+                # Mean over positions, then the last ReLU: grad / L where the output is positive.
+                upstream = (grad_features[ctx.chunks[index]] / length_out).unsqueeze(-1)
+                last = kept[-1].reshape(kept[-1].shape[0], -1, length_out)
+                grad = _relu_backward(upstream.expand(last.shape), last).reshape(kept[-1].shape)
+                grads = []
+                for layer in range(len(pairs) - 1, -1, -1):
+                    matrix, bias = pairs[layer]
+                    grads.append((kept[layer].T @ grad, None if bias is None else grad.sum(dim=0)))
+                    if layer > 0:
+                        grad = _relu_backward(grad @ matrix.T, kept[layer])
+                    elif ctx.input_needs_grad:
+                        grad = grad @ matrix.T
+                return (grad if ctx.input_needs_grad else None), grads[::-1]
+
+        results = WORKER_POOL.map(run, range(len(ctx.chunks)))
+        layer_grads = []
+        for layer in range(len(pairs)):
+            matrix_grad = results[0][1][layer][0]
+            bias_grad = results[0][1][layer][1]
+            for _, grads in results[1:]:
+                matrix_grad = matrix_grad + grads[layer][0]
+                bias_grad = None if bias_grad is None else bias_grad + grads[layer][1]
+            layer_grads += [matrix_grad, bias_grad]
+        grad_sequences = torch.cat([grad for grad, _ in results]) if ctx.input_needs_grad else None
+        return grad_sequences, None, None, *layer_grads
+
+
 class DGCModel(nn.Module):
     """Deep Global Clustering network for cubes of ``n_bands`` bands.
 
@@ -415,7 +493,9 @@ class DGCModel(nn.Module):
 
         The pixels go through in chunks (each pixel is independent, so the result is the same)
         of :data:`SPECTRAL_CHUNK_PIXELS`, or :data:`SPECTRAL_GRAD_CHUNK_PIXELS` when gradients
-        are recorded.
+        are recorded. Short sequences (every convolution a :func:`banded_matrix` product) with
+        gradients go through :class:`_BandedStack`: a hand-written backward pass, and the
+        chunks on worker threads forward and backward when torch may use several threads.
         """
         needs_grad = torch.is_grad_enabled() and (
             sequences.requires_grad or any(p.requires_grad for p in self.spectral_convs.parameters())
@@ -429,6 +509,10 @@ class DGCModel(nn.Module):
                     banded[module] = banded_matrix(module, length)
                 (kernel,), (stride,), (padding,) = module.kernel_size, module.stride, module.padding
                 length = (length + 2 * padding - kernel) // stride + 1
+        convs = [module for module in self.spectral_convs if isinstance(module, nn.Conv1d)]
+        if needs_grad and len(banded) == len(convs):
+            layers = [tensor for conv in convs for tensor in banded[conv]]
+            return _BandedStack.apply(sequences, length, max(1, chunk), *layers)
         outputs = []
         for start in range(0, sequences.shape[0], max(1, chunk)):
             features = sequences[start : start + chunk].unsqueeze(1)

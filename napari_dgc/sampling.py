@@ -230,7 +230,9 @@ def gather_pair(
     window = source.read_window(slice(int(top), int(bottom)), slice(int(left), int(right)))
     local = (both[:, 0] - top) * (right - left) + (both[:, 1] - left)
     unique, inverse = np.unique(local, return_inverse=True)
-    pixels = window.reshape(-1, window.shape[-1])[unique]
+    # Gather rows and columns from the window itself: an in-memory cube's window is a strided
+    # view, and flattening it first would copy the whole window (~3x the pixels a pair uses).
+    pixels = window[unique // (right - left), unique % (right - left)]
     match_a, match_b = match_pixels(coords_a, coords_b, source.shape_hw[1])
     return CropPair(
         pixels=pixels,
