@@ -48,4 +48,7 @@ def test_segment_cube_follows_a_model_on_cuda(scene_file, tmp_path):
     cube = np.load(scene_file)
     on_cpu = segment_cube(model, cube, return_probabilities=True)
     on_cuda = segment_cube(model.to("cuda"), cube, return_probabilities=True, workers=2)
-    np.testing.assert_allclose(on_cuda.probabilities, on_cpu.probabilities, atol=1e-4)
+    # Float32 kernels sum in another order on the GPU, and the soft assignment's temperature
+    # (1/0.05) amplifies the rounding: 1.3e-4 at most on an H100.
+    np.testing.assert_allclose(on_cuda.probabilities, on_cpu.probabilities, atol=1e-3)
+    assert (on_cuda.labels == on_cpu.labels).mean() > 0.99
