@@ -547,9 +547,9 @@ class DGCModel(nn.Module):
             features = conv(features)
             if index < last or self.config.embedding_relu:
                 features = F.relu(features)
-        z = F.normalize(features, dim=1)
         radius = self.config.meanshift_window // 2
-        return mean_shift(z, self.bandwidth, self.config.meanshift_iters, radius, mask)
+        return mean_shift(features, self.bandwidth, self.config.meanshift_iters, radius, mask,
+                          normalize=True)
 
     def embed(self, x: torch.Tensor, valid_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Raw cube tensor ``(B, bands, H, W)`` -> unit-norm embeddings ``(B, D, H, W)``."""

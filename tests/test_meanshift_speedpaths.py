@@ -166,3 +166,25 @@ def test_banded_spectral_stack_on_worker_threads_equals_serial_bit_for_bit(monke
         results[threads] = _spectral_gradients(model, sequences, upstream)
     for serial, threaded in zip(results[1], results[2]):
         assert torch.equal(serial, threaded)
+
+
+@pytest.mark.parametrize("iterations", [0, 2])
+def test_normalising_inside_the_mean_shift_equals_f_normalize_first(monkeypatch, two_threads, iterations):
+    monkeypatch.setattr(_meanshift, "CHUNK_ELEMENTS", 2 * 6 * 5 * 4)  # chunks of 2, 2 and 1
+    torch.manual_seed(9)
+    features = torch.randn(5, 4, 6, 5, dtype=torch.float64)
+    features[1, :, 2, 3] = 0.0  # a zero vector: the norm is clamped, as in F.normalize
+    bandwidth = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(5, 4, 6, 5, dtype=torch.float64)
+    results = []
+    for normalize in (True, False):
+        leaf = features.clone().requires_grad_()
+        z = leaf if normalize else F.normalize(leaf, dim=1)
+        out = mean_shift(z, bandwidth, iterations, 2, normalize=normalize)
+        inputs = (leaf, bandwidth) if iterations else (leaf,)
+        results.append((out, *torch.autograd.grad(out, inputs, upstream)))
+    for fused, separate in zip(*results):
+        torch.testing.assert_close(fused, separate, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        torch.testing.assert_close(mean_shift(features, bandwidth, iterations, 2, normalize=True),
+                                   results[1][0].detach(), rtol=1e-10, atol=1e-12)
