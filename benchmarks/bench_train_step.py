@@ -8,12 +8,21 @@ Usage::
 
     python benchmarks/bench_train_step.py --threads 2 --steps 15
     python benchmarks/bench_train_step.py --variants default,paper-channels,full-bands,second-pass
+
+Side by side with another tree (e.g. ``git worktree add /tmp/old HEAD~3``): ``--compare /tmp/old
+.`` runs the benchmark in a child process per tree (that tree first on ``PYTHONPATH``),
+alternating for ``--rounds`` rounds, and prints every run and the median of the runs' medians
+per tree; the machine's drift then hits both trees alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -80,7 +89,13 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--variants", default="default")
+    parser.add_argument("--compare", nargs="+", metavar="TREE",
+                        help="source trees to run alternately in child processes")
+    parser.add_argument("--rounds", type=int, default=3, help="alternations with --compare")
     args = parser.parse_args()
+    if args.compare:
+        compare_trees(args)
+        return
     torch.set_num_threads(args.threads)
     cube = make_leaf_scene(256, 256, args.bands, seed=0).cube
     pixels = 2 * args.batch * args.crop**2
@@ -93,6 +108,26 @@ def main() -> None:
         print(f"{variant:26s} wall median {median * 1e3:7.1f} ms/step (min {min(wall) * 1e3:7.1f})"
               f"  {pixels / median / 1e3:6.1f} kpx/s | CPU median {statistics.median(cpu) * 1e3:7.1f}"
               f" ms/step  ({len(wall)} steps)", flush=True)
+
+
+def compare_trees(args: argparse.Namespace) -> None:
+    """Run this benchmark for each tree in ``args.compare`` alternately; print per-tree medians."""
+    forwarded = [f"--threads={args.threads}", f"--steps={args.steps}", f"--warmup={args.warmup}",
+                 f"--bands={args.bands}", f"--clusters={args.clusters}", f"--crop={args.crop}",
+                 f"--batch={args.batch}", f"--variants={args.variants.split(',')[0]}"]
+    runs: dict[str, list[tuple[float, float]]] = {tree: [] for tree in args.compare}
+    for round_index in range(args.rounds):
+        for tree in args.compare:
+            env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
+            output = subprocess.run([sys.executable, os.path.abspath(__file__), *forwarded], env=env,
+                                    capture_output=True, text=True, check=True).stdout
+            wall, cpu = (float(value) for value in re.findall(r"median\s+([\d.]+) ms/step", output))
+            runs[tree].append((wall, cpu))
+            print(f"round {round_index + 1} {tree}: wall median {wall:.1f} ms, CPU median {cpu:.1f} ms",
+                  flush=True)
+    for tree, results in runs.items():
+        print(f"{tree}: median of {len(results)} runs: wall {statistics.median(r[0] for r in results):.1f}"
+              f" ms/step, CPU {statistics.median(r[1] for r in results):.1f} ms/step")
 
 
 if __name__ == "__main__":
