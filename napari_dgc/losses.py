@@ -152,3 +152,27 @@ def consistency_loss(log_p_a: torch.Tensor, log_p_b: torch.Tensor) -> torch.Tens
         return log_p_a.sum() * 0.0
     difference = log_p_a - log_p_b
     return 0.5 * ((log_p_a.exp() - log_p_b.exp()) * difference).sum(dim=1).mean()
+
+
+def fidelity_loss(z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the pixels' cosine similarities in embedding space and
+    in input space.
+
+    Parameters
+    ----------
+    z : torch.Tensor
+        ``(M, D)`` unit-norm embeddings of a sample of pixels.
+    inputs : torch.Tensor
+        ``(M, L)`` the same pixels' normalised spectral inputs (any scale; they are
+        L2-normalised here).
+
+    Notes
+    -----
+    Not in the papers. The clustering terms alone let the encoder move every pixel to whichever
+    centroid it started nearest, so the partition of the first steps is locked in even where
+    the spectra disagree with it (deep clustering's "feature drift"; IDEC, Guo et al. 2017,
+    keeps an autoencoder's reconstruction loss for this). Matching the similarity structure of
+    the inputs anchors the embedding to the spectra without a decoder's extra parameters.
+    """
+    target = F.normalize(inputs, dim=1)
+    return ((z @ z.T - target @ target.T) ** 2).mean()

@@ -43,7 +43,7 @@ from napari_dgc.normalization import compute_band_statistics
 from napari_dgc.sampling import CropPair, PairStream, open_sources
 
 SCHEDULES = ("constant", "linear", "cosine")
-LOSS_TERMS = ("total", "compact", "orth", "balance", "uniform", "consistency")
+LOSS_TERMS = ("total", "compact", "orth", "balance", "uniform", "consistency", "fidelity")
 
 
 @dataclass
@@ -88,6 +88,14 @@ class TrainConfig:
         ``"random"``: random unit vectors (the reference). ``"kmeans++"``: before the first
         step, spherical k-means (k-means++ seeding, a few Lloyd iterations) on the embeddings
         of the first batch.
+    weight_fidelity : float
+        Weight of the spectral-fidelity term (*deviation*, not in the papers): the squared
+        difference between the cosine similarities of ``fidelity_pixels`` random pixels of the
+        step in embedding space and in (normalised) input space, which keeps the embedding
+        from drifting away from the spectra (:func:`~napari_dgc.losses.fidelity_loss`).
+        0 turns it off.
+    fidelity_pixels : int
+        Pixels drawn per step for the fidelity term.
     layer_init : {"default", "data"}
         ``"default"``: PyTorch's initialisation of the convolutions. ``"data"``: before the
         first step, every convolution is rescaled so its output over the first batch has zero
@@ -134,6 +142,8 @@ class TrainConfig:
     dead_policy: str = "reseed"
     centroid_init: str = "random"
     layer_init: str = "data"
+    weight_fidelity: float = 0.3
+    fidelity_pixels: int = 1024
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):
@@ -158,7 +168,7 @@ class TrainConfig:
         if self.learning_rate <= 0:
             raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
         for name in ("weight_decay", "grad_clip", "weight_compact", "weight_orth", "weight_balance",
-                     "weight_uniform", "weight_consistency", "kick", "dead_threshold",
+                     "weight_uniform", "weight_consistency", "weight_fidelity", "kick", "dead_threshold",
                      "max_spectral_shift"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
@@ -188,6 +198,8 @@ class TrainConfig:
             raise ConfigError(f"uniform_floor must be in (0, 1], got {self.uniform_floor}")
         if not 0.0 <= self.usage_ema_decay < 1.0:
             raise ConfigError(f"usage_ema_decay must be in [0, 1), got {self.usage_ema_decay}")
+        if self.fidelity_pixels < 2:
+            raise ConfigError(f"fidelity_pixels must be at least 2, got {self.fidelity_pixels}")
         if self.normalization_pixels < 100:
             raise ConfigError("normalization_pixels must be at least 100")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
@@ -322,6 +334,7 @@ class Trainer:
             model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
         self.kick_rng = np.random.default_rng([config.seed, 4])
+        self.fidelity_rng = np.random.default_rng([config.seed, 5])
         self.step_count = 0
         n_clusters = model.n_clusters
         self.usage_ema = np.full(n_clusters, 1.0 / n_clusters)
@@ -337,6 +350,7 @@ class Trainer:
             "step": self.step_count,
             "sampler": self.stream.state_dict(),
             "kick_rng": self.kick_rng.bit_generator.state,
+            "fidelity_rng": self.fidelity_rng.bit_generator.state,
             "usage_ema": self.usage_ema.tolist(),
         }
 
@@ -345,12 +359,18 @@ class Trainer:
         self.step_count = int(state["step"])
         self.stream.load_state_dict(state["sampler"])
         self.kick_rng.bit_generator.state = state["kick_rng"]
+        if "fidelity_rng" in state:  # absent in checkpoints written before the fidelity term
+            self.fidelity_rng.bit_generator.state = state["fidelity_rng"]
         if "usage_ema" in state:  # absent in checkpoints written before the usage target
             self.usage_ema = np.asarray(state["usage_ema"], dtype=np.float64)
 
     # -- one step --------------------------------------------------------------------------
-    def _crop_features(self, pairs: list[CropPair]) -> torch.Tensor:
-        """Spectral stage once per unique pixel of each pair, gathered into ``2B`` crops."""
+    def _crop_features(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Spectral stage once per unique pixel of each pair, gathered into ``2B`` crops.
+
+        Returns the features ``(2B, D, S, S)`` and the spectral input of the same pixels,
+        ``(2B * S * S, L)`` in the row order of the flattened crops.
+        """
         model = self.model
         size = self.config.crop_size
         sequence_blocks, index_blocks, offset = [], [], 0
@@ -360,21 +380,24 @@ class Trainer:
             sequence_blocks.append(model.spectral_input(raw, pair.spectral_shift))
             index_blocks += [pair.index_a + offset, pair.index_b + offset]
             offset += pair.pixels.shape[0]
-        features = model.band_features(torch.cat(sequence_blocks))
+        sequences = torch.cat(sequence_blocks)
+        features = model.band_features(sequences)
         index = torch.from_numpy(np.stack(index_blocks)).to(self.device).reshape(-1)
         crops = features[index].reshape(2 * len(pairs), size, size, -1)
-        return crops.permute(0, 3, 1, 2)
+        return crops.permute(0, 3, 1, 2), sequences[index]
 
     def _raw_crops(self, pairs: list[CropPair]) -> torch.Tensor:
         """The pairs' ``2B`` crops as raw spectra ``(2B, bands, S, S)`` (no spectral shift)."""
         crops = [pair.pixels[index] for pair in pairs for index in (pair.index_a, pair.index_b)]
         return torch.from_numpy(np.stack(crops)).to(self.device).permute(0, 3, 1, 2)
 
-    def _forward(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor]:
-        z = self.model.spatial(self._crop_features(pairs))
+    def _forward(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flat embeddings ``(N, D)``, log-probabilities ``(N, K)`` and spectral inputs ``(N, L)``."""
+        features, inputs = self._crop_features(pairs)
+        z = self.model.spatial(features)
         logits = torch.einsum("bdhw,kd->bhwk", z, self.model.centroids) / self.model.config.temperature
         z_flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        return z_flat, torch.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=1)
+        return z_flat, torch.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=1), inputs
 
     def _matched_rows(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor]:
         crop_pixels = self.config.crop_size**2
@@ -392,9 +415,9 @@ class Trainer:
             model.initialize_from_data(self._raw_crops(pairs))
         if self.step_count == 0 and config.centroid_init == "kmeans++":
             with torch.no_grad():
-                z_first, _ = self._forward(pairs)
+                z_first, _, _ = self._forward(pairs)
                 model.centroids.copy_(spherical_kmeans(z_first, model.n_clusters, self.kick_rng))
-        z, log_p = self._forward(pairs)
+        z, log_p, inputs = self._forward(pairs)
         p = log_p.exp()
         centroids = model.centroids
         rows_a, rows_b = self._matched_rows(pairs)
@@ -411,6 +434,7 @@ class Trainer:
             "uniform": uniform_weight * losses.uniform_assignment_loss(log_p, self._uniform_target()),
             "consistency": config.weight_consistency
             * losses.consistency_loss(log_p[rows_a], log_p[rows_b]),
+            "fidelity": self._fidelity_term(z, inputs),
         }
         total = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -421,7 +445,7 @@ class Trainer:
 
         with torch.no_grad():
             if config.ema_second_pass:
-                z, log_p = self._forward(pairs)
+                z, log_p, _ = self._forward(pairs)
                 p = log_p.exp()
             z, p = z.detach(), p.detach()
             self._update_centroids(z, p)
@@ -433,6 +457,16 @@ class Trainer:
         reported["total"] = float(total.detach())
         usage_np = usage.cpu().numpy()
         return StepResult(reported, int((usage_np >= max(config.dead_threshold, 1e-9)).sum()), usage_np)
+
+    def _fidelity_term(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        """Weighted fidelity loss on ``fidelity_pixels`` pixels drawn from the step's crops."""
+        weight = self.config.weight_fidelity
+        if weight == 0:
+            return z.new_zeros(())
+        count = min(self.config.fidelity_pixels, z.shape[0])
+        rows = torch.from_numpy(self.fidelity_rng.choice(z.shape[0], count, replace=False))
+        rows = rows.to(z.device)
+        return weight * losses.fidelity_loss(z[rows], inputs[rows])
 
     def _uniform_target(self) -> torch.Tensor | None:
         """Cluster shares of the uniform-assignment pseudo-labels (``None``: exactly N/K)."""

@@ -127,3 +127,23 @@ def test_floored_usage_target_lifts_a_share_pushed_under_the_floor_by_rescaling(
     assert float(target.min()) == pytest.approx(0.18)
     assert float(target.sum()) == pytest.approx(1.0)
     assert float(target[0]) == pytest.approx(0.64)
+
+
+def test_fidelity_is_zero_when_embeddings_keep_the_input_similarities():
+    torch.manual_seed(0)
+    inputs = torch.randn(50, 6)
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8))
+    # Any rotation of the normalised inputs (in a larger space) keeps every cosine similarity.
+    z = F.pad(F.normalize(inputs, dim=1), (0, 2)) @ rotation
+    assert losses.fidelity_loss(z, 3.0 * inputs) == pytest.approx(0.0, abs=1e-10)
+
+
+def test_fidelity_penalises_collapsed_embeddings_and_pulls_them_apart():
+    torch.manual_seed(1)
+    inputs = torch.randn(40, 5)
+    z = F.normalize(torch.ones(40, 5) + 0.01 * torch.randn(40, 5), dim=1).requires_grad_()
+    loss = losses.fidelity_loss(z, inputs)
+    assert loss > 0.5  # every pair is ~1 in embedding space, ~0 on average in input space
+    loss.backward()
+    moved = F.normalize(z.detach() - 0.5 * z.grad / z.grad.norm(), dim=1)
+    assert losses.fidelity_loss(moved, inputs) < loss

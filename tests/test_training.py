@@ -164,6 +164,15 @@ def test_kmeans_init_puts_centroids_on_the_data(cubes):
     assert not torch.allclose(before, trainer.model.centroids, atol=0.05)
 
 
+def test_fidelity_term_is_reported_and_off_at_weight_zero(cubes):
+    anchored = _trainer(cubes, weight_fidelity=0.5)
+    assert anchored.step().losses["fidelity"] > 0
+    free = _trainer(cubes, weight_fidelity=0.0)
+    rng_before = free.fidelity_rng.bit_generator.state
+    assert free.step().losses["fidelity"] == 0.0
+    assert free.fidelity_rng.bit_generator.state == rng_before  # no draws when it is off
+
+
 @pytest.mark.parametrize("settings", [{"uniform_target": "uniform", "dead_policy": "kick"},
                                       {"centroid_init": "kmeans++", "usage_ema_decay": 0.5}])
 def test_resume_is_exact_with_other_collapse_safeguards(cubes, tmp_path, settings):
@@ -206,6 +215,8 @@ def test_config_round_trips_through_json():
         ({"usage_ema_decay": 1.0}, "usage_ema_decay"),
         ({"dead_policy": "ignore"}, "dead_policy"),
         ({"centroid_init": "zeros"}, "centroid_init"),
+        ({"weight_fidelity": -0.1}, "weight_fidelity"),
+        ({"fidelity_pixels": 1}, "fidelity_pixels"),
     ],
 )
 def test_bad_settings_raise_config_error(settings, message):

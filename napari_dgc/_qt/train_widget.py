@@ -68,6 +68,7 @@ _LOSS_WEIGHTS = (
     ("weight_balance", "balance"),
     ("weight_uniform", "uniform assignment"),
     ("weight_consistency", "consistency"),
+    ("weight_fidelity", "spectral fidelity"),
 )
 
 
