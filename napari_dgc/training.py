@@ -365,11 +365,12 @@ class Trainer:
             self.usage_ema = np.asarray(state["usage_ema"], dtype=np.float64)
 
     # -- one step --------------------------------------------------------------------------
-    def _crop_features(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _crop_features(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Spectral stage once per unique pixel of each pair, gathered into ``2B`` crops.
 
-        Returns the features ``(2B, D, S, S)`` and the spectral input of the same pixels,
-        ``(2B * S * S, L)`` in the row order of the flattened crops.
+        Returns the features ``(2B, D, S, S)``, the spectral input of every unique pixel
+        ``(P, L)`` and ``index`` ``(2B * S * S,)``: row ``i`` of the flattened crops is unique
+        pixel ``index[i]``.
         """
         model = self.model
         size = self.config.crop_size
@@ -384,20 +385,21 @@ class Trainer:
         features = model.band_features(sequences)
         index = torch.from_numpy(np.stack(index_blocks)).to(self.device).reshape(-1)
         crops = features[index].reshape(2 * len(pairs), size, size, -1)
-        return crops.permute(0, 3, 1, 2), sequences[index]
+        return crops.permute(0, 3, 1, 2), sequences, index
 
     def _raw_crops(self, pairs: list[CropPair]) -> torch.Tensor:
         """The pairs' ``2B`` crops as raw spectra ``(2B, bands, S, S)`` (no spectral shift)."""
         crops = [pair.pixels[index] for pair in pairs for index in (pair.index_a, pair.index_b)]
         return torch.from_numpy(np.stack(crops)).to(self.device).permute(0, 3, 1, 2)
 
-    def _forward(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Flat embeddings ``(N, D)``, log-probabilities ``(N, K)`` and spectral inputs ``(N, L)``."""
-        features, inputs = self._crop_features(pairs)
+    def _forward(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """Flat embeddings ``(N, D)``, log-probabilities ``(N, K)``, and ``(sequences, index)``
+        from :meth:`_crop_features` (the spectral input of row ``i`` is ``sequences[index[i]]``)."""
+        features, sequences, index = self._crop_features(pairs)
         z = self.model.spatial(features)
         logits = torch.einsum("bdhw,kd->bhwk", z, self.model.centroids) / self.model.config.temperature
         z_flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        return z_flat, torch.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=1), inputs
+        return z_flat, torch.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=1), (sequences, index)
 
     def _matched_rows(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor]:
         crop_pixels = self.config.crop_size**2
@@ -417,7 +419,7 @@ class Trainer:
             with torch.no_grad():
                 z_first, _, _ = self._forward(pairs)
                 model.centroids.copy_(spherical_kmeans(z_first, model.n_clusters, self.kick_rng))
-        z, log_p, inputs = self._forward(pairs)
+        z, log_p, spectral_rows = self._forward(pairs)
         p = log_p.exp()
         centroids = model.centroids
         rows_a, rows_b = self._matched_rows(pairs)
@@ -434,7 +436,7 @@ class Trainer:
             "uniform": uniform_weight * losses.uniform_assignment_loss(log_p, self._uniform_target()),
             "consistency": config.weight_consistency
             * losses.consistency_loss(log_p[rows_a], log_p[rows_b]),
-            "fidelity": self._fidelity_term(z, inputs),
+            "fidelity": self._fidelity_term(z, *spectral_rows),
         }
         total = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -458,15 +460,16 @@ class Trainer:
         usage_np = usage.cpu().numpy()
         return StepResult(reported, int((usage_np >= max(config.dead_threshold, 1e-9)).sum()), usage_np)
 
-    def _fidelity_term(self, z: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
-        """Weighted fidelity loss on ``fidelity_pixels`` pixels drawn from the step's crops."""
+    def _fidelity_term(self, z: torch.Tensor, sequences: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Weighted fidelity loss on ``fidelity_pixels`` rows of ``z`` drawn at random; row
+        ``i``'s spectral input is ``sequences[index[i]]``."""
         weight = self.config.weight_fidelity
         if weight == 0:
             return z.new_zeros(())
         count = min(self.config.fidelity_pixels, z.shape[0])
         rows = torch.from_numpy(self.fidelity_rng.choice(z.shape[0], count, replace=False))
         rows = rows.to(z.device)
-        return weight * losses.fidelity_loss(z[rows], inputs[rows])
+        return weight * losses.fidelity_loss(z[rows], sequences[index[rows]])
 
     def _uniform_target(self) -> torch.Tensor | None:
         """Cluster shares of the uniform-assignment pseudo-labels (``None``: exactly N/K)."""
