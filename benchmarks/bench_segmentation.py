@@ -24,6 +24,11 @@ the first (not yet segmented) checkpoint, the next one (spectral input cached or
 cached one, serial and with parallel tiles::
 
     python benchmarks/bench_segmentation.py --timeline --threads 1 --workers 1 2
+
+``--stages`` times each stage of the model on one tile (where the CPU time of segmentation
+goes)::
+
+    python benchmarks/bench_segmentation.py --stages --threads 1
 """
 
 from __future__ import annotations
@@ -210,6 +215,55 @@ def bench_timeline(scratch: Path, threads: int, worker_counts: list[int], repeat
               f"{m[2]:.2f} ({m[3]:.2f}) | {1000 * m[4]:.2f} |", flush=True)
 
 
+def bench_stages(bands: int, tile: int, threads: int, repeats: int) -> None:
+    """Time each stage of the model on one in-memory tile (with its halo), best of ``repeats``."""
+    import torch
+    import torch.nn.functional as F
+
+    from napari_dgc._meanshift import mean_shift
+    from napari_dgc.model import DGCModel, ModelConfig
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = DGCModel(bands, ModelConfig()).eval()
+    side = tile + 2 * model.receptive_radius
+    window = torch.from_numpy(np.random.default_rng(0).random((side, side, bands), dtype=np.float32))
+
+    def best_of(stage):
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            result = stage()
+            times.append(time.perf_counter() - started)
+        return min(times), result
+
+    def spatial_convs(features):
+        for index, conv in enumerate(model.spatial_convs):
+            features = conv(features)
+            if index < len(model.spatial_convs) - 1:
+                features = F.relu(features)
+        return F.normalize(features, dim=1)
+
+    radius = model.config.meanshift_window // 2
+    with torch.inference_mode():
+        stages = {}
+        stages["normalise + resample (one GEMM)"], sequences = best_of(
+            lambda: model.spectral_input(window.reshape(-1, bands)))
+        stages["1D band convolutions"], features = best_of(lambda: model.band_features(sequences))
+        image = features.reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        stages["2D convolutions + L2 norm"], z = best_of(lambda: spatial_convs(image))
+        stages["mean-shift"], z = best_of(
+            lambda: mean_shift(z, model.bandwidth, model.config.meanshift_iters, radius, None))
+        stages["soft assignment"], _ = best_of(lambda: model.assign(z))
+    print(f"one {side} x {side} x {bands} tile (interior {tile}, halo {model.receptive_radius}), "
+          f"torch threads {threads}, best of {repeats}")
+    print("| stage | ms per tile | us per computed pixel | us per output pixel |")
+    print("|---|---|---|---|")
+    for name, seconds in [*stages.items(), ("total", sum(stages.values()))]:
+        print(f"| {name} | {seconds * 1e3:.1f} | {seconds / side**2 * 1e6:.2f} | "
+              f"{seconds / tile**2 * 1e6:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["1000x1000", "2000x1000"],
@@ -221,7 +275,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="tiles segmented in parallel; each value is measured")
     parser.add_argument("--timeline", action="store_true",
                         help="time CheckpointReview on 512x512x301 instead (see above)")
-    parser.add_argument("--repeats", type=int, default=3, help="timeline rounds")
+    parser.add_argument("--stages", action="store_true",
+                        help="time each model stage on one tile of the first --tile size instead")
+    parser.add_argument("--repeats", type=int, default=3, help="timeline / stage rounds")
     parser.add_argument("--scratch", default=tempfile.gettempdir(), help="folder for the cubes")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -231,6 +287,9 @@ def main(argv: list[str] | None = None) -> None:
         result = (child_read(Path(path)) if kind == "read"
                   else child_segment(Path(path), *map(int, rest)))
         print(json.dumps(result))
+        return
+    if args.stages:
+        bench_stages(args.bands, args.tile[0], args.threads, args.repeats)
         return
     if args.timeline:
         bench_timeline(Path(args.scratch), args.threads, args.workers, args.repeats)
