@@ -8,6 +8,9 @@ checkpoint, the figures drawn along the timeline:
 
 * NMI between the label maps of this checkpoint and of the previous one (how much changed),
 * the number of active clusters and the normalised entropy of cluster usage,
+* the spectral separation of the clusters: the Calinski–Harabasz index of the label maps on
+  the cubes' normalised, resampled spectra (a fixed sample of at most
+  :data:`SEPARATION_PIXELS` pixels, from the cubes whose spectral input is cached),
 * the losses the training recorded with the checkpoint.
 
 Every checkpoint of a run shares the model's normalisation and band resampling, so the first
@@ -38,7 +41,13 @@ import numpy as np
 
 from napari_dgc.errors import CheckpointError
 from napari_dgc.io import Cube
-from napari_dgc.metrics import active_clusters, cluster_usage, normalized_mutual_info, usage_entropy
+from napari_dgc.metrics import (
+    active_clusters,
+    calinski_harabasz,
+    cluster_usage,
+    normalized_mutual_info,
+    usage_entropy,
+)
 from napari_dgc.run import CheckpointInfo, RunDirectory
 from napari_dgc.segmentation import (
     SpectralInput,
@@ -57,6 +66,10 @@ CubeInput = Cube | np.ndarray
 #: (a handful of stray pixels is noise, not an entity type).
 ACTIVE_MIN_FRACTION = 1e-3
 
+#: Pixels (pooled over the cubes) on which the spectral separation is computed: the same
+#: pixels at every checkpoint, so the figure compares checkpoints, not samples.
+SEPARATION_PIXELS = 20_000
+
 
 @dataclass(frozen=True)
 class CheckpointFigures:
@@ -73,6 +86,10 @@ class CheckpointFigures:
         Clusters holding more than :data:`ACTIVE_MIN_FRACTION` of the pixels.
     usage_entropy
         Entropy of cluster usage divided by ``log K``: 1 when all clusters are used equally.
+    spectral_separation
+        Calinski–Harabasz index of the clusters on the normalised spectra (higher: the
+        clusters' mean spectra lie further apart relative to their spread); ``None`` when no
+        reviewed cube's spectral input is cached (cubes larger than the cache's budget).
     losses
         Loss terms recorded by the training with this checkpoint (may be empty).
     """
@@ -82,6 +99,7 @@ class CheckpointFigures:
     nmi_to_previous: float | None
     active_clusters: int
     usage_entropy: float
+    spectral_separation: float | None = None
     losses: dict[str, float] = field(default_factory=dict)
 
 
@@ -153,6 +171,7 @@ class CheckpointReview:
         self._figures: dict[str, CheckpointFigures] = {}
         self._segmenting: dict[str, threading.Lock] = {}
         self._spectral: dict[str, SpectralInput] = {}
+        self._separation_rows: dict[str, np.ndarray] = {}
 
     @property
     def path(self) -> Path:
@@ -274,11 +293,32 @@ class CheckpointReview:
                 current, self.n_clusters, min_fraction=ACTIVE_MIN_FRACTION
             ),
             usage_entropy=usage_entropy(usage, normalized=True),
+            spectral_separation=self._spectral_separation(self.labels(checkpoint_id, workers=workers)),
             losses=recorded_losses(infos[index]),
         )
         with self._lock:
             self._figures[checkpoint_id] = result
         return result
+
+    def _spectral_separation(self, labels: dict[str, np.ndarray]) -> float | None:
+        """Calinski–Harabasz index of ``labels`` on the cached spectral inputs (see the module
+        docstring); None without any."""
+        with self._lock:
+            prepared = {key: self._spectral[key] for key in self.cubes if key in self._spectral}
+        if not prepared:
+            return None
+        features, pooled = [], []
+        for key, entry in prepared.items():
+            values = entry.values.reshape(-1, entry.values.shape[-1])
+            rows = self._separation_rows.get(key)
+            if rows is None:  # drawn once per cube, so every checkpoint uses the same pixels
+                count = min(values.shape[0], SEPARATION_PIXELS // len(self.cubes))
+                rows = np.sort(np.random.default_rng(0).choice(values.shape[0], count, replace=False))
+                with self._lock:
+                    rows = self._separation_rows.setdefault(key, rows)
+            features.append(values[rows])
+            pooled.append(labels[key].ravel()[rows])
+        return calinski_harabasz(np.concatenate(features), np.concatenate(pooled))
 
     def _pooled(self, labels: dict[str, np.ndarray]) -> np.ndarray:
         """All cubes' labels as one flat array, in the fixed order of :attr:`cubes`."""

@@ -8,7 +8,9 @@ Two kinds of comparison:
   :func:`many_to_one_mapping`); :func:`evaluate_clustering` does all of it at once;
 * **two label maps of equal standing** (e.g. two checkpoints, for stability): normalised mutual
   information, adjusted Rand index, variation of information; these do not depend on the
-  label values, only on the partition.
+  label values, only on the partition;
+* **a label map vs. the data it partitions**: :func:`calinski_harabasz` (how far apart the
+  clusters' mean spectra are, relative to the spread within the clusters).
 
 Ground-truth maps may hold an ``ignore`` value (e.g. 255 = unlabelled); those pixels are left
 out of every count. All functions accept label maps of any shape; they are flattened.
@@ -343,6 +345,39 @@ def usage_entropy(usage: np.ndarray, *, normalized: bool = False) -> float:
 def active_clusters(labels: np.ndarray, n_clusters: int, *, min_fraction: float = 0.0) -> int:
     """Number of clusters holding more than ``min_fraction`` of the pixels."""
     return int((cluster_usage(labels, n_clusters) > min_fraction).sum())
+
+
+def calinski_harabasz(features: np.ndarray, labels: np.ndarray) -> float:
+    """Calinski–Harabasz index of a partition of ``features``.
+
+    Parameters
+    ----------
+    features : np.ndarray
+        ``(N, F)`` one row per sample (e.g. a pixel's normalised spectrum).
+    labels : np.ndarray
+        ``N`` cluster ids (any values).
+
+    Returns
+    -------
+    float
+        ``(B / (k - 1)) / (W / (N - k))`` with ``B`` and ``W`` the between- and within-cluster
+        sums of squares and ``k`` the clusters present: higher means better separated. As
+        :func:`sklearn.metrics.calinski_harabasz_score`, except that fewer than two clusters
+        (or no more samples than clusters) give 0.0 instead of an error. 1.0 when every
+        cluster is a single point (``W = 0``), as scikit-learn returns.
+    """
+    features = np.asarray(features, dtype=np.float64)
+    ids, dense = np.unique(np.asarray(labels).ravel(), return_inverse=True)
+    n_samples, n_clusters = dense.size, ids.size
+    if n_clusters < 2 or n_samples <= n_clusters:
+        return 0.0
+    counts = np.bincount(dense, minlength=n_clusters)
+    means = np.stack([features[dense == cluster].mean(axis=0) for cluster in range(n_clusters)])
+    between = float((counts * ((means - features.mean(axis=0)) ** 2).sum(axis=1)).sum())
+    within = float(((features - means[dense]) ** 2).sum())
+    if within == 0:
+        return 1.0
+    return between * (n_samples - n_clusters) / (within * (n_clusters - 1))
 
 
 @dataclass(frozen=True, eq=False)  # array fields: no element-wise ==

@@ -6,12 +6,19 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from napari_dgc import checkpoint_review
 from napari_dgc.checkpoint_review import CheckpointReview
 from napari_dgc.errors import CheckpointError
 from napari_dgc.io import open_cube
-from napari_dgc.metrics import active_clusters, cluster_usage, normalized_mutual_info, usage_entropy
+from napari_dgc.metrics import (
+    active_clusters,
+    calinski_harabasz,
+    cluster_usage,
+    normalized_mutual_info,
+    usage_entropy,
+)
 from napari_dgc.run import RunDirectory
 from napari_dgc.segmentation import segment_cube
 from napari_dgc.training import train
@@ -68,6 +75,25 @@ def test_figures_pool_all_cubes(trained_run):
     assert second.losses == checkpoint_review.recorded_losses(infos[1])
     assert review.cached_figures(infos[1].checkpoint_id) is second
     assert review.checkpoints_without_figures() == [infos[2].checkpoint_id]
+
+
+def test_spectral_separation_is_calinski_harabasz_on_the_normalised_spectra(trained_run):
+    run_dir, cubes = trained_run
+    review = CheckpointReview(run_dir, cubes)
+    checkpoint_id = review.checkpoints()[1].checkpoint_id
+    figures = review.figures(checkpoint_id)
+    model = RunDirectory.open(run_dir).load_model(checkpoint_id)
+    labels = review.labels(checkpoint_id)
+    # Both tiny cubes hold fewer pixels than the sample: every pixel counts.
+    spectra = [model.spectral_input(torch.from_numpy(cube.reshape(-1, cube.shape[-1]))).numpy()
+               for cube in cubes.values()]
+    expected = calinski_harabasz(np.concatenate(spectra),
+                                 np.concatenate([labels[key].ravel() for key in cubes]))
+    assert figures.spectral_separation == pytest.approx(expected, rel=1e-5)
+    assert figures.spectral_separation > 0
+
+    uncached = CheckpointReview(run_dir, cubes, spectral_cache_bytes=0)
+    assert uncached.figures(checkpoint_id).spectral_separation is None
 
 
 def test_concurrent_requests_segment_once(trained_run, monkeypatch):

@@ -171,3 +171,17 @@ def test_usage_entropy_and_active_clusters():
     assert metrics.active_clusters(np.array([0] * 99 + [1]), 2, min_fraction=0.05) == 1
     with pytest.raises(DGCError, match="0..3"):
         metrics.cluster_usage(np.array([4]), 4)
+
+
+def test_calinski_harabasz_matches_sklearn_and_handles_degenerate_partitions(rng):
+    from napari_dgc.metrics import calinski_harabasz
+
+    features = rng.normal(size=(300, 5))
+    labels = rng.integers(0, 4, 300) * 7  # ids need not be 0..k-1
+    features[labels == 7] += 3.0
+    assert calinski_harabasz(features, labels) == pytest.approx(
+        skm.calinski_harabasz_score(features, labels), rel=1e-10)
+    separated = calinski_harabasz(features, labels)
+    assert separated > calinski_harabasz(features, rng.permutation(labels))
+    assert calinski_harabasz(features, np.zeros(300)) == 0.0  # one cluster separates nothing
+    assert calinski_harabasz(np.ones((6, 2)), np.array([0, 0, 0, 1, 1, 1])) == 1.0

@@ -65,6 +65,11 @@ def test_open_run_shows_latest_and_sweeps_figures(make_napari_viewer, qtbot, hea
     assert nmi_plot.series_names() == ["NMI"]
     assert timeline.figures[ids[0]].nmi_to_previous is None
     assert "NMI to previous" in timeline.checkpoint_label.text()
+    separation_plot = timeline.plots.plot("spectral separation (Calinski–Harabasz)")
+    assert separation_plot.series_names() == ["separation"]
+    separation = timeline.figures[ids[-1]].spectral_separation
+    assert separation is not None and separation > 0
+    assert f"separation {separation:.3g}" in timeline.checkpoint_label.text()
     assert not notifications
 
 

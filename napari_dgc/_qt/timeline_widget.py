@@ -3,7 +3,7 @@
 A slider runs over every checkpoint of a run, growing while the run trains. Moving it shows
 that checkpoint's cluster maps on the "DGC clusters" Labels layers (segmented in a background
 worker and cached) and marks it on small plots of the stability figures (NMI to the previous
-checkpoint, active clusters, usage entropy, losses), so the window in which meaningful
+checkpoint, active clusters, usage entropy, losses, spectral separation), so the window in which meaningful
 clusters "ignite" can be seen and picked. "Use this checkpoint" records the choice in the
 run's ``run.json``; segmentation and export then use that model.
 
@@ -122,6 +122,7 @@ class TimelineWidget(QWidget):
         self.plots.plot("active clusters")
         self.plots.plot("usage entropy (normalised)", y_range=(0.0, 1.05))
         self.plots.plot("loss at checkpoint")
+        self.plots.plot("spectral separation (Calinski–Harabasz)")
         for plot in self.plots.plots.values():
             plot.clicked.connect(self._plot_clicked)
         layout.addWidget(self.plots)
@@ -417,6 +418,8 @@ class TimelineWidget(QWidget):
         if figures is not None:
             nmi = "–" if figures.nmi_to_previous is None else f"{figures.nmi_to_previous:.2f}"
             text += f"\nNMI to previous {nmi} · active {figures.active_clusters} · entropy {figures.usage_entropy:.2f}"
+            if figures.spectral_separation is not None:
+                text += f" · separation {figures.spectral_separation:.3g}"
         self.checkpoint_label.setText(text)
 
     def _update_plots(self) -> None:
@@ -434,6 +437,9 @@ class TimelineWidget(QWidget):
         )
         self.plots.plot("usage entropy (normalised)").set_series(
             [("entropy", steps, column(lambda f: f.usage_entropy))], points=True
+        )
+        self.plots.plot("spectral separation (Calinski–Harabasz)").set_series(
+            [("separation", steps, column(lambda f: f.spectral_separation))], points=True
         )
         losses = [recorded_losses(info) for info in self.checkpoints]
         self.plots.plot("loss at checkpoint").set_series(
