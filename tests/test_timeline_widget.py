@@ -7,6 +7,7 @@ import pytest
 
 from napari_dgc._qt import timeline_widget as timeline_module
 from napari_dgc._qt.cube_layers import LABEL_OFFSET, labels_layer_name
+from napari_dgc._qt.plots import short_number
 from napari_dgc._qt.timeline_widget import CHOSEN_MARKER, TimelineWidget
 from napari_dgc.run import RunDirectory
 from napari_dgc.training import train
@@ -65,11 +66,11 @@ def test_open_run_shows_latest_and_sweeps_figures(make_napari_viewer, qtbot, hea
     assert nmi_plot.series_names() == ["NMI"]
     assert timeline.figures[ids[0]].nmi_to_previous is None
     assert "NMI to previous" in timeline.checkpoint_label.text()
-    separation_plot = timeline.plots.plot("spectral separation (Calinski–Harabasz)")
+    separation_plot = timeline.plots.plot("spectral separation")
     assert separation_plot.series_names() == ["separation"]
     separation = timeline.figures[ids[-1]].spectral_separation
     assert separation is not None and separation > 0
-    assert f"separation {separation:.3g}" in timeline.checkpoint_label.text()
+    assert f"separation {short_number(separation)}" in timeline.checkpoint_label.text()
     assert not notifications
 
 

@@ -283,3 +283,13 @@ def test_long_series_with_gaps_paints(qtbot):
     assert not plot.grab().isNull()  # an exception in paintEvent would abort the test run
     assert _last_finite(total) == pytest.approx(np.cos(99_997 / 1000.0))
     assert _last_finite(late) == 1.0 and _last_finite(np.full(3, np.nan)) is None
+
+
+def test_short_number_keeps_large_figures_narrow():
+    from napari_dgc._qt.plots import short_number
+
+    assert short_number(60_214.0) == "60.2k"
+    assert short_number(8_728.0) == "8.73k"
+    assert short_number(2_500_000.0, 2) == "2.5M"
+    assert short_number(-41_218.0) == "-41.2k"
+    assert short_number(0.974) == "0.974" and short_number(31.0, 2) == "31"

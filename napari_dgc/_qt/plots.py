@@ -44,6 +44,15 @@ def _decimate(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray
     return x[index], y[index]
 
 
+def short_number(value: float, digits: int = 3) -> str:
+    """``value`` with ``digits`` significant digits, thousands and millions as ``k`` / ``M``
+    (``60200`` -> ``"60.2k"``), so large figures fit the plots' narrow labels."""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.{digits}g}{suffix}"
+    return f"{value:.{digits}g}"
+
+
 def _last_finite(y: np.ndarray) -> float | None:
     """The last finite value of ``y`` (usually its last element: no scan), or ``None``."""
     if y.size and np.isfinite(y[-1]):
@@ -169,7 +178,7 @@ class SparklinePlot(QWidget):
         for name, _, y, color, _ in self._series:
             last = _last_finite(y)
             if last is not None:
-                latest.append((f"{last:.3g}", color))
+                latest.append((short_number(last), color))
         x_text = rect.right()
         for text, color in reversed(latest):
             width = painter.fontMetrics().horizontalAdvance(text + " ")
@@ -199,8 +208,8 @@ class SparklinePlot(QWidget):
         faint.setAlpha(150)
         painter.setPen(faint)
         labels = QRectF(0, rect.top() - 2, _Y_LABEL_WIDTH - 3, rect.height() + 4)
-        painter.drawText(labels, Qt.AlignRight | Qt.AlignTop, f"{y1:.2g}")
-        painter.drawText(labels, Qt.AlignRight | Qt.AlignBottom, f"{y0:.2g}")
+        painter.drawText(labels, Qt.AlignRight | Qt.AlignTop, short_number(y1, 2))
+        painter.drawText(labels, Qt.AlignRight | Qt.AlignBottom, short_number(y0, 2))
 
         painter.setClipRect(rect)
         for xs, ys, color, points in shown:

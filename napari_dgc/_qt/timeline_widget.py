@@ -37,7 +37,7 @@ from napari_dgc.io import open_cube
 from napari_dgc.run import CheckpointInfo
 
 from .cube_layers import CubeSource, clusters_layer, cube_source, is_cube_layer, is_reader_cube, show_clusters
-from .plots import SparklineGrid
+from .plots import SparklineGrid, short_number
 from .workers import CheckpointSegmented, FiguresComputed, call_on_window_close, start_review_worker
 
 CURRENT_MARKER = None  # the theme's text colour
@@ -111,6 +111,7 @@ class TimelineWidget(QWidget):
 
         info = QHBoxLayout()
         self.checkpoint_label = QLabel("")
+        self.checkpoint_label.setWordWrap(True)  # a long figures line must not widen the dock
         self.status_label = QLabel("")
         self.status_label.setAlignment(Qt.AlignRight | Qt.AlignVCenter)
         info.addWidget(self.checkpoint_label, 1)
@@ -122,7 +123,7 @@ class TimelineWidget(QWidget):
         self.plots.plot("active clusters")
         self.plots.plot("usage entropy (normalised)", y_range=(0.0, 1.05))
         self.plots.plot("loss at checkpoint")
-        self.plots.plot("spectral separation (Calinski–Harabasz)")
+        self.plots.plot("spectral separation")
         for plot in self.plots.plots.values():
             plot.clicked.connect(self._plot_clicked)
         layout.addWidget(self.plots)
@@ -419,7 +420,7 @@ class TimelineWidget(QWidget):
             nmi = "–" if figures.nmi_to_previous is None else f"{figures.nmi_to_previous:.2f}"
             text += f"\nNMI to previous {nmi} · active {figures.active_clusters} · entropy {figures.usage_entropy:.2f}"
             if figures.spectral_separation is not None:
-                text += f" · separation {figures.spectral_separation:.3g}"
+                text += f" · separation {short_number(figures.spectral_separation)}"
         self.checkpoint_label.setText(text)
 
     def _update_plots(self) -> None:
@@ -438,7 +439,7 @@ class TimelineWidget(QWidget):
         self.plots.plot("usage entropy (normalised)").set_series(
             [("entropy", steps, column(lambda f: f.usage_entropy))], points=True
         )
-        self.plots.plot("spectral separation (Calinski–Harabasz)").set_series(
+        self.plots.plot("spectral separation").set_series(
             [("separation", steps, column(lambda f: f.spectral_separation))], points=True
         )
         losses = [recorded_losses(info) for info in self.checkpoints]
