@@ -279,7 +279,8 @@ class CheckpointReview:
         index = next((i for i, info in enumerate(infos) if info.checkpoint_id == checkpoint_id), None)
         if index is None:
             raise CheckpointError(f"{self.path}: no checkpoint {checkpoint_id!r} in this run")
-        current = self._pooled(self.labels(checkpoint_id, workers=workers))
+        labels = self.labels(checkpoint_id, workers=workers)
+        current = self._pooled(labels)
         nmi = None
         if index > 0:
             previous = self._pooled(self.labels(infos[index - 1].checkpoint_id, workers=workers))
@@ -293,7 +294,7 @@ class CheckpointReview:
                 current, self.n_clusters, min_fraction=ACTIVE_MIN_FRACTION
             ),
             usage_entropy=usage_entropy(usage, normalized=True),
-            spectral_separation=self._spectral_separation(self.labels(checkpoint_id, workers=workers)),
+            spectral_separation=self._spectral_separation(labels),
             losses=recorded_losses(infos[index]),
         )
         with self._lock:

@@ -363,8 +363,8 @@ def calinski_harabasz(features: np.ndarray, labels: np.ndarray) -> float:
         ``(B / (k - 1)) / (W / (N - k))`` with ``B`` and ``W`` the between- and within-cluster
         sums of squares and ``k`` the clusters present: higher means better separated. As
         :func:`sklearn.metrics.calinski_harabasz_score`, except that fewer than two clusters
-        (or no more samples than clusters) give 0.0 instead of an error. 1.0 when every
-        cluster is a single point (``W = 0``), as scikit-learn returns.
+        (or no more samples than clusters) give 0.0 instead of an error; 1.0 when the samples
+        of every cluster are identical (``W = 0``), as scikit-learn returns.
     """
     features = np.asarray(features, dtype=np.float64)
     ids, dense = np.unique(np.asarray(labels).ravel(), return_inverse=True)
