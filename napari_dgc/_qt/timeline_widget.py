@@ -4,8 +4,8 @@ A slider runs over every checkpoint of a run, growing while the run trains. Movi
 that checkpoint's cluster maps on the "DGC clusters" Labels layers (segmented in a background
 worker and cached) and marks it on small plots of the stability figures (NMI to the previous
 checkpoint, active clusters, usage entropy, losses, spectral separation), so the window in
-which meaningful clusters "ignite" can be seen and picked. "Use this checkpoint" records the choice in the
-run's ``run.json``; segmentation and export then use that model.
+which meaningful clusters "ignite" can be seen and picked. "Use this checkpoint" records the
+choice in the run's ``run.json``; segmentation and export then use that model.
 
 The widget is embedded in the "DGC: Train" panel and is also its own dock widget
 ("DGC: Checkpoints") to open a run folder later, including runs trained with the CLI.
