@@ -36,6 +36,8 @@ setup(
         "safetensors>=0.4",
         "matplotlib>=3.7",
         "npe2>=0.7",
+        # compiled forward-only mean-shift for CPU segmentation (napari_dgc/_meanshift_cpu.py)
+        "numba>=0.59",
     ],
     extras_require={
         "pyqt5": ["PyQt5>=5.15"],

@@ -88,21 +88,39 @@ def test_mean_shift_gradient_is_exact_with_border_and_mask():
     assert torch.autograd.gradcheck(lambda a, b: mean_shift(a, b, 1, 2), (z, bandwidth))
 
 
-@pytest.mark.parametrize("block_elements", [8 * 13 * 3, 10**9])  # ragged row blocks / one block
-@pytest.mark.parametrize("masked", [False, True])
-def test_mean_shift_inference_path_equals_the_autograd_path(monkeypatch, block_elements, masked):
-    monkeypatch.setattr(_meanshift, "INFERENCE_BLOCK_ELEMENTS", block_elements)
+def _mean_shift_with_and_without_gradients(masked: bool):
+    """Embeddings, bandwidth, valid mask and the autograd path's result for the tests below."""
     torch.manual_seed(1)
     z = F.normalize(torch.randn(2, 8, 11, 13), dim=1)
-    valid = None
-    if masked:
-        valid = torch.rand(2, 11, 13) > 0.3
+    valid = torch.rand(2, 11, 13) > 0.3 if masked else None
     bandwidth = torch.tensor(0.4, requires_grad=True)
     with_grad = mean_shift(z.clone().requires_grad_(), bandwidth, 3, 2, valid)
     assert with_grad.requires_grad  # the autograd path really ran
+    return z, bandwidth, valid, with_grad.detach()
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_mean_shift_compiled_cpu_path_equals_the_autograd_path(monkeypatch, masked):
+    z, bandwidth, valid, expected = _mean_shift_with_and_without_gradients(masked)
+    compiled = []
+    original = _meanshift._mean_shift_compiled
+    monkeypatch.setattr(_meanshift, "_mean_shift_compiled",
+                        lambda *args: compiled.append(1) or original(*args))
     with torch.inference_mode():
         fast = mean_shift(z, bandwidth, 3, 2, valid)
-    torch.testing.assert_close(fast, with_grad.detach(), rtol=1e-5, atol=1e-5)
+    assert compiled  # float32 on the CPU takes the compiled kernel
+    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("block_elements", [8 * 13 * 3, 10**9])  # ragged row blocks / one block
+@pytest.mark.parametrize("masked", [False, True])
+def test_mean_shift_torch_inference_path_equals_the_autograd_path(monkeypatch, block_elements, masked):
+    """The forward-only path of other devices (GPUs), called directly here."""
+    monkeypatch.setattr(_meanshift, "INFERENCE_BLOCK_ELEMENTS", block_elements)
+    z, bandwidth, valid, expected = _mean_shift_with_and_without_gradients(masked)
+    neighbour_ok = None if valid is None else _meanshift._neighbour_mask(valid.float(), 2).float()
+    fast = _meanshift._mean_shift_inference(z, 1.0 / 0.4**2, neighbour_ok, 2, 3)
+    torch.testing.assert_close(fast, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_mean_shift_keeps_unit_norm_and_pulls_neighbours_together():
