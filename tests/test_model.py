@@ -245,3 +245,28 @@ def test_unknown_model_setting_raises():
 def test_wrong_band_count_raises():
     with pytest.raises(ConfigError, match="12"):
         _model().embed(torch.randn(1, 10, 8, 8))
+
+
+@pytest.mark.parametrize("n_blocks", [1, 3, 4, 100])
+@pytest.mark.parametrize("config", [ModelConfig(), ModelConfig(spectral_stride=1, spectral_kernel=5,
+                                                               spectral_layers=2, embed_dim=6)])
+def test_position_blocked_spectral_stage_equals_conv1d(monkeypatch, n_blocks, config):
+    monkeypatch.setattr(model_module, "INFERENCE_POSITION_BLOCKS", n_blocks)
+    monkeypatch.setattr(model_module, "SPECTRAL_CHUNK_PIXELS", 13)  # ragged last chunk
+    torch.manual_seed(9)
+    model = DGCModel(40, config).double()
+    sequences = torch.randn(50, model.spectral_length, dtype=torch.float64)
+    with torch.no_grad():
+        expected = model.spectral_convs(sequences.unsqueeze(1)).mean(dim=-1)  # oneDNN conv1d
+        blocked = model.band_features(sequences)
+    torch.testing.assert_close(blocked, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_position_blocks_read_only_the_positions_their_kernels_reach():
+    conv = torch.nn.Conv1d(2, 3, kernel_size=9, stride=2, padding=4)
+    blocks = model_module.position_blocks(conv, 32, 4)  # 16 output positions, 4 per block
+    reached = [(rows.start // 2, rows.stop // 2) for rows, _, _, _ in blocks]
+    # output positions 0-3 read inputs 0..10, 4-7 read 4..18, 8-11 read 12..26, 12-15 read 20..31
+    assert reached == [(0, 11), (4, 19), (12, 27), (20, 32)]
+    assert [cols for _, cols, _, _ in blocks] == [slice(0, 12), slice(12, 24), slice(24, 36),
+                                                   slice(36, 48)]
