@@ -36,7 +36,7 @@ setup(
         "safetensors>=0.4",
         "matplotlib>=3.7",
         "npe2>=0.7",
-        # compiled forward-only mean-shift for CPU segmentation (napari_dgc/_meanshift_cpu.py)
+        # compiled CPU kernels for segmentation (napari_dgc/_cpu_kernels.py)
         "numba>=0.59",
     ],
     extras_require={

@@ -330,6 +330,12 @@ def _mean_shift_inference(
     return outputs
 
 
+def uses_compiled_kernel(tensor: torch.Tensor, needs_grad: bool) -> bool:
+    """Whether forward-only work on ``tensor`` runs in a compiled kernel of
+    :mod:`napari_dgc._cpu_kernels`: float32 on the CPU, no gradient needed."""
+    return not needs_grad and tensor.device.type == "cpu" and tensor.dtype == torch.float32
+
+
 def _mean_shift_compiled(
     z: torch.Tensor,
     inv_bw_sq: float,
@@ -338,9 +344,9 @@ def _mean_shift_compiled(
     iterations: int,
 ) -> torch.Tensor:
     """Forward-only mean-shift of ``(B, D, H, W)`` float32 CPU unit embeddings by the compiled
-    kernel of :mod:`napari_dgc._meanshift_cpu` (~2x faster than :func:`_mean_shift_inference`,
+    kernel of :mod:`napari_dgc._cpu_kernels` (~2x faster than :func:`_mean_shift_inference`,
     same result up to float rounding); the images run on :data:`WORKER_POOL`'s threads."""
-    from napari_dgc._meanshift_cpu import mean_shift_cpu  # compiles on first use
+    from napari_dgc._cpu_kernels import mean_shift_cpu  # compiles on first use
 
     def run(image: int) -> torch.Tensor:
         channels_last = z[image].detach().permute(1, 2, 0).contiguous().numpy()
@@ -397,7 +403,7 @@ def mean_shift(
     inv_bw_sq = 1.0 / (bandwidth * bandwidth)
     if valid is not None:
         valid = valid.reshape(z.shape[0], z.shape[2], z.shape[3]).to(z.dtype)
-    if not needs_grad and z.device.type == "cpu" and z.dtype == torch.float32:
+    if uses_compiled_kernel(z, needs_grad):
         return _mean_shift_compiled(z, float(inv_bw_sq), valid, radius, iterations)
     # Neighbours in the zero padding add zero vectors; only a valid mask needs multiplying in.
     neighbour_ok = None if valid is None else _neighbour_mask(valid, radius).to(z.dtype)

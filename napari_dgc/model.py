@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from napari_dgc._meanshift import WORKER_POOL, mean_shift
+from napari_dgc._meanshift import WORKER_POOL, mean_shift, uses_compiled_kernel
 from napari_dgc.errors import ConfigError
 
 #: The most clusters a model may have: far more than a person can name and merge by hand, and
@@ -545,7 +545,8 @@ class DGCModel(nn.Module):
         resampling, but as one matrix product with the normalisation and the shift folded into
         the matrix: ``((p / b - o) / s) G R = (p (G R / s)) / b - (o / s) G R``, with the
         brightness ``b`` (the band mean) as an extra column. This reads each 301-band spectrum
-        once instead of four times.
+        once instead of four times. Without gradients on the CPU a compiled kernel multiplies
+        only each bin's window of bands (:func:`napari_dgc._cpu_kernels.spectral_input_cpu`).
         """
         band_index = None
         if band_shift:
@@ -560,6 +561,14 @@ class DGCModel(nn.Module):
         inverse_scale = 1.0 / self.band_scale
         matrix = resampling * inverse_scale[:, None]
         offset = (self.band_offset * inverse_scale) @ resampling
+        if uses_compiled_kernel(raw_pixels, torch.is_grad_enabled()):
+            from napari_dgc._cpu_kernels import bin_windows, spectral_input_cpu
+
+            windows = bin_windows(matrix.numpy())
+            if windows is not None:
+                return torch.from_numpy(spectral_input_cpu(
+                    raw_pixels.contiguous().numpy(), windows, offset.numpy(),
+                    float(self.brightness_floor), self.config.brightness_norm))
         if not self.config.brightness_norm:
             return torch.addmm(-offset, raw_pixels, matrix)
         band_mean = torch.full_like(matrix[:, :1], 1.0 / self.n_bands)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -270,3 +271,38 @@ def test_position_blocks_read_only_the_positions_their_kernels_reach():
     assert reached == [(0, 11), (4, 19), (12, 27), (20, 32)]
     assert [cols for _, cols, _, _ in blocks] == [slice(0, 12), slice(12, 24), slice(24, 36),
                                                    slice(36, 48)]
+
+
+@pytest.mark.parametrize("brightness_norm", [True, False])
+@pytest.mark.parametrize("band_shift", [0, 2, -3])
+def test_compiled_spectral_input_equals_the_matrix_product(brightness_norm, band_shift):
+    torch.manual_seed(10)
+    model = DGCModel(301, ModelConfig(brightness_norm=brightness_norm))
+    model.set_normalization(torch.rand(301), torch.rand(301) + 0.5, brightness_floor=0.05)
+    raw = torch.rand(200, 301) + 0.1
+    raw[:3] = 0.0  # dark pixels: the brightness floor applies
+    expected = model.spectral_input(raw, band_shift)  # grad mode: one matrix product (training)
+    with torch.inference_mode():
+        compiled = model.spectral_input(raw, band_shift)
+    torch.testing.assert_close(compiled, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_bin_windows_product_handles_any_matrix():
+    from napari_dgc._cpu_kernels import bin_windows, spectral_input_cpu
+
+    rng = np.random.default_rng(11)
+    raw = rng.random((40, 37), dtype=np.float32)
+    matrix = np.zeros((37, 6), np.float32)
+    for column, (first, stop) in enumerate([(0, 9), (3, 5), (20, 37), (30, 37), (0, 0), (10, 28)]):
+        matrix[first:stop, column] = rng.standard_normal(stop - first)
+    matrix[14:17, 5] = 0.0  # zeros inside a column's run
+    windows = bin_windows(matrix)
+    assert windows[1].shape == (6, 32)  # longest run 18 -> two 16-band steps
+    offset = rng.standard_normal(6).astype(np.float32)
+    product = raw.astype(np.float64) @ matrix
+    np.testing.assert_allclose(spectral_input_cpu(raw, windows, offset, 1e-6, False),
+                               product - offset, rtol=1e-5, atol=1e-5)
+    brightness = raw.mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(spectral_input_cpu(raw, windows, offset, 1e-6, True),
+                               product / brightness - offset, rtol=1e-5, atol=1e-5)
+    assert bin_windows(matrix[:12, :1]) is None  # a 16-band window does not fit in 12 rows
