@@ -88,6 +88,15 @@ class TrainConfig:
         ``"random"``: random unit vectors (the reference). ``"kmeans++"``: before the first
         step, spherical k-means (k-means++ seeding, a few Lloyd iterations) on the embeddings
         of the first batch.
+    centroid_fit_step : int
+        Before this step (0: never), once, the centroids are replaced by a spherical k-means
+        of the step's embeddings, the best (lowest ``1 - cos`` inertia) of
+        ``centroid_fit_inits`` k-means++ seedings. The first optimiser steps spread the
+        embedding along the spectra faster than the centroid EMA follows, so the random
+        starting centroids would otherwise fix an arbitrary split (see docs/training.md,
+        fifth quality pass).
+    centroid_fit_inits : int
+        k-means++ seedings tried by the ``centroid_fit_step`` fit.
     weight_fidelity : float
         Weight of the spectral-fidelity term (*deviation*, not in the papers): the squared
         difference between the cosine similarities of ``fidelity_pixels`` random pixels of the
@@ -141,6 +150,8 @@ class TrainConfig:
     usage_ema_decay: float = 0.9
     dead_policy: str = "reseed"
     centroid_init: str = "random"
+    centroid_fit_step: int = 0
+    centroid_fit_inits: int = 8
     layer_init: str = "data"
     weight_fidelity: float = 0.3
     fidelity_pixels: int = 1024
@@ -198,6 +209,10 @@ class TrainConfig:
             raise ConfigError(f"uniform_floor must be in (0, 1], got {self.uniform_floor}")
         if not 0.0 <= self.usage_ema_decay < 1.0:
             raise ConfigError(f"usage_ema_decay must be in [0, 1), got {self.usage_ema_decay}")
+        if self.centroid_fit_step < 0:
+            raise ConfigError(f"centroid_fit_step must not be negative, got {self.centroid_fit_step}")
+        if self.centroid_fit_inits < 1:
+            raise ConfigError(f"centroid_fit_inits must be at least 1, got {self.centroid_fit_inits}")
         if self.fidelity_pixels < 2:
             raise ConfigError(f"fidelity_pixels must be at least 2, got {self.fidelity_pixels}")
         if self.normalization_pixels < 100:
@@ -416,9 +431,9 @@ class Trainer:
         if self.step_count == 0 and config.layer_init == "data":
             model.initialize_from_data(self._raw_crops(pairs))
         if self.step_count == 0 and config.centroid_init == "kmeans++":
-            with torch.no_grad():
-                z_first, _, _ = self._forward(pairs)
-                model.centroids.copy_(spherical_kmeans(z_first, model.n_clusters, self.kick_rng))
+            self._fit_centroids(pairs, inits=1)
+        if config.centroid_fit_step and self.step_count == config.centroid_fit_step:
+            self._fit_centroids(pairs, inits=config.centroid_fit_inits)
         z, log_p, spectral_rows = self._forward(pairs)
         p = log_p.exp()
         centroids = model.centroids
@@ -459,6 +474,18 @@ class Trainer:
         reported["total"] = float(total.detach())
         usage_np = usage.cpu().numpy()
         return StepResult(reported, int((usage_np >= max(config.dead_threshold, 1e-9)).sum()), usage_np)
+
+    def _fit_centroids(self, pairs: list[CropPair], inits: int, max_pixels: int = 4096) -> None:
+        """Set the centroids to the best of ``inits`` spherical k-means fits (lowest ``1 - cos``
+        inertia) of the pairs' embeddings, on at most ``max_pixels`` rows drawn with the kick
+        generator (saved in checkpoints, so resuming stays exact)."""
+        with torch.no_grad():
+            z, _, _ = self._forward(pairs)
+            if z.shape[0] > max_pixels:
+                z = z[torch.from_numpy(self.kick_rng.choice(z.shape[0], max_pixels, replace=False)).to(z.device)]
+            fits = [spherical_kmeans(z, self.model.n_clusters, self.kick_rng) for _ in range(inits)]
+            inertia = [float((1.0 - (z @ c.T).max(dim=1).values).sum()) for c in fits]
+            self.model.centroids.copy_(fits[int(np.argmin(inertia))])
 
     def _fidelity_term(self, z: torch.Tensor, sequences: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Weighted fidelity loss on ``fidelity_pixels`` rows of ``z`` drawn at random; row

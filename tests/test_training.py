@@ -164,6 +164,30 @@ def test_kmeans_init_puts_centroids_on_the_data(cubes):
     assert not torch.allclose(before, trainer.model.centroids, atol=0.05)
 
 
+def test_centroid_fit_runs_once_at_its_step(cubes, monkeypatch):
+    trainer = _trainer(cubes, centroid_fit_step=2, centroid_fit_inits=3)
+    calls = []
+    monkeypatch.setattr(trainer, "_fit_centroids",
+                        lambda pairs, inits: calls.append((trainer.step_count, inits)))
+    for _ in range(5):
+        trainer.step()
+    assert calls == [(2, 3)]
+
+
+def test_centroid_fit_keeps_the_seeding_of_lowest_inertia(cubes, monkeypatch):
+    import napari_dgc.training as training
+
+    basis = torch.eye(8)
+    good = basis[[0, 1]]  # the two directions the fake embeddings below lie on
+    fits = iter([basis[[2, 3]], good, basis[[0, 4]]])
+    monkeypatch.setattr(training, "spherical_kmeans", lambda z, k, rng: next(fits))
+    trainer = _trainer(cubes)
+    z = torch.cat([basis[0].repeat(30, 1), basis[1].repeat(20, 1)])
+    monkeypatch.setattr(trainer, "_forward", lambda pairs: (z, None, None))
+    trainer._fit_centroids([], inits=3)
+    torch.testing.assert_close(trainer.model.centroids, good)
+
+
 def test_fidelity_term_is_reported_and_off_at_weight_zero(cubes):
     anchored = _trainer(cubes, weight_fidelity=0.5)
     assert anchored.step().losses["fidelity"] > 0
@@ -174,7 +198,8 @@ def test_fidelity_term_is_reported_and_off_at_weight_zero(cubes):
 
 
 @pytest.mark.parametrize("settings", [{"uniform_target": "uniform", "dead_policy": "kick"},
-                                      {"centroid_init": "kmeans++", "usage_ema_decay": 0.5}])
+                                      {"centroid_init": "kmeans++", "usage_ema_decay": 0.5},
+                                      {"centroid_fit_step": 4, "centroid_fit_inits": 3}])
 def test_resume_is_exact_with_other_collapse_safeguards(cubes, tmp_path, settings):
     list(train(cubes, tiny_config(**settings), tmp_path / "straight"))
     list(train(cubes, tiny_config(steps=3, **settings), tmp_path / "stopped"))
@@ -217,6 +242,8 @@ def test_config_round_trips_through_json():
         ({"centroid_init": "zeros"}, "centroid_init"),
         ({"weight_fidelity": -0.1}, "weight_fidelity"),
         ({"fidelity_pixels": 1}, "fidelity_pixels"),
+        ({"centroid_fit_step": -1}, "centroid_fit_step"),
+        ({"centroid_fit_inits": 0}, "centroid_fit_inits"),
     ],
 )
 def test_bad_settings_raise_config_error(settings, message):
