@@ -25,6 +25,16 @@ cached one, serial and with parallel tiles::
 
     python benchmarks/bench_segmentation.py --timeline --threads 1 --workers 1 2
 
+``--compare TREE --rounds N`` alternates the I/O floor, this tree and another source tree (a
+``git worktree`` of an older commit) N times and prints medians and the per-round ratio::
+
+    python benchmarks/bench_segmentation.py --sizes 1000x1000 --threads 1 --workers 2 \
+        --compare /tmp/old-tree --rounds 5
+
+Each segmentation child first segments a small 48 x 48 array with the same model: the first
+call of a process loads (or, once per installation, compiles) its kernels, and that one-off
+cost is reported on its own ("first call s"), not in the cube's time.
+
 ``--stages`` times each stage of the model on one tile (where the CPU time of segmentation
 goes)::
 
@@ -119,6 +129,9 @@ def child_segment(path: Path, tile: int, threads: int, workers: int) -> dict:
     cube = open_cube(path)
     torch.manual_seed(0)
     model = DGCModel(cube.n_bands, ModelConfig()).eval()
+    # The first call of a process loads (or compiles) its kernels: timed on its own.
+    small = np.random.default_rng(1).random((48, 48, cube.n_bands), dtype=np.float32)
+    _, first_call_seconds, _ = _timed(lambda: segment_cube(model, small, tile=tile, workers=workers))
     _evict(path)
     rss_before = _rss_mib("VmRSS")
     started, cpu_started = time.perf_counter(), time.process_time()
@@ -128,6 +141,7 @@ def child_segment(path: Path, tile: int, threads: int, workers: int) -> dict:
     return {
         "seconds": seconds,
         "cpu_seconds": time.process_time() - cpu_started,
+        "first_call_seconds": first_call_seconds,
         "peak_rss_mib": _peak_rss_mib(),
         "rss_before_mib": rss_before,
         "peak_anonymous_mib": anonymous.peak_mib,
@@ -147,9 +161,14 @@ def make_cube(path: Path, rows: int, cols: int, bands: int, seed: int = 0) -> No
     del out
 
 
-def _run_child(*arguments: str) -> dict:
+def _run_child(*arguments: str, tree: str | None = None) -> dict:
+    """Run this script as a child; ``tree``: import napari_dgc from that source tree."""
+    environment = dict(os.environ)
+    if tree is not None:
+        environment["PYTHONPATH"] = os.pathsep.join([tree, environment.get("PYTHONPATH", "")])
     completed = subprocess.run(
-        [sys.executable, __file__, "--child", *arguments], capture_output=True, text=True
+        [sys.executable, __file__, "--child", *arguments], capture_output=True, text=True,
+        env=environment,
     )
     if completed.returncode != 0:
         raise RuntimeError(f"child {arguments} failed:\n{completed.stderr}")
@@ -264,6 +283,47 @@ def bench_stages(bands: int, tile: int, threads: int, repeats: int) -> None:
               f"{seconds / tile**2 * 1e6:.2f} |")
 
 
+def bench_compare(args: argparse.Namespace) -> None:
+    """Alternate I/O floor, this tree and ``args.compare`` for ``args.rounds`` rounds; medians."""
+    trees = {"this tree": str(Path(__file__).resolve().parents[1]), "compared": args.compare}
+    print(f"torch threads {args.threads}, {args.rounds} rounds (floor, this tree, compared "
+          f"tree {args.compare}, in turn); medians, min-max in brackets")
+    print("| cube | tile | workers | tree | I/O floor s | segment s (CPU s) | ratio to floor | "
+          "first call s | peak anonymous MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for size in args.sizes:
+        rows, cols = (int(n) for n in size.lower().split("x"))
+        path = Path(args.scratch) / f"napari-dgc-bench-{rows}x{cols}x{args.bands}.npy"
+        try:
+            make_cube(path, rows, cols, args.bands)
+            for tile in args.tile:
+                for workers in args.workers:
+                    floors, runs = [], {name: [] for name in trees}
+                    for _ in range(args.rounds):
+                        floors.append(_run_child("read", str(path))["seconds"])
+                        for name, tree in trees.items():
+                            runs[name].append(_run_child(
+                                "segment", str(path), str(tile), str(args.threads), str(workers),
+                                tree=tree))
+                    floor = statistics.median(floors)
+                    for name, results in runs.items():
+                        seconds = [r["seconds"] for r in results]
+                        print(f"| {rows}x{cols}x{args.bands} | {tile} | {workers} | {name} | "
+                              f"{floor:.2f} [{min(floors):.2f}-{max(floors):.2f}] | "
+                              f"{statistics.median(seconds):.2f} [{min(seconds):.2f}-{max(seconds):.2f}] "
+                              f"({statistics.median(r['cpu_seconds'] for r in results):.2f}) | "
+                              f"{statistics.median(seconds) / floor:.1f} | "
+                              f"{statistics.median(r['first_call_seconds'] for r in results):.2f} | "
+                              f"{statistics.median(r['peak_anonymous_mib'] for r in results):.0f} |",
+                              flush=True)
+                    ratios = [a["seconds"] / b["seconds"] for a, b in zip(*runs.values())]
+                    print(f"|  |  |  | this / compared, per round | | "
+                          f"median {statistics.median(ratios):.2f} "
+                          f"[{min(ratios):.2f}-{max(ratios):.2f}] | | | |", flush=True)
+        finally:
+            path.unlink(missing_ok=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", nargs="+", default=["1000x1000", "2000x1000"],
@@ -278,6 +338,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stages", action="store_true",
                         help="time each model stage on one tile of the first --tile size instead")
     parser.add_argument("--repeats", type=int, default=3, help="timeline / stage rounds")
+    parser.add_argument("--compare", metavar="TREE",
+                        help="also segment with napari_dgc imported from this source tree (e.g. "
+                        "a git worktree of an older commit), in turn with this one")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
     parser.add_argument("--scratch", default=tempfile.gettempdir(), help="folder for the cubes")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -293,6 +357,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.timeline:
         bench_timeline(Path(args.scratch), args.threads, args.workers, args.repeats)
+        return
+    if args.compare:
+        bench_compare(args)
         return
 
     print(f"torch threads {args.threads}")

@@ -149,6 +149,12 @@ def usable_cores() -> int:
     return os.cpu_count() or 1
 
 
+#: Raw spectra a tile reads at once: its window goes through the spectral input in row strips
+#: of about this size, so a tile never holds its raw window (94 MiB for a 256-pixel tile with
+#: its halo at 301 bands) whole.
+STRIP_BYTES = 16 * 2**20
+
+
 def default_workers() -> int:
     """Tiles segmented at once when the caller does not say: PyTorch's thread budget.
 
@@ -252,15 +258,18 @@ def segment_cube(
     def segment_tile(rows: slice, cols: slice, inner_rows: slice, inner_cols: slice) -> None:
         # Grad mode is per thread: a pool thread needs its own inference mode.
         with torch.inference_mode():
-            window = read_window(rows, cols)
-            # A read-only view (a window contiguous in a read-only array or memory map) would
-            # make torch warn; the copy is what a non-contiguous window costs anyway.
-            window = torch.from_numpy(window if window.flags.writeable else window.copy())
-            window = window.to(device)
-            height, width, channels = window.shape
-            sequences = window.reshape(-1, channels)
-            if not prepared:
-                sequences = model.spectral_input(sequences)
+            height, width = rows.stop - rows.start, cols.stop - cols.start
+            if prepared:
+                sequences = _tensor(read_window(rows, cols), device).reshape(height * width, -1)
+            else:
+                # Row strips of raw spectra: a large tile's window never sits in memory whole.
+                sequences = torch.empty(height * width, model.spectral_length, device=device)
+                strip = max(1, STRIP_BYTES // (4 * width * model.n_bands))
+                for top in range(rows.start, rows.stop, strip):
+                    bottom = min(top + strip, rows.stop)
+                    raw = _tensor(read_window(slice(top, bottom), cols), device)
+                    sequences[(top - rows.start) * width : (bottom - rows.start) * width] = (
+                        model.spectral_input(raw.reshape(-1, model.n_bands)))
             embedded = model.embed_sequences(sequences, 1, height, width)
             soft = model.assign(embedded)
             target = (slice(rows.start + inner_rows.start, rows.start + inner_rows.stop),
@@ -279,10 +288,11 @@ def segment_cube(
                 )
 
     windows = list(tile_windows(shape_hw, tile, model.receptive_radius))
+    prefetch_rows = None if prepared else getattr(cube, "prefetch_rows", None)
     was_training = model.training
     model.eval()
     try:
-        _run_tiles(segment_tile, windows, min(workers, len(windows)), progress)
+        _run_tiles(segment_tile, windows, min(workers, len(windows)), progress, prefetch_rows)
     finally:
         model.train(was_training)
     spectral_input = None
@@ -290,6 +300,15 @@ def segment_cube(
         spectral.flags.writeable = False  # shared between segmentations, e.g. in a cache
         spectral_input = SpectralInput(spectral, spectral_input_fingerprint(model))
     return Segmentation(labels, probabilities, embeddings, spectral_input)
+
+
+def _tensor(window: np.ndarray, device: "torch.device") -> "torch.Tensor":
+    """A window read from a cube or array as a tensor on ``device``."""
+    import torch
+
+    # A read-only view (a window contiguous in a read-only array or memory map) would make
+    # torch warn; the copy is what a non-contiguous window costs anyway.
+    return torch.from_numpy(window if window.flags.writeable else window.copy()).to(device)
 
 
 def _model_device(model: "DGCModel", device: str | None) -> "torch.device":
@@ -315,22 +334,35 @@ def _run_tiles(
     windows: list[tuple[slice, slice, slice, slice]],
     workers: int,
     progress: ProgressCallback | None,
+    prefetch_rows: Callable[[slice], None] | None = None,
 ) -> None:
-    """Call ``segment_tile(*window)`` for every window, ``workers`` at a time at most."""
+    """Call ``segment_tile(*window)`` for every window, ``workers`` at a time at most.
+
+    ``prefetch_rows(rows)``, when given, is called for the rows of the next ``workers`` windows
+    whenever a window starts, so the disk reads them while the tiles in flight compute.
+    """
+
+    def start(index: int) -> None:
+        if prefetch_rows is not None:
+            for ahead in windows[index + 1 : index + 1 + workers]:
+                prefetch_rows(ahead[0])
+
     if workers <= 1:
         for done, window in enumerate(windows, start=1):
+            start(done - 1)
             segment_tile(*window)
             if progress is not None:
                 progress(done, len(windows))
         return
     done = 0
     pending: set[Future] = set()
-    remaining = iter(windows)
+    remaining = enumerate(windows)
     with ThreadPoolExecutor(workers, thread_name_prefix="segment-tile") as pool:
         try:
             while True:
                 # Submit no more than `workers` tiles: each holds a window and intermediates.
-                for window in remaining:
+                for index, window in remaining:
+                    start(index)
                     pending.add(pool.submit(segment_tile, *window))
                     if len(pending) >= workers:
                         break

@@ -11,7 +11,7 @@ import tifffile
 from _io_helpers import make_cube
 from PIL import Image
 
-from napari_dgc.io import open_cube
+from napari_dgc.io import Cube, open_cube
 from napari_dgc.io.lazy import AxisPermuted, BandStack
 
 COFFEE = Path("/work/shared/data/hacarus_nir_food/data/coffee")
@@ -149,3 +149,37 @@ def test_band_stack_indexing_and_cache(rng):
     np.testing.assert_array_equal(stack[[4, 0], :, 2], planes[[4, 0], :, 2])
     np.testing.assert_array_equal(stack[2], planes[2])
     assert reads == [1, 2, 3, 4, 0, 2]  # the cache holds 2 bands (24 bytes): band 2 was dropped
+
+
+def test_prefetch_rows_reads_ahead_the_byte_range_of_those_rows(tmp_path, monkeypatch):
+    import os
+
+    cube_values = np.arange(6 * 5 * 4, dtype=np.float32).reshape(6, 5, 4)
+    np.save(tmp_path / "c.npy", cube_values)
+    advised = []
+    monkeypatch.setattr(os, "posix_fadvise",
+                        lambda fd, offset, length, advice: advised.append((offset, length, advice)),
+                        raising=False)
+    cube = open_cube(tmp_path / "c.npy")
+    cube.prefetch_rows(slice(2, 4))
+    row_bytes = 5 * 4 * 4
+    assert advised == [(cube.data.offset + 2 * row_bytes, 2 * row_bytes, os.POSIX_FADV_WILLNEED)]
+    cube.prefetch_rows(slice(5, 99))  # clipped to the image
+    assert advised[-1][:2] == (cube.data.offset + 5 * row_bytes, row_bytes)
+    np.testing.assert_array_equal(cube.read_window(slice(2, 4), slice(0, 5)), cube_values[2:4])
+
+
+def test_prefetch_rows_does_nothing_where_rows_are_not_contiguous(tmp_path, monkeypatch):
+    import os
+
+    advised = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda *args: advised.append(args), raising=False)
+    np.save(tmp_path / "fortran.npy", np.asfortranarray(np.zeros((6, 5, 30), np.float32)))
+    fortran = open_cube(tmp_path / "fortran.npy")
+    assert not fortran.data.flags.c_contiguous
+    bands_first = Cube(np.lib.format.open_memmap(tmp_path / "bsq.npy", mode="w+", dtype=np.float32,
+                                                 shape=(30, 6, 5)), 0, None, tmp_path / "bsq.npy", "npy")
+    in_memory = Cube(np.zeros((6, 5, 4), np.float32), 2, None, tmp_path / "x.npy", "npy")
+    for cube in (fortran, bands_first, in_memory):
+        cube.prefetch_rows(slice(0, 3))
+    assert advised == []

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_dgc import segmentation
 from napari_dgc.errors import ConfigError
 from napari_dgc.io import open_cube
 from napari_dgc.model import DGCModel, ModelConfig
@@ -229,3 +230,38 @@ def test_tiles_go_to_the_models_device_and_another_device_is_refused(model, cube
                                   default)
     with pytest.raises(ConfigError, match="the model is on cpu but device 'meta' was asked for"):
         segment_cube(model, cube_array[:20, :20], device="meta")
+
+
+def test_raw_spectra_are_read_in_row_strips(model, cube_array, tmp_path, monkeypatch):
+    path = tmp_path / "cube.npy"
+    np.save(path, cube_array)
+    expected = segment_cube(model, cube_array, tile=32, return_probabilities=True)
+    cube = open_cube(path)
+    read_heights = []
+    read_window = cube.read_window
+    monkeypatch.setattr(cube, "read_window",
+                        lambda rows, cols: read_heights.append(rows.stop - rows.start)
+                        or read_window(rows, cols))
+    # 3 rows of the widest window (32 + 2 halos) x 20 bands x 4 bytes: 3-4 rows per strip.
+    widest = 32 + 2 * model.receptive_radius
+    monkeypatch.setattr(segmentation, "STRIP_BYTES", 3 * widest * N_BANDS * 4)
+    strips = segment_cube(model, cube, tile=32, return_probabilities=True, workers=1)
+    assert 3 <= max(read_heights) <= 4
+    assert len(read_heights) > 8 * len(list(tile_windows((70, 90), 32, model.receptive_radius)))
+    assert np.array_equal(strips.labels, expected.labels)
+    np.testing.assert_allclose(strips.probabilities, expected.probabilities, atol=1e-6)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_next_tiles_rows_are_prefetched(model, cube_array, tmp_path, monkeypatch, workers):
+    path = tmp_path / "cube.npy"
+    np.save(path, cube_array)
+    cube = open_cube(path)
+    prefetched = []
+    monkeypatch.setattr(cube, "prefetch_rows", prefetched.append)
+    result = segment_cube(model, cube, tile=32, workers=workers)
+    windows = list(tile_windows((70, 90), 32, model.receptive_radius))
+    # every window but the first is announced before it starts
+    assert {(rows.start, rows.stop) for rows in prefetched} == {
+        (rows.start, rows.stop) for rows, _, _, _ in windows[1:]}
+    assert np.array_equal(result.labels, segment_cube(model, cube_array, tile=32).labels)
