@@ -24,6 +24,7 @@ One step (see docs/training.md):
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 
 from napari_dgc import losses
 from napari_dgc.errors import ConfigError
-from napari_dgc.metrics import usage_entropy
+from napari_dgc.metrics import calinski_harabasz, usage_entropy
 from napari_dgc.model import DGCModel, ModelConfig, reject_unknown_settings
 from napari_dgc.normalization import compute_band_statistics
 from napari_dgc.sampling import CropPair, PairStream, open_sources
@@ -97,6 +98,18 @@ class TrainConfig:
         fifth quality pass).
     centroid_fit_inits : int
         k-means++ seedings tried by the ``centroid_fit_step`` fit.
+    restarts : int
+        Starts tried by a new run (as k-means' ``n_init``): start 0 is the run's seed, the
+        others draw other initial weights and centroids (same crop pairs). Each trains
+        ``restart_steps`` steps; the one whose hard labels separate the *spectra* best
+        (:func:`spectral_separation`: Calinski–Harabasz index of the labels on the normalised
+        spectral inputs of ``selection_windows`` fixed windows of the cubes) continues, and
+        only its checkpoints are written. 1: no selection.
+    restart_steps : int
+        Steps each start trains before the selection (at most ``steps``).
+    selection_windows : int
+        Windows of ``crop_size`` pixels (plus the model's receptive radius), drawn once from
+        the cubes with the run's seed, whose pixels score the starts.
     weight_fidelity : float
         Weight of the spectral-fidelity term (*deviation*, not in the papers): the squared
         difference between the cosine similarities of ``fidelity_pixels`` random pixels of the
@@ -152,6 +165,9 @@ class TrainConfig:
     centroid_init: str = "random"
     centroid_fit_step: int = 0
     centroid_fit_inits: int = 8
+    restarts: int = 1
+    restart_steps: int = 200
+    selection_windows: int = 8
     layer_init: str = "data"
     weight_fidelity: float = 0.3
     fidelity_pixels: int = 1024
@@ -164,7 +180,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Raise :class:`~napari_dgc.errors.ConfigError` naming the first invalid setting."""
         self.model.validate()
-        at_least_one = ("steps", "checkpoint_every", "batch_size", "pairs_per_cube")
+        at_least_one = ("steps", "checkpoint_every", "batch_size", "pairs_per_cube", "restarts",
+                        "restart_steps", "selection_windows")
         for name in at_least_one:
             if int(getattr(self, name)) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -242,7 +259,9 @@ class ProgressEvent:
 
     ``losses`` holds the weighted terms ``compact``, ``orth``, ``balance``, ``uniform``,
     ``consistency`` and their sum ``total``; ``elapsed_s`` counts training time only (not the
-    time the consumer paused), including earlier sessions of a resumed run.
+    time the consumer paused), including earlier sessions of a resumed run and all starts.
+    ``start`` is the start the step belongs to (``TrainConfig.restarts``): with several starts,
+    steps ``1 .. restart_steps`` come once per start, then the selected start continues.
     """
 
     step: int
@@ -251,6 +270,7 @@ class ProgressEvent:
     active_clusters: int
     learning_rate: float
     elapsed_s: float
+    start: int = 0
 
 
 @dataclass(frozen=True)
@@ -340,7 +360,7 @@ class Trainer:
     """
 
     def __init__(self, model: DGCModel, stream: PairStream, config: TrainConfig,
-                 device: torch.device) -> None:
+                 device: torch.device, start: int = 0) -> None:
         self.model = model.to(device)
         self.stream = stream
         self.config = config
@@ -348,8 +368,11 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
-        self.kick_rng = np.random.default_rng([config.seed, 4])
-        self.fidelity_rng = np.random.default_rng([config.seed, 5])
+        # Start 0 keeps the generators of single-start runs; other starts get their own.
+        start_key = [start] if start else []
+        self.start = start
+        self.kick_rng = np.random.default_rng([config.seed, 4, *start_key])
+        self.fidelity_rng = np.random.default_rng([config.seed, 5, *start_key])
         self.step_count = 0
         n_clusters = model.n_clusters
         self.usage_ema = np.full(n_clusters, 1.0 / n_clusters)
@@ -367,6 +390,7 @@ class Trainer:
             "kick_rng": self.kick_rng.bit_generator.state,
             "fidelity_rng": self.fidelity_rng.bit_generator.state,
             "usage_ema": self.usage_ema.tolist(),
+            "start": self.start,
         }
 
     def load_training_state(self, state: dict) -> None:
@@ -374,6 +398,7 @@ class Trainer:
         self.step_count = int(state["step"])
         self.stream.load_state_dict(state["sampler"])
         self.kick_rng.bit_generator.state = state["kick_rng"]
+        self.start = int(state.get("start", 0))
         if "fidelity_rng" in state:  # absent in checkpoints written before the fidelity term
             self.fidelity_rng.bit_generator.state = state["fidelity_rng"]
         if "usage_ema" in state:  # absent in checkpoints written before the usage target
@@ -633,30 +658,80 @@ def train(
         config = replace(run.config, steps=config.steps, checkpoint_every=config.checkpoint_every,
                          device=config.device)
     device = resolve_device(config.device)
-    stream = PairStream(sources, config.crop_size, (config.overlap_min, config.overlap_max),
-                        config.pairs_per_cube, config.seed, config.augment, config.max_spectral_shift)
-    torch.manual_seed(config.seed)
-    model = DGCModel(n_bands, config.model)
-    trainer = Trainer(model, stream, config, device)
-    elapsed = 0.0
     latest = run.latest_checkpoint() if resume else None
+    trainer = _new_trainer(sources, config, device, start=0)
+    elapsed = 0.0
     if latest is not None:
         model_state, optimizer_state, training_state = run.load_checkpoint_state(latest.checkpoint_id)
-        model.load_state_dict(model_state)
+        trainer.model.load_state_dict(model_state)
         trainer.optimizer.load_state_dict(optimizer_state)
         trainer.load_training_state(training_state)
         elapsed = float(training_state.get("elapsed_s", 0.0))
     else:
         statistics = compute_band_statistics(sources, config.model.brightness_norm,
                                              config.normalization_pixels)
-        model.set_normalization(statistics.offset, statistics.scale, statistics.brightness_floor)
+        trainer.model.set_normalization(statistics.offset, statistics.scale,
+                                        statistics.brightness_floor)
         if not resume:
             names, wavelengths = _describe_sources(cubes)
             run = RunDirectory.create(run_dir, config, n_bands, wavelengths, names, config.seed)
     run_path = Path(run.path)
 
+    if latest is None and config.restarts > 1:
+        # Every start trains to the selection step; only the selected one's checkpoints are
+        # written (a run stopped before then has none and starts over, identically, on resume).
+        until = min(config.restart_steps, config.steps)
+        windows = selection_windows(sources, config.selection_windows,
+                                    config.crop_size + 2 * trainer.model.receptive_radius, config.seed)
+        best = None
+        for start in range(config.restarts):
+            if start:
+                trainer = _new_trainer(sources, config, device, start)
+                trainer.model.set_normalization(statistics.offset, statistics.scale,
+                                                statistics.brightness_floor)
+            pending = []
+            for event, checkpoint in _train_steps(trainer, until, elapsed):
+                elapsed = event.elapsed_s
+                pending += [checkpoint] if checkpoint is not None else []
+                yield event
+            separation = spectral_separation(trainer.model, windows)
+            if best is None or separation > best[0]:
+                best = (separation, trainer, pending)
+        _, trainer, pending = best
+        for checkpoint in pending:
+            info = run.save_checkpoint(*checkpoint)
+            yield CheckpointEvent(checkpoint[0], info.checkpoint_id, run_path)
+
+    for event, checkpoint in _train_steps(trainer, config.steps, elapsed):
+        info = run.save_checkpoint(*checkpoint) if checkpoint is not None else None
+        yield event
+        if info is not None:
+            yield CheckpointEvent(event.step, info.checkpoint_id, run_path)
+    yield FinishedEvent(trainer.step_count, run_path)
+
+
+def _new_trainer(sources: list, config: TrainConfig, device: torch.device, start: int) -> Trainer:
+    """A fresh model and trainer for start ``start`` (0: the run's seed; others: initial weights
+    and centroids from a seed derived from it, the same crop pairs)."""
+    if start == 0:
+        torch.manual_seed(config.seed)
+    else:
+        torch.manual_seed(int(np.random.SeedSequence([config.seed, start]).generate_state(1)[0]))
+    model = DGCModel(sources[0].n_bands, config.model)
+    stream = PairStream(sources, config.crop_size, (config.overlap_min, config.overlap_max),
+                        config.pairs_per_cube, config.seed, config.augment, config.max_spectral_shift)
+    return Trainer(model, stream, config, device, start)
+
+
+def _train_steps(trainer: Trainer, until: int, elapsed: float) -> Iterator[tuple[ProgressEvent, tuple | None]]:
+    """Step ``trainer`` up to step ``until``, yielding ``(event, checkpoint)`` per step.
+
+    ``checkpoint`` is ``None`` or, at checkpoint steps, the arguments of
+    ``RunDirectory.save_checkpoint`` (copies, so they can be written later).
+    """
+    config, model = trainer.config, trainer.model
     window: list[StepResult] = []
-    while trainer.step_count < config.steps:
+    while trainer.step_count < until:
         started = time.perf_counter()
         result = trainer.step()
         elapsed += time.perf_counter() - started
@@ -668,11 +743,38 @@ def train(
             state["elapsed_s"] = elapsed
             stats = _window_stats(window)
             stats["bandwidth"] = float(model.bandwidth.detach())
-            checkpoint = run.save_checkpoint(step, model.state_dict(), trainer.optimizer.state_dict(),
-                                             state, stats)
+            weights = {name: value.detach().clone() for name, value in model.state_dict().items()}
+            checkpoint = (step, weights, copy.deepcopy(trainer.optimizer.state_dict()), state, stats)
             window = []
-        yield ProgressEvent(step, config.steps, result.losses, result.active_clusters,
-                            float(trainer.optimizer.param_groups[0]["lr"]), elapsed)
-        if checkpoint is not None:
-            yield CheckpointEvent(step, checkpoint.checkpoint_id, run_path)
-    yield FinishedEvent(trainer.step_count, run_path)
+        event = ProgressEvent(step, config.steps, result.losses, result.active_clusters,
+                              float(trainer.optimizer.param_groups[0]["lr"]), elapsed, trainer.start)
+        yield event, checkpoint
+
+
+def selection_windows(sources: Sequence, count: int, size: int, seed: int) -> list[np.ndarray]:
+    """``count`` windows ``(h, w, bands)`` of at most ``size`` x ``size`` pixels at random
+    positions of random cubes (seeded), on which :func:`spectral_separation` scores a model."""
+    rng = np.random.default_rng([seed, 6])
+    windows = []
+    for _ in range(count):
+        source = sources[int(rng.integers(len(sources)))]
+        height, width = (min(size, extent) for extent in source.shape_hw)
+        row = int(rng.integers(source.shape_hw[0] - height + 1))
+        col = int(rng.integers(source.shape_hw[1] - width + 1))
+        windows.append(source.read_window(slice(row, row + height), slice(col, col + width)))
+    return windows
+
+
+def spectral_separation(model: DGCModel, windows: Sequence[np.ndarray]) -> float:
+    """Calinski–Harabasz index of the model's hard labels of the windows' pixels on their
+    normalised spectral inputs (what the spectral stage reads): how well the clusters separate
+    the spectra, the k-means criterion on the inputs. Higher is better."""
+    device = model.centroids.device
+    features, labels = [], []
+    model.eval()
+    with torch.no_grad():
+        for window in windows:
+            pixels = torch.from_numpy(np.ascontiguousarray(window)).to(device)
+            labels.append(model.predict(pixels.permute(2, 0, 1)[None]).reshape(-1).cpu().numpy())
+            features.append(model.spectral_input(pixels.reshape(-1, pixels.shape[-1])).cpu().numpy())
+    return calinski_harabasz(np.concatenate(features), np.concatenate(labels))

@@ -188,6 +188,86 @@ def test_centroid_fit_keeps_the_seeding_of_lowest_inertia(cubes, monkeypatch):
     torch.testing.assert_close(trainer.model.centroids, good)
 
 
+def _scripted_separation(monkeypatch, scores):
+    """Make the start selection see ``scores`` (one per start, in order)."""
+    import napari_dgc.training as training
+
+    queue = iter(scores * 4)
+    monkeypatch.setattr(training, "spectral_separation", lambda model, windows: next(queue))
+
+
+def test_restarts_continue_the_start_that_separates_the_spectra_best(cubes, tmp_path, monkeypatch):
+    _scripted_separation(monkeypatch, [1.0, 5.0, 2.0])
+    config = tiny_config(restarts=3, restart_steps=4, checkpoint_every=2)
+    events = list(train(cubes, config, tmp_path / "run"))
+    progress = [(e.start, e.step) for e in events if isinstance(e, ProgressEvent)]
+    selection = [(start, step) for start in range(3) for step in range(1, 5)]
+    assert progress == selection + [(1, 5), (1, 6)]
+    saved = [e.step for e in events if isinstance(e, CheckpointEvent)]
+    assert saved == [2, 4, 6]
+    run = RunDirectory.open(tmp_path / "run")
+    assert [run.load_checkpoint_state(c.checkpoint_id)[2]["start"] for c in run.checkpoints()] == [1, 1, 1]
+    # Start 1 is not the run's own start: its weights differ from a single-start run's.
+    list(train(cubes, tiny_config(steps=4, checkpoint_every=2), tmp_path / "single"))
+    single = RunDirectory.open(tmp_path / "single").load_model("step-000004").state_dict()
+    selected = run.load_model("step-000004").state_dict()
+    assert not torch.equal(single["centroids"], selected["centroids"])
+
+
+@pytest.mark.parametrize("stop_after", [(0, 3), (1, 5)])
+def test_restarted_run_resumes_exactly(cubes, tmp_path, monkeypatch, stop_after):
+    """Stopped during the selection (nothing written: it starts over) or after it."""
+    _scripted_separation(monkeypatch, [3.0, 1.0])
+    config = tiny_config(restarts=2, restart_steps=4)
+    list(train(cubes, config, tmp_path / "straight"))
+    interrupted = train(cubes, config, tmp_path / "stopped")
+    for event in interrupted:
+        if isinstance(event, ProgressEvent) and (event.start, event.step) == stop_after:
+            break
+    interrupted.close()
+    list(train(cubes, config, tmp_path / "stopped", resume=True))
+    straight, stopped = _weights(tmp_path / "straight"), _weights(tmp_path / "stopped")
+    for name in straight:
+        assert torch.equal(straight[name], stopped[name]), name
+
+
+def test_spectral_separation_prefers_labels_that_follow_the_materials(cubes, monkeypatch):
+    from napari_dgc.training import selection_windows, spectral_separation
+
+    trainer = _trainer(cubes)
+    trainer.model.set_normalization(np.zeros(10), np.ones(10), 1e-6)
+    windows = selection_windows([_source(c) for c in cubes], 3, 16, seed=0)
+    assert [w.shape for w in windows] == [(16, 16, 10)] * 3
+    materials = [torch.from_numpy((w[..., 0] < w[..., -1]).astype(np.int64))[None] for w in windows]
+    follows = iter(materials)
+    monkeypatch.setattr(trainer.model, "predict", lambda x: next(follows))
+    separated = spectral_separation(trainer.model, windows)
+    stripes = iter([torch.arange(16).repeat(16, 1)[None] % 2] * 3)
+    monkeypatch.setattr(trainer.model, "predict", lambda x: next(stripes))
+    assert separated > 10 * spectral_separation(trainer.model, windows)
+
+
+def test_selection_windows_are_seeded_and_clipped_to_small_cubes(cubes):
+    sources = [_source(c) for c in cubes]
+    first = selection_windows_of(sources, 10, seed=1)
+    assert all(np.array_equal(a, b) for a, b in zip(first, selection_windows_of(sources, 10, seed=1)))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, selection_windows_of(sources, 10, seed=2)))
+    assert all(w.shape == (10, 10, 10) for w in first)
+    assert all(w.shape == (24, 24, 10) for w in selection_windows_of(sources, 40, seed=1))
+
+
+def _source(cube):
+    from napari_dgc.sampling import CubeSource
+
+    return CubeSource(cube, "cube")
+
+
+def selection_windows_of(sources, size, seed):
+    from napari_dgc.training import selection_windows
+
+    return selection_windows(sources, 4, size, seed)
+
+
 def test_fidelity_term_is_reported_and_off_at_weight_zero(cubes):
     anchored = _trainer(cubes, weight_fidelity=0.5)
     assert anchored.step().losses["fidelity"] > 0
@@ -244,6 +324,9 @@ def test_config_round_trips_through_json():
         ({"fidelity_pixels": 1}, "fidelity_pixels"),
         ({"centroid_fit_step": -1}, "centroid_fit_step"),
         ({"centroid_fit_inits": 0}, "centroid_fit_inits"),
+        ({"restarts": 0}, "restarts"),
+        ({"restart_steps": 0}, "restart_steps"),
+        ({"selection_windows": 0}, "selection_windows"),
     ],
 )
 def test_bad_settings_raise_config_error(settings, message):
