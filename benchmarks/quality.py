@@ -163,8 +163,10 @@ def run_dgc(dataset: Dataset, k: int, seed: int, args, scratch: Path) -> dict:
         per_checkpoint.append((info.step, scores))
     best_step, best = max(per_checkpoint, key=lambda item: item[1][key])
     final_step, final = per_checkpoint[-1]
+    start = run.load_checkpoint_state(run.checkpoints()[-1].checkpoint_id)[2].get("start", 0)
+    separations = run.checkpoints()[0].stats.get("start_separations")
     return {"best": best, "best_step": best_step, "final": final, "final_step": final_step,
-            "train_seconds": train_seconds,
+            "train_seconds": train_seconds, "start": start, "separations": separations,
             "curve": [(step, s[key], s["active"]) for step, s in per_checkpoint]}
 
 
@@ -225,9 +227,12 @@ def main(argv: list[str] | None = None) -> int:
                         rows["DGC best"].append(dgc["best"])
                         rows["DGC final"].append(dgc["final"])
                         notes.append({key: dgc[key] for key in
-                                      ("best_step", "final_step", "train_seconds", "curve")})
+                                      ("best_step", "final_step", "train_seconds", "start",
+                                       "separations", "curve")})
                         print(f"# {dataset.name} K={k} seed={seed}: best step "
                               f"{dgc['best_step']}, trained {dgc['train_seconds']:.0f} s, "
+                              f"selected start {dgc['start']} (separations "
+                              f"{dgc['separations']}), "
                               f"curve (step, score, active) {dgc['curve']}", flush=True)
                 results[f"{dataset.name} K={k}"] = {"scores": rows, "dgc": notes}
 

@@ -104,7 +104,8 @@ class TrainConfig:
         ``restart_steps`` steps; the one whose hard labels separate the *spectra* best
         (:func:`spectral_separation`: Calinski–Harabasz index of the labels on the normalised
         spectral inputs of ``selection_windows`` fixed windows of the cubes) continues, and
-        only its checkpoints are written. 1: no selection.
+        only its checkpoints are written (their statistics list every start's index as
+        ``start_separations``). 1: no selection.
     restart_steps : int
         Steps each start trains before the selection (at most ``steps``).
     selection_windows : int
@@ -683,7 +684,7 @@ def train(
         until = min(config.restart_steps, config.steps)
         windows = selection_windows(sources, config.selection_windows,
                                     config.crop_size + 2 * trainer.model.receptive_radius, config.seed)
-        best = None
+        best, separations = None, []
         for start in range(config.restarts):
             if start:
                 trainer = _new_trainer(sources, config, device, start)
@@ -694,11 +695,12 @@ def train(
                 elapsed = event.elapsed_s
                 pending += [checkpoint] if checkpoint is not None else []
                 yield event
-            separation = spectral_separation(trainer.model, windows)
-            if best is None or separation > best[0]:
-                best = (separation, trainer, pending)
+            separations.append(spectral_separation(trainer.model, windows))
+            if best is None or separations[-1] > best[0]:
+                best = (separations[-1], trainer, pending)
         _, trainer, pending = best
         for checkpoint in pending:
+            checkpoint[4]["start_separations"] = separations  # a record of the selection
             info = run.save_checkpoint(*checkpoint)
             yield CheckpointEvent(checkpoint[0], info.checkpoint_id, run_path)
 

@@ -207,6 +207,7 @@ def test_restarts_continue_the_start_that_separates_the_spectra_best(cubes, tmp_
     assert saved == [2, 4, 6]
     run = RunDirectory.open(tmp_path / "run")
     assert [run.load_checkpoint_state(c.checkpoint_id)[2]["start"] for c in run.checkpoints()] == [1, 1, 1]
+    assert run.checkpoints()[0].stats["start_separations"] == [1.0, 5.0, 2.0]
     # Start 1 is not the run's own start: its weights differ from a single-start run's.
     list(train(cubes, tiny_config(steps=4, checkpoint_every=2), tmp_path / "single"))
     single = RunDirectory.open(tmp_path / "single").load_model("step-000004").state_dict()
