@@ -672,9 +672,21 @@ class DGCModel(nn.Module):
         return self.spatial(features, valid_mask)
 
     def assign(self, z: torch.Tensor) -> torch.Tensor:
-        """Soft assignment ``(B, D, H, W)`` -> probabilities ``(B, K, H, W)``."""
-        cosine = torch.einsum("bdhw,kd->bkhw", z, self.centroids)
-        return torch.softmax(cosine / self.config.temperature, dim=1)
+        """Soft assignment ``(B, D, H, W)`` -> probabilities ``(B, K, H, W)``.
+
+        Without gradients the result does not depend on the threads that compute it (a
+        segmentation must not depend on how its tiles were scheduled): the cosines are plain
+        per-centroid dot products (a BLAS product may round the last bit differently with the
+        thread count and the operands' alignment) and the softmax runs over a contiguous last
+        axis (over axis 1, PyTorch splits the pixels between vectorised and scalar ``exp``
+        depending on the threads).
+        """
+        if torch.is_grad_enabled():
+            cosine = torch.einsum("bdhw,kd->bkhw", z, self.centroids)
+            return torch.softmax(cosine / self.config.temperature, dim=1)
+        cosine = torch.stack([torch.linalg.vecdot(z, centroid[:, None, None], dim=1)
+                              for centroid in self.centroids], dim=-1)
+        return torch.softmax(cosine / self.config.temperature, dim=-1).permute(0, 3, 1, 2)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(embeddings, probabilities)`` for a raw tensor ``(B, bands, H, W)``."""
