@@ -54,6 +54,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -283,6 +284,18 @@ def bench_stages(bands: int, tile: int, threads: int, repeats: int) -> None:
               f"{seconds / tile**2 * 1e6:.2f} |")
 
 
+def _bench_cubes(args: argparse.Namespace) -> Iterator[tuple[int, int, Path]]:
+    """Write each ``--sizes`` cube to the scratch folder, yield ``(rows, cols, path)``, delete it."""
+    for size in args.sizes:
+        rows, cols = (int(n) for n in size.lower().split("x"))
+        path = Path(args.scratch) / f"napari-dgc-bench-{rows}x{cols}x{args.bands}.npy"
+        try:
+            make_cube(path, rows, cols, args.bands)
+            yield rows, cols, path
+        finally:
+            path.unlink(missing_ok=True)
+
+
 def bench_compare(args: argparse.Namespace) -> None:
     """Alternate I/O floor, this tree and ``args.compare`` for ``args.rounds`` rounds; medians."""
     trees = {"this tree": str(Path(__file__).resolve().parents[1]), "compared": args.compare}
@@ -291,37 +304,31 @@ def bench_compare(args: argparse.Namespace) -> None:
     print("| cube | tile | workers | tree | I/O floor s | segment s (CPU s) | ratio to floor | "
           "first call s | peak anonymous MiB |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for size in args.sizes:
-        rows, cols = (int(n) for n in size.lower().split("x"))
-        path = Path(args.scratch) / f"napari-dgc-bench-{rows}x{cols}x{args.bands}.npy"
-        try:
-            make_cube(path, rows, cols, args.bands)
-            for tile in args.tile:
-                for workers in args.workers:
-                    floors, runs = [], {name: [] for name in trees}
-                    for _ in range(args.rounds):
-                        floors.append(_run_child("read", str(path))["seconds"])
-                        for name, tree in trees.items():
-                            runs[name].append(_run_child(
-                                "segment", str(path), str(tile), str(args.threads), str(workers),
-                                tree=tree))
-                    floor = statistics.median(floors)
-                    for name, results in runs.items():
-                        seconds = [r["seconds"] for r in results]
-                        print(f"| {rows}x{cols}x{args.bands} | {tile} | {workers} | {name} | "
-                              f"{floor:.2f} [{min(floors):.2f}-{max(floors):.2f}] | "
-                              f"{statistics.median(seconds):.2f} [{min(seconds):.2f}-{max(seconds):.2f}] "
-                              f"({statistics.median(r['cpu_seconds'] for r in results):.2f}) | "
-                              f"{statistics.median(seconds) / floor:.1f} | "
-                              f"{statistics.median(r['first_call_seconds'] for r in results):.2f} | "
-                              f"{statistics.median(r['peak_anonymous_mib'] for r in results):.0f} |",
-                              flush=True)
-                    ratios = [a["seconds"] / b["seconds"] for a, b in zip(*runs.values())]
-                    print(f"|  |  |  | this / compared, per round | | "
-                          f"median {statistics.median(ratios):.2f} "
-                          f"[{min(ratios):.2f}-{max(ratios):.2f}] | | | |", flush=True)
-        finally:
-            path.unlink(missing_ok=True)
+    for rows, cols, path in _bench_cubes(args):
+        for tile in args.tile:
+            for workers in args.workers:
+                floors, runs = [], {name: [] for name in trees}
+                for _ in range(args.rounds):
+                    floors.append(_run_child("read", str(path))["seconds"])
+                    for name, tree in trees.items():
+                        runs[name].append(_run_child(
+                            "segment", str(path), str(tile), str(args.threads), str(workers),
+                            tree=tree))
+                floor = statistics.median(floors)
+                for name, results in runs.items():
+                    seconds = [r["seconds"] for r in results]
+                    print(f"| {rows}x{cols}x{args.bands} | {tile} | {workers} | {name} | "
+                          f"{floor:.2f} [{min(floors):.2f}-{max(floors):.2f}] | "
+                          f"{statistics.median(seconds):.2f} [{min(seconds):.2f}-{max(seconds):.2f}] "
+                          f"({statistics.median(r['cpu_seconds'] for r in results):.2f}) | "
+                          f"{statistics.median(seconds) / floor:.1f} | "
+                          f"{statistics.median(r['first_call_seconds'] for r in results):.2f} | "
+                          f"{statistics.median(r['peak_anonymous_mib'] for r in results):.0f} |",
+                          flush=True)
+                ratios = [a["seconds"] / b["seconds"] for a, b in zip(*runs.values())]
+                print(f"|  |  |  | this / compared, per round | | "
+                      f"median {statistics.median(ratios):.2f} "
+                      f"[{min(ratios):.2f}-{max(ratios):.2f}] | | | |", flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -366,32 +373,26 @@ def main(argv: list[str] | None = None) -> None:
     print("| cube | tile | workers | I/O floor s (CPU s) | segment s (CPU s) | ratio | "
           "peak RSS MiB: read / segment (before segmenting) | peak anonymous MiB |")
     print("|---|---|---|---|---|---|---|---|")
-    for size in args.sizes:
-        rows, cols = (int(n) for n in size.lower().split("x"))
-        path = Path(args.scratch) / f"napari-dgc-bench-{rows}x{cols}x{args.bands}.npy"
-        try:
-            make_cube(path, rows, cols, args.bands)
-            for tile in args.tile:
-                hashes = set()
-                for workers in args.workers:  # side by side, each next to a fresh I/O floor
-                    floor = _run_child("read", str(path))
-                    segment = _run_child("segment", str(path), str(tile), str(args.threads),
-                                         str(workers))
-                    hashes.add(segment["labels_sha256"])
-                    print(
-                        f"| {rows}x{cols}x{args.bands} | {tile} | {workers} | "
-                        f"{floor['seconds']:.2f} ({floor['cpu_seconds']:.2f}) | "
-                        f"{segment['seconds']:.2f} ({segment['cpu_seconds']:.2f}) | "
-                        f"{segment['seconds'] / floor['seconds']:.1f} | "
-                        f"{floor['peak_rss_mib']:.0f} / {segment['peak_rss_mib']:.0f} "
-                        f"(before: {segment['rss_before_mib']:.0f}) | "
-                        f"{segment['peak_anonymous_mib']:.0f} |",
-                        flush=True,
-                    )
-                if len(hashes) > 1:
-                    raise AssertionError(f"{size}, tile {tile}: labels differ between workers")
-        finally:
-            path.unlink(missing_ok=True)
+    for rows, cols, path in _bench_cubes(args):
+        for tile in args.tile:
+            hashes = set()
+            for workers in args.workers:  # side by side, each next to a fresh I/O floor
+                floor = _run_child("read", str(path))
+                segment = _run_child("segment", str(path), str(tile), str(args.threads),
+                                     str(workers))
+                hashes.add(segment["labels_sha256"])
+                print(
+                    f"| {rows}x{cols}x{args.bands} | {tile} | {workers} | "
+                    f"{floor['seconds']:.2f} ({floor['cpu_seconds']:.2f}) | "
+                    f"{segment['seconds']:.2f} ({segment['cpu_seconds']:.2f}) | "
+                    f"{segment['seconds'] / floor['seconds']:.1f} | "
+                    f"{floor['peak_rss_mib']:.0f} / {segment['peak_rss_mib']:.0f} "
+                    f"(before: {segment['rss_before_mib']:.0f}) | "
+                    f"{segment['peak_anonymous_mib']:.0f} |",
+                    flush=True,
+                )
+            if len(hashes) > 1:
+                raise AssertionError(f"{size}, tile {tile}: labels differ between workers")
 
 
 if __name__ == "__main__":
