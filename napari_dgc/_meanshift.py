@@ -395,7 +395,8 @@ def mean_shift(
     -----
     When no gradient is needed (``torch.no_grad``, inference mode, or neither input requires
     one) a forward-only path computes the same embeddings up to float rounding: a compiled
-    kernel on the CPU (~4x faster than the training path's forward), PyTorch elsewhere (~2x).
+    kernel on the CPU (~2x faster again than the PyTorch one, docs/benchmarks.md), PyTorch's
+    operations elsewhere (~2x faster than the training path's forward).
     """
     needs_grad = torch.is_grad_enabled() and (z.requires_grad or bandwidth.requires_grad)
     if normalize and (iterations == 0 or not needs_grad):
