@@ -100,6 +100,9 @@ def main() -> None:
         base["model"]["n_clusters"] = args.clusters
         base.update({"steps": args.steps, "crop_size": args.crop, "seed": seed, "device": "cpu"})
         config = TrainConfig.from_dict(apply_overrides(base, args.set))
+        if config.restarts > 1:
+            raise SystemExit("restarts: the start selection is part of training.train(); this "
+                             "script drives one Trainer (use benchmarks/quality.py --set restarts=N)")
         sources = [CubeSource(cube, f"cube {i}") for i, cube in enumerate(cubes)]
         stream = PairStream(sources, config.crop_size, (config.overlap_min, config.overlap_max),
                             config.pairs_per_cube, seed, config.augment, config.max_spectral_shift)
