@@ -7,10 +7,13 @@ Layout::
     RUN/checkpoints/step-000100/optimizer.safetensors  optimizer tensors (flattened)
     RUN/checkpoints/step-000100/state.json        step, stats, optimizer structure, training state
     RUN/checkpoints/step-000100/training.safetensors   tensors of the training state (if any)
+    RUN/checkpoints/start1-step-000100/...        the same for start 1 of a run with several starts
 
 ``run.json`` holds the training configuration, band count, wavelengths, dataset files with
-their sizes, seed, package versions, creation time, the chosen checkpoint and the list of
-checkpoints with the SHA-256 of each of their files. A checkpoint is added to that list only
+their sizes, seed, package versions, creation time, the chosen checkpoint, the selected start
+(runs with several starts, ``TrainConfig.restarts``) and the list of checkpoints in training
+order with the SHA-256 of each of their files. A checkpoint is added to that list only
+
 after all its files are on disk, and ``run.json`` is replaced atomically, so a process killed at
 any moment (or a full disk) leaves every listed checkpoint loadable, and a reader (the GUI
 timeline) sees either the old or the new list, never a partial file. Read-modify-write updates
@@ -57,7 +60,7 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 TRAINING_TENSOR_FILE = "training.safetensors"
 STATE_FILE = "state.json"
-_CHECKPOINT_ID = re.compile(r"^step-\d{6,}$")
+_CHECKPOINT_ID = re.compile(r"^(start\d+-)?step-\d{6,}$")
 
 
 @dataclass(frozen=True)
@@ -72,16 +75,42 @@ class CheckpointInfo:
         Optimiser steps done when it was written.
     stats : dict
         JSON statistics from training (losses, active clusters, usage entropy, ...).
+    start : int
+        The start it belongs to (``TrainConfig.restarts``; 0 for single-start runs).
+    run_step : int
+        Steps the run had trained when it was written, all starts together: the position on
+        the run's timeline (equal to ``step`` in single-start runs).
     """
 
     checkpoint_id: str
     step: int
     stats: dict
+    start: int = 0
+    run_step: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.run_step is None:
+            object.__setattr__(self, "run_step", self.step)
 
 
-def checkpoint_id_for(step: int) -> str:
-    """Return the checkpoint id of ``step`` (``step-000100`` style)."""
-    return f"step-{int(step):06d}"
+def checkpoint_id_for(step: int, start: int = 0) -> str:
+    """Return the checkpoint id of ``step`` of start ``start`` (``step-000100``,
+    ``start1-step-000100``)."""
+    prefix = f"start{int(start)}-" if start else ""
+    return f"{prefix}step-{int(step):06d}"
+
+
+def _info(entry: dict) -> CheckpointInfo:
+    return CheckpointInfo(entry["id"], entry["step"], entry["stats"], entry.get("start", 0),
+                          entry.get("run_step", entry["step"]))
+
+
+def _latest_entry(manifest: dict) -> dict | None:
+    """The last checkpoint of the selected start, or of the run while no start is selected."""
+    selected = manifest.get("selected_start")
+    entries = [entry for entry in manifest["checkpoints"]
+               if selected is None or entry.get("start", 0) == selected]
+    return entries[-1] if entries else None
 
 
 def _to_json(value: Any) -> Any:
@@ -310,17 +339,30 @@ class RunDirectory:
         """Path of ``run.json``."""
         return self.path / MANIFEST_NAME
 
-    def checkpoints(self) -> list[CheckpointInfo]:
-        """Listed checkpoints by step (re-reads ``run.json``, so a live run is seen growing)."""
+    def checkpoints(self, start: int | None = None) -> list[CheckpointInfo]:
+        """Listed checkpoints in training order (re-reads ``run.json``, so a live run is seen
+        growing); only those of start ``start`` if given."""
         return [
-            CheckpointInfo(entry["id"], entry["step"], entry["stats"])
-            for entry in _read_manifest(self.manifest_path)["checkpoints"]
+            _info(entry) for entry in _read_manifest(self.manifest_path)["checkpoints"]
+            if start is None or entry.get("start", 0) == start
         ]
 
     def latest_checkpoint(self) -> CheckpointInfo | None:
-        """The checkpoint with the highest step, or ``None`` before the first one."""
-        listed = self.checkpoints()
-        return listed[-1] if listed else None
+        """The selected start's last checkpoint (:attr:`selected_start`), or while no start is
+        selected the last one written; ``None`` before the first one."""
+        entry = _latest_entry(_read_manifest(self.manifest_path))
+        return None if entry is None else _info(entry)
+
+    @property
+    def selected_start(self) -> int | None:
+        """The start that continued after the selection (:meth:`record_selection`), or
+        ``None`` (a single-start run, or a run still training its starts)."""
+        return _read_manifest(self.manifest_path).get("selected_start")
+
+    @property
+    def start_separations(self) -> list[float] | None:
+        """Each start's score at the selection (:meth:`record_selection`), or ``None``."""
+        return _read_manifest(self.manifest_path).get("start_separations")
 
     @property
     def chosen_checkpoint(self) -> str | None:
@@ -368,13 +410,17 @@ class RunDirectory:
         optimizer_state: dict,
         training_state: dict,
         stats: dict,
+        *,
+        start: int = 0,
+        run_step: int | None = None,
     ) -> CheckpointInfo:
         """Write a checkpoint, then list it in ``run.json``.
 
         Parameters
         ----------
         step : int
-            Optimiser steps done; gives the id ``step-%06d``.
+            Optimiser steps done by the model; with ``start`` gives the id
+            (:func:`checkpoint_id_for`).
         model_state : dict of str to Tensor
             ``model.state_dict()``.
         optimizer_state : dict
@@ -385,6 +431,10 @@ class RunDirectory:
             tensors anywhere inside it (e.g. under ``"tensors"``) are stored in safetensors.
         stats : dict
             JSON statistics shown in the timeline (losses, active clusters, usage entropy ...).
+        start : int
+            The start the model belongs to (``TrainConfig.restarts``).
+        run_step : int, optional
+            Steps the run has trained, all starts together (default ``step``); orders the list.
 
         Returns
         -------
@@ -396,7 +446,8 @@ class RunDirectory:
             If the id is already listed, or a file cannot be written (e.g. the disk is full);
             in that case the run folder still lists only complete checkpoints.
         """
-        checkpoint_id = checkpoint_id_for(step)
+        checkpoint_id = checkpoint_id_for(step, start)
+        run_step = int(step if run_step is None else run_step)
         if any(info.checkpoint_id == checkpoint_id for info in self.checkpoints()):
             raise CheckpointError(
                 f"{self.manifest_path}: checkpoint {checkpoint_id} already exists"
@@ -428,11 +479,12 @@ class RunDirectory:
             names = [*files, STATE_FILE]
             digests = {name: atomic.file_sha256(folder / name) for name in names}
             entry = {"id": checkpoint_id, "step": int(step), "stats": state["stats"],
-                     "files": digests}
+                     "files": digests, "start": int(start), "run_step": run_step}
             with self._locked():
                 manifest = _read_manifest(self.manifest_path)
                 manifest["checkpoints"] = sorted(
-                    [*manifest["checkpoints"], entry], key=lambda item: item["step"]
+                    [*manifest["checkpoints"], entry],
+                    key=lambda item: item.get("run_step", item["step"]),
                 )
                 atomic.atomic_write_json(self.manifest_path, manifest)
         except OSError as error:
@@ -441,7 +493,24 @@ class RunDirectory:
             raise CheckpointError(
                 f"{folder}: could not write checkpoint {checkpoint_id}: {error.strerror or error}"
             ) from error
-        return CheckpointInfo(checkpoint_id, int(step), entry["stats"])
+        return _info(entry)
+
+    def record_selection(self, start: int, separations: Sequence[float]) -> None:
+        """Record in ``run.json`` (atomically) that start ``start`` continues after the
+        selection, and every start's score; from then on :meth:`latest_checkpoint` follows it.
+
+        Raises
+        ------
+        CheckpointError
+            If ``start`` has no checkpoint.
+        """
+        with self._locked():
+            manifest = _read_manifest(self.manifest_path)
+            if not any(entry.get("start", 0) == start for entry in manifest["checkpoints"]):
+                raise CheckpointError(f"{self.manifest_path}: start {start} has no checkpoint")
+            manifest["selected_start"] = int(start)
+            manifest["start_separations"] = [float(value) for value in separations]
+            atomic.atomic_write_json(self.manifest_path, manifest)
 
     def choose(self, checkpoint_id: str) -> None:
         """Record ``checkpoint_id`` as the chosen checkpoint in ``run.json`` (atomically).
@@ -484,9 +553,10 @@ class RunDirectory:
         if checkpoint_id is None:
             checkpoint_id = manifest["chosen_checkpoint"]
         if checkpoint_id is None:
-            if not manifest["checkpoints"]:
+            latest = _latest_entry(manifest)
+            if latest is None:
                 raise CheckpointError(f"{self.manifest_path}: the run has no checkpoints yet")
-            return manifest["checkpoints"][-1]
+            return latest
         return self._entry(manifest, checkpoint_id)
 
     def load_checkpoint_state(self, checkpoint_id: str) -> tuple[dict, dict, dict]:
@@ -605,6 +675,13 @@ def _read_manifest(file: Path) -> dict:
     for key, check in checks.items():
         if key not in manifest or not check(manifest[key]):
             raise CheckpointError(f"{file}: field {key!r} is missing or invalid")
+    optional = {  # absent in runs of a single start and runs written before several starts
+        "selected_start": lambda v: v is None or isinstance(v, int),
+        "start_separations": lambda v: v is None or isinstance(v, list),
+    }
+    for key, check in optional.items():
+        if not check(manifest.get(key)):
+            raise CheckpointError(f"{file}: field {key!r} is invalid")
     return manifest
 
 
@@ -616,6 +693,8 @@ def _valid_entry(entry: Any) -> bool:
         and isinstance(entry.get("step"), int)
         and isinstance(entry.get("stats"), dict)
         and isinstance(entry.get("files"), dict)
+        and isinstance(entry.get("start", 0), int)
+        and isinstance(entry.get("run_step", 0), int)
     )
 
 

@@ -247,6 +247,16 @@ def gather_pair(
     )
 
 
+def check_crop_fits(sources: Sequence[CubeSource], crop_size: int) -> None:
+    """Raise :class:`CubeFormatError` naming the first cube smaller than the crop."""
+    for source in sources:
+        if min(source.shape_hw) < crop_size:
+            raise CubeFormatError(
+                f"{source.name} is {source.shape_hw[0]} x {source.shape_hw[1]} pixels, "
+                f"smaller than the {crop_size} x {crop_size} crop; use a smaller crop size"
+            )
+
+
 class PairStream:
     """Endless, reproducible stream of :class:`CropPair` over a dataset of cubes.
 
@@ -279,12 +289,7 @@ class PairStream:
         augment: bool = True,
         max_spectral_shift: int = 2,
     ) -> None:
-        for source in sources:
-            if min(source.shape_hw) < crop_size:
-                raise CubeFormatError(
-                    f"{source.name} is {source.shape_hw[0]} x {source.shape_hw[1]} pixels, "
-                    f"smaller than the {crop_size} x {crop_size} crop; use a smaller crop size"
-                )
+        check_crop_fits(sources, crop_size)
         self.sources = sources
         self.crop_size = crop_size
         self.overlap_range = overlap_range

@@ -24,7 +24,6 @@ One step (see docs/training.md):
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -37,11 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from napari_dgc import losses
-from napari_dgc.errors import ConfigError
+from napari_dgc.errors import CheckpointError, ConfigError
 from napari_dgc.metrics import calinski_harabasz, usage_entropy
 from napari_dgc.model import DGCModel, ModelConfig, reject_unknown_settings
 from napari_dgc.normalization import compute_band_statistics
-from napari_dgc.sampling import CropPair, PairStream, open_sources
+from napari_dgc.sampling import CropPair, PairStream, check_crop_fits, open_sources
 
 SCHEDULES = ("constant", "linear", "cosine")
 LOSS_TERMS = ("total", "compact", "orth", "balance", "uniform", "consistency", "fidelity")
@@ -103,11 +102,13 @@ class TrainConfig:
         others draw other initial weights and centroids (same crop pairs). Each trains
         ``restart_steps`` steps; the one whose hard labels separate the *spectra* best
         (:func:`spectral_separation`: Calinski–Harabasz index of the labels on the normalised
-        spectral inputs of ``selection_windows`` fixed windows of the cubes) continues, and
-        only its checkpoints are written (their statistics list every start's index as
-        ``start_separations``). 1: no selection.
+        spectral inputs of ``selection_windows`` fixed windows of the cubes) continues. Every
+        start writes its checkpoints as it trains (ids ``start1-step-000100`` ... for starts
+        after the first), always one at ``restart_steps`` that records its score as
+        ``separation``; ``run.json`` records the selected start. 1: no selection.
     restart_steps : int
-        Steps each start trains before the selection (at most ``steps``).
+        Steps each start trains before the selection (at most ``steps``; fixed when the run
+        is created).
     selection_windows : int
         Windows of ``crop_size`` pixels (plus the model's receptive radius), drawn once from
         the cubes with the run's seed, whose pixels score the starts.
@@ -262,7 +263,9 @@ class ProgressEvent:
     ``consistency`` and their sum ``total``; ``elapsed_s`` counts training time only (not the
     time the consumer paused), including earlier sessions of a resumed run and all starts.
     ``start`` is the start the step belongs to (``TrainConfig.restarts``): with several starts,
-    steps ``1 .. restart_steps`` come once per start, then the selected start continues.
+    steps ``1 .. restart_steps`` come once per start, then the selected start continues to
+    ``total_steps``. ``run_step`` of ``run_total_steps`` counts the steps of all starts
+    together (what a progress bar shows); both equal ``step`` / ``total_steps`` with one start.
     """
 
     step: int
@@ -272,15 +275,26 @@ class ProgressEvent:
     learning_rate: float
     elapsed_s: float
     start: int = 0
+    run_step: int | None = None
+    run_total_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.run_step is None:
+            object.__setattr__(self, "run_step", self.step)
+        if self.run_total_steps is None:
+            object.__setattr__(self, "run_total_steps", self.total_steps)
 
 
 @dataclass(frozen=True)
 class CheckpointEvent:
-    """A checkpoint was fully written and listed in ``run.json``."""
+    """A checkpoint was fully written and listed in ``run.json`` (``start`` and ``run_step`` as
+    in :class:`ProgressEvent`)."""
 
     step: int
     checkpoint_id: str
     run_dir: Path
+    start: int = 0
+    run_step: int | None = None
 
 
 @dataclass(frozen=True)
@@ -656,60 +670,118 @@ def train(
     if resume:
         run = RunDirectory.open(run_dir)
         run.ensure_compatible(config, n_bands)
-        config = replace(run.config, steps=config.steps, checkpoint_every=config.checkpoint_every,
+        created = run.config
+        config = replace(created, steps=config.steps, checkpoint_every=config.checkpoint_every,
                          device=config.device)
+    else:
+        created = config
+    check_crop_fits(sources, config.crop_size)
+    # Where the selection happens is fixed when the run is created: extending ``steps`` on
+    # resume must not move it.
+    plan = StartPlan(config.restarts, min(created.restart_steps, created.steps), config.steps)
     device = resolve_device(config.device)
-    latest = run.latest_checkpoint() if resume else None
-    trainer = _new_trainer(sources, config, device, start=0)
-    elapsed = 0.0
-    if latest is not None:
-        model_state, optimizer_state, training_state = run.load_checkpoint_state(latest.checkpoint_id)
-        trainer.model.load_state_dict(model_state)
-        trainer.optimizer.load_state_dict(optimizer_state)
-        trainer.load_training_state(training_state)
-        elapsed = float(training_state.get("elapsed_s", 0.0))
+    written = run.checkpoints() if resume else []
+    if written:
+        # The dataset statistics are in every checkpoint (fresh starts of a resumed run need
+        # them); training time counts all starts, so it comes from the last one written.
+        weights, _, state = run.load_checkpoint_state(written[-1].checkpoint_id)
+        normalization = (weights["band_offset"], weights["band_scale"],
+                         float(weights["brightness_floor"]))
+        elapsed = float(state.get("elapsed_s", 0.0))
     else:
         statistics = compute_band_statistics(sources, config.model.brightness_norm,
                                              config.normalization_pixels)
-        trainer.model.set_normalization(statistics.offset, statistics.scale,
-                                        statistics.brightness_floor)
-        if not resume:
-            names, wavelengths = _describe_sources(cubes)
-            run = RunDirectory.create(run_dir, config, n_bands, wavelengths, names, config.seed)
+        normalization = (statistics.offset, statistics.scale, statistics.brightness_floor)
+        elapsed = 0.0
+    if not resume:
+        names, wavelengths = _describe_sources(cubes)
+        run = RunDirectory.create(run_dir, config, n_bands, wavelengths, names, config.seed)
     run_path = Path(run.path)
+    latest = run.latest_checkpoint()
 
-    if latest is None and config.restarts > 1:
-        # Every start trains to the selection step; only the selected one's checkpoints are
-        # written (a run stopped before then has none and starts over, identically, on resume).
-        until = min(config.restart_steps, config.steps)
+    def trainer_for(start: int, checkpoint_id: str | None) -> Trainer:
+        """Start ``start``'s trainer: fresh, or restored from one of its checkpoints."""
+        trainer = _new_trainer(sources, config, device, start)
+        if checkpoint_id is None:
+            trainer.model.set_normalization(*normalization)
+        else:
+            model_state, optimizer_state, training_state = run.load_checkpoint_state(checkpoint_id)
+            trainer.model.load_state_dict(model_state)
+            trainer.optimizer.load_state_dict(optimizer_state)
+            trainer.load_training_state(training_state)
+        return trainer
+
+    def train_to(trainer: Trainer, until: int, windows: list[np.ndarray] | None = None):
+        """Step ``trainer`` to ``until``, writing its checkpoints; with selection ``windows``,
+        also one at ``until`` with the start's score. Yields the events."""
+        nonlocal elapsed
+        offset = plan.run_step_offset(trainer.start, until)
+        steps = _train_steps(trainer, until, elapsed, plan.total_run_steps, offset,
+                             checkpoint_at=until if windows is not None else None)
+        for event, checkpoint in steps:
+            elapsed = event.elapsed_s
+            info = None
+            if checkpoint is not None:
+                if windows is not None and checkpoint[0] == until:
+                    checkpoint[4]["separation"] = spectral_separation(trainer.model, windows)
+                info = run.save_checkpoint(*checkpoint, start=trainer.start,
+                                           run_step=offset + checkpoint[0])
+            yield event
+            if info is not None:
+                yield CheckpointEvent(info.step, info.checkpoint_id, run_path, info.start,
+                                      info.run_step)
+
+    if plan.restarts > 1 and run.selected_start is None:
+        # Each start trains to the selection step in turn, its checkpoints written as it goes
+        # (a person sees each start ignite or not); then the best-separated one continues.
+        radius = DGCModel(n_bands, config.model).receptive_radius
         windows = selection_windows(sources, config.selection_windows,
-                                    config.crop_size + 2 * trainer.model.receptive_radius, config.seed)
-        best, separations = None, []
-        for start in range(config.restarts):
-            if start:
-                trainer = _new_trainer(sources, config, device, start)
-                trainer.model.set_normalization(statistics.offset, statistics.scale,
-                                                statistics.brightness_floor)
-            pending = []
-            for event, checkpoint in _train_steps(trainer, until, elapsed):
-                elapsed = event.elapsed_s
-                pending += [checkpoint] if checkpoint is not None else []
-                yield event
-            separations.append(spectral_separation(trainer.model, windows))
-            if best is None or separations[-1] > best[0]:
-                best = (separations[-1], trainer, pending)
-        _, trainer, pending = best
-        for checkpoint in pending:
-            checkpoint[4]["start_separations"] = separations  # a record of the selection
-            info = run.save_checkpoint(*checkpoint)
-            yield CheckpointEvent(checkpoint[0], info.checkpoint_id, run_path)
-
-    for event, checkpoint in _train_steps(trainer, config.steps, elapsed):
-        info = run.save_checkpoint(*checkpoint) if checkpoint is not None else None
-        yield event
-        if info is not None:
-            yield CheckpointEvent(event.step, info.checkpoint_id, run_path)
+                                    config.crop_size + 2 * radius, config.seed)
+        first = 0 if latest is None else latest.start + int(latest.step >= plan.selection_step)
+        for start in range(first, plan.restarts):
+            resumed = latest is not None and latest.start == start
+            trainer = trainer_for(start, latest.checkpoint_id if resumed else None)
+            yield from train_to(trainer, plan.selection_step, windows)
+        separations = [_start_separation(run, start, plan.selection_step)
+                       for start in range(plan.restarts)]
+        run.record_selection(int(np.argmax(separations)), separations)
+        latest = run.latest_checkpoint()
+    trainer = trainer_for(0, None) if latest is None else trainer_for(latest.start, latest.checkpoint_id)
+    yield from train_to(trainer, config.steps)
     yield FinishedEvent(trainer.step_count, run_path)
+
+
+@dataclass(frozen=True)
+class StartPlan:
+    """Where the steps of a run's starts lie on its timeline (``TrainConfig.restarts``).
+
+    Starts ``0 .. restarts - 1`` each train ``selection_step`` steps in turn, then the selected
+    one continues to ``steps``.
+    """
+
+    restarts: int
+    selection_step: int
+    steps: int
+
+    @property
+    def total_run_steps(self) -> int:
+        """Steps of all starts together."""
+        return self.steps + (self.restarts - 1) * self.selection_step
+
+    def run_step_offset(self, start: int, until: int) -> int:
+        """Run steps before step 1 of ``start`` while it trains to ``until``: the earlier
+        starts' steps during the selection, all but the winner's after it."""
+        if self.restarts > 1 and until <= self.selection_step:
+            return start * self.selection_step
+        return (self.restarts - 1) * self.selection_step
+
+
+def _start_separation(run, start: int, selection_step: int) -> float:
+    """The score start ``start`` recorded in its checkpoint at the selection step."""
+    for info in run.checkpoints(start):
+        if info.step == selection_step and "separation" in info.stats:
+            return float(info.stats["separation"])
+    raise CheckpointError(f"{run.manifest_path}: start {start} has no selection score")
 
 
 def _new_trainer(sources: list, config: TrainConfig, device: torch.device, start: int) -> Trainer:
@@ -725,11 +797,14 @@ def _new_trainer(sources: list, config: TrainConfig, device: torch.device, start
     return Trainer(model, stream, config, device, start)
 
 
-def _train_steps(trainer: Trainer, until: int, elapsed: float) -> Iterator[tuple[ProgressEvent, tuple | None]]:
+def _train_steps(trainer: Trainer, until: int, elapsed: float, run_total_steps: int,
+                 run_step_offset: int, checkpoint_at: int | None = None,
+                 ) -> Iterator[tuple[ProgressEvent, tuple | None]]:
     """Step ``trainer`` up to step ``until``, yielding ``(event, checkpoint)`` per step.
 
-    ``checkpoint`` is ``None`` or, at checkpoint steps, the arguments of
-    ``RunDirectory.save_checkpoint`` (copies, so they can be written later).
+    ``checkpoint`` is ``None`` or, every ``checkpoint_every`` steps, at the last step and at
+    ``checkpoint_at``, the arguments of ``RunDirectory.save_checkpoint`` (the live tensors:
+    write them before the next step).
     """
     config, model = trainer.config, trainer.model
     window: list[StepResult] = []
@@ -740,16 +815,16 @@ def _train_steps(trainer: Trainer, until: int, elapsed: float) -> Iterator[tuple
         window.append(result)
         step = trainer.step_count
         checkpoint = None
-        if step % config.checkpoint_every == 0 or step == config.steps:
+        if step % config.checkpoint_every == 0 or step in (config.steps, checkpoint_at):
             state = trainer.training_state()
             state["elapsed_s"] = elapsed
             stats = _window_stats(window)
             stats["bandwidth"] = float(model.bandwidth.detach())
-            weights = {name: value.detach().clone() for name, value in model.state_dict().items()}
-            checkpoint = (step, weights, copy.deepcopy(trainer.optimizer.state_dict()), state, stats)
+            checkpoint = (step, model.state_dict(), trainer.optimizer.state_dict(), state, stats)
             window = []
         event = ProgressEvent(step, config.steps, result.losses, result.active_clusters,
-                              float(trainer.optimizer.param_groups[0]["lr"]), elapsed, trainer.start)
+                              float(trainer.optimizer.param_groups[0]["lr"]), elapsed,
+                              trainer.start, run_step_offset + step, run_total_steps)
         yield event, checkpoint
 
 

@@ -198,38 +198,85 @@ def _scripted_separation(monkeypatch, scores):
 
 def test_restarts_continue_the_start_that_separates_the_spectra_best(cubes, tmp_path, monkeypatch):
     _scripted_separation(monkeypatch, [1.0, 5.0, 2.0])
-    config = tiny_config(restarts=3, restart_steps=4, checkpoint_every=2)
+    config = tiny_config(restarts=3, restart_steps=4, checkpoint_every=3)
     events = list(train(cubes, config, tmp_path / "run"))
-    progress = [(e.start, e.step) for e in events if isinstance(e, ProgressEvent)]
+    progress = [(e.start, e.step, e.run_step, e.run_total_steps) for e in events
+                if isinstance(e, ProgressEvent)]
     selection = [(start, step) for start in range(3) for step in range(1, 5)]
-    assert progress == selection + [(1, 5), (1, 6)]
-    saved = [e.step for e in events if isinstance(e, CheckpointEvent)]
-    assert saved == [2, 4, 6]
+    assert [p[:2] for p in progress] == selection + [(1, 5), (1, 6)]
+    assert [p[2] for p in progress] == list(range(1, 15))
+    assert {p[3] for p in progress} == {14}
+    # Every start writes as it trains, and always at the selection step (4 is not a multiple
+    # of 3); then the selected start goes on.
+    saved = [(e.start, e.step, e.run_step, e.checkpoint_id) for e in events
+             if isinstance(e, CheckpointEvent)]
+    assert saved == [(0, 3, 3, "step-000003"), (0, 4, 4, "step-000004"),
+                     (1, 3, 7, "start1-step-000003"), (1, 4, 8, "start1-step-000004"),
+                     (2, 3, 11, "start2-step-000003"), (2, 4, 12, "start2-step-000004"),
+                     (1, 6, 14, "start1-step-000006")]
     run = RunDirectory.open(tmp_path / "run")
-    assert [run.load_checkpoint_state(c.checkpoint_id)[2]["start"] for c in run.checkpoints()] == [1, 1, 1]
-    assert run.checkpoints()[0].stats["start_separations"] == [1.0, 5.0, 2.0]
-    # Start 1 is not the run's own start: its weights differ from a single-start run's.
+    assert [c.checkpoint_id for c in run.checkpoints()] == [s[3] for s in saved]
+    assert [run.load_checkpoint_state(c.checkpoint_id)[2]["start"] for c in run.checkpoints()] \
+        == [s[0] for s in saved]
+    assert [c.stats.get("separation") for c in run.checkpoints() if c.step == 4] == [1.0, 5.0, 2.0]
+    assert (run.selected_start, run.start_separations) == (1, [1.0, 5.0, 2.0])
+    assert run.latest_checkpoint().checkpoint_id == "start1-step-000006"
+    assert [c.step for c in run.checkpoints(start=1)] == [3, 4, 6]
+    # Start 0 is the single-start run of the seed; start 1 is not.
     list(train(cubes, tiny_config(steps=4, checkpoint_every=2), tmp_path / "single"))
     single = RunDirectory.open(tmp_path / "single").load_model("step-000004").state_dict()
-    selected = run.load_model("step-000004").state_dict()
-    assert not torch.equal(single["centroids"], selected["centroids"])
+    for name, tensor in run.load_model("step-000004").state_dict().items():
+        assert torch.equal(single[name], tensor), name
+    assert not torch.equal(single["centroids"], run.load_model("start1-step-000004").centroids)
+    # The default model of the run is the selected start's latest.
+    assert torch.equal(run.load_model().centroids, run.load_model("start1-step-000006").centroids)
 
 
-@pytest.mark.parametrize("stop_after", [(0, 3), (1, 5)])
-def test_restarted_run_resumes_exactly(cubes, tmp_path, monkeypatch, stop_after):
-    """Stopped during the selection (nothing written: it starts over) or after it."""
+def _stop_at(events, condition) -> None:
+    for event in events:
+        if condition(event):
+            break
+    else:
+        raise AssertionError("the run never reached the stopping point")
+    events.close()
+
+
+@pytest.mark.parametrize(
+    "stop",
+    [
+        pytest.param(lambda e: isinstance(e, ProgressEvent) and (e.start, e.step) == (0, 3), id="start0"),
+        pytest.param(lambda e: isinstance(e, ProgressEvent) and (e.start, e.step) == (1, 3), id="start1"),
+        pytest.param(lambda e: isinstance(e, CheckpointEvent) and (e.start, e.step) == (1, 4),
+                     id="before-selection"),
+        pytest.param(lambda e: isinstance(e, ProgressEvent) and (e.start, e.step) == (0, 5),
+                     id="after-selection"),
+    ],
+)
+def test_restarted_run_resumes_exactly(cubes, tmp_path, monkeypatch, stop):
+    """Stopped during a start, between the last start and the selection, or after it."""
     _scripted_separation(monkeypatch, [3.0, 1.0])
     config = tiny_config(restarts=2, restart_steps=4)
     list(train(cubes, config, tmp_path / "straight"))
-    interrupted = train(cubes, config, tmp_path / "stopped")
-    for event in interrupted:
-        if isinstance(event, ProgressEvent) and (event.start, event.step) == stop_after:
-            break
-    interrupted.close()
-    list(train(cubes, config, tmp_path / "stopped", resume=True))
+    _stop_at(train(cubes, config, tmp_path / "stopped"), stop)
+    resumed = list(train(cubes, config, tmp_path / "stopped", resume=True))
+    straight_run, stopped_run = (RunDirectory.open(tmp_path / name) for name in ("straight", "stopped"))
+    assert [c.checkpoint_id for c in stopped_run.checkpoints()] == \
+        [c.checkpoint_id for c in straight_run.checkpoints()]
+    assert stopped_run.selected_start == straight_run.selected_start == 0
+    assert resumed[-1].step == 6
     straight, stopped = _weights(tmp_path / "straight"), _weights(tmp_path / "stopped")
     for name in straight:
         assert torch.equal(straight[name], stopped[name]), name
+
+
+def test_extending_a_restarted_run_keeps_its_selection_step(cubes, tmp_path, monkeypatch):
+    _scripted_separation(monkeypatch, [1.0, 3.0])
+    run_dir = tmp_path / "run"
+    list(train(cubes, tiny_config(restarts=2, restart_steps=8, steps=4), run_dir))
+    assert RunDirectory.open(run_dir).selected_start == 1
+    events = list(train(cubes, tiny_config(restarts=2, restart_steps=8, steps=8), run_dir, resume=True))
+    progress = [(e.start, e.step, e.run_step) for e in events if isinstance(e, ProgressEvent)]
+    assert progress == [(1, step, step + 4) for step in range(5, 9)]
 
 
 def test_spectral_separation_prefers_labels_that_follow_the_materials(cubes, monkeypatch):
