@@ -179,8 +179,9 @@ class CheckpointReview:
         return self.run.path
 
     def checkpoints(self) -> list[CheckpointInfo]:
-        """Checkpoints of the run in step order, re-read from disk (a live run grows)."""
-        return sorted(self.run.checkpoints(), key=lambda info: info.step)
+        """Checkpoints of the run in training order (all starts in turn), re-read from disk
+        (a live run grows)."""
+        return self.run.checkpoints()
 
     def cached_labels(self, checkpoint_id: str) -> dict[str, np.ndarray] | None:
         """Label maps of a checkpoint by cube key if cached, else ``None`` (never computes)."""
@@ -282,8 +283,11 @@ class CheckpointReview:
         labels = self.labels(checkpoint_id, workers=workers)
         current = self._pooled(labels)
         nmi = None
-        if index > 0:
-            previous = self._pooled(self.labels(infos[index - 1].checkpoint_id, workers=workers))
+        # The previous checkpoint of the same start: the selected start continues after the
+        # other starts' checkpoints, which are not its past.
+        same_start = [info for info in infos[:index] if info.start == infos[index].start]
+        if same_start:
+            previous = self._pooled(self.labels(same_start[-1].checkpoint_id, workers=workers))
             nmi = normalized_mutual_info(previous, current)
         usage = cluster_usage(current, self.n_clusters)
         result = CheckpointFigures(
@@ -328,7 +332,7 @@ class CheckpointReview:
         return np.concatenate([labels[key].ravel() for key in self.cubes])
 
     def checkpoints_without_figures(self) -> list[str]:
-        """Checkpoint ids (in step order) whose figures are not computed yet."""
+        """Checkpoint ids (in training order) whose figures are not computed yet."""
         with self._lock:
             done = set(self._figures)
         return [info.checkpoint_id for info in self.checkpoints() if info.checkpoint_id not in done]

@@ -167,7 +167,7 @@ class TrainConfig:
     centroid_init: str = "random"
     centroid_fit_step: int = 0
     centroid_fit_inits: int = 8
-    restarts: int = 1
+    restarts: int = 3
     restart_steps: int = 200
     selection_windows: int = 8
     layer_init: str = "data"
@@ -295,6 +295,16 @@ class CheckpointEvent:
     run_dir: Path
     start: int = 0
     run_step: int | None = None
+
+
+@dataclass(frozen=True)
+class StartSelectedEvent:
+    """Every start has trained to the selection step; ``start`` continues (the highest of
+    ``separations``, one per start) and is recorded in ``run.json``."""
+
+    start: int
+    separations: list[float]
+    run_dir: Path
 
 
 @dataclass(frozen=True)
@@ -633,7 +643,7 @@ def train(
     run_dir: str | Path,
     *,
     resume: bool = False,
-) -> Iterator[ProgressEvent | CheckpointEvent | FinishedEvent]:
+) -> Iterator[ProgressEvent | CheckpointEvent | StartSelectedEvent | FinishedEvent]:
     """Train a DGC model, yielding events; checkpoints go to ``run_dir``.
 
     Parameters
@@ -653,7 +663,7 @@ def train(
 
     Yields
     ------
-    ProgressEvent, CheckpointEvent or FinishedEvent
+    ProgressEvent, CheckpointEvent, StartSelectedEvent or FinishedEvent
 
     Raises
     ------
@@ -744,7 +754,9 @@ def train(
             yield from train_to(trainer, plan.selection_step, windows)
         separations = [_start_separation(run, start, plan.selection_step)
                        for start in range(plan.restarts)]
-        run.record_selection(int(np.argmax(separations)), separations)
+        winner = int(np.argmax(separations))
+        run.record_selection(winner, separations)
+        yield StartSelectedEvent(winner, separations, run_path)
         latest = run.latest_checkpoint()
     trainer = trainer_for(0, None) if latest is None else trainer_for(latest.start, latest.checkpoint_id)
     yield from train_to(trainer, config.steps)

@@ -15,9 +15,11 @@ N_BANDS = 16
 
 
 def tiny_config(**overrides) -> TrainConfig:
-    """A training that takes a second or two on one CPU thread."""
+    """A training that takes a second or two on one CPU thread (one start unless
+    ``restarts`` is given)."""
     settings = dict(
         model=ModelConfig(n_clusters=N_CLUSTERS),
+        restarts=1,
         steps=6,
         checkpoint_every=2,
         crop_size=16,

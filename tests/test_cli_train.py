@@ -22,7 +22,7 @@ def cube_file(tmp_path, rng):
 
 def test_train_writes_checkpoints_and_resume_extends_the_run(cube_file, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", str(cube_file), "--clusters", "2", "--steps", "2",
+    code = main(["train", str(cube_file), "--clusters", "2", "--steps", "2", "--restarts", "1",
                  "--checkpoint-every", "1", "--out", str(run), *FAST])
     assert code == 0
     captured = capsys.readouterr()
@@ -35,6 +35,25 @@ def test_train_writes_checkpoints_and_resume_extends_the_run(cube_file, tmp_path
                  "--resume", str(run), *FAST])
     assert code == 0
     assert [c.step for c in RunDirectory.open(run).checkpoints()] == [1, 2, 3]
+
+
+def test_train_by_default_tries_three_starts_and_continues_the_best_separated(cube_file, tmp_path, capsys):
+    run = tmp_path / "run"
+    code = main(["train", str(cube_file), "--clusters", "2", "--steps", "3", "--checkpoint-every", "2",
+                 "--out", str(run), *FAST, "--set", "restart_steps=2"])
+    assert code == 0
+    err = capsys.readouterr().err
+    opened = RunDirectory.open(run)
+    assert [c.checkpoint_id for c in opened.checkpoints()][:3] == \
+        ["step-000002", "start1-step-000002", "start2-step-000002"]
+    selected = opened.selected_start
+    scores = opened.start_separations
+    assert len(scores) == 3 and scores[selected] == max(scores)
+    assert opened.latest_checkpoint().checkpoint_id.endswith("step-000003")
+    assert f"step 7/7  start {selected + 1}/3" in err  # the throttled line shows the last step
+    assert f"start {selected + 1} of 3 continues" in err
+    code = main(["train", "--resume", str(run), "--restarts", "1", *FAST])
+    assert code == 2 and "new runs only" in _error_line(capsys)
 
 
 def test_set_overrides_any_training_and_model_setting(cube_file, tmp_path, capsys):
@@ -103,7 +122,7 @@ def test_resume_with_other_clusters_or_bands_is_refused(cube_file, tmp_path, cap
 def test_resume_without_cubes_uses_the_runs_own_cubes(cube_file, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(cube_file), "--clusters", "2", "--steps", "1", "--checkpoint-every", "1",
-                 "--out", str(run), "--quiet", *FAST]) == 0
+                 "--restarts", "1", "--out", str(run), "--quiet", *FAST]) == 0
     assert main(["train", "--resume", str(run), "--steps", "2", "--quiet", *FAST]) == 0
     assert [c.step for c in RunDirectory.open(run).checkpoints()] == [1, 2]
 

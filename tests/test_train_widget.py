@@ -147,6 +147,41 @@ def test_stop_then_resume_continues_the_run(make_napari_viewer, qtbot, tmp_path,
     assert steps[-1] == written[-1].step + 4
 
 
+def test_several_starts_show_on_the_progress_bar_timeline_and_notification(
+        make_napari_viewer, qtbot, tmp_path, notifications, monkeypatch):
+    infos: list[str] = []
+    monkeypatch.setattr(train_widget_module, "show_info", infos.append)
+    viewer = make_napari_viewer()
+    add_cube_layer(viewer, "leaf")
+    widget = make_panel(viewer, qtbot, tmp_path / "run", steps=6, checkpoint_every=2,
+                        restarts=2, restart_steps=4)
+    assert widget.train_config().restarts == 2 and widget.train_config().restart_steps == 4
+    assert widget.start_training()
+    assert widget.progress_bar.maximum() == 10  # 2 starts x 4 steps, then steps 5-6 of the winner
+    wait_idle(qtbot, widget)
+    assert not notifications
+    assert widget.progress_bar.value() == 10
+    run = RunDirectory.open(tmp_path / "run")
+    selected = run.selected_start
+    assert any(f"Start {selected + 1} of 2 continues" in message for message in infos)
+    # The history is on the run's timeline: every step of both starts, in order.
+    assert widget.state.history.steps.tolist() == list(range(1, 11))
+
+    timeline = widget.timeline
+    qtbot.waitUntil(lambda: len(timeline.checkpoints) == 5, timeout=TIMEOUT_MS)
+    assert [info.run_step for info in timeline.checkpoints] == [2, 4, 6, 8, 10]
+    assert [info.start for info in timeline.checkpoints] == [0, 0, 1, 1, selected]
+    with qtbot.waitSignal(timeline.checkpoint_shown, timeout=TIMEOUT_MS):
+        timeline.select_checkpoint(timeline.checkpoints[2].checkpoint_id)
+    assert "start 2, step 2; run step 6/10" in timeline.checkpoint_label.text()
+    nmi_series = timeline.plots.plot("NMI to previous checkpoint")._series
+    assert [name for name, *_ in nmi_series] == ["start 1", "start 2"]
+    # The first checkpoint of each start has no previous one of its own.
+    qtbot.waitUntil(lambda: len(timeline.figures) == 5, timeout=TIMEOUT_MS)
+    nmi = [timeline.figures[info.checkpoint_id].nmi_to_previous for info in timeline.checkpoints]
+    assert nmi[0] is None and nmi[2] is None and nmi[4] is not None
+
+
 def test_training_error_is_notified_and_panel_returns_to_idle(make_napari_viewer, qtbot, tmp_path, notifications):
     viewer = make_napari_viewer()
     add_cube_layer(viewer, "small", rows=12, cols=12)

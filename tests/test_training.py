@@ -27,8 +27,9 @@ TINY_MODEL = ModelConfig(n_clusters=2, embed_dim=8, spectral_channels=4, spectra
 
 
 def tiny_config(**overrides) -> TrainConfig:
+    """One start unless ``restarts`` is given (the start selection has tests of its own)."""
     settings = dict(model=TINY_MODEL, steps=6, checkpoint_every=3, crop_size=12, batch_size=2,
-                    pairs_per_cube=2, device="cpu", seed=3)
+                    pairs_per_cube=2, device="cpu", seed=3, restarts=1)
     settings.update(overrides)
     return TrainConfig(**settings)
 

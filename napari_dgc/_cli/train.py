@@ -48,6 +48,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="crop pairs per step (default 4)")
     parser.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--restarts", type=int, default=None, metavar="N",
+                        help="starts trained for --set restart_steps=... steps each (default 200) "
+                             "before the best-separated one continues (default 3; 1: no selection)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for PyTorch (default: PyTorch's choice)")
@@ -74,6 +77,8 @@ def _config(args: argparse.Namespace):
     }
     if args.lr is not None:
         settings["learning_rate"] = args.lr
+    if args.restarts is not None:
+        settings["restarts"] = args.restarts
     config = TrainConfig(**settings)
     if not args.overrides:
         return config
@@ -84,15 +89,17 @@ def run(args: argparse.Namespace) -> int:
     """Train; return the exit code (bad input raises DGCError, reported by the dispatcher)."""
     import torch
 
-    from napari_dgc.training import CheckpointEvent, FinishedEvent, ProgressEvent, train
+    from napari_dgc.training import (CheckpointEvent, FinishedEvent, ProgressEvent,
+                                     StartSelectedEvent, train)
 
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     resume = args.resume is not None
-    if resume and args.overrides:
-        raise ConfigError("--set applies to new runs only: a resumed run keeps its own settings")
+    if resume and (args.overrides or args.restarts is not None):
+        raise ConfigError("--set and --restarts apply to new runs only: a resumed run keeps its "
+                          "own settings")
     config = _config(args)
     cubes = list(args.cubes)
     if resume:
@@ -109,6 +116,7 @@ def run(args: argparse.Namespace) -> int:
         config = type(config).from_dict({
             **config.to_dict(),
             "model": run_config.model.to_dict(),
+            "restarts": run_config.restarts,
             "steps": run_config.steps if args.steps is None else args.steps,
             "checkpoint_every": (run_config.checkpoint_every if args.checkpoint_every is None
                                  else args.checkpoint_every),
@@ -121,14 +129,19 @@ def run(args: argparse.Namespace) -> int:
     for event in train(cubes, config, run_dir, resume=resume):
         if isinstance(event, ProgressEvent) and not args.quiet:
             now = time.monotonic()
-            if now - last_line >= 0.5 or event.step == event.total_steps:
+            if now - last_line >= 0.5 or event.run_step == event.run_total_steps:
                 last_line = now
-                rate = event.step / event.elapsed_s if event.elapsed_s > 0 else 0.0
-                print(f"\rstep {event.step}/{event.total_steps}  loss {event.losses['total']:+.4f}  "
-                      f"active {event.active_clusters}  {rate:.2f} steps/s ",
-                      end="", file=sys.stderr, flush=True)
+                rate = event.run_step / event.elapsed_s if event.elapsed_s > 0 else 0.0
+                where = f"start {event.start + 1}/{config.restarts}  " if config.restarts > 1 else ""
+                print(f"\rstep {event.run_step}/{event.run_total_steps}  {where}"
+                      f"loss {event.losses['total']:+.4f}  active {event.active_clusters}  "
+                      f"{rate:.2f} steps/s ", end="", file=sys.stderr, flush=True)
         elif isinstance(event, CheckpointEvent) and not args.quiet:
             print(f"\ncheckpoint {event.checkpoint_id} written", file=sys.stderr, flush=True)
+        elif isinstance(event, StartSelectedEvent) and not args.quiet:
+            scores = ", ".join(f"{value:.4g}" for value in event.separations)
+            print(f"\nstart {event.start + 1} of {len(event.separations)} continues "
+                  f"(spectral separation per start: {scores})", file=sys.stderr, flush=True)
         elif isinstance(event, FinishedEvent):
             print(f"finished at step {event.step}: {event.run_dir}")
     return 0

@@ -35,6 +35,7 @@ from napari_dgc.checkpoint_review import CheckpointFigures, CheckpointReview, re
 from napari_dgc.errors import DGCError
 from napari_dgc.io import open_cube
 from napari_dgc.run import CheckpointInfo
+from napari_dgc.training import StartPlan
 
 from .cube_layers import CubeSource, clusters_layer, cube_source, is_cube_layer, is_reader_cube, show_clusters
 from .plots import SparklineGrid, short_number
@@ -82,6 +83,7 @@ class TimelineWidget(QWidget):
         self.shown_checkpoint: str | None = None
         self.chosen_checkpoint: str | None = None
         self.total_steps = 0
+        self.total_run_steps = 0
         self.live = False
         self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self._review_worker = None
@@ -226,7 +228,10 @@ class TimelineWidget(QWidget):
             self._requests = queue.SimpleQueue()
         self.sources = {source.key: source for source in sources}
         self.live = live
-        self.total_steps = review.run.config.steps
+        config = review.run.config
+        self.total_steps = config.steps
+        self.total_run_steps = StartPlan(config.restarts, min(config.restart_steps, config.steps),
+                                         config.steps).total_run_steps
         try:
             self.chosen_checkpoint = review.run.chosen_checkpoint
         except DGCError as error:
@@ -300,7 +305,8 @@ class TimelineWidget(QWidget):
 
     def _plot_clicked(self, step: float) -> None:
         if self.checkpoints:
-            nearest = min(range(len(self.checkpoints)), key=lambda i: abs(self.checkpoints[i].step - step))
+            nearest = min(range(len(self.checkpoints)),
+                          key=lambda i: abs(self.checkpoints[i].run_step - step))
             self.slider.setValue(nearest)
 
     def _slider_moved(self, _value: int) -> None:
@@ -412,7 +418,11 @@ class TimelineWidget(QWidget):
             return
         index = min(self.slider.value(), len(self.checkpoints) - 1)
         info = self.checkpoints[index]
-        text = f"{checkpoint_id}  ({index + 1}/{len(self.checkpoints)}, step {info.step}/{self.total_steps})"
+        if self.total_run_steps != self.total_steps:  # several starts
+            where = f"start {info.start + 1}, step {info.step}; run step {info.run_step}/{self.total_run_steps}"
+        else:
+            where = f"step {info.step}/{self.total_steps}"
+        text = f"{checkpoint_id}  ({index + 1}/{len(self.checkpoints)}, {where})"
         if checkpoint_id == self.chosen_checkpoint:
             text += "  ★ chosen"
         figures = self.figures.get(checkpoint_id)
@@ -424,36 +434,46 @@ class TimelineWidget(QWidget):
         self.checkpoint_label.setText(text)
 
     def _update_plots(self) -> None:
-        steps = [info.step for info in self.checkpoints]
+        starts = sorted({info.start for info in self.checkpoints})
 
-        def column(getter):
-            return [getter(self.figures[i.checkpoint_id]) if i.checkpoint_id in self.figures else None
-                    for i in self.checkpoints]
+        def series(name: str, getter) -> list[tuple[str, list[int], list]]:
+            """One series per start (each its own colour), x = the run step."""
+            result = []
+            for start in starts:
+                infos = [info for info in self.checkpoints if info.start == start]
+                values = [getter(info) for info in infos]
+                label = f"start {start + 1}" if len(starts) > 1 else name
+                result.append((label, [info.run_step for info in infos], values))
+            return result
+
+        def figure(getter):
+            return lambda info: (getter(self.figures[info.checkpoint_id])
+                                 if info.checkpoint_id in self.figures else None)
 
         self.plots.plot("NMI to previous checkpoint").set_series(
-            [("NMI", steps, column(lambda f: f.nmi_to_previous))], points=True
+            series("NMI", figure(lambda f: f.nmi_to_previous)), points=True
         )
         self.plots.plot("active clusters").set_series(
-            [("active", steps, column(lambda f: f.active_clusters))], points=True
+            series("active", figure(lambda f: f.active_clusters)), points=True
         )
         self.plots.plot("usage entropy (normalised)").set_series(
-            [("entropy", steps, column(lambda f: f.usage_entropy))], points=True
+            series("entropy", figure(lambda f: f.usage_entropy)), points=True
         )
         self.plots.plot("spectral separation").set_series(
-            [("separation", steps, column(lambda f: f.spectral_separation))], points=True
+            series("separation", figure(lambda f: f.spectral_separation)), points=True
         )
-        losses = [recorded_losses(info) for info in self.checkpoints]
         self.plots.plot("loss at checkpoint").set_series(
-            [("total", steps, [loss.get("total") for loss in losses])], points=True
+            series("total", lambda info: recorded_losses(info).get("total")), points=True
         )
         markers = []
         current = self.current_checkpoint_id()
         chosen = self.chosen_checkpoint
         for info in self.checkpoints:
             if info.checkpoint_id == chosen:
-                markers.append((info.step, CHOSEN_MARKER, "solid"))
+                markers.append((info.run_step, CHOSEN_MARKER, "solid"))
             if info.checkpoint_id == current:
-                markers.append((info.step, CURRENT_MARKER, "dash"))
+                markers.append((info.run_step, CURRENT_MARKER, "dash"))
+        last = self.checkpoints[-1].run_step if self.checkpoints else 1
         for plot in self.plots.plots.values():
-            plot.set_x_range(0, max(self.total_steps, steps[-1] if steps else 1))
+            plot.set_x_range(0, max(self.total_run_steps, last))
             plot.set_markers(markers)

@@ -57,7 +57,8 @@ class GrowingColumn:
 
 
 class TrainingHistory:
-    """Loss terms and active clusters per optimiser step, plus timing for the ETA."""
+    """Loss terms and active clusters per step of the run (all starts in turn,
+    ``ProgressEvent.run_step``), plus timing for the ETA."""
 
     def __init__(self) -> None:
         self._steps = GrowingColumn(np.int64)
@@ -69,7 +70,7 @@ class TrainingHistory:
 
     @property
     def steps(self) -> np.ndarray:
-        """Optimiser step of every recorded event."""
+        """Run step (``ProgressEvent.run_step``) of every recorded event."""
         return self._steps.values
 
     @property
@@ -85,9 +86,9 @@ class TrainingHistory:
     def add(self, event: ProgressEvent) -> None:
         """Record one optimiser step."""
         if self._first_step is None:
-            self._first_step, self._first_time = event.step, time.perf_counter()
+            self._first_step, self._first_time = event.run_step, time.perf_counter()
         recorded = len(self._steps)
-        self._steps.append(event.step)
+        self._steps.append(event.run_step)
         for name, value in event.losses.items():
             if name not in self._losses:
                 # A term that appears late (or a resumed run) is padded so all columns align.
@@ -103,17 +104,17 @@ class TrainingHistory:
 
     def steps_per_second(self) -> float | None:
         """Rate measured since the first step of this session (checkpoints included)."""
-        if self.latest is None or self._first_step is None or self.latest.step <= self._first_step:
+        if self.latest is None or self._first_step is None or self.latest.run_step <= self._first_step:
             return None
         elapsed = time.perf_counter() - self._first_time
-        return (self.latest.step - self._first_step) / elapsed if elapsed > 0 else None
+        return (self.latest.run_step - self._first_step) / elapsed if elapsed > 0 else None
 
     def eta_seconds(self) -> float | None:
         """Seconds left at the measured rate, or ``None`` before it can be measured."""
         rate = self.steps_per_second()
         if rate is None or self.latest is None:
             return None
-        return max(0.0, (self.latest.total_steps - self.latest.step) / rate)
+        return max(0.0, (self.latest.run_total_steps - self.latest.run_step) / rate)
 
 
 class TrainState:

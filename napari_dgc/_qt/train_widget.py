@@ -45,7 +45,8 @@ from qtpy.QtWidgets import (
 from napari_dgc.errors import DGCError
 from napari_dgc.model import ModelConfig
 from napari_dgc.run import RunDirectory
-from napari_dgc.training import CheckpointEvent, FinishedEvent, ProgressEvent, TrainConfig
+from napari_dgc.training import (CheckpointEvent, FinishedEvent, ProgressEvent, StartPlan,
+                                 StartSelectedEvent, TrainConfig)
 
 from .collapsible import CollapsibleSection
 from .cube_layers import CubeSource, cube_source, is_cube_layer, is_reader_cube
@@ -232,6 +233,13 @@ class TrainWidget(QWidget):
         self.n_clusters_spin.setToolTip("K: the number of clusters DGC learns (entity types)")
         self.steps_spin = QSpinBox()
         self.steps_spin.setRange(1, 10_000_000)
+        self.restarts_spin = QSpinBox()
+        self.restarts_spin.setRange(1, 100)
+        self.restarts_spin.setToolTip(
+            "Starts from other random weights, each trained 'steps per start' steps in turn; the "
+            "one whose clusters separate the spectra best continues. 1: a single start")
+        self.restart_steps_spin = QSpinBox()
+        self.restart_steps_spin.setRange(1, 10_000_000)
         self.checkpoint_every_spin = QSpinBox()
         self.checkpoint_every_spin.setRange(1, 10_000_000)
         self.crop_size_spin = QSpinBox()
@@ -249,6 +257,7 @@ class TrainWidget(QWidget):
         run_row.addWidget(browse)
         form.addRow("Clusters (K)", self.n_clusters_spin)
         form.addRow("Steps", self.steps_spin)
+        form.addRow("Starts", self.restarts_spin)
         form.addRow("Checkpoint every", self.checkpoint_every_spin)
         form.addRow("Crop size (px)", self.crop_size_spin)
         form.addRow("Learning rate", self.learning_rate_spin)
@@ -264,6 +273,7 @@ class TrainWidget(QWidget):
         self.seed_spin.setRange(0, 2**31 - 1)
         advanced_form.addRow("Batch size (crop pairs)", self.batch_size_spin)
         advanced_form.addRow("Seed", self.seed_spin)
+        advanced_form.addRow("Steps per start", self.restart_steps_spin)
         self.weight_spins: dict[str, ScientificSpinBox] = {}
         for field_name, label in _LOSS_WEIGHTS:
             spin = ScientificSpinBox(0.0, 1e6)
@@ -332,6 +342,8 @@ class TrainWidget(QWidget):
                 **base.to_dict(),
                 "model": {**base.model.to_dict(), "n_clusters": self.n_clusters_spin.value()},
                 "steps": self.steps_spin.value(),
+                "restarts": self.restarts_spin.value(),
+                "restart_steps": self.restart_steps_spin.value(),
                 "checkpoint_every": self.checkpoint_every_spin.value(),
                 "crop_size": self.crop_size_spin.value(),
                 "batch_size": self.batch_size_spin.value(),
@@ -346,6 +358,8 @@ class TrainWidget(QWidget):
         """Show ``config`` in the panel's fields."""
         self.n_clusters_spin.setValue(config.model.n_clusters)
         self.steps_spin.setValue(config.steps)
+        self.restarts_spin.setValue(config.restarts)
+        self.restart_steps_spin.setValue(config.restart_steps)
         self.checkpoint_every_spin.setValue(config.checkpoint_every)
         self.crop_size_spin.setValue(config.crop_size)
         self.batch_size_spin.setValue(config.batch_size)
@@ -406,8 +420,10 @@ class TrainWidget(QWidget):
         self.run_dir = run_dir
         self.state.history = TrainingHistory()
         self.loss_plots.clear()
-        self.progress_bar.setRange(0, config.steps)
+        self.progress_bar.setRange(0, StartPlan(config.restarts, min(config.restart_steps, config.steps),
+                                                config.steps).total_run_steps)
         self.progress_bar.setValue(0)
+        self.progress_bar.setFormat("step %v / %m")
         self.progress_label.setText("starting…")
         # Creating a Labels layer blocks the GUI ~0.5 s: do it now, not mid-training.
         self.timeline.prepare_layers(sources, run_dir, config.model.n_clusters)
@@ -456,6 +472,10 @@ class TrainWidget(QWidget):
             self.timeline.add_segmented(event)
         elif isinstance(event, CheckpointEvent):
             self.run_dir = Path(event.run_dir)
+        elif isinstance(event, StartSelectedEvent):
+            scores = ", ".join(f"{value:,.0f}" for value in event.separations)
+            show_info(f"Start {event.start + 1} of {len(event.separations)} continues: its clusters "
+                      f"separate the spectra best (Calinski–Harabasz per start: {scores})")
         elif isinstance(event, FinishedEvent):
             show_info(f"Training finished after {event.step} steps: {event.run_dir}")
 
@@ -509,8 +529,10 @@ class TrainWidget(QWidget):
         # QProgressBar.setValue repaints at once, outside the coalesced repaint of the plots:
         # with updates disabled it only stores the value, and re-enabling schedules a repaint.
         self.progress_bar.setUpdatesEnabled(False)
-        self.progress_bar.setMaximum(event.total_steps)
-        self.progress_bar.setValue(event.step)
+        self.progress_bar.setMaximum(event.run_total_steps)
+        self.progress_bar.setValue(event.run_step)
+        if event.run_total_steps != event.total_steps:  # several starts
+            self.progress_bar.setFormat(f"step %v / %m · start {event.start + 1}, its step {event.step}")
         self.progress_bar.setUpdatesEnabled(True)
         if self.state.status is TrainStatus.RUNNING:
             eta = history.eta_seconds()
@@ -523,10 +545,10 @@ class TrainWidget(QWidget):
         for name, values in history.losses.items():
             plot = self.loss_plots.plot(name)
             plot.set_series([(name, history.steps, values)])
-            plot.set_x_range(0, event.total_steps)
+            plot.set_x_range(0, event.run_total_steps)
         active = self.loss_plots.plot("active clusters")
         active.set_series([("active", history.steps, history.active_clusters)])
-        active.set_x_range(0, event.total_steps)
+        active.set_x_range(0, event.run_total_steps)
 
     # ------------------------------------------------------------------ closing
     def shutdown(self, timeout_s: float = 60.0) -> None:
