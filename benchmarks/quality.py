@@ -155,7 +155,9 @@ def run_dgc(dataset: Dataset, k: int, seed: int, args, scratch: Path) -> dict:
     run = RunDirectory.open(run_dir)
     key = "bt_miou" if dataset.bt_truths is not None else "nmi"
     per_checkpoint = []
-    for info in run.checkpoints():
+    # Best and final are those of the start that continued (every start's own checkpoints
+    # are in the run too; scoring them all would pick a start by the truth).
+    for info in run.checkpoints(start=run.selected_start or 0):
         model = run.load_model(info.checkpoint_id)
         predictions = [segment_cube(model, cube).labels for cube in dataset.test_cubes]
         scores = score(dataset, k, predictions)
@@ -163,8 +165,7 @@ def run_dgc(dataset: Dataset, k: int, seed: int, args, scratch: Path) -> dict:
         per_checkpoint.append((info.step, scores))
     best_step, best = max(per_checkpoint, key=lambda item: item[1][key])
     final_step, final = per_checkpoint[-1]
-    start = run.load_checkpoint_state(run.checkpoints()[-1].checkpoint_id)[2].get("start", 0)
-    separations = run.checkpoints()[0].stats.get("start_separations")
+    start, separations = run.selected_start or 0, run.start_separations
     return {"best": best, "best_step": best_step, "final": final, "final_step": final_step,
             "train_seconds": train_seconds, "start": start, "separations": separations,
             "curve": [(step, s[key], s["active"]) for step, s in per_checkpoint]}

@@ -98,7 +98,10 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         base = TrainConfig().to_dict()
         base["model"]["n_clusters"] = args.clusters
-        base.update({"steps": args.steps, "crop_size": args.crop, "seed": seed, "device": "cpu"})
+        # One Trainer is one start: the start selection is part of training.train()
+        # (benchmarks/quality.py measures it).
+        base.update({"steps": args.steps, "crop_size": args.crop, "seed": seed, "device": "cpu",
+                     "restarts": 1})
         config = TrainConfig.from_dict(apply_overrides(base, args.set))
         if config.restarts > 1:
             raise SystemExit("restarts: the start selection is part of training.train(); this "

@@ -62,14 +62,15 @@ def train_state(model: DGCModel, seed: int) -> tuple[torch.optim.Optimizer, dict
 
 
 def save(
-    run: RunDirectory, step: int, seed: int = 0
+    run: RunDirectory, step: int, seed: int = 0, **where
 ) -> tuple[DGCModel, torch.optim.Optimizer, dict]:
+    """Write a checkpoint of a random model; ``where``: ``start`` and ``run_step``."""
     torch.manual_seed(seed)
     model = DGCModel(N_BANDS, run.config.model)
     optimizer, state = train_state(model, seed)
     run.save_checkpoint(
         step, model.state_dict(), optimizer.state_dict(), state,
-        {"loss": np.float32(0.5), "active_clusters": 3},
+        {"loss": np.float32(0.5), "active_clusters": 3}, **where,
     )
     return model, optimizer, state
 
@@ -156,6 +157,34 @@ def test_load_model_latest_chosen_and_equal_outputs(run):
         reopened.choose("step-000300")
     with pytest.raises(CheckpointError, match="already exists"):
         save(run, 200)
+
+
+def test_starts_are_listed_in_training_order_and_the_selected_one_is_the_latest(run):
+    save(run, 2, seed=1)
+    second, *_ = save(run, 2, seed=2, start=1, run_step=4)
+    save(run, 2, seed=3, start=2, run_step=6)
+    reopened = RunDirectory.open(run.path)
+    assert [(c.checkpoint_id, c.start, c.run_step) for c in reopened.checkpoints()] == [
+        ("step-000002", 0, 2), ("start1-step-000002", 1, 4), ("start2-step-000002", 2, 6)]
+    assert reopened.latest_checkpoint().checkpoint_id == "start2-step-000002"
+    assert reopened.selected_start is None and reopened.start_separations is None
+    with pytest.raises(CheckpointError, match="start 3 has no checkpoint"):
+        reopened.record_selection(3, [1.0, 2.0, 3.0, 4.0])
+    reopened.record_selection(1, [1.0, np.float64(5.0), 2.0])
+    assert (reopened.selected_start, reopened.start_separations) == (1, [1.0, 5.0, 2.0])
+    # The selected start's checkpoints are the run's from now on, though listed before others.
+    assert reopened.latest_checkpoint().checkpoint_id == "start1-step-000002"
+    x = torch.rand(1, N_BANDS, 7, 7)
+    torch.testing.assert_close(reopened.load_model().embed(x), second.eval().embed(x))
+    save(run, 3, seed=4, start=1, run_step=7)
+    assert [c.checkpoint_id for c in reopened.checkpoints(start=1)] == [
+        "start1-step-000002", "start1-step-000003"]
+    assert reopened.latest_checkpoint().checkpoint_id == "start1-step-000003"
+    manifest = json.loads(run.manifest_path.read_text())
+    for key, bad in [("selected_start", "1"), ("start_separations", 3.0)]:
+        run.manifest_path.write_text(json.dumps({**manifest, key: bad}))
+        with pytest.raises(CheckpointError, match=f"run.json: field '{key}' is invalid"):
+            RunDirectory.open(run.path)
 
 
 def test_load_model_without_checkpoints(run):

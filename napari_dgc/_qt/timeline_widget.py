@@ -170,10 +170,17 @@ class TimelineWidget(QWidget):
             show_error(error_message(error))
             return False
         self.attach(review, list(self.sources.values()), live=False)
-        chosen = self.chosen_checkpoint
+        shown = self.chosen_checkpoint
+        if shown is None:
+            try:  # the selected start's latest, which need not be listed last
+                latest = review.run.latest_checkpoint()
+            except DGCError as error:
+                show_error(error_message(error))
+                latest = None
+            shown = None if latest is None else latest.checkpoint_id
         ids = [info.checkpoint_id for info in self.checkpoints]
         if ids:
-            self.slider.setValue(ids.index(chosen) if chosen in ids else len(ids) - 1)
+            self.slider.setValue(ids.index(shown) if shown in ids else len(ids) - 1)
             self._slider_moved(self.slider.value())  # also when the value did not change
         self._start_review_worker()
         self.run_opened.emit(str(review.path))
