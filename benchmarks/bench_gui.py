@@ -245,7 +245,7 @@ def bench_timeline(run_root: Path) -> dict:
     scene = make_leaf_scene(rows, cols, bands, seed=0)
     run_dir = run_root / "timeline-run"
     config = TrainConfig(model=ModelConfig(n_clusters=4), steps=6, checkpoint_every=1,
-                         crop_size=32, batch_size=1, device="cpu")
+                         crop_size=32, batch_size=1, device="cpu", restarts=1)
     for _ in train([scene.cube], config, run_dir):
         pass
 
