@@ -721,7 +721,8 @@ def train(
             trainer.load_training_state(training_state)
         return trainer
 
-    def train_to(trainer: Trainer, until: int, windows: list[np.ndarray] | None = None):
+    def train_to(trainer: Trainer, until: int, windows: list[np.ndarray] | None = None,
+                 ) -> Iterator[ProgressEvent | CheckpointEvent]:
         """Step ``trainer`` to ``until``, writing its checkpoints; with selection ``windows``,
         also one at ``until`` with the start's score. Yields the events."""
         nonlocal elapsed
@@ -758,7 +759,10 @@ def train(
         run.record_selection(winner, separations)
         yield StartSelectedEvent(winner, separations, run_path)
         latest = run.latest_checkpoint()
-    trainer = trainer_for(0, None) if latest is None else trainer_for(latest.start, latest.checkpoint_id)
+    if latest is None:
+        trainer = trainer_for(0, None)
+    else:
+        trainer = trainer_for(latest.start, latest.checkpoint_id)
     yield from train_to(trainer, config.steps)
     yield FinishedEvent(trainer.step_count, run_path)
 
