@@ -197,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="TrainConfig override (model.KEY for model settings), repeatable")
     parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
+    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
+                        help="only print the table of these --json files together")
     args = parser.parse_args(argv)
+    if args.merge:
+        print_table(merge(args.merge))
+        return 0
 
     import torch
 
@@ -237,6 +242,14 @@ def main(argv: list[str] | None = None) -> int:
                               f"curve (step, score, active) {dgc['curve']}", flush=True)
                 results[f"{dataset.name} K={k}"] = {"scores": rows, "dgc": notes}
 
+    print_table(results)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=float))
+    return 0
+
+
+def print_table(results: dict) -> None:
+    """The markdown table of mean ± std over seeds of every dataset, K and method."""
     fields = ["nmi", "ari", "acc", "miou", "bt_miou", "iou_bg", "iou_tissue", "water_iou"]
     print("\n| data | K | method | NMI | ARI | accuracy | mIoU | B–T mIoU | IoU bg | "
           "IoU tissue | water IoU |")
@@ -246,9 +259,18 @@ def main(argv: list[str] | None = None) -> int:
         for method, rows in entry["scores"].items():
             cells = " | ".join(_mean_std(rows, f) for f in fields)
             print(f"| {name} | {k} | {method} | {cells} |")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1, default=float))
-    return 0
+
+
+def merge(files: list[Path]) -> dict:
+    """Results of several ``--json`` files (e.g. seeds run side by side) as one."""
+    merged: dict = {}
+    for file in files:
+        for label, entry in json.loads(file.read_text()).items():
+            target = merged.setdefault(label, {"scores": {}, "dgc": []})
+            for method, rows in entry["scores"].items():
+                target["scores"].setdefault(method, []).extend(rows)
+            target["dgc"].extend(entry["dgc"])
+    return merged
 
 
 if __name__ == "__main__":
