@@ -328,3 +328,5 @@ def test_short_number_keeps_large_figures_narrow():
     assert short_number(2_500_000.0, 2) == "2.5M"
     assert short_number(-41_218.0) == "-41.2k"
     assert short_number(0.974) == "0.974" and short_number(31.0, 2) == "31"
+    assert short_number(120_400.0, 2) == "120k"  # never "1.2e+02k"
+    assert short_number(412_345.0) == "412k"

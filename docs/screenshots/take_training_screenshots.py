@@ -55,8 +55,10 @@ def main() -> None:
     viewer.layers["ground truth"].visible = False
     widget = TrainWidget(viewer)
     viewer.window.add_dock_widget(widget, name="DGC: Train", area="right")
+    # Three starts of 100 steps, then the selected one goes on: the timeline plots each start.
     widget.set_config(TrainConfig(model=ModelConfig(n_clusters=4), steps=300, checkpoint_every=20,
-                                  crop_size=48, batch_size=2, device="cpu"))
+                                  crop_size=48, batch_size=2, device="cpu", restarts=3,
+                                  restart_steps=100))
     with tempfile.TemporaryDirectory() as tmp:
         widget.run_folder_edit.setText(str(Path(tmp) / "leaf-run"))
         widget.start_training()
@@ -64,11 +66,13 @@ def main() -> None:
         process_until(lambda: widget.timeline.shown_checkpoint == widget.timeline.checkpoints[-1].checkpoint_id)
         grab(viewer, "training-in-progress.png")
 
+        # All three starts (5 checkpoints each) and three of the selected start's later ones.
+        process_until(lambda: len(widget.timeline.checkpoints) >= 18)
         widget.stop_training()
         process_until(lambda: widget.state.status is TrainStatus.IDLE)
         timeline = widget.timeline
         process_until(lambda: len(timeline.figures) == len(timeline.checkpoints))
-        pick = len(timeline.checkpoints) // 2
+        pick = len(timeline.checkpoints) - 2
         timeline.select_checkpoint(timeline.checkpoints[pick].checkpoint_id)
         process_until(lambda: timeline.shown_checkpoint == timeline.checkpoints[pick].checkpoint_id)
         timeline.use_current_checkpoint()

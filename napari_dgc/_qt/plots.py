@@ -49,7 +49,9 @@ def short_number(value: float, digits: int = 3) -> str:
     (``60200`` -> ``"60.2k"``), so large figures fit the plots' narrow labels."""
     for scale, suffix in ((1e6, "M"), (1e3, "k")):
         if abs(value) >= scale:
-            return f"{value / scale:.{digits}g}{suffix}"
+            scaled = value / scale
+            # All integer digits, so 120 000 is "120k", never "1.2e+02k".
+            return f"{scaled:.{max(digits, len(str(int(abs(scaled)))))}g}{suffix}"
     return f"{value:.{digits}g}"
 
 
@@ -171,20 +173,26 @@ class SparklinePlot(QWidget):
         font.setPointSizeF(max(7.0, font.pointSizeF() * 0.85))
         painter.setFont(font)
 
-        # Title and latest values on one line above the plot.
-        painter.setPen(foreground)
-        painter.drawText(QRectF(2, 0, self.width(), 15), Qt.AlignLeft | Qt.AlignVCenter, self.title)
+        # Title and latest values on one line above the plot; with several series only the
+        # newest values that leave room for the title (at least the last series').
+        metrics = painter.fontMetrics()
         latest = []
         for name, _, y, color, _ in self._series:
             last = _last_finite(y)
             if last is not None:
-                latest.append((short_number(last), color))
+                text = short_number(last)
+                latest.append((text, color, metrics.horizontalAdvance(text + " ")))
+        title_width = metrics.horizontalAdvance(self.title + " ")
+        while len(latest) > 1 and title_width + sum(w for *_, w in latest) > rect.right() - 2:
+            latest.pop(0)
         x_text = rect.right()
-        for text, color in reversed(latest):
-            width = painter.fontMetrics().horizontalAdvance(text + " ")
+        for text, color, width in reversed(latest):
             painter.setPen(color)
             painter.drawText(QRectF(x_text - width, 0, width, 15), Qt.AlignRight | Qt.AlignVCenter, text)
             x_text -= width
+        painter.setPen(foreground)
+        title = metrics.elidedText(self.title, Qt.ElideRight, int(max(0.0, x_text - 2)))
+        painter.drawText(QRectF(2, 0, max(0.0, x_text - 2), 15), Qt.AlignLeft | Qt.AlignVCenter, title)
 
         frame = QColor(foreground)
         frame.setAlpha(70)
