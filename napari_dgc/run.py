@@ -701,6 +701,9 @@ def _valid_entry(entry: Any) -> bool:
 def _parse_config(data: dict, file: Path) -> "TrainConfig":
     from napari_dgc.training import TrainConfig
 
+    # Runs written before several starts existed trained one: the default (3) must not make
+    # a resumed old run train new starts.
+    data = {"restarts": 1, **data}
     try:
         return TrainConfig.from_dict(data)
     except (TypeError, ValueError, KeyError) as error:

@@ -187,6 +187,14 @@ def test_starts_are_listed_in_training_order_and_the_selected_one_is_the_latest(
             RunDirectory.open(run.path)
 
 
+def test_runs_from_before_several_starts_keep_one_start(run):
+    manifest = json.loads(run.manifest_path.read_text())
+    assert manifest["config"]["restarts"] == 3  # the default is stored with a new run
+    del manifest["config"]["restarts"]
+    run.manifest_path.write_text(json.dumps(manifest))
+    assert RunDirectory.open(run.path).config.restarts == 1
+
+
 def test_load_model_without_checkpoints(run):
     with pytest.raises(CheckpointError, match="no checkpoints yet"):
         run.load_model()
