@@ -688,7 +688,7 @@ def train(
     check_crop_fits(sources, config.crop_size)
     # Where the selection happens is fixed when the run is created: extending ``steps`` on
     # resume must not move it.
-    plan = StartPlan(config.restarts, min(created.restart_steps, created.steps), config.steps)
+    plan = StartPlan.for_run(created, config.steps)
     device = resolve_device(config.device)
     written = run.checkpoints() if resume else []
     if written:
@@ -778,6 +778,13 @@ class StartPlan:
     restarts: int
     selection_step: int
     steps: int
+
+    @classmethod
+    def for_run(cls, created: TrainConfig, steps: int | None = None) -> "StartPlan":
+        """The plan of a run created with ``created``, trained to ``steps`` (default
+        ``created.steps``; a resumed run may be extended, its selection step stays)."""
+        return cls(created.restarts, min(created.restart_steps, created.steps),
+                   created.steps if steps is None else steps)
 
     @property
     def total_run_steps(self) -> int:

@@ -235,10 +235,8 @@ class TimelineWidget(QWidget):
             self._requests = queue.SimpleQueue()
         self.sources = {source.key: source for source in sources}
         self.live = live
-        config = review.run.config
-        self.total_steps = config.steps
-        self.total_run_steps = StartPlan(config.restarts, min(config.restart_steps, config.steps),
-                                         config.steps).total_run_steps
+        self.total_steps = review.run.config.steps
+        self.total_run_steps = StartPlan.for_run(review.run.config).total_run_steps
         try:
             self.chosen_checkpoint = review.run.chosen_checkpoint
         except DGCError as error:

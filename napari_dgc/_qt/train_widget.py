@@ -420,8 +420,7 @@ class TrainWidget(QWidget):
         self.run_dir = run_dir
         self.state.history = TrainingHistory()
         self.loss_plots.clear()
-        self.progress_bar.setRange(0, StartPlan(config.restarts, min(config.restart_steps, config.steps),
-                                                config.steps).total_run_steps)
+        self.progress_bar.setRange(0, StartPlan.for_run(config).total_run_steps)
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat("step %v / %m")
         self.progress_label.setText("starting…")
