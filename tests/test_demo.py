@@ -21,7 +21,8 @@ def test_demo_saves_a_screenshot_of_the_window_with_training(tmp_path):
         text=True,
         timeout=300,
         check=False,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        # The demo's run folder (tempfile.mkdtemp) goes under tmp_path, not the system's /tmp.
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"screenshot saved: {screenshot}" in result.stdout
@@ -29,3 +30,4 @@ def test_demo_saves_a_screenshot_of_the_window_with_training(tmp_path):
     # The whole window (canvas and docked panel), not just the canvas, and not a blank frame.
     assert picture.shape[0] >= 600 and picture.shape[1] >= 1000
     assert np.unique(picture.reshape(-1, picture.shape[-1]), axis=0).shape[0] > 100
+    assert len(list(tmp_path.glob("napari-dgc-demo-*/run.json"))) == 1
