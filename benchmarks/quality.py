@@ -5,6 +5,10 @@ Datasets:
 * **samson** (``DATA/samson/Samson.mat``, 95 x 95 x 156, airborne; truth = argmax of the
   abundances: soil / tree / water). K=3 is scored against the three classes; K=2 against
   water vs. rest.
+* **microplastics** (``DATA/microplastics_grid_nir``, 20 x 20 x 256, close-range lab SWIR, ENVI):
+  four polymer swatches; truth = the source pipeline's classifier output per polymer (four
+  10 x 10 quadrants), so a sanity check, not annotation. K=4. The cube is smaller than the
+  default crop: run it with ``--set crop_size=12``.
 * **leaf**: synthetic close-range leaf scenes (:func:`napari_dgc.synthetic.make_leaf_scene`);
   DGC trains on ``--leaf-train`` scenes and every method is scored on ``--leaf-test`` other
   scenes. K=2 is scored against background vs. tissue (lesions count as tissue); K=3 and K=4
@@ -66,6 +70,27 @@ def load_samson(data_dir: Path, scratch: Path) -> Dataset | None:
     np.save(file, cube)
     return Dataset("samson", [file], [cube], {3: [truth], 2: [(truth == 2).astype(np.int32)]},
                    None)
+
+
+def load_microplastics(data_dir: Path) -> Dataset | None:
+    """The microplastics swatch mosaic (ENVI, read as the CLI reads it) with its 4-class truth."""
+    folder = data_dir / "microplastics_grid_nir"
+    header = folder / "grid.hdr"
+    if not header.is_file():
+        return None
+    from PIL import Image  # the masks are LZW TIFFs: Pillow reads them without imagecodecs
+
+    from napari_dgc.io import open_cube
+
+    cube = open_cube(header)
+    pixels = np.asarray(cube.read_window(slice(None), slice(None)), dtype=np.float32)
+    truth = np.full(pixels.shape[:2], -1, dtype=np.int32)
+    for index, polymer in enumerate(("PP", "PE", "PS", "PET")):
+        mask = np.asarray(Image.open(folder / "output" / f"sample_grid.dat_Comp.{polymer}.tiff"))
+        truth[mask == 1] = index
+    if (truth < 0).any():
+        raise SystemExit(f"{folder}: some pixels have no polymer label")
+    return Dataset("microplastics", [header], [pixels], {4: [truth]}, None)
 
 
 def make_leaf(scratch: Path, size: int, n_bands: int, n_train: int, n_test: int) -> Dataset:
@@ -181,10 +206,11 @@ def _mean_std(rows: list[dict[str, float]], field: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder")
-    parser.add_argument("--datasets", nargs="+", choices=("samson", "leaf"),
+    parser.add_argument("--datasets", nargs="+", choices=("samson", "leaf", "microplastics"),
                         default=["samson", "leaf"])
     parser.add_argument("--samson-k", type=int, nargs="+", default=[3, 2])
     parser.add_argument("--leaf-k", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--microplastics-k", type=int, nargs="+", default=[4])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--checkpoint-every", type=int, default=50)
@@ -218,6 +244,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Samson not found under {args.data / 'samson'}: skipped", file=sys.stderr)
             else:
                 datasets.append((samson, args.samson_k))
+        if "microplastics" in args.datasets:
+            micro = load_microplastics(args.data)
+            if micro is None:
+                print(f"microplastics not found under {args.data}: skipped", file=sys.stderr)
+            else:
+                datasets.append((micro, args.microplastics_k))
         if "leaf" in args.datasets:
             datasets.append((make_leaf(scratch, args.leaf_size, args.leaf_bands, args.leaf_train,
                                        args.leaf_test), args.leaf_k))

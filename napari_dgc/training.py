@@ -755,7 +755,10 @@ def train(
             yield from train_to(trainer, plan.selection_step, windows)
         separations = [_start_separation(run, start, plan.selection_step)
                        for start in range(plan.restarts)]
-        winner = int(np.argmax(separations))
+        # Starts that reached the same partition score the same up to rounding: the first wins.
+        best = max(separations)
+        winner = next(start for start, value in enumerate(separations)
+                      if np.isclose(value, best, rtol=1e-9, atol=0.0))
         run.record_selection(winner, separations)
         yield StartSelectedEvent(winner, separations, run_path)
         latest = run.latest_checkpoint()

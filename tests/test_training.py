@@ -233,6 +233,13 @@ def test_restarts_continue_the_start_that_separates_the_spectra_best(cubes, tmp_
     assert torch.equal(run.load_model().centroids, run.load_model("start1-step-000006").centroids)
 
 
+def test_starts_that_tie_up_to_rounding_keep_the_first(cubes, tmp_path, monkeypatch):
+    # Identical label maps give Calinski–Harabasz indices that differ in the last bits.
+    _scripted_separation(monkeypatch, [1.0, 35293.25448314758, 35293.25448314759])
+    list(train(cubes, tiny_config(restarts=3, restart_steps=2, steps=2), tmp_path / "run"))
+    assert RunDirectory.open(tmp_path / "run").selected_start == 1
+
+
 def _stop_at(events, condition) -> None:
     for event in events:
         if condition(event):
