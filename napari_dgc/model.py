@@ -117,6 +117,13 @@ class ModelConfig:
     def __post_init__(self) -> None:
         self.validate()
 
+    @property
+    def receptive_radius(self) -> int:
+        """Pixels of context each output pixel of such a model depends on."""
+        return self.spatial_layers * (self.spatial_kernel // 2) + self.meanshift_iters * (
+            self.meanshift_window // 2
+        )
+
     def validate(self) -> None:
         """Raise :class:`~napari_dgc.errors.ConfigError` if a value is out of its valid range."""
         if not 2 <= self.n_clusters <= MAX_CLUSTERS:
@@ -470,10 +477,7 @@ class DGCModel(nn.Module):
     @property
     def receptive_radius(self) -> int:
         """Pixels of context each output pixel depends on (halo a tile needs to be exact)."""
-        cfg = self.config
-        return cfg.spatial_layers * (cfg.spatial_kernel // 2) + cfg.meanshift_iters * (
-            cfg.meanshift_window // 2
-        )
+        return self.config.receptive_radius
 
     # -- normalisation -------------------------------------------------------------------
     def set_normalization(self, offset, scale, brightness_floor: float | None = None) -> None:

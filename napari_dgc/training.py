@@ -726,7 +726,7 @@ def train(
         """Step ``trainer`` to ``until``, writing its checkpoints; with selection ``windows``,
         also one at ``until`` with the start's score. Yields the events."""
         nonlocal elapsed
-        offset = plan.run_step_offset(trainer.start, until)
+        offset = plan.run_step_offset(trainer.start, selecting=windows is not None)
         steps = _train_steps(trainer, until, elapsed, plan.total_run_steps, offset,
                              checkpoint_at=until if windows is not None else None)
         for event, checkpoint in steps:
@@ -745,9 +745,9 @@ def train(
     if plan.restarts > 1 and run.selected_start is None:
         # Each start trains to the selection step in turn, its checkpoints written as it goes
         # (a person sees each start ignite or not); then the best-separated one continues.
-        radius = DGCModel(n_bands, config.model).receptive_radius
         windows = selection_windows(sources, config.selection_windows,
-                                    config.crop_size + 2 * radius, config.seed)
+                                    config.crop_size + 2 * config.model.receptive_radius,
+                                    config.seed)
         first = 0 if latest is None else latest.start + int(latest.step >= plan.selection_step)
         for start in range(first, plan.restarts):
             resumed = latest is not None and latest.start == start
@@ -794,12 +794,10 @@ class StartPlan:
         """Steps of all starts together."""
         return self.steps + (self.restarts - 1) * self.selection_step
 
-    def run_step_offset(self, start: int, until: int) -> int:
-        """Run steps before step 1 of ``start`` while it trains to ``until``: the earlier
-        starts' steps during the selection, all but the winner's after it."""
-        if self.restarts > 1 and until <= self.selection_step:
-            return start * self.selection_step
-        return (self.restarts - 1) * self.selection_step
+    def run_step_offset(self, start: int, selecting: bool) -> int:
+        """Run steps before step 1 of ``start``: the earlier starts' steps while it trains to
+        the selection (``selecting``), all but the winner's after it."""
+        return (start if selecting else self.restarts - 1) * self.selection_step
 
 
 def _start_separation(run, start: int, selection_step: int) -> float:
