@@ -79,7 +79,7 @@ def measure(path: str, repeats: int) -> dict:
     import tracemalloc
 
     from napari_dgc.io import open_cube
-    from napari_dgc.pseudo_rgb import pseudo_rgb
+    from napari_dgc.io.pseudo_rgb import pseudo_rgb
 
     rss_before = peak_rss_mib()
     open_times = []

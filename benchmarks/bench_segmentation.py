@@ -18,7 +18,7 @@ counts must give the same labels). Prints a markdown table. Example::
     python benchmarks/bench_segmentation.py --sizes 1000x1000 2000x1000 --threads 1 --workers 1 2
 
 ``--timeline`` instead times the checkpoint timeline's engine part,
-:class:`~napari_dgc.checkpoint_review.CheckpointReview`, on an in-memory synthetic
+:class:`~napari_dgc.inference.checkpoint_review.CheckpointReview`, on an in-memory synthetic
 512 x 512 x 301 leaf scene and a run folder of random checkpoints sharing one normalisation:
 the first (not yet segmented) checkpoint, the next one (spectral input cached or not) and a
 cached one, serial and with parallel tiles::
@@ -123,8 +123,8 @@ def child_segment(path: Path, tile: int, threads: int, workers: int) -> dict:
     import torch
 
     from napari_dgc.io import open_cube
-    from napari_dgc.model import DGCModel, ModelConfig
-    from napari_dgc.segmentation import segment_cube
+    from napari_dgc.model.network import DGCModel, ModelConfig
+    from napari_dgc.inference.segmentation import segment_cube
 
     torch.set_num_threads(threads)
     cube = open_cube(path)
@@ -187,11 +187,11 @@ def bench_timeline(scratch: Path, threads: int, worker_counts: list[int], repeat
     """Time CheckpointReview on a 512 x 512 x 301 scene; print a markdown table."""
     import torch
 
-    from napari_dgc.checkpoint_review import CheckpointReview
-    from napari_dgc.model import DGCModel, ModelConfig
-    from napari_dgc.run import RunDirectory
-    from napari_dgc.synthetic import make_leaf_scene
-    from napari_dgc.training import TrainConfig
+    from napari_dgc.inference.checkpoint_review import CheckpointReview
+    from napari_dgc.model.network import DGCModel, ModelConfig
+    from napari_dgc.run_folder import RunDirectory
+    from napari_dgc.datasets.synthetic import make_leaf_scene
+    from napari_dgc.training.loop import TrainConfig
 
     torch.set_num_threads(threads)
     cube = make_leaf_scene(512, 512, 301, seed=0).cube
@@ -240,8 +240,8 @@ def bench_stages(bands: int, tile: int, threads: int, repeats: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    from napari_dgc._meanshift import mean_shift
-    from napari_dgc.model import DGCModel, ModelConfig
+    from napari_dgc.model.meanshift import mean_shift
+    from napari_dgc.model.network import DGCModel, ModelConfig
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

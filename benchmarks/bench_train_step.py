@@ -28,11 +28,11 @@ import time
 import numpy as np
 import torch
 
-from napari_dgc.model import DGCModel, ModelConfig
-from napari_dgc.normalization import compute_band_statistics
-from napari_dgc.sampling import CubeSource, PairStream
-from napari_dgc.synthetic import make_leaf_scene
-from napari_dgc.training import TrainConfig, Trainer
+from napari_dgc.model.network import DGCModel, ModelConfig
+from napari_dgc.training.normalization import compute_band_statistics
+from napari_dgc.training.sampling import CubeSource, PairStream
+from napari_dgc.datasets.synthetic import make_leaf_scene
+from napari_dgc.training.loop import TrainConfig, Trainer
 
 VARIANTS = {
     "default": {},

@@ -24,9 +24,9 @@ from sklearn.cluster import KMeans
 from tune_quality import load_dataset  # benchmarks/ is on sys.path when run as a script
 
 from napari_dgc.metrics import evaluate_clustering
-from napari_dgc.model import DGCModel, ModelConfig
-from napari_dgc.normalization import compute_band_statistics
-from napari_dgc.sampling import CubeSource
+from napari_dgc.model.network import DGCModel, ModelConfig
+from napari_dgc.training.normalization import compute_band_statistics
+from napari_dgc.training.sampling import CubeSource
 
 
 def kmeans_nmi(features: torch.Tensor, truth: np.ndarray, n_clusters: int) -> float:

@@ -9,14 +9,14 @@ Datasets:
   four polymer swatches; truth = the source pipeline's classifier output per polymer (four
   10 x 10 quadrants), so a sanity check, not annotation. K=4. The cube is smaller than the
   default crop: run it with ``--set crop_size=12``.
-* **leaf**: synthetic close-range leaf scenes (:func:`napari_dgc.synthetic.make_leaf_scene`);
+* **leaf**: synthetic close-range leaf scenes (:func:`napari_dgc.datasets.synthetic.make_leaf_scene`);
   DGC trains on ``--leaf-train`` scenes and every method is scored on ``--leaf-test`` other
   scenes. K=2 is scored against background vs. tissue (lesions count as tissue); K=3 and K=4
   against background / tissue / lesion. For every K the background–tissue (B–T) IoU is also
   given after mapping each cluster to the B–T class it overlaps most (how a person merges
   clusters by hand).
 
-For each (dataset, K, seed) DGC trains with :func:`napari_dgc.training.train` at the project's
+For each (dataset, K, seed) DGC trains with :func:`napari_dgc.training.loop.train` at the project's
 default settings (except ``--steps`` and ``--checkpoint-every``), and every checkpoint is scored:
 **best** is the checkpoint with the highest NMI (Samson) or B–T mean IoU (leaf) — chosen with
 the ground truth, as a person picking the stopping point by eye would — and **final** is the
@@ -95,7 +95,7 @@ def load_microplastics(data_dir: Path) -> Dataset | None:
 
 def make_leaf(scratch: Path, size: int, n_bands: int, n_train: int, n_test: int) -> Dataset:
     """Synthetic leaf scenes: ``n_train`` saved for training, ``n_test`` other seeds scored."""
-    from napari_dgc.synthetic import make_leaf_scene
+    from napari_dgc.datasets.synthetic import make_leaf_scene
 
     files = []
     for seed in range(n_train):
@@ -163,9 +163,9 @@ def run_baselines(dataset: Dataset, k: int, seed: int) -> dict[str, dict[str, fl
 
 def run_dgc(dataset: Dataset, k: int, seed: int, args, scratch: Path) -> dict:
     """Train once; score every checkpoint; return best, final and the training time."""
-    from napari_dgc.run import RunDirectory
-    from napari_dgc.segmentation import segment_cube
-    from napari_dgc.training import FinishedEvent, TrainConfig, apply_overrides, train
+    from napari_dgc.run_folder import RunDirectory
+    from napari_dgc.inference.segmentation import segment_cube
+    from napari_dgc.training.loop import FinishedEvent, TrainConfig, apply_overrides, train
 
     settings = TrainConfig().to_dict()
     settings["model"]["n_clusters"] = k

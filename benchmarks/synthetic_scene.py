@@ -21,7 +21,7 @@ import time
 import numpy as np
 from sklearn.cluster import KMeans
 
-from napari_dgc.synthetic import make_leaf_scene
+from napari_dgc.datasets.synthetic import make_leaf_scene
 
 
 def background_tissue_iou(predicted_tissue: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

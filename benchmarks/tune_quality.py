@@ -1,6 +1,6 @@
 """Quick quality checks of the training defaults (the formal benchmark is benchmarks/quality.py).
 
-Trains with :class:`napari_dgc.training.Trainer` (no run folder) and every ``--eval-every`` steps
+Trains with :class:`napari_dgc.training.loop.Trainer` (no run folder) and every ``--eval-every`` steps
 segments every scene whole and prints: active clusters, loss terms, and the scores against the
 ground truth — background-vs-tissue mean IoU after many-to-one matching (``bt_iou``: every
 cluster goes to the B or T class it overlaps most) and NMI against the full ground truth.
@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 from napari_dgc.metrics import evaluate_clustering
-from napari_dgc.model import DGCModel
-from napari_dgc.normalization import compute_band_statistics
-from napari_dgc.sampling import CubeSource, PairStream
-from napari_dgc.synthetic import make_leaf_scene
-from napari_dgc.training import TrainConfig, Trainer, apply_overrides
+from napari_dgc.model.network import DGCModel
+from napari_dgc.training.normalization import compute_band_statistics
+from napari_dgc.training.sampling import CubeSource, PairStream
+from napari_dgc.datasets.synthetic import make_leaf_scene
+from napari_dgc.training.loop import TrainConfig, Trainer, apply_overrides
 
 SAMSON = Path(__file__).resolve().parents[2] / "shared" / "data" / "samson" / "Samson.mat"
 

@@ -7,9 +7,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from napari_dgc import layer_metadata as layer_keys
 from napari_dgc.errors import CubeFormatError, UnsupportedFormatError
 from napari_dgc.io import Cube, format_for_path, open_cube
-from napari_dgc.pseudo_rgb import choose_rgb_bands, stretch_channels
+from napari_dgc.io.pseudo_rgb import choose_rgb_bands, stretch_channels
 
 LayerDataTuple = tuple
 ReaderFunction = Callable[[str | Sequence[str]], list[LayerDataTuple]]
@@ -77,21 +78,21 @@ def cube_layer_data(cube: Cube, name: str | None = None) -> list[LayerDataTuple]
         "contrast_limits": _contrast_limits(bands[3]),
         "metadata": {
             "wavelengths": wavelengths,
-            "dgc_cube_path": str(cube.path),
-            "dgc_band_axis": 0,
-            "dgc_format": cube.format,
-            "dgc_provenance": cube.provenance,
+            layer_keys.CUBE_PATH: str(cube.path),
+            layer_keys.BAND_AXIS: 0,
+            layer_keys.FORMAT: cube.format,
+            layer_keys.PROVENANCE: cube.provenance,
         },
     }
     rgb_kwargs = {
         "name": f"{name} (pseudo-RGB)",
         "rgb": True,
         "metadata": {
-            "dgc_cube_layer": name,
-            "dgc_cube_path": str(cube.path),
-            "dgc_rgb_bands": list(choice.indices),
-            "dgc_rgb_wavelengths": None if choice.wavelengths is None else list(choice.wavelengths),
-            "dgc_rgb_method": choice.method,
+            layer_keys.CUBE_LAYER: name,
+            layer_keys.CUBE_PATH: str(cube.path),
+            layer_keys.RGB_BANDS: list(choice.indices),
+            layer_keys.RGB_WAVELENGTHS: None if choice.wavelengths is None else list(choice.wavelengths),
+            layer_keys.RGB_METHOD: choice.method,
         },
     }
     return [

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 from napari.utils.colormaps import DirectLabelColormap
 
+from napari_dgc import layer_metadata as layer_keys
 from napari_dgc._reader import cube_layer_data
-from napari_dgc.classes import default_class_color
+from napari_dgc.analysis.classes import default_class_color
 from napari_dgc.io import Cube, open_cube
-from napari_dgc.synthetic import SyntheticScene, make_leaf_scene
+from napari_dgc.datasets.synthetic import SyntheticScene, make_leaf_scene
 
 LayerDataTuple = tuple
 
@@ -86,7 +87,7 @@ def scene_layer_data(scene: SyntheticScene, name: str, provenance: dict | None =
         "opacity": 0.5,
         "colormap": DirectLabelColormap(color_dict=colors),
         "features": {"class": list(scene.class_names)},
-        "metadata": {"class_names": list(scene.class_names), "dgc_cube_layer": name},
+        "metadata": {"class_names": list(scene.class_names), layer_keys.CUBE_LAYER: name},
     }
     return cube_layer_data(cube, name=name) + [(scene.labels, labels_kwargs, "labels")]
 
@@ -108,7 +109,7 @@ def synthetic_leaf_sample(rows: int = 256, cols: int = 256, seed: int = 0) -> li
     """
     scene = make_leaf_scene(rows, cols, seed=seed)
     provenance = {
-        "generator": "napari_dgc.synthetic.make_leaf_scene",
+        "generator": "napari_dgc.datasets.synthetic.make_leaf_scene",
         "rows": rows,
         "cols": cols,
         "n_bands": int(scene.wavelengths.size),

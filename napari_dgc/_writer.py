@@ -14,18 +14,19 @@ from typing import Any
 
 import numpy as np
 
-from napari_dgc.classes import ClassMapping
-from napari_dgc.export import cluster_legend, write_label_map
+from napari_dgc import layer_metadata as layer_keys
+from napari_dgc.analysis.classes import ClassMapping
+from napari_dgc.analysis.export import cluster_legend, write_label_map
 
 
 def layer_legend(labels: np.ndarray, metadata: dict) -> tuple[np.ndarray, dict]:
     """The values to write and their legend, from a Labels layer's data and metadata."""
-    if "dgc_mapping" in metadata:
-        mapping = ClassMapping.from_json(metadata["dgc_mapping"], complete=False)
+    if layer_keys.MAPPING in metadata:
+        mapping = ClassMapping.from_json(metadata[layer_keys.MAPPING], complete=False)
         return labels, mapping.legend()
-    if "dgc_n_clusters" in metadata:
-        offset = int(metadata.get("dgc_label_offset", 0))
-        return labels - offset, cluster_legend(int(metadata["dgc_n_clusters"]))
+    if layer_keys.N_CLUSTERS in metadata:
+        offset = int(metadata.get(layer_keys.LABEL_OFFSET, 0))
+        return labels - offset, cluster_legend(int(metadata[layer_keys.N_CLUSTERS]))
     values = [int(v) for v in np.unique(labels)]
     return labels, {
         "kind": "labels",

@@ -6,9 +6,9 @@ import napari
 import numpy as np
 
 from napari_dgc._sample_data import scene_layer_data
-from napari_dgc.model import ModelConfig
-from napari_dgc.synthetic import make_leaf_scene
-from napari_dgc.training import TrainConfig
+from napari_dgc.model.network import ModelConfig
+from napari_dgc.datasets.synthetic import make_leaf_scene
+from napari_dgc.training.loop import TrainConfig
 
 N_CLUSTERS = 3
 N_BANDS = 16

@@ -1,4 +1,4 @@
-"""Tests of napari_dgc.checkpoint_review against a real (tiny) training run."""
+"""Tests of napari_dgc.inference.checkpoint_review against a real (tiny) training run."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dgc import checkpoint_review
-from napari_dgc.checkpoint_review import CheckpointReview
+from napari_dgc.inference import checkpoint_review
+from napari_dgc.inference.checkpoint_review import CheckpointReview
 from napari_dgc.errors import CheckpointError
 from napari_dgc.io import open_cube
 from napari_dgc.metrics import (
@@ -19,9 +19,9 @@ from napari_dgc.metrics import (
     normalized_mutual_info,
     usage_entropy,
 )
-from napari_dgc.run import RunDirectory
-from napari_dgc.segmentation import segment_cube
-from napari_dgc.training import train
+from napari_dgc.run_folder import RunDirectory
+from napari_dgc.inference.segmentation import segment_cube
+from napari_dgc.training.loop import train
 
 from _training_helpers import N_CLUSTERS, tiny_config, tiny_cube
 

@@ -1,4 +1,4 @@
-"""Tests of napari_dgc.classes: mappings, their JSON forms and per-cluster statistics."""
+"""Tests of napari_dgc.analysis.classes: mappings, their JSON forms and per-cluster statistics."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from napari_dgc.classes import ClassMapping, ClusterStatistics, SemanticClass, cluster_statistics
+from napari_dgc.analysis.classes import ClassMapping, ClusterStatistics, SemanticClass, cluster_statistics
 from napari_dgc.errors import MappingError
 
 

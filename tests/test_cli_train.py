@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_dgc.cli import main
-from napari_dgc.run import RunDirectory
+from napari_dgc.run_folder import RunDirectory
 
 FAST = ["--crop-size", "12", "--batch-size", "2", "--device", "cpu", "--threads", "1"]
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from napari_dgc.cli import main
-from napari_dgc.run import RunDirectory
-from napari_dgc.segmentation import segment_cube
-from napari_dgc.synthetic import make_leaf_scene
+from napari_dgc.run_folder import RunDirectory
+from napari_dgc.inference.segmentation import segment_cube
+from napari_dgc.datasets.synthetic import make_leaf_scene
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -41,7 +41,7 @@ def test_cli_trains_and_segments_on_cuda_like_the_cpu(scene_file, tmp_path, caps
 
 
 def test_segment_cube_follows_a_model_on_cuda(scene_file, tmp_path):
-    from napari_dgc.model import DGCModel, ModelConfig
+    from napari_dgc.model.network import DGCModel, ModelConfig
 
     torch.manual_seed(0)
     model = DGCModel(40, ModelConfig(n_clusters=3))

@@ -1,4 +1,4 @@
-"""Tests of napari_dgc.evaluation against hand-computed IoU values."""
+"""Tests of napari_dgc.analysis.evaluation against hand-computed IoU values."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from napari_dgc.classes import ClassMapping, SemanticClass
+from napari_dgc.analysis.classes import ClassMapping, SemanticClass
 from napari_dgc.errors import MaskError, MappingError
-from napari_dgc.evaluation import evaluate_classes, suggest_mapping, write_report
-from napari_dgc.masks import Mask
+from napari_dgc.analysis.evaluation import evaluate_classes, suggest_mapping, write_report
+from napari_dgc.analysis.masks import Mask
 
 # Truth: left half background, right half tissue, one ignored pixel.
 TRUTH = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0, 255, 1, 1]])

@@ -1,4 +1,4 @@
-"""Tests of napari_dgc.export: label maps with legends and model folders from a real tiny run."""
+"""Tests of napari_dgc.analysis.export: label maps with legends and model folders from a real tiny run."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import tifffile
 import torch
 from PIL import Image
 
-from napari_dgc.classes import ClassMapping, SemanticClass
+from napari_dgc.analysis.classes import ClassMapping, SemanticClass
 from napari_dgc.errors import CheckpointError, DGCError, MappingError
-from napari_dgc.export import (
+from napari_dgc.analysis.export import (
     cluster_legend,
     export_model_folder,
     load_model_folder,
@@ -21,11 +21,11 @@ from napari_dgc.export import (
     write_label_map,
 )
 from napari_dgc.io import Cube
-from napari_dgc.model import ModelConfig
-from napari_dgc.run import RunDirectory
-from napari_dgc.segmentation import segment_cube
-from napari_dgc.synthetic import make_leaf_scene
-from napari_dgc.training import TrainConfig, train
+from napari_dgc.model.network import ModelConfig
+from napari_dgc.run_folder import RunDirectory
+from napari_dgc.inference.segmentation import segment_cube
+from napari_dgc.datasets.synthetic import make_leaf_scene
+from napari_dgc.training.loop import TrainConfig, train
 
 K = 3
 

@@ -17,7 +17,7 @@ from _io_helpers import make_cube, write_envi, write_mat73
 
 from napari_dgc.errors import CubeFormatError, DGCError, UnsupportedFormatError
 from napari_dgc.io import open_cube
-from napari_dgc.pseudo_rgb import pseudo_rgb
+from napari_dgc.io.pseudo_rgb import pseudo_rgb
 
 
 def _envi(folder: Path, **kwargs) -> tuple[Path, Path]:

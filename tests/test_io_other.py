@@ -53,7 +53,7 @@ def test_npy_wavelengths_from_json_sidecar(tmp_path, rng):
 
 
 def test_npy_written_by_synthetic_scene_keeps_its_wavelengths(tmp_path):
-    from napari_dgc.synthetic import make_leaf_scene, save_scene_npy
+    from napari_dgc.datasets.synthetic import make_leaf_scene, save_scene_npy
 
     scene = make_leaf_scene(rows=16, cols=16, n_bands=12)
     paths = save_scene_npy(scene, tmp_path, stem="leaf")

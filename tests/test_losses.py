@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_dgc import losses
+from napari_dgc.training import losses
 
 
 def test_compactness_is_zero_at_the_centroids_and_grows_away_from_them():

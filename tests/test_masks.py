@@ -1,4 +1,4 @@
-"""Tests of napari_dgc.masks: raster and LabelMe masks, validation, matching to cubes."""
+"""Tests of napari_dgc.analysis.masks: raster and LabelMe masks, validation, matching to cubes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import tifffile
 from PIL import Image
 
 from napari_dgc.errors import MaskError
-from napari_dgc.masks import Mask, match_masks, parse_legend, read_mask
+from napari_dgc.analysis.masks import Mask, match_masks, parse_legend, read_mask
 
 MASK = np.array([[0, 0, 1], [0, 1, 1], [255, 1, 2]], dtype=np.uint8)
 

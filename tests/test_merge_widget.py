@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from napari_dgc._qt.merge_widget import MergeWidget, classes_layer_name, mask_layer_name
-from napari_dgc.classes import cluster_statistics
-from napari_dgc.synthetic import make_leaf_scene
+from napari_dgc.analysis.classes import cluster_statistics
+from napari_dgc.datasets.synthetic import make_leaf_scene
 
 ROWS, COLS, BANDS = 24, 28, 12
 

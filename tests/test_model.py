@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_dgc import _meanshift, model as model_module
-from napari_dgc._meanshift import mean_shift
+from napari_dgc.model import meanshift as _meanshift, network as model_module
+from napari_dgc.model.meanshift import mean_shift
 from napari_dgc.errors import ConfigError
-from napari_dgc.model import DGCModel, ModelConfig, band_convolution, box_resampling_matrix
+from napari_dgc.model.network import DGCModel, ModelConfig, band_convolution, box_resampling_matrix
 
 SMALL = ModelConfig(n_clusters=3, embed_dim=8, spectral_channels=4, spectral_bands=8,
                     meanshift_iters=2)
@@ -288,7 +288,7 @@ def test_compiled_spectral_input_equals_the_matrix_product(brightness_norm, band
 
 
 def test_bin_windows_product_handles_any_matrix():
-    from napari_dgc._cpu_kernels import bin_windows, spectral_input_cpu
+    from napari_dgc.model.cpu_kernels import bin_windows, spectral_input_cpu
 
     rng = np.random.default_rng(11)
     raw = rng.random((40, 37), dtype=np.float32)

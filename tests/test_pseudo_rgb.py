@@ -10,7 +10,7 @@ from _io_helpers import make_cube, write_envi
 
 from napari_dgc.io import Cube, open_cube
 from napari_dgc.io.lazy import BandStack
-from napari_dgc.pseudo_rgb import choose_rgb_bands, pseudo_rgb, stretch_channels
+from napari_dgc.io.pseudo_rgb import choose_rgb_bands, pseudo_rgb, stretch_channels
 
 
 def test_visible_cube_uses_bands_nearest_640_550_460():

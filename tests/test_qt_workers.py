@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from napari_dgc._qt import workers
-from napari_dgc.training import CheckpointEvent, FinishedEvent, TrainConfig
+from napari_dgc.training.loop import CheckpointEvent, FinishedEvent, TrainConfig
 
 
 class RecordingReview:

@@ -15,9 +15,9 @@ import torch
 
 from napari_dgc import atomic
 from napari_dgc.errors import CheckpointError
-from napari_dgc.model import DGCModel, ModelConfig
-from napari_dgc.run import CheckpointInfo, RunDirectory
-from napari_dgc.training import TrainConfig
+from napari_dgc.model.network import DGCModel, ModelConfig
+from napari_dgc.run_folder import CheckpointInfo, RunDirectory
+from napari_dgc.training.loop import TrainConfig
 
 N_BANDS = 12
 

@@ -16,7 +16,7 @@ from napari_dgc._sample_data import (
     synthetic_leaf_sample,
 )
 from napari_dgc.io import open_cube
-from napari_dgc.synthetic import make_leaf_scene
+from napari_dgc.datasets.synthetic import make_leaf_scene
 
 
 def test_resource_path_finds_bundled_files():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from napari_dgc.errors import ConfigError, CubeFormatError
-from napari_dgc.normalization import compute_band_statistics
-from napari_dgc.sampling import CubeSource, PairStream, gather_pair, match_pixels, open_sources
+from napari_dgc.training.normalization import compute_band_statistics
+from napari_dgc.training.sampling import CubeSource, PairStream, gather_pair, match_pixels, open_sources
 
 
 def coordinate_cube(rows: int = 50, cols: int = 60) -> np.ndarray:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dgc import segmentation
+from napari_dgc.inference import segmentation
 from napari_dgc.errors import ConfigError
 from napari_dgc.io import open_cube
-from napari_dgc.model import DGCModel, ModelConfig
-from napari_dgc.segmentation import (
+from napari_dgc.model.network import DGCModel, ModelConfig
+from napari_dgc.inference.segmentation import (
     segment_array,
     segment_cube,
     spectral_input_fingerprint,

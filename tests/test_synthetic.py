@@ -1,4 +1,4 @@
-"""Tests of the synthetic leaf scene generator (napari_dgc.synthetic)."""
+"""Tests of the synthetic leaf scene generator (napari_dgc.datasets.synthetic)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from scipy import ndimage
 
 from napari_dgc.errors import ConfigError, DGCError
 from napari_dgc.io import open_cube
-from napari_dgc.synthetic import (
+from napari_dgc.datasets.synthetic import (
     BACKGROUND,
     CLASS_NAMES,
     LESION,

@@ -9,8 +9,8 @@ from napari_dgc._qt import timeline_widget as timeline_module
 from napari_dgc._qt.cube_layers import LABEL_OFFSET, labels_layer_name
 from napari_dgc._qt.plots import short_number
 from napari_dgc._qt.timeline_widget import CHOSEN_MARKER, TimelineWidget
-from napari_dgc.run import RunDirectory
-from napari_dgc.training import train
+from napari_dgc.run_folder import RunDirectory
+from napari_dgc.training.loop import train
 
 from _training_helpers import N_CLUSTERS, add_cube_layer, tiny_config, tiny_cube
 
@@ -50,7 +50,7 @@ def test_open_run_shows_latest_and_sweeps_figures(make_napari_viewer, qtbot, hea
     assert timeline.current_checkpoint_id() == ids[-1]  # nothing chosen yet: the latest
     labels = viewer.layers[labels_layer_name("leaf")]
     model = RunDirectory.open(headless_run).load_model(ids[-1])
-    from napari_dgc.segmentation import segment_cube
+    from napari_dgc.inference.segmentation import segment_cube
 
     expected = segment_cube(model, tiny_cube(seed=1)).labels
     np.testing.assert_array_equal(labels.data, expected + LABEL_OFFSET)

@@ -14,8 +14,8 @@ from napari_dgc._qt.cube_layers import LABEL_OFFSET, cluster_colors, labels_laye
 from napari_dgc._qt.timeline_widget import TimelineWidget
 from napari_dgc._qt.train_state import TrainingHistory, TrainStatus
 from napari_dgc._qt.train_widget import ScientificSpinBox, TrainWidget
-from napari_dgc.run import RunDirectory
-from napari_dgc.training import ProgressEvent
+from napari_dgc.run_folder import RunDirectory
+from napari_dgc.training.loop import ProgressEvent
 
 from _training_helpers import N_CLUSTERS, add_cube_layer, tiny_config
 

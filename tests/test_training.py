@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from napari_dgc.errors import CheckpointError, ConfigError, CubeFormatError
-from napari_dgc.model import ModelConfig
-from napari_dgc.run import RunDirectory
-from napari_dgc.training import (
+from napari_dgc.model.network import ModelConfig
+from napari_dgc.run_folder import RunDirectory
+from napari_dgc.training.loop import (
     LOSS_TERMS,
     CheckpointEvent,
     FinishedEvent,
@@ -102,8 +102,8 @@ def test_finished_run_can_be_extended(cubes, tmp_path):
 
 
 def _trainer(cubes, **overrides) -> Trainer:
-    from napari_dgc.model import DGCModel
-    from napari_dgc.sampling import PairStream, open_sources
+    from napari_dgc.model.network import DGCModel
+    from napari_dgc.training.sampling import PairStream, open_sources
 
     config = tiny_config(**overrides)
     stream = PairStream(open_sources(cubes), config.crop_size, (0.2, 0.8), 2, 0)
@@ -151,7 +151,7 @@ def test_dead_cluster_is_reseeded_at_a_poorly_explained_embedding(cubes):
 
 
 def test_kmeans_init_puts_centroids_on_the_data(cubes):
-    from napari_dgc.training import spherical_kmeans
+    from napari_dgc.training.loop import spherical_kmeans
 
     basis = torch.eye(8)
     z = torch.nn.functional.normalize(
@@ -176,7 +176,7 @@ def test_centroid_fit_runs_once_at_its_step(cubes, monkeypatch):
 
 
 def test_centroid_fit_keeps_the_seeding_of_lowest_inertia(cubes, monkeypatch):
-    import napari_dgc.training as training
+    import napari_dgc.training.loop as training
 
     basis = torch.eye(8)
     good = basis[[0, 1]]  # the two directions the fake embeddings below lie on
@@ -191,7 +191,7 @@ def test_centroid_fit_keeps_the_seeding_of_lowest_inertia(cubes, monkeypatch):
 
 def _scripted_separation(monkeypatch, scores):
     """Make the start selection see ``scores`` (one per start, in order)."""
-    import napari_dgc.training as training
+    import napari_dgc.training.loop as training
 
     queue = iter(scores * 4)
     monkeypatch.setattr(training, "spectral_separation", lambda model, windows: next(queue))
@@ -288,7 +288,7 @@ def test_extending_a_restarted_run_keeps_its_selection_step(cubes, tmp_path, mon
 
 
 def test_spectral_separation_prefers_labels_that_follow_the_materials(cubes, monkeypatch):
-    from napari_dgc.training import selection_windows, spectral_separation
+    from napari_dgc.training.loop import selection_windows, spectral_separation
 
     trainer = _trainer(cubes)
     trainer.model.set_normalization(np.zeros(10), np.ones(10), 1e-6)
@@ -313,13 +313,13 @@ def test_selection_windows_are_seeded_and_clipped_to_small_cubes(cubes):
 
 
 def _source(cube):
-    from napari_dgc.sampling import CubeSource
+    from napari_dgc.training.sampling import CubeSource
 
     return CubeSource(cube, "cube")
 
 
 def selection_windows_of(sources, size, seed):
-    from napari_dgc.training import selection_windows
+    from napari_dgc.training.loop import selection_windows
 
     return selection_windows(sources, 4, size, seed)
 

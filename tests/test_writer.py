@@ -8,7 +8,7 @@ import numpy as np
 import tifffile
 
 from napari_dgc._writer import write_class_map
-from napari_dgc.classes import ClassMapping, SemanticClass
+from napari_dgc.analysis.classes import ClassMapping, SemanticClass
 
 
 def test_classes_layer_is_written_with_its_class_legend(tmp_path):

@@ -23,13 +23,13 @@ from qtpy.QtWidgets import QApplication
 from napari_dgc._qt.cube_layers import cube_source, show_clusters
 from napari_dgc._qt.merge_widget import MergeWidget
 from napari_dgc._sample_data import scene_layer_data
-from napari_dgc.evaluation import suggest_mapping
-from napari_dgc.masks import Mask
-from napari_dgc.model import ModelConfig
-from napari_dgc.run import RunDirectory
-from napari_dgc.segmentation import segment_cube
-from napari_dgc.synthetic import make_leaf_scene
-from napari_dgc.training import TrainConfig, train
+from napari_dgc.analysis.evaluation import suggest_mapping
+from napari_dgc.analysis.masks import Mask
+from napari_dgc.model.network import ModelConfig
+from napari_dgc.run_folder import RunDirectory
+from napari_dgc.inference.segmentation import segment_cube
+from napari_dgc.datasets.synthetic import make_leaf_scene
+from napari_dgc.training.loop import TrainConfig, train
 
 HERE = Path(__file__).resolve().parent
 CUBE = "synthetic leaf"

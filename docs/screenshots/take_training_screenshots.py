@@ -19,8 +19,8 @@ from qtpy.QtWidgets import QApplication  # noqa: E402
 
 from napari_dgc._qt.train_state import TrainStatus  # noqa: E402
 from napari_dgc._qt.train_widget import TrainWidget  # noqa: E402
-from napari_dgc.model import ModelConfig  # noqa: E402
-from napari_dgc.training import TrainConfig  # noqa: E402
+from napari_dgc.model.network import ModelConfig  # noqa: E402
+from napari_dgc.training.loop import TrainConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

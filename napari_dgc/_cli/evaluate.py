@@ -2,7 +2,7 @@
 
 ``LABELS`` and ``MASK`` are either two files (one cube) or two folders, whose files are paired
 by name stem (``leaf_labels.tif`` with ``leaf_mask.png`` or ``leaf.json``; see
-:mod:`napari_dgc.masks`). Cluster maps hold cluster ids ``0..K-1`` (as ``napari-dgc segment``
+:mod:`napari_dgc.analysis.masks`). Cluster maps hold cluster ids ``0..K-1`` (as ``napari-dgc segment``
 writes them). Without ``--mapping`` the best automatic mapping is used and the output says so.
 """
 
@@ -19,7 +19,7 @@ from napari_dgc.errors import DGCError, MappingError
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``evaluate`` sub-command."""
-    from napari_dgc.evaluation import SUGGESTION_METHODS
+    from napari_dgc.analysis.evaluation import SUGGESTION_METHODS
 
     parser = subparsers.add_parser(
         "evaluate",
@@ -63,7 +63,7 @@ def _files(argument: str, suffixes: tuple[str, ...], what: str) -> list[Path]:
 
 def _pair(label_files: list[Path], mask_files: list[Path]) -> dict[str, tuple[Path, Path]]:
     from napari_dgc.errors import MaskError
-    from napari_dgc.masks import mask_stem, match_masks
+    from napari_dgc.analysis.masks import mask_stem, match_masks
 
     if len(label_files) == 1 and len(mask_files) == 1:
         return {mask_stem(label_files[0]): (label_files[0], mask_files[0])}
@@ -77,7 +77,7 @@ def _pair(label_files: list[Path], mask_files: list[Path]) -> dict[str, tuple[Pa
 
 
 def _read_cluster_map(path: Path) -> np.ndarray:
-    from napari_dgc.masks import read_label_image
+    from napari_dgc.analysis.masks import read_label_image
 
     labels = read_label_image(path)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
@@ -101,10 +101,10 @@ def _cluster_count(args: argparse.Namespace, cluster_maps: dict[str, np.ndarray]
 
 
 def _run(args: argparse.Namespace) -> int:
-    from napari_dgc.classes import ClassMapping
-    from napari_dgc.evaluation import evaluate_classes, suggest_mapping, write_report
-    from napari_dgc.export import LABEL_MAP_SUFFIXES
-    from napari_dgc.masks import MASK_SUFFIXES, parse_legend, read_mask
+    from napari_dgc.analysis.classes import ClassMapping
+    from napari_dgc.analysis.evaluation import evaluate_classes, suggest_mapping, write_report
+    from napari_dgc.analysis.export import LABEL_MAP_SUFFIXES
+    from napari_dgc.analysis.masks import MASK_SUFFIXES, parse_legend, read_mask
 
     for output in (args.json, args.csv):
         if output and Path(output).exists() and not args.overwrite:

@@ -97,7 +97,7 @@ def _probability_bytes(probabilities: np.ndarray, file_format: str) -> bytes:
 
 def _load_model(args: argparse.Namespace):
     """Return ``(model, class mapping or None, cube arguments)`` from the chosen source."""
-    from napari_dgc.training import resolve_device
+    from napari_dgc.training.loop import resolve_device
 
     device = str(resolve_device(args.device))
     if args.classes is not None:
@@ -105,13 +105,13 @@ def _load_model(args: argparse.Namespace):
             raise ConfigError(
                 "--checkpoint selects a run's checkpoint; it cannot go with --classes"
             )
-        from napari_dgc.export import load_model_folder
+        from napari_dgc.analysis.export import load_model_folder
 
         model, mapping = load_model_folder(args.classes, device=device)
         return model, mapping, args.inputs
     if len(args.inputs) < 2:
         raise ConfigError("give a run folder and at least one cube (or --classes MODEL_FOLDER)")
-    from napari_dgc.run import RunDirectory
+    from napari_dgc.run_folder import RunDirectory
 
     model = RunDirectory.open(args.inputs[0]).load_model(args.checkpoint, device=device)
     return model, None, args.inputs[1:]
@@ -119,9 +119,9 @@ def _load_model(args: argparse.Namespace):
 
 def _run(args: argparse.Namespace) -> int:
     from napari_dgc.atomic import atomic_write_bytes
-    from napari_dgc.export import cluster_legend, legend_path, write_class_map, write_label_map
+    from napari_dgc.analysis.export import cluster_legend, legend_path, write_class_map, write_label_map
     from napari_dgc.io import open_cube
-    from napari_dgc.segmentation import segment_cube
+    from napari_dgc.inference.segmentation import segment_cube
 
     model, mapping, cube_arguments = _load_model(args)
     stems = [_output_stem(name) for name in cube_arguments]

@@ -63,8 +63,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace):
-    from napari_dgc.model import ModelConfig
-    from napari_dgc.training import TrainConfig, apply_overrides
+    from napari_dgc.model.network import ModelConfig
+    from napari_dgc.training.loop import TrainConfig, apply_overrides
 
     settings = {
         "model": ModelConfig(n_clusters=4 if args.clusters is None else args.clusters),
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
     """Train; return the exit code (bad input raises DGCError, reported by the dispatcher)."""
     import torch
 
-    from napari_dgc.training import (CheckpointEvent, FinishedEvent, ProgressEvent,
+    from napari_dgc.training.loop import (CheckpointEvent, FinishedEvent, ProgressEvent,
                                      StartSelectedEvent, train)
 
     if args.threads is not None:
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     config = _config(args)
     cubes = list(args.cubes)
     if resume:
-        from napari_dgc.run import RunDirectory
+        from napari_dgc.run_folder import RunDirectory
 
         # The run's own settings apply; --clusters only has to agree if it was given.
         run = RunDirectory.open(args.resume)

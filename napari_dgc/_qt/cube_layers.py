@@ -20,6 +20,7 @@ import numpy as np
 from napari.layers import Image, Labels
 from napari.utils.colormaps import DirectLabelColormap
 
+from napari_dgc import layer_metadata as layer_keys
 from napari_dgc.io import Cube
 
 #: Value added to cluster ids in the Labels layers (see module docstring).
@@ -59,7 +60,7 @@ def is_cube_layer(layer) -> bool:
 
 def is_reader_cube(layer) -> bool:
     """Whether a cube layer came from the napari-dgc reader (band-first, with its file)."""
-    return is_cube_layer(layer) and "dgc_cube_path" in layer.metadata
+    return is_cube_layer(layer) and layer_keys.CUBE_PATH in layer.metadata
 
 
 @dataclass
@@ -109,11 +110,11 @@ def cube_source(layer: Image, band_axis: int = 0) -> CubeSource:
         wavelengths = metadata.get("wavelengths")
         cube: Cube | np.ndarray = Cube(
             data=layer.data,
-            band_axis=int(metadata.get("dgc_band_axis", 0)),
+            band_axis=int(metadata.get(layer_keys.BAND_AXIS, 0)),
             wavelengths=None if wavelengths is None else np.asarray(wavelengths, dtype=np.float64),
-            path=Path(metadata["dgc_cube_path"]),
-            format=str(metadata.get("dgc_format", "")),
-            provenance=dict(metadata.get("dgc_provenance", {})),
+            path=Path(metadata[layer_keys.CUBE_PATH]),
+            format=str(metadata.get(layer_keys.FORMAT, "")),
+            provenance=dict(metadata.get(layer_keys.PROVENANCE, {})),
         )
     else:
         cube = np.ascontiguousarray(np.moveaxis(np.asarray(layer.data), band_axis, -1), dtype=np.float32)
@@ -145,11 +146,11 @@ def clusters_layer(
         np.zeros(source.layer.data.shape[-2:], dtype=np.int32),
         name=name,
         metadata={
-            "dgc_run": str(run_dir),
-            "dgc_checkpoint": None,
-            "dgc_cube_layer": source.name,
-            "dgc_n_clusters": int(n_clusters),
-            "dgc_label_offset": LABEL_OFFSET,
+            layer_keys.RUN: str(run_dir),
+            layer_keys.CHECKPOINT: None,
+            layer_keys.CUBE_LAYER: source.name,
+            layer_keys.N_CLUSTERS: int(n_clusters),
+            layer_keys.LABEL_OFFSET: LABEL_OFFSET,
         },
         colormap=cluster_colormap(n_clusters),
         opacity=0.6,
@@ -188,14 +189,14 @@ def show_clusters(
         The layer now showing ``labels``.
     """
     metadata = {
-        "dgc_run": str(run_dir),
-        "dgc_checkpoint": checkpoint_id,
-        "dgc_cube_layer": source.name,
-        "dgc_n_clusters": int(n_clusters),
-        "dgc_label_offset": LABEL_OFFSET,
+        layer_keys.RUN: str(run_dir),
+        layer_keys.CHECKPOINT: checkpoint_id,
+        layer_keys.CUBE_LAYER: source.name,
+        layer_keys.N_CLUSTERS: int(n_clusters),
+        layer_keys.LABEL_OFFSET: LABEL_OFFSET,
     }
     layer = clusters_layer(viewer, source, run_dir=run_dir, n_clusters=n_clusters, layer=layer)
-    if layer.metadata.get("dgc_n_clusters") != n_clusters:
+    if layer.metadata.get(layer_keys.N_CLUSTERS) != n_clusters:
         layer.colormap = cluster_colormap(n_clusters)
     layer.metadata.update(metadata)
     layer.data = labels.astype(np.int32, copy=False) + LABEL_OFFSET

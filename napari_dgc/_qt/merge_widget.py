@@ -1,7 +1,7 @@
 """The "DGC: Cluster merge" panel: merge learned clusters into named classes, score them, export.
 
-The panel is a thin layer over the engine (:mod:`napari_dgc.classes`,
-:mod:`napari_dgc.masks`, :mod:`napari_dgc.evaluation`, :mod:`napari_dgc.export`):
+The panel is a thin layer over the engine (:mod:`napari_dgc.analysis.classes`,
+:mod:`napari_dgc.analysis.masks`, :mod:`napari_dgc.analysis.evaluation`, :mod:`napari_dgc.analysis.export`):
 
 * it finds the "DGC clusters [<cube>]" Labels layers of the train panel (metadata ``dgc_run``,
   ``dgc_checkpoint``, ``dgc_cube_layer``, ``dgc_n_clusters``, ``dgc_label_offset``) and groups
@@ -10,7 +10,7 @@ The panel is a thin layer over the engine (:mod:`napari_dgc.classes`,
   ± standard deviation (streamed over the cube), and keeps one "DGC classes [<cube>]" Labels
   layer per cube up to date with every change of the mapping;
 * masks are Labels layers with ``metadata["dgc_cube_layer"]`` (drawn, imported, or the
-  synthetic sample's ground truth); values follow :mod:`napari_dgc.masks`;
+  synthetic sample's ground truth); values follow :mod:`napari_dgc.analysis.masks`;
 * a click on the canvas shows the pixel's spectrum, cluster and class.
 """
 
@@ -44,9 +44,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_dgc import layer_metadata as layer_keys
 from napari_dgc._qt.cube_layers import cluster_colors
 from napari_dgc._qt.merge_parts import ClassListWidget, SpectrumPlot, swatch
-from napari_dgc.classes import (
+from napari_dgc.analysis.classes import (
     ClassMapping,
     ClusterStatistics,
     SemanticClass,
@@ -54,7 +55,7 @@ from napari_dgc.classes import (
     default_class_color,
 )
 from napari_dgc.errors import DGCError
-from napari_dgc.evaluation import (
+from napari_dgc.analysis.evaluation import (
     POOLED,
     SUGGESTION_METHODS,
     EvaluationReport,
@@ -62,8 +63,8 @@ from napari_dgc.evaluation import (
     suggest_mapping,
     write_report,
 )
-from napari_dgc.export import export_model_folder, write_class_map
-from napari_dgc.masks import DEFAULT_LEGEND, MASK_SUFFIXES, Mask, match_masks, parse_legend, read_mask
+from napari_dgc.analysis.export import export_model_folder, write_class_map
+from napari_dgc.analysis.masks import DEFAULT_LEGEND, MASK_SUFFIXES, Mask, match_masks, parse_legend, read_mask
 
 CLASSES_PREFIX = "DGC classes"
 MASK_PREFIX = "DGC mask"
@@ -82,7 +83,7 @@ def mask_layer_name(cube_name: str) -> str:
 
 def is_cluster_layer(layer) -> bool:
     """Whether ``layer`` shows DGC clusters (made by the train panel)."""
-    return isinstance(layer, Labels) and {"dgc_run", "dgc_n_clusters", "dgc_cube_layer"} <= layer.metadata.keys()
+    return isinstance(layer, Labels) and {layer_keys.RUN, layer_keys.N_CLUSTERS, layer_keys.CUBE_LAYER} <= layer.metadata.keys()
 
 
 def is_mask_layer(layer) -> bool:
@@ -90,9 +91,9 @@ def is_mask_layer(layer) -> bool:
     metadata = layer.metadata
     return (
         isinstance(layer, Labels)
-        and "dgc_cube_layer" in metadata
-        and "dgc_n_clusters" not in metadata
-        and "dgc_mapping" not in metadata
+        and layer_keys.CUBE_LAYER in metadata
+        and layer_keys.N_CLUSTERS not in metadata
+        and layer_keys.MAPPING not in metadata
     )
 
 
@@ -273,7 +274,7 @@ class MergeWidget(QWidget):
         for layer in self.viewer.layers:
             if is_cluster_layer(layer):
                 meta = layer.metadata
-                key = (str(meta["dgc_run"]), meta.get("dgc_checkpoint"), int(meta["dgc_n_clusters"]))
+                key = (str(meta[layer_keys.RUN]), meta.get(layer_keys.CHECKPOINT), int(meta[layer_keys.N_CLUSTERS]))
                 groups.setdefault(key, []).append(layer)
         return groups
 
@@ -327,8 +328,8 @@ class MergeWidget(QWidget):
     def cluster_maps(self) -> dict[str, np.ndarray]:
         """Cube name → cluster ids ``0..K-1`` of the current clustering."""
         return {
-            layer.metadata["dgc_cube_layer"]: np.asarray(layer.data).astype(np.int64)
-            - int(layer.metadata.get("dgc_label_offset", 0))
+            layer.metadata[layer_keys.CUBE_LAYER]: np.asarray(layer.data).astype(np.int64)
+            - int(layer.metadata.get(layer_keys.LABEL_OFFSET, 0))
             for layer in self.cluster_layers
         }
 
@@ -476,12 +477,12 @@ class MergeWidget(QWidget):
         for cube, labels in self.cluster_maps().items():
             class_map = self.mapping.apply(labels)
             name = classes_layer_name(cube)
-            source = next(layer for layer in self.cluster_layers if layer.metadata["dgc_cube_layer"] == cube)
+            source = next(layer for layer in self.cluster_layers if layer.metadata[layer_keys.CUBE_LAYER] == cube)
             metadata = {
-                "dgc_mapping": self.mapping.to_json(),
-                "dgc_cube_layer": cube,
-                "dgc_run": source.metadata["dgc_run"],
-                "dgc_checkpoint": source.metadata.get("dgc_checkpoint"),
+                layer_keys.MAPPING: self.mapping.to_json(),
+                layer_keys.CUBE_LAYER: cube,
+                layer_keys.RUN: source.metadata[layer_keys.RUN],
+                layer_keys.CHECKPOINT: source.metadata.get(layer_keys.CHECKPOINT),
             }
             layer = next((lay for lay in self.viewer.layers if isinstance(lay, Labels) and lay.name == name), None)
             if layer is None:
@@ -553,8 +554,8 @@ class MergeWidget(QWidget):
             rows, cols = layer.data.shape[-2:]
             if not (0 <= row < rows and 0 <= col < cols):
                 continue
-            cube = layer.metadata["dgc_cube_layer"]
-            cluster = int(layer.data[row, col]) - int(layer.metadata.get("dgc_label_offset", 0))
+            cube = layer.metadata[layer_keys.CUBE_LAYER]
+            cluster = int(layer.data[row, col]) - int(layer.metadata.get(layer_keys.LABEL_OFFSET, 0))
             owner = self.mapping.class_of_cluster(cluster)
             class_name = "unassigned" if owner is None else self.mapping.classes[owner].name
             text = f"{cube}, row {row}, col {col}: cluster {cluster}, class {class_name}"
@@ -573,7 +574,7 @@ class MergeWidget(QWidget):
         selected = set(self.viewer.layers.selection)
         for layer in self.viewer.layers:
             if is_mask_layer(layer):
-                cube = layer.metadata["dgc_cube_layer"]
+                cube = layer.metadata[layer_keys.CUBE_LAYER]
                 if cube not in masks or layer in selected:
                     masks[cube] = layer
         return masks
@@ -596,18 +597,18 @@ class MergeWidget(QWidget):
     @_guarded
     def new_mask_layer(self, cube: str | None = None) -> Labels:
         """Add an all-background mask layer for a cube, ready to paint tissue (1) with the brush."""
-        layers = [layer for layer in self.cluster_layers if cube in (None, layer.metadata["dgc_cube_layer"])]
+        layers = [layer for layer in self.cluster_layers if cube in (None, layer.metadata[layer_keys.CUBE_LAYER])]
         if not layers:
             raise DGCError("no 'DGC clusters' layer to draw a mask for")
         source = next((layer for layer in layers if layer in self.viewer.layers.selection), layers[0])
-        cube = source.metadata["dgc_cube_layer"]
+        cube = source.metadata[layer_keys.CUBE_LAYER]
         legend = dict(DEFAULT_LEGEND)
         colors = {None: "transparent", 0: "transparent", 255: "#ffffff"}
         colors.update({value: default_class_color(name, value) for value, name in legend.items() if value})
         layer = self.viewer.add_labels(
             np.zeros(source.data.shape, dtype=np.uint8),
             name=mask_layer_name(cube),
-            metadata={"dgc_cube_layer": cube, "class_names": list(legend.values())},
+            metadata={layer_keys.CUBE_LAYER: cube, "class_names": list(legend.values())},
             colormap=DirectLabelColormap(color_dict=colors),
             opacity=0.5,
             scale=tuple(source.scale),
@@ -624,7 +625,7 @@ class MergeWidget(QWidget):
 
         All files are read and checked before any layer is added.
         """
-        cubes = {layer.metadata["dgc_cube_layer"]: layer for layer in self.cluster_layers}
+        cubes = {layer.metadata[layer_keys.CUBE_LAYER]: layer for layer in self.cluster_layers}
         matched, unmatched = match_masks(paths, cubes)
         if not matched:
             raise DGCError(f"no mask file name matches a cube ({', '.join(cubes) or 'no cubes'})")
@@ -637,7 +638,7 @@ class MergeWidget(QWidget):
             added.append(
                 self.viewer.add_labels(
                     mask.values, name=mask_layer_name(cube),
-                    metadata={"dgc_cube_layer": cube, "class_names": [mask.legend[v] for v in sorted(mask.legend)], "dgc_mask_file": str(mask.source)},
+                    metadata={layer_keys.CUBE_LAYER: cube, "class_names": [mask.legend[v] for v in sorted(mask.legend)], layer_keys.MASK_FILE: str(mask.source)},
                     colormap=DirectLabelColormap(color_dict=colors), opacity=0.5,
                     scale=tuple(source.scale), translate=tuple(source.translate),
                 )

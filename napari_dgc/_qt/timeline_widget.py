@@ -31,11 +31,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_dgc.checkpoint_review import CheckpointFigures, CheckpointReview, recorded_losses
+from napari_dgc.inference.checkpoint_review import CheckpointFigures, CheckpointReview, recorded_losses
 from napari_dgc.errors import DGCError
 from napari_dgc.io import open_cube
-from napari_dgc.run import CheckpointInfo
-from napari_dgc.training import StartPlan
+from napari_dgc.run_folder import CheckpointInfo
+from napari_dgc.training.loop import StartPlan
 
 from .cube_layers import CubeSource, clusters_layer, cube_source, is_cube_layer, is_reader_cube, show_clusters
 from .plots import SparklineGrid, short_number
@@ -187,7 +187,7 @@ class TimelineWidget(QWidget):
         return True
 
     def _open_review(self, run_dir: Path, sources: Sequence[CubeSource] | None) -> CheckpointReview:
-        from napari_dgc.run import RunDirectory
+        from napari_dgc.run_folder import RunDirectory
 
         run = RunDirectory.open(run_dir)
         if sources is None:

@@ -1,6 +1,6 @@
 """The "DGC: Train" panel: train DGC on cube layers and watch it learn.
 
-Training runs :func:`napari_dgc.training.train` in a background worker. The GUI thread only
+Training runs :func:`napari_dgc.training.loop.train` in a background worker. The GUI thread only
 records progress events (plots are redrawn by a 10 Hz timer) and assigns the label maps the
 worker computed at each checkpoint to the "DGC clusters" layer of the cube they belong to.
 The embedded :class:`~napari_dgc._qt.timeline_widget.TimelineWidget` browses the checkpoints.
@@ -43,9 +43,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_dgc.errors import DGCError
-from napari_dgc.model import ModelConfig
-from napari_dgc.run import RunDirectory
-from napari_dgc.training import (CheckpointEvent, FinishedEvent, ProgressEvent, StartPlan,
+from napari_dgc.model.network import ModelConfig
+from napari_dgc.run_folder import RunDirectory
+from napari_dgc.training.loop import (CheckpointEvent, FinishedEvent, ProgressEvent, StartPlan,
                                  StartSelectedEvent, TrainConfig)
 
 from .collapsible import CollapsibleSection

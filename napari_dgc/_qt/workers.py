@@ -18,9 +18,9 @@ import torch
 from napari.qt.threading import GeneratorWorker, create_worker
 from qtpy.QtCore import QEvent, QObject
 
-from napari_dgc.checkpoint_review import CheckpointFigures, CheckpointReview, CubeInput
-from napari_dgc.segmentation import usable_cores
-from napari_dgc.training import CheckpointEvent, TrainConfig, resolve_device, train
+from napari_dgc.inference.checkpoint_review import CheckpointFigures, CheckpointReview, CubeInput
+from napari_dgc.inference.segmentation import usable_cores
+from napari_dgc.training.loop import CheckpointEvent, TrainConfig, resolve_device, train
 
 #: Training generators running now (each napari window may run one), guarded by the lock.
 _running_trainings = 0
@@ -111,7 +111,7 @@ def training_events(
     review_cubes: Mapping[str, CubeInput],
     review: CheckpointReview | None,
 ) -> Generator:
-    """Drive :func:`napari_dgc.training.train`, segmenting the review cubes at each checkpoint.
+    """Drive :func:`napari_dgc.training.loop.train`, segmenting the review cubes at each checkpoint.
 
     Yields the engine's events unchanged and, after every ``CheckpointEvent``, a
     :class:`CheckpointSegmented`. ``review`` is reused when given (same run, resumed), else

@@ -1,7 +1,7 @@
 """NumPy ``.npy`` cubes, memory-mapped (band-last ``(rows, cols, bands)`` unless told).
 
 Wavelengths come from an optional JSON sidecar ``<stem>.json`` with ``"wavelengths"`` (and
-``"wavelength_units"``), as written by :func:`napari_dgc.synthetic.save_scene_npy`.
+``"wavelength_units"``), as written by :func:`napari_dgc.datasets.synthetic.save_scene_npy`.
 """
 
 from __future__ import annotations

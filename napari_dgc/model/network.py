@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from napari_dgc._meanshift import WORKER_POOL, mean_shift, uses_compiled_kernel
+from napari_dgc.model.meanshift import WORKER_POOL, mean_shift, uses_compiled_kernel
 from napari_dgc.errors import ConfigError
 
 #: The most clusters a model may have: far more than a person can name and merge by hand, and
@@ -310,7 +310,7 @@ class _BandedStack(torch.autograd.Function):
     The spectral stage of :meth:`DGCModel.band_features` (convolutions as banded-matrix
     products, each followed by ReLU, then the mean over band positions) for ``(P, L)``
     sequences, with a hand-written backward pass. The pixels are independent, so chunks of
-    ``chunk`` pixels run on :data:`~napari_dgc._meanshift.WORKER_POOL`'s threads, forward and
+    ``chunk`` pixels run on :data:`~napari_dgc.model.meanshift.WORKER_POOL`'s threads, forward and
     backward: their matrix products keep a core each busy, whereas splitting each product of a
     few thousand rows across threads scales poorly. Each chunk keeps its ReLU outputs (what
     the matrix and ReLU gradients need); the gradients of the matrices and biases are summed
@@ -421,7 +421,7 @@ class DGCModel(nn.Module):
         self.n_bands = int(n_bands)
         self.config = config
 
-        # Dataset-level normalisation, filled by training (napari_dgc.normalization).
+        # Dataset-level normalisation, filled by training (napari_dgc.training.normalization).
         self.register_buffer("band_offset", torch.zeros(n_bands))
         self.register_buffer("band_scale", torch.ones(n_bands))
         self.register_buffer("brightness_floor", torch.tensor(1e-6))
@@ -550,7 +550,7 @@ class DGCModel(nn.Module):
         the matrix: ``((p / b - o) / s) G R = (p (G R / s)) / b - (o / s) G R``, with the
         brightness ``b`` (the band mean) as an extra column. This reads each 301-band spectrum
         once instead of four times. Without gradients on the CPU a compiled kernel multiplies
-        only each bin's window of bands (:func:`napari_dgc._cpu_kernels.spectral_input_cpu`).
+        only each bin's window of bands (:func:`napari_dgc.model.cpu_kernels.spectral_input_cpu`).
         """
         band_index = None
         if band_shift:
@@ -566,7 +566,7 @@ class DGCModel(nn.Module):
         matrix = resampling * inverse_scale[:, None]
         offset = (self.band_offset * inverse_scale) @ resampling
         if uses_compiled_kernel(raw_pixels, torch.is_grad_enabled()):
-            from napari_dgc._cpu_kernels import bin_windows, spectral_input_cpu
+            from napari_dgc.model.cpu_kernels import bin_windows, spectral_input_cpu
 
             windows = bin_windows(matrix.numpy())
             if windows is not None:

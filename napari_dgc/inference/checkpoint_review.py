@@ -15,7 +15,7 @@ checkpoint, the figures drawn along the timeline:
 
 Every checkpoint of a run shares the model's normalisation and band resampling, so the first
 step of the model gives the same result for a cube at every checkpoint. The review keeps that
-result per cube (:class:`~napari_dgc.segmentation.SpectralInput`, ``4 * spectral_length`` bytes
+result per cube (:class:`~napari_dgc.inference.segmentation.SpectralInput`, ``4 * spectral_length`` bytes
 per pixel: 32 MiB for a 512 x 512 cube at the default 32 bins, a tenth of the 301-band cube),
 computed as a by-product of the first segmentation; later checkpoints segment from it and skip
 reading the raw bands. Its entries carry a fingerprint of the normalisation and are replaced,
@@ -48,8 +48,8 @@ from napari_dgc.metrics import (
     normalized_mutual_info,
     usage_entropy,
 )
-from napari_dgc.run import CheckpointInfo, RunDirectory
-from napari_dgc.segmentation import (
+from napari_dgc.run_folder import CheckpointInfo, RunDirectory
+from napari_dgc.inference.segmentation import (
     SpectralInput,
     cube_bands,
     segment_cube,
@@ -57,7 +57,7 @@ from napari_dgc.segmentation import (
 )
 
 if TYPE_CHECKING:
-    from napari_dgc.model import DGCModel
+    from napari_dgc.model.network import DGCModel
 
 #: A cube to review: a lazily read :class:`~napari_dgc.io.Cube` or a band-last array.
 CubeInput = Cube | np.ndarray
@@ -130,7 +130,7 @@ class CheckpointReview:
     device : str
         Torch device the models run on.
     tile : int
-        Tile size passed to :func:`~napari_dgc.segmentation.segment_cube`.
+        Tile size passed to :func:`~napari_dgc.inference.segmentation.segment_cube`.
     cache_bytes : int
         Budget of the label-map cache; the least recently used checkpoints are dropped first
         (their figures, being tiny, are kept).
@@ -199,7 +199,7 @@ class CheckpointReview:
     def labels(self, checkpoint_id: str, *, workers: int | None = None) -> dict[str, np.ndarray]:
         """Label maps ``(rows, cols)`` int32 of every cube at a checkpoint, computed once.
 
-        ``workers``: tiles segmented at once (see :func:`~napari_dgc.segmentation.segment_cube`).
+        ``workers``: tiles segmented at once (see :func:`~napari_dgc.inference.segmentation.segment_cube`).
 
         Raises
         ------

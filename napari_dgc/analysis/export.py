@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from napari_dgc.atomic import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, file_sha256
-from napari_dgc.classes import ClassMapping, color_to_rgb
+from napari_dgc.analysis.classes import ClassMapping, color_to_rgb
 from napari_dgc.errors import CheckpointError, DGCError, MappingError
 
 if TYPE_CHECKING:
-    from napari_dgc.model import DGCModel
-    from napari_dgc.run import RunDirectory
+    from napari_dgc.model.network import DGCModel
+    from napari_dgc.run_folder import RunDirectory
 
 MODEL_FOLDER_FORMAT = "napari-dgc-model"
 MODEL_FOLDER_VERSION = 1
@@ -208,7 +208,7 @@ def export_model_folder(
     FileExistsError
         If ``folder`` exists and ``overwrite`` is false.
     """
-    from napari_dgc.run import RunDirectory
+    from napari_dgc.run_folder import RunDirectory
 
     folder = Path(folder)
     if folder.exists() and not overwrite:
@@ -300,7 +300,7 @@ def load_model_folder(path: str | os.PathLike, device: str = "cpu") -> tuple["DG
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from napari_dgc.model import DGCModel, ModelConfig
+    from napari_dgc.model.network import DGCModel, ModelConfig
 
     folder = Path(path)
     info = read_model_info(folder)

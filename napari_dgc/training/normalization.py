@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_dgc.errors import CubeFormatError
-from napari_dgc.sampling import CubeSource
+from napari_dgc.training.sampling import CubeSource
 
 #: Smallest scale relative to the median band scale; constant bands get this scale, so they
 #: normalise to a constant instead of dividing by zero.

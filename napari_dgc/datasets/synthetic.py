@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .atomic import atomic_open, atomic_write_json
-from .errors import ConfigError
+from napari_dgc.atomic import atomic_open, atomic_write_json
+from napari_dgc.errors import ConfigError
 
 CLASS_NAMES: tuple[str, ...] = ("background", "tissue", "lesion")
 BACKGROUND, TISSUE, LESION = 0, 1, 2
@@ -770,7 +770,7 @@ def save_scene_npy(scene: SyntheticScene, folder: str | Path, stem: str = "cube"
         Destination folder; created if missing. Existing files of the same names are replaced.
     stem : str
         File-name stem: writes ``<stem>.npy`` (band-last float32 cube), ``<stem>_labels.npy``
-        (uint8, found as the cube's mask by :func:`napari_dgc.masks.match_masks`) and
+        (uint8, found as the cube's mask by :func:`napari_dgc.analysis.masks.match_masks`) and
         ``<stem>.json``.
 
     Returns

@@ -4,7 +4,7 @@ Mapping classes are compared with mask classes by *name* (case-insensitive): the
 classes come first (in value order), then mapping classes the masks do not know (their pixels
 count as errors and the report notes them). Predicted pixels of unassigned clusters land in an
 extra "unassigned" column of the confusion matrix: they are misses for their true class. Mask
-pixels valued :data:`~napari_dgc.masks.IGNORE_VALUE` are left out.
+pixels valued :data:`~napari_dgc.analysis.masks.IGNORE_VALUE` are left out.
 
 Scores are given per cube and *pooled* (confusion matrices summed over cubes, so large cubes
 weigh more). The arithmetic is :mod:`napari_dgc.metrics`.
@@ -23,9 +23,9 @@ import numpy as np
 
 from napari_dgc import metrics
 from napari_dgc.atomic import atomic_write_json, atomic_write_text
-from napari_dgc.classes import ClassMapping, SemanticClass, default_class_color
+from napari_dgc.analysis.classes import ClassMapping, SemanticClass, default_class_color
 from napari_dgc.errors import MaskError, MappingError
-from napari_dgc.masks import IGNORE_VALUE, Mask
+from napari_dgc.analysis.masks import IGNORE_VALUE, Mask
 
 UNASSIGNED = "unassigned"
 SUGGESTION_METHODS = ("auto", "hungarian", "many-to-one")

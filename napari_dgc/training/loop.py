@@ -8,7 +8,7 @@ from the latest checkpoint and ends with exactly the weights of an uninterrupted
 
 One step (see docs/training.md):
 
-1. draw ``batch_size`` overlapping crop pairs (:class:`~napari_dgc.sampling.PairStream`);
+1. draw ``batch_size`` overlapping crop pairs (:class:`~napari_dgc.training.sampling.PairStream`);
 2. normalise and run the per-pixel spectral stage once per *unique* scene pixel of each pair,
    gather both crops from it, run the spatial stage and mean-shift on the ``2 x batch`` crops;
 3. loss = compactness + orthogonality + balance (-H of cluster usage) + uniform assignment
@@ -35,12 +35,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_dgc import losses
+from napari_dgc.training import losses
 from napari_dgc.errors import CheckpointError, ConfigError
 from napari_dgc.metrics import calinski_harabasz, usage_entropy
-from napari_dgc.model import DGCModel, ModelConfig, reject_unknown_settings
-from napari_dgc.normalization import compute_band_statistics
-from napari_dgc.sampling import CropPair, PairStream, check_crop_fits, open_sources
+from napari_dgc.model.network import DGCModel, ModelConfig, reject_unknown_settings
+from napari_dgc.training.normalization import compute_band_statistics
+from napari_dgc.training.sampling import CropPair, PairStream, check_crop_fits, open_sources
 
 SCHEDULES = ("constant", "linear", "cosine")
 LOSS_TERMS = ("total", "compact", "orth", "balance", "uniform", "consistency", "fidelity")
@@ -116,7 +116,7 @@ class TrainConfig:
         Weight of the spectral-fidelity term (*deviation*, not in the papers): the squared
         difference between the cosine similarities of ``fidelity_pixels`` random pixels of the
         step in embedding space and in (normalised) input space, which keeps the embedding
-        from drifting away from the spectra (:func:`~napari_dgc.losses.fidelity_loss`).
+        from drifting away from the spectra (:func:`~napari_dgc.training.losses.fidelity_loss`).
         0 turns it off.
     fidelity_pixels : int
         Pixels drawn per step for the fidelity term.
@@ -672,7 +672,7 @@ def train(
         pixels, invalid settings, a run folder of another band count or model); raised before
         anything is written when detectable up front.
     """
-    from napari_dgc.run import RunDirectory
+    from napari_dgc.run_folder import RunDirectory
 
     config.validate()
     sources = open_sources(cubes)

@@ -44,8 +44,8 @@ from napari_dgc.errors import CheckpointError
 if TYPE_CHECKING:
     import torch
 
-    from napari_dgc.model import DGCModel
-    from napari_dgc.training import TrainConfig
+    from napari_dgc.model.network import DGCModel
+    from napari_dgc.training.loop import TrainConfig
 
 try:  # advisory locking is POSIX-only; without it concurrent updates rely on atomic replace
     import fcntl
@@ -609,7 +609,7 @@ class RunDirectory:
             If there is no such checkpoint, its file is corrupt, or its tensors do not fit the
             run's band count and model configuration.
         """
-        from napari_dgc.model import DGCModel
+        from napari_dgc.model.network import DGCModel
 
         entry = self._resolve(checkpoint_id)
         model_state, metadata = self._load_tensors(entry, MODEL_FILE)
@@ -699,7 +699,7 @@ def _valid_entry(entry: Any) -> bool:
 
 
 def _parse_config(data: dict, file: Path) -> "TrainConfig":
-    from napari_dgc.training import TrainConfig
+    from napari_dgc.training.loop import TrainConfig
 
     # Runs written before several starts existed trained one: the default (3) must not make
     # a resumed old run train new starts.

@@ -20,7 +20,7 @@ same embeddings as the whole image.
 
 Without gradients (segmentation, evaluation) :func:`mean_shift` takes a forward-only path
 that gives the same embeddings up to float rounding: on the CPU (float32) the compiled kernel
-of :mod:`napari_dgc._cpu_kernels`, elsewhere (GPUs) :func:`_mean_shift_inference`, with about
+of :mod:`napari_dgc.model.cpu_kernels`, elsewhere (GPUs) :func:`_mean_shift_inference`, with about
 half the work of the training path (see their docstrings and docs/benchmarks.md).
 """
 
@@ -333,7 +333,7 @@ def _mean_shift_inference(
 
 def uses_compiled_kernel(tensor: torch.Tensor, needs_grad: bool) -> bool:
     """Whether forward-only work on ``tensor`` runs in a compiled kernel of
-    :mod:`napari_dgc._cpu_kernels`: float32 on the CPU, no gradient needed."""
+    :mod:`napari_dgc.model.cpu_kernels`: float32 on the CPU, no gradient needed."""
     return not needs_grad and tensor.device.type == "cpu" and tensor.dtype == torch.float32
 
 
@@ -345,9 +345,9 @@ def _mean_shift_compiled(
     iterations: int,
 ) -> torch.Tensor:
     """Forward-only mean-shift of ``(B, D, H, W)`` float32 CPU unit embeddings by the compiled
-    kernel of :mod:`napari_dgc._cpu_kernels` (~2x faster than :func:`_mean_shift_inference`,
+    kernel of :mod:`napari_dgc.model.cpu_kernels` (~2x faster than :func:`_mean_shift_inference`,
     same result up to float rounding); the images run on :data:`WORKER_POOL`'s threads."""
-    from napari_dgc._cpu_kernels import mean_shift_cpu  # compiles on first use
+    from napari_dgc.model.cpu_kernels import mean_shift_cpu  # compiles on first use
 
     def run(image: int) -> torch.Tensor:
         channels_last = z[image].detach().permute(1, 2, 0).contiguous().numpy()

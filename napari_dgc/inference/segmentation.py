@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     import torch
 
     from napari_dgc.io import Cube
-    from napari_dgc.model import DGCModel
+    from napari_dgc.model.network import DGCModel
 
 ProgressCallback = Callable[[int, int], None]
 

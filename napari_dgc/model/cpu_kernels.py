@@ -7,7 +7,7 @@ so its result does not depend on the caller's threads. Training keeps PyTorch's 
 which it needs for gradients.
 
 **Mean-shift** (:func:`mean_shift_cpu`). The PyTorch inference path
-(:func:`napari_dgc._meanshift._mean_shift_inference`) spends an iteration in ~50 separate
+(:func:`napari_dgc.model.meanshift._mean_shift_inference`) spends an iteration in ~50 separate
 element-wise passes over the embeddings (a product and a sum per neighbour offset, a
 multiply-add per neighbour); each is cheap arithmetic on data that has to come back from the
 cache. Here one loop nest does a whole iteration pixel by pixel: the dot product with a
@@ -19,7 +19,7 @@ adds to both means, half the dot products of a per-pixel gather.
 
 **Spectral input** (:func:`spectral_input_cpu`). The model's first step is one matrix product
 of every raw spectrum with a ``(bands, bins)`` matrix (normalisation and box resampling folded
-together, :meth:`napari_dgc.model.DGCModel.spectral_input`). A box bin averages ~``bands /
+together, :meth:`napari_dgc.model.network.DGCModel.spectral_input`). A box bin averages ~``bands /
 bins`` neighbouring bands, so each column's non-zeros are one short run of rows: the kernel
 multiplies only those runs, ~1 multiply-add per band instead of ``bins``.
 """
@@ -101,7 +101,7 @@ def mean_shift_cpu(
 ) -> np.ndarray:
     """Run mean-shift iterations on one image of channels-last unit embeddings.
 
-    Same iteration as :func:`napari_dgc._meanshift._mean_shift_inference` (unnormalised
+    Same iteration as :func:`napari_dgc.model.meanshift._mean_shift_inference` (unnormalised
     Gaussian weights ``exp((z_p . z_q - 1) / h^2)``, the centre's weight 1, the mean rescaled
     to unit length), equal up to float rounding.
 
@@ -198,7 +198,7 @@ def spectral_input_cpu(
 ) -> np.ndarray:
     """``raw @ matrix`` (divided by each pixel's brightness), minus ``offset``, by bin windows.
 
-    Equals :meth:`napari_dgc.model.DGCModel.spectral_input`'s matrix product up to float
+    Equals :meth:`napari_dgc.model.network.DGCModel.spectral_input`'s matrix product up to float
     rounding: with ``brightness_norm`` each row is divided by
     ``max(|mean(raw row)|, brightness_floor)`` before ``offset`` is subtracted.
 

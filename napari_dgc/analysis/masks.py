@@ -33,7 +33,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from napari_dgc.classes import DEFAULT_CLASS_NAMES
+from napari_dgc.analysis.classes import DEFAULT_CLASS_NAMES
 from napari_dgc.errors import MaskError
 
 IGNORE_VALUE = 255

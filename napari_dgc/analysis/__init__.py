@@ -1,0 +1,1 @@
+"""From clusters to answers: semantic classes, masks, evaluation against masks, exports."""

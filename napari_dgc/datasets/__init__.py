@@ -1,0 +1,1 @@
+"""Generated datasets: the synthetic close-range leaf scene with ground truth."""
