@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from napari_dgc import __version__
-from napari_dgc.cli import SUBCOMMANDS, build_parser, main
+from napari_dgc.cli import SUBCOMMANDS, build_parser, main, parse_args
 
 
 def test_every_subcommand_registers_with_help():
@@ -40,3 +40,63 @@ def test_console_script_runs_as_module():
     )
     assert result.returncode == 0
     assert __version__ in result.stdout
+
+
+ANYWHERE_CASES = {
+    "info": (["cube.mat"], [["--key", "cube"], ["--shape", "2", "3"]]),
+    "train": (["a.npy", "b.npy"], [["--out", "run"], ["--steps", "5"], ["--set", "seed=1"]]),
+    "segment": (
+        ["run", "a.npy", "b.npy"], [["--checkpoint", "step-000100"], ["--out", "maps"], ["--probabilities"]]
+    ),
+    "evaluate": (["labels.tif", "mask.png"], [["--mapping", "merge.json"], ["--json", "iou.json"]]),
+    "demo": ([], [["--size", "64"], ["--screenshot", "x.png"]]),
+}
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_options_may_come_anywhere_among_the_positionals(command):
+    positionals, options = ANYWHERE_CASES[command]
+    flat = [text for option in options for text in option]
+    expected = vars(parse_args([command, *positionals, *flat]))
+    assert expected["command"] == command
+    orders = []
+    n_gaps = len(positionals) + 1
+    for start in range(n_gaps):
+        # every option in one gap between (or around) the positionals, and spread over the gaps
+        orders.append([*positionals[:start], *flat, *positionals[start:]])
+        gaps: list[list[str]] = [[] for _ in range(n_gaps)]
+        for offset, option in enumerate(options):
+            gaps[(start + offset) % n_gaps].extend(option)
+        orders.append([*gaps[0], *(text for gap, positional in zip(gaps[1:], positionals)
+                                   for text in (positional, *gap))])
+    for argv in orders:
+        assert vars(parse_args([command, *argv])) == expected, argv
+
+
+def test_the_issue_command_line_parses():
+    args = parse_args(["segment", "RUN", "--checkpoint", "step-000100", "CUBE", "--out", "D"])
+    assert (args.inputs, args.checkpoint, args.out) == (["RUN", "CUBE"], "step-000100", "D")
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "a.npy", "--out", "r", "--resume", "s"], "not allowed with argument"),
+        (["train", "a.npy"], "one of the arguments --out --resume is required"),
+        (["segment", "run", "a.npy"], "the following arguments are required: --out"),
+        (["segment", "run", "--bogus", "a.npy", "--out", "d"], "unrecognized arguments: --bogus"),
+        (["info"], "the following arguments are required: CUBE"),
+        (["nope"], "invalid choice: 'nope'"),
+    ],
+)
+def test_usage_errors_still_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_input_is_one_line_with_options_first(tmp_path, capsys):
+    assert main(["info", "--key", "cube", str(tmp_path / "missing.mat")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("napari-dgc info: error: ") and err.count("\n") == 1, err
