@@ -1,27 +1,76 @@
-"""Helper widgets of the cluster-merge panel: the class list (a drop target) and the spectrum plot."""
+"""Building blocks of the cluster-merge panel's views.
+
+Their base class, the class list (a drop target) and the spectrum plot (pyqtgraph).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import numpy as np
+import pyqtgraph as pg
 from qtpy.QtCore import Qt, Signal
-from qtpy.QtGui import QColor, QIcon, QPixmap
-from qtpy.QtWidgets import QAbstractItemView, QListWidget, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtGui import QColor, QFont, QIcon, QPixmap
+from qtpy.QtWidgets import QAbstractItemView, QListWidget, QSizePolicy, QWidget
+
+from napari_dgc.errors import DGCError
+from napari_dgc.state.merge import MergeModel
+
+T = TypeVar("T")
+
+#: What a refused operation raises: bad input, or the file system (a file exists, a disk is full).
+REFUSALS = (DGCError, OSError)
 
 
 def swatch(color: str, size: int = 12) -> QIcon:
-    """A square icon filled with ``color``."""
+    """Make a square icon filled with ``color``."""
     pixmap = QPixmap(size, size)
     pixmap.fill(QColor(color))
     return QIcon(pixmap)
 
 
+class MergeView(QWidget):
+    """Base of the merge panel's views: a widget rendering a :class:`MergeModel`.
+
+    Views change the model only through its methods and learn of changes only from its
+    signals. An operation refused for bad input is reported through :attr:`failed`, which the
+    panel shows; views never show each other anything.
+
+    Parameters
+    ----------
+    model : MergeModel
+        The merge this view shows.
+    parent : QWidget, optional
+        Qt parent.
+    """
+
+    #: The message of an operation refused for bad input (or a file-system error).
+    failed = Signal(str)
+
+    def __init__(self, model: MergeModel, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.model = model
+
+    def attempt(self, operation: Callable[..., T], *args, **kwargs) -> T | None:
+        """Run ``operation``; on bad input emit :attr:`failed` and return ``None``."""
+        try:
+            return operation(*args, **kwargs)
+        except REFUSALS as error:
+            self.failed.emit(str(error))
+            return None
+
+
 class ClassListWidget(QListWidget):
-    """List of semantic classes; dropping clusters (dragged from the cluster table) on a class
-    emits :attr:`clusters_dropped` with the class's row."""
+    """List of semantic classes that clusters can be dropped on.
+
+    Dropping clusters (dragged from the cluster table) on a class emits
+    :attr:`clusters_dropped` with the class's row.
+    """
 
     clusters_dropped = Signal(int)
 
-    def __init__(self, parent=None):
+    def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setAcceptDrops(True)
         self.setDragDropMode(QAbstractItemView.DropOnly)
@@ -39,28 +88,31 @@ class ClassListWidget(QListWidget):
         if item is None:
             event.ignore()
             return
-        # The table keeps its rows; the panel reads the dragged (selected) clusters itself.
+        # The table keeps its rows: the dragged clusters are the model's selection.
         event.setDropAction(Qt.CopyAction)
         event.accept()
         self.clusters_dropped.emit(self.row(item))
 
 
-class SpectrumPlot(QWidget):
+class SpectrumPlot(pg.PlotWidget):
     """Mean spectrum ± one standard deviation of chosen clusters, plus one clicked pixel."""
 
-    def __init__(self, parent=None):
-        super().__init__(parent)
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        self.figure = Figure(figsize=(4, 2.4), tight_layout=True)
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
-        self.canvas.setMinimumHeight(200)
-        self.axes = self.figure.add_subplot(111)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.canvas)
+    def __init__(self, parent: QWidget | None = None) -> None:
+        # White like the figures in the docs; the clicked pixel is drawn in black.
+        super().__init__(parent, background="w")
+        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.setMinimumHeight(200)
+        self.setMenuEnabled(False)
+        tick_font = QFont()
+        tick_font.setPointSize(7)
+        for side in ("left", "bottom"):
+            axis = self.getAxis(side)
+            axis.setPen("k")
+            axis.setTextPen("k")
+            axis.setStyle(tickFont=tick_font)
+        self.setLabel("left", "value (mean ± std)", **{"font-size": "8pt"})
+        self.legend = self.addLegend(offset=(-5, 5), labelTextSize="7pt", labelTextColor="k", colCount=2)
+        #: Clusters drawn by the last :meth:`show_spectra` (empty clusters have no spectrum).
         self.plotted_clusters: list[int] = []
 
     def show_spectra(
@@ -71,19 +123,19 @@ class SpectrumPlot(QWidget):
         pixel: tuple[str, np.ndarray] | None = None,
     ) -> None:
         """Draw ``(cluster, colour, mean, std)`` curves and an optional ``(label, spectrum)``."""
-        axes = self.axes
-        axes.clear()
+        self.clear()
+        self.legend.clear()
+        self.plotted_clusters = []
         for cluster, color, mean, std in curves:
             if np.isnan(mean).all():
                 continue
-            axes.plot(x, mean, color=color, linewidth=1.2, label=f"cluster {cluster}")
-            axes.fill_between(x, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+            band = QColor(color)
+            band.setAlpha(50)
+            lower = pg.PlotDataItem(x, mean - std, pen=None)
+            upper = pg.PlotDataItem(x, mean + std, pen=None)
+            self.addItem(pg.FillBetweenItem(lower, upper, brush=band))
+            self.plot(x, mean, pen=pg.mkPen(color, width=1.2), name=f"cluster {cluster}")
+            self.plotted_clusters.append(cluster)
         if pixel is not None:
-            axes.plot(x, pixel[1], color="black", linestyle="--", linewidth=1.0, label=pixel[0])
-        self.plotted_clusters = [c for c, _, mean, _ in curves if not np.isnan(mean).all()]
-        axes.set_xlabel(x_label, fontsize=8)
-        axes.set_ylabel("value (mean ± std)", fontsize=8)
-        axes.tick_params(labelsize=7)
-        if axes.lines:
-            axes.legend(fontsize=7, loc="best", ncol=2)
-        self.canvas.draw_idle()
+            self.plot(x, pixel[1], pen=pg.mkPen("k", width=1.0, style=Qt.DashLine), name=pixel[0])
+        self.setLabel("bottom", x_label, **{"font-size": "8pt"})

@@ -1,0 +1,67 @@
+"""The masks box of the cluster-merge panel: the cubes' masks, new and imported ones, mask class names."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QFileDialog, QGridLayout, QGroupBox, QLabel, QLineEdit, QPushButton, QVBoxLayout
+
+from napari_dgc._qt.merge_parts import MergeView
+from napari_dgc.analysis.masks import MASK_SUFFIXES
+from napari_dgc.state.merge import MergeModel
+
+
+class MergeMasksView(MergeView):
+    """The model's masks, the buttons that add mask layers and the mask class names field.
+
+    Mask layers belong to napari, so this view asks for them with :attr:`new_mask_requested`
+    and :attr:`import_requested`; the panel adds the layers and hands the masks to the model.
+    """
+
+    #: The person asked for an empty mask layer to paint.
+    new_mask_requested = Signal()
+    #: The person chose mask files (a list of paths) to import.
+    import_requested = Signal(list)
+
+    def __init__(self, model: MergeModel, parent=None) -> None:
+        super().__init__(model, parent)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        box = QGroupBox("Masks")
+        grid = QGridLayout(box)
+        self.mask_label = QLabel()
+        self.mask_label.setWordWrap(True)
+        grid.addWidget(self.mask_label, 0, 0, 1, 2)
+        new_mask = QPushButton("New mask layer")
+        new_mask.setToolTip("0 = background, 1 = tissue, 2 = lesion, 255 = ignore; paint with the brush")
+        new_mask.clicked.connect(self.new_mask_requested.emit)
+        import_masks = QPushButton("Import masks…")
+        import_masks.clicked.connect(self._import_clicked)
+        grid.addWidget(new_mask, 1, 0)
+        grid.addWidget(import_masks, 1, 1)
+        self.names_edit = QLineEdit(model.mask_class_names)
+        self.names_edit.setPlaceholderText("mask class names of values 0, 1, ... (optional)")
+        self.names_edit.setToolTip(
+            "Optional names of mask values 0, 1, 2, ... for scoring, overriding the layers' own;\n"
+            "repeat a name to merge values, e.g. 'background, tissue, tissue' scores lesion as tissue"
+        )
+        self.names_edit.textChanged.connect(self._on_names_edited)
+        grid.addWidget(self.names_edit, 2, 0, 1, 2)
+        layout.addWidget(box)
+        model.masks_changed.connect(self._render)
+        self._render()
+
+    def _on_names_edited(self, text: str) -> None:
+        self.model.mask_class_names = text
+
+    def _render(self) -> None:
+        masks = self.model.mask_inputs
+        text = ", ".join(f"{cube} ← {mask.name}" for cube, mask in masks.items()) or "none yet"
+        self.mask_label.setText(f"Masks: {text}")
+        if self.names_edit.text() != self.model.mask_class_names:
+            self.names_edit.setText(self.model.mask_class_names)
+
+    def _import_clicked(self) -> None:
+        patterns = " ".join(f"*{suffix}" for suffix in MASK_SUFFIXES)
+        paths, _ = QFileDialog.getOpenFileNames(self, "Import masks", "", f"Masks ({patterns})")
+        if paths:
+            self.import_requested.emit(paths)

@@ -1,0 +1,237 @@
+"""The merge panel's model without Qt or napari: signals, operations and refusals."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from napari_dgc.analysis.classes import cluster_statistics
+from napari_dgc.datasets.synthetic import make_leaf_scene
+from napari_dgc.errors import MappingError, MaskError
+from napari_dgc.state.merge import Clustering, MaskInput, MergeModel, MergeStateError
+
+ROWS, COLS, BANDS = 16, 20, 8
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return make_leaf_scene(ROWS, COLS, BANDS, seed=5)
+
+
+@pytest.fixture
+def clusters(scene):
+    """Background split into left (0) and right (3), tissue 1, lesion 2."""
+    labels = scene.labels.astype(np.int64).copy()
+    labels[(scene.labels == 0) & (np.arange(COLS) >= COLS // 2)] = 3
+    return labels
+
+
+@pytest.fixture
+def model(scene, clusters):
+    model = MergeModel()
+    cube = np.moveaxis(scene.cube, -1, 0)
+    model.set_clustering(
+        Clustering(
+            "/runs/demo", "step-000010", 4, {"leaf": clusters}, {"leaf": cube}, {"leaf": scene.wavelengths}
+        )
+    )
+    return model
+
+
+class Recorder:
+    """Counts emissions of every signal of a model."""
+
+    NAMES = (
+        "mapping_changed",
+        "statistics_changed",
+        "selection_changed",
+        "pixel_changed",
+        "masks_changed",
+        "report_changed",
+        "message",
+    )
+
+    def __init__(self, model: MergeModel) -> None:
+        self.calls: dict[str, list[tuple]] = {name: [] for name in self.NAMES}
+        for name in self.NAMES:
+            getattr(model, name).connect(lambda *args, name=name: self.calls[name].append(args))
+
+    def count(self, name: str) -> int:
+        return len(self.calls[name])
+
+
+def test_the_model_imports_no_gui():
+    code = (
+        "import sys, napari_dgc.state.merge; "
+        "print(sorted(m for m in ('qtpy', 'PyQt5', 'napari', 'magicgui', 'pyqtgraph') if m in sys.modules))"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        == "[]\n"
+    )
+
+
+def test_setting_a_clustering_computes_statistics_and_refits_the_mapping(scene, clusters):
+    model = MergeModel()
+    recorder = Recorder(model)
+    model.select_clusters([0, 5])
+    cube = np.moveaxis(scene.cube, -1, 0)
+    model.set_clustering(Clustering("/runs/demo", "step-000010", 4, {"leaf": clusters}, {"leaf": cube}))
+    assert recorder.count("statistics_changed") == 1 and recorder.count("mapping_changed") == 1
+    assert model.n_clusters == 4 and model.mapping.n_clusters == 4
+    assert [c.name for c in model.mapping.classes] == ["background", "tissue"]
+    assert model.selected_clusters == [0]  # cluster 5 is gone with K = 4
+    expected = cluster_statistics(scene.cube, clusters, 4)
+    np.testing.assert_allclose(model.statistics["leaf"].mean, expected.mean, rtol=1e-6)
+    np.testing.assert_array_equal(model.pooled_statistics().counts, expected.counts)
+    x, label = model.spectral_axis()
+    assert label == "band" and x.tolist() == list(range(BANDS))  # no wavelengths given
+    assert recorder.calls["message"][-1] == ("1 cube(s), 4 clusters of checkpoint step-000010.",)
+
+    model.set_clustering(None)
+    assert (
+        model.statistics == {} and model.spectral_axis() is None and recorder.count("statistics_changed") == 2
+    )
+
+
+def test_a_bad_cluster_map_leaves_the_clustering_as_it_was(model, scene, clusters):
+    before = model.clustering
+    bad = Clustering(
+        "/runs/demo", "step-000020", 3, {"leaf": clusters}, {"leaf": np.moveaxis(scene.cube, -1, 0)}
+    )
+    with pytest.raises(MappingError, match="outside 0..2"):
+        model.set_clustering(bad)
+    assert model.clustering is before and model.mapping.n_clusters == 4
+
+
+def test_mapping_edits_emit_and_refusals_change_nothing(model):
+    recorder = Recorder(model)
+    model.select_clusters([0, 3])
+    model.select_clusters([3, 0])  # the same selection: no signal
+    assert recorder.count("selection_changed") == 1
+    model.assign_selected(0)
+    assert model.add_class("lesion") == 2 and model.add_class() == 3
+    assert [c.name for c in model.mapping.classes] == ["background", "tissue", "lesion", "class 1"]
+    model.assign([1], 1)
+    model.assign([2], 2)
+    model.rename_class(3, "  spare ")
+    model.set_class_color(3, "#123456")
+    assert model.mapping.classes[3].name == "spare" and model.mapping.classes[3].color == "#123456"
+    model.remove_class(3)
+    assert [c.clusters for c in model.mapping.classes] == [[0, 3], [1], [2]]
+    assert recorder.count("mapping_changed") == 8
+    assert recorder.calls["message"][0] == ("Cluster(s) [0, 3] → background.",)
+
+    saved = model.mapping.to_json()
+    with pytest.raises(MappingError, match="used twice"):
+        model.rename_class(1, "Background")
+    with pytest.raises(MappingError, match="colour"):
+        model.set_class_color(1, "green")
+    with pytest.raises(MappingError, match="only clusters 0..3"):
+        model.assign([1, 7], 2)
+    with pytest.raises(MergeStateError, match="select a class"):
+        model.assign([1], 5)
+    with pytest.raises(MergeStateError, match="select one or more clusters"):
+        model.assign([], 0)
+    with pytest.raises(MergeStateError, match="select a class"):
+        model.remove_class(-1)
+    assert model.mapping.to_json() == saved and recorder.count("mapping_changed") == 8
+
+
+def test_picking_a_pixel_describes_it(model, scene, clusters):
+    recorder = Recorder(model)
+    model.assign([1], 1)
+    row, col = map(int, np.argwhere(clusters == 1)[0])
+    text = model.pick_pixel("leaf", row, col)
+    assert text == f"leaf, row {row}, col {col}: cluster 1, class tissue"
+    assert recorder.calls["pixel_changed"] == [(text,)]
+    np.testing.assert_allclose(model.pixel[1], scene.cube[row, col])
+    assert model.spectral_axis()[1] == "wavelength (nm)"
+
+
+def test_iou_suggestion_and_exports(model, scene, clusters, tmp_path):
+    recorder = Recorder(model)
+    with pytest.raises(MergeStateError, match="compute the IoU first"):
+        model.export_report(json_path=tmp_path / "iou.json")
+    truth = scene.labels.copy()
+    model.set_masks({"leaf": MaskInput(truth, {0: "background", 1: "tissue", 2: "lesion"}, "ground truth")})
+    assert recorder.count("masks_changed") == 1
+
+    report = model.compute_iou()  # nothing assigned: the suggestion is scored, the mapping kept
+    assert report.mapping_source.startswith("suggested") and report.pooled.mean_iou == pytest.approx(1.0)
+    assert model.report is report and recorder.count("report_changed") == 1
+    assert model.mapping.unassigned_clusters() == [0, 1, 2, 3]
+    assert recorder.calls["message"][-1][0].startswith("No clusters assigned yet")
+
+    model.apply_suggestion("hungarian")  # one-to-one: the larger background half is background
+    larger_half = max((0, 3), key=lambda k: np.sum(clusters == k))
+    assert [c.clusters for c in model.mapping.classes] == [[larger_half], [1], [2]]
+    model.apply_suggestion("many-to-one")
+    assert [c.clusters for c in model.mapping.classes] == [[0, 3], [1], [2]]
+    written = model.export_report(json_path=tmp_path / "iou.json", csv_path=tmp_path / "iou.csv")
+    assert [p.name for p in written] == ["iou.json", "iou.csv"]
+
+    truth[0, 0] = 1  # the mask is the layer's own array: later paint counts
+    model.mask_class_names = "background, tissue, tissue"
+    report = model.compute_iou()
+    assert report.mapping_source == "panel" and report.class_names == ["background", "tissue", "lesion"]
+    assert report.pooled.iou[0] < 1.0  # the painted pixel is a background cluster
+    assert recorder.calls["message"][-1][0].startswith("Mean IoU (pooled)")
+
+    maps = model.export_class_maps(tmp_path, "npy")
+    np.testing.assert_array_equal(np.load(maps[0]), model.mapping.apply(clusters))
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        model.export_class_maps(tmp_path, "npy")
+    assert model.export_class_maps(tmp_path, "npy", overwrite=True) == maps
+
+
+def test_bad_mask_names_and_values_are_refused(model, scene):
+    model.set_masks({"leaf": MaskInput(scene.labels, {0: "background", 1: "tissue"}, "two classes")})
+    model.assign([0, 3], 0)
+    with pytest.raises(MaskError, match="two classes"):
+        model.compute_iou()  # value 2 (lesion) is not in the legend
+    model.mask_class_names = "background,,tissue"
+    with pytest.raises(MaskError, match="non-empty"):
+        model.compute_iou()
+    assert model.report is None
+
+
+def test_mask_files_are_read_for_the_clustering_cubes(model, tmp_path):
+    with pytest.raises(MaskError, match=r"no mask file name matches a cube \(leaf\)"):
+        model.read_masks([tmp_path / "other.npy"])
+    good, unmatched = tmp_path / "leaf_mask.npy", tmp_path / "other.npy"
+    np.save(good, np.ones((ROWS, COLS), np.uint8))
+    masks, left_over = model.read_masks([good, unmatched])
+    assert list(masks) == ["leaf"] and masks["leaf"].values.sum() == ROWS * COLS and left_over == [unmatched]
+    np.save(good, np.ones((ROWS, COLS + 1), np.uint8))
+    with pytest.raises(MaskError, match="differs from the cube's"):
+        model.read_masks([good])
+
+
+def test_mapping_files_round_trip_and_bad_files_change_nothing(model, tmp_path):
+    recorder = Recorder(model)
+    model.assign([0, 3], 0)
+    with pytest.raises(MappingError, match=r"\[1, 2\]"):
+        model.save_mapping(tmp_path / "partial.json")
+    model.assign([1, 2], 1)
+    path = model.save_mapping(tmp_path / "merge.json")
+    saved = model.mapping.to_json()
+    with pytest.raises(FileExistsError):
+        model.save_mapping(path)
+    model.assign([0, 1, 2, 3], None)
+    assert model.load_mapping(path).to_json() == saved
+    foreign = tmp_path / "foreign.json"
+    foreign.write_text(json.dumps({"0": [0, 3, 5], "1": [1, 2]}))
+    changes = recorder.count("mapping_changed")
+    with pytest.raises(MappingError, match="cluster 5"):
+        model.load_mapping(foreign)
+    assert model.mapping.to_json() == saved and recorder.count("mapping_changed") == changes
+
+
+def test_model_export_needs_a_clustering(tmp_path):
+    with pytest.raises(MergeStateError, match="nothing to export"):
+        MergeModel().export_model(tmp_path / "model")
