@@ -43,7 +43,8 @@ from napari_dgc._qt.train_widget import TrainWidget  # noqa: E402
 from napari_dgc._sample_data import scene_layer_data  # noqa: E402
 from napari_dgc.model.network import ModelConfig  # noqa: E402
 from napari_dgc.datasets.synthetic import make_leaf_scene  # noqa: E402
-from napari_dgc.training.loop import TrainConfig, train  # noqa: E402
+from napari_dgc.config import TrainConfig
+from napari_dgc.training.loop import train  # noqa: E402
 
 
 def add_scene(viewer: napari.Viewer, rows: int, cols: int, bands: int, name: str):
@@ -198,7 +199,7 @@ def bench_responsiveness(
     viewer.window.add_dock_widget(widget, name="DGC: Train")
     widget.set_config(
         TrainConfig(model=ModelConfig(n_clusters=4), steps=1_000_000, checkpoint_every=20,
-                    crop_size=32, batch_size=2, device="cpu")
+                    device="cpu").with_settings({"data.crop_size": 32, "data.batch_size": 2})
     )
     widget.run_folder_edit.setText(str(run_dir))
 
@@ -244,8 +245,8 @@ def bench_timeline(run_root: Path) -> dict:
     bands = 301
     scene = make_leaf_scene(rows, cols, bands, seed=0)
     run_dir = run_root / "timeline-run"
-    config = TrainConfig(model=ModelConfig(n_clusters=4), steps=6, checkpoint_every=1,
-                         crop_size=32, batch_size=1, device="cpu", restarts=1)
+    config = TrainConfig(model=ModelConfig(n_clusters=4), steps=6, checkpoint_every=1, device="cpu").with_settings(
+        {"data.crop_size": 32, "data.batch_size": 1, "starts.count": 1})
     for _ in train([scene.cube], config, run_dir):
         pass
 

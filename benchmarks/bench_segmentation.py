@@ -123,7 +123,8 @@ def child_segment(path: Path, tile: int, threads: int, workers: int) -> dict:
     import torch
 
     from napari_dgc.io import open_cube
-    from napari_dgc.model.network import DGCModel, ModelConfig
+    from napari_dgc.config import ModelConfig
+    from napari_dgc.model.network import DGCModel
     from napari_dgc.inference.segmentation import segment_cube
 
     torch.set_num_threads(threads)
@@ -188,10 +189,11 @@ def bench_timeline(scratch: Path, threads: int, worker_counts: list[int], repeat
     import torch
 
     from napari_dgc.inference.checkpoint_review import CheckpointReview
-    from napari_dgc.model.network import DGCModel, ModelConfig
+    from napari_dgc.config import ModelConfig
+    from napari_dgc.model.network import DGCModel
     from napari_dgc.run_folder import RunDirectory
     from napari_dgc.datasets.synthetic import make_leaf_scene
-    from napari_dgc.training.loop import TrainConfig
+    from napari_dgc.config import TrainConfig
 
     torch.set_num_threads(threads)
     cube = make_leaf_scene(512, 512, 301, seed=0).cube
@@ -241,7 +243,8 @@ def bench_stages(bands: int, tile: int, threads: int, repeats: int) -> None:
     import torch.nn.functional as F
 
     from napari_dgc.model.meanshift import mean_shift
-    from napari_dgc.model.network import DGCModel, ModelConfig
+    from napari_dgc.config import ModelConfig
+    from napari_dgc.model.network import DGCModel
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

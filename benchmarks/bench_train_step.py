@@ -28,28 +28,27 @@ import time
 import numpy as np
 import torch
 
-from napari_dgc.model.network import DGCModel, ModelConfig
+from napari_dgc.config import ModelConfig
+from napari_dgc.model.network import DGCModel
 from napari_dgc.training.normalization import compute_band_statistics
 from napari_dgc.training.sampling import CubeSource, PairStream
 from napari_dgc.datasets.synthetic import make_leaf_scene
-from napari_dgc.training.loop import TrainConfig, Trainer
+from napari_dgc.config import TrainConfig
+from napari_dgc.training.trainer import Trainer
 
 VARIANTS = {
     "default": {},
     "paper-channels": {"model": {"spectral_channels": 32}},
     "full-bands": {"model": {"spectral_bands": None}},
     "full-bands-paper-channels": {"model": {"spectral_bands": None, "spectral_channels": 32}},
-    "second-pass": {"ema_second_pass": True},
     "no-meanshift": {"model": {"meanshift_iters": 0}},
 }
 
 
 def make_config(variant: str, clusters: int, crop: int, batch: int) -> TrainConfig:
-    """TrainConfig of a named variant."""
-    overrides = VARIANTS[variant]
-    model = ModelConfig(n_clusters=clusters, **overrides.get("model", {}))
-    rest = {key: value for key, value in overrides.items() if key != "model"}
-    return TrainConfig(model=model, crop_size=crop, batch_size=batch, device="cpu", **rest)
+    """TrainConfig of a named variant (the variants differ in model settings only)."""
+    model = ModelConfig(n_clusters=clusters, **VARIANTS[variant].get("model", {}))
+    return TrainConfig(model=model, device="cpu").with_settings({"data.crop_size": crop, "data.batch_size": batch})
 
 
 def time_variant(
@@ -61,8 +60,9 @@ def time_variant(
     thread the CPU time is what the step costs on an idle core.
     """
     source = CubeSource(cube, "synthetic")
-    stream = PairStream([source], config.crop_size, (config.overlap_min, config.overlap_max),
-                        config.pairs_per_cube, config.seed, config.augment)
+    data = config.data
+    stream = PairStream([source], data.crop_size, (data.overlap_min, data.overlap_max),
+                        data.pairs_per_cube, config.seed, data.augment)
     torch.manual_seed(config.seed)
     model = DGCModel(cube.shape[-1], config.model)
     stats = compute_band_statistics([source], config.model.brightness_norm)

@@ -24,7 +24,8 @@ from sklearn.cluster import KMeans
 from tune_quality import load_dataset  # benchmarks/ is on sys.path when run as a script
 
 from napari_dgc.metrics import evaluate_clustering
-from napari_dgc.model.network import DGCModel, ModelConfig
+from napari_dgc.config import ModelConfig
+from napari_dgc.model.network import DGCModel
 from napari_dgc.training.normalization import compute_band_statistics
 from napari_dgc.training.sampling import CubeSource
 

@@ -8,7 +8,7 @@ Datasets:
 * **microplastics** (``DATA/microplastics_grid_nir``, 20 x 20 x 256, close-range lab SWIR, ENVI):
   four polymer swatches; truth = the source pipeline's classifier output per polymer (four
   10 x 10 quadrants), so a sanity check, not annotation. K=4. The cube is smaller than the
-  default crop: run it with ``--set crop_size=12``.
+  default crop: run it with ``--set data.crop_size=12``.
 * **leaf**: synthetic close-range leaf scenes (:func:`napari_dgc.datasets.synthetic.make_leaf_scene`);
   DGC trains on ``--leaf-train`` scenes and every method is scored on ``--leaf-test`` other
   scenes. K=2 is scored against background vs. tissue (lesions count as tissue); K=3 and K=4
@@ -165,12 +165,14 @@ def run_dgc(dataset: Dataset, k: int, seed: int, args, scratch: Path) -> dict:
     """Train once; score every checkpoint; return best, final and the training time."""
     from napari_dgc.run_folder import RunDirectory
     from napari_dgc.inference.segmentation import segment_cube
-    from napari_dgc.training.loop import FinishedEvent, TrainConfig, apply_overrides, train
+    from napari_dgc.config import TrainConfig
+    from napari_dgc.training.events import FinishedEvent
+    from napari_dgc.config import parse_setting
+    from napari_dgc.training.loop import train
 
-    settings = TrainConfig().to_dict()
-    settings["model"]["n_clusters"] = k
-    settings.update(steps=args.steps, checkpoint_every=args.checkpoint_every, seed=seed)
-    config = TrainConfig.from_dict(apply_overrides(settings, args.set))
+    settings = {"model.n_clusters": k, "steps": args.steps, "checkpoint_every": args.checkpoint_every,
+                "seed": seed, **dict(parse_setting(text) for text in args.set)}
+    config = TrainConfig().with_settings(settings)
     run_dir = scratch / f"run-{dataset.name}-k{k}-s{seed}"
     started = time.perf_counter()
     for event in train([str(f) for f in dataset.train_files], config, run_dir):

@@ -26,7 +26,9 @@ from napari_dgc.model.network import DGCModel
 from napari_dgc.training.normalization import compute_band_statistics
 from napari_dgc.training.sampling import CubeSource, PairStream
 from napari_dgc.datasets.synthetic import make_leaf_scene
-from napari_dgc.training.loop import TrainConfig, Trainer, apply_overrides
+from napari_dgc.config import TrainConfig
+from napari_dgc.config import parse_setting
+from napari_dgc.training.trainer import Trainer
 
 SAMSON = Path(__file__).resolve().parents[2] / "shared" / "data" / "samson" / "Samson.mat"
 
@@ -96,19 +98,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cubes, truths = load_dataset(args.dataset, args.cubes, args.size, args.bands)
     for seed in [int(s) for s in args.seeds.split(",")]:
-        base = TrainConfig().to_dict()
-        base["model"]["n_clusters"] = args.clusters
-        # One Trainer is one start: the start selection is part of training.train()
+        # One Trainer is one start: the start selection is part of training.loop.train()
         # (benchmarks/quality.py measures it).
-        base.update({"steps": args.steps, "crop_size": args.crop, "seed": seed, "device": "cpu",
-                     "restarts": 1})
-        config = TrainConfig.from_dict(apply_overrides(base, args.set))
-        if config.restarts > 1:
-            raise SystemExit("restarts: the start selection is part of training.train(); this "
-                             "script drives one Trainer (use benchmarks/quality.py --set restarts=N)")
+        config = TrainConfig().with_settings({
+            "model.n_clusters": args.clusters, "steps": args.steps, "data.crop_size": args.crop, "seed": seed,
+            "device": "cpu", "starts.count": 1, **dict(parse_setting(text) for text in args.set)})
+        if config.starts.count > 1:
+            raise SystemExit("starts.count: the start selection is part of training.loop.train(); this "
+                             "script drives one Trainer (use benchmarks/quality.py --set starts.count=N)")
         sources = [CubeSource(cube, f"cube {i}") for i, cube in enumerate(cubes)]
-        stream = PairStream(sources, config.crop_size, (config.overlap_min, config.overlap_max),
-                            config.pairs_per_cube, seed, config.augment, config.max_spectral_shift)
+        data = config.data
+        stream = PairStream(sources, data.crop_size, (data.overlap_min, data.overlap_max),
+                            data.pairs_per_cube, seed, data.augment, data.max_spectral_shift)
         torch.manual_seed(seed)
         model = DGCModel(cubes[0].shape[-1], config.model)
         stats = compute_band_statistics(sources, config.model.brightness_norm)

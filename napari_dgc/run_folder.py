@@ -11,7 +11,7 @@ Layout::
 
 ``run.json`` holds the training configuration, band count, wavelengths, dataset files with
 their sizes, seed, package versions, creation time, the chosen checkpoint, the selected start
-(runs with several starts, ``TrainConfig.restarts``) and the list of checkpoints in training
+(runs with several starts, ``TrainConfig.starts.count``) and the list of checkpoints in training
 order with the SHA-256 of each of their files. A checkpoint is added to that list only
 
 after all its files are on disk, and ``run.json`` is replaced atomically, so a process killed at
@@ -39,13 +39,13 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import numpy as np
 
 from napari_dgc import __version__, atomic
+from napari_dgc.config import TrainConfig
 from napari_dgc.errors import CheckpointError
 
 if TYPE_CHECKING:
     import torch
 
     from napari_dgc.model.network import DGCModel
-    from napari_dgc.training.loop import TrainConfig
 
 try:  # advisory locking is POSIX-only; without it concurrent updates rely on atomic replace
     import fcntl
@@ -76,7 +76,7 @@ class CheckpointInfo:
     stats : dict
         JSON statistics from training (losses, active clusters, usage entropy, ...).
     start : int
-        The start it belongs to (``TrainConfig.restarts``; 0 for single-start runs).
+        The start it belongs to (``TrainConfig.starts.count``; 0 for single-start runs).
     run_step : int
         Steps the run had trained when it was written, all starts together: the position on
         the run's timeline (equal to ``step`` in single-start runs).
@@ -209,7 +209,7 @@ class RunDirectory:
     follow a run that is still training.
     """
 
-    def __init__(self, path: Path, manifest: dict, config: "TrainConfig") -> None:
+    def __init__(self, path: Path, manifest: dict, config: TrainConfig) -> None:
         self.path = path
         self.config = config
         self.n_bands: int = manifest["n_bands"]
@@ -228,7 +228,7 @@ class RunDirectory:
     def create(
         cls,
         path: str | os.PathLike,
-        config: "TrainConfig",
+        config: TrainConfig,
         n_bands: int,
         wavelengths: np.ndarray | Sequence[float] | None,
         dataset_files: Sequence[str | os.PathLike],
@@ -310,7 +310,7 @@ class RunDirectory:
         manifest = _read_manifest(path / MANIFEST_NAME)
         return cls(path, manifest, _parse_config(manifest["config"], path / MANIFEST_NAME))
 
-    def ensure_compatible(self, config: "TrainConfig", n_bands: int) -> None:
+    def ensure_compatible(self, config: TrainConfig, n_bands: int) -> None:
         """Check that training with ``config`` on ``n_bands`` bands may resume this run.
 
         The model configuration and band count must equal the run's; other settings (e.g. more
@@ -432,7 +432,7 @@ class RunDirectory:
         stats : dict
             JSON statistics shown in the timeline (losses, active clusters, usage entropy ...).
         start : int
-            The start the model belongs to (``TrainConfig.restarts``).
+            The start the model belongs to (``TrainConfig.starts.count``).
         run_step : int, optional
             Steps the run has trained, all starts together (default ``step``); orders the list.
 
@@ -698,12 +698,7 @@ def _valid_entry(entry: Any) -> bool:
     )
 
 
-def _parse_config(data: dict, file: Path) -> "TrainConfig":
-    from napari_dgc.training.loop import TrainConfig
-
-    # Runs written before several starts existed trained one: the default (3) must not make
-    # a resumed old run train new starts.
-    data = {"restarts": 1, **data}
+def _parse_config(data: dict, file: Path) -> TrainConfig:
     try:
         return TrainConfig.from_dict(data)
     except (TypeError, ValueError, KeyError) as error:

@@ -2,33 +2,44 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import napari
 import numpy as np
 
 from napari_dgc._sample_data import scene_layer_data
-from napari_dgc.model.network import ModelConfig
 from napari_dgc.datasets.synthetic import make_leaf_scene
-from napari_dgc.training.loop import TrainConfig
+from napari_dgc.config import ModelConfig, TrainConfig
 
 N_CLUSTERS = 3
 N_BANDS = 16
 
 
+def configured(base: TrainConfig | None = None, **settings) -> TrainConfig:
+    """``base`` (default: the defaults) with ``settings``: top-level names, ``model=ModelConfig``
+    or ``group__name`` for a grouped setting (``starts__count=2`` is ``starts.count``)."""
+    base = TrainConfig() if base is None else base
+    model = settings.pop("model", None)
+    if model is not None:
+        base = replace(base, model=model)
+    return base.with_settings({key.replace("__", "."): value for key, value in settings.items()})
+
+
 def tiny_config(**overrides) -> TrainConfig:
     """A training that takes a second or two on one CPU thread (one start unless
-    ``restarts`` is given)."""
+    ``starts__count`` is given); ``overrides`` as in :func:`configured`."""
     settings = dict(
         model=ModelConfig(n_clusters=N_CLUSTERS),
-        restarts=1,
+        starts__count=1,
         steps=6,
         checkpoint_every=2,
-        crop_size=16,
-        batch_size=1,
+        data__crop_size=16,
+        data__batch_size=1,
         device="cpu",
         seed=3,
     )
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return configured(**settings)
 
 
 def tiny_cube(rows: int = 32, cols: int = 32, seed: int = 1) -> np.ndarray:

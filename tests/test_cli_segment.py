@@ -13,10 +13,11 @@ from PIL import Image
 from napari_dgc.analysis.classes import ClassMapping, SemanticClass
 from napari_dgc.cli import main
 from napari_dgc.analysis.export import export_model_folder
-from napari_dgc.model.network import DGCModel, ModelConfig
+from napari_dgc.config import ModelConfig
+from napari_dgc.model.network import DGCModel
 from napari_dgc.run_folder import RunDirectory
 from napari_dgc.inference.segmentation import segment_cube
-from napari_dgc.training.loop import TrainConfig
+from napari_dgc.config import TrainConfig
 
 N_BANDS = 10
 K = 3

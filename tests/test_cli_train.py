@@ -22,7 +22,7 @@ def cube_file(tmp_path, rng):
 
 def test_train_writes_checkpoints_and_resume_extends_the_run(cube_file, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", str(cube_file), "--clusters", "2", "--steps", "2", "--restarts", "1",
+    code = main(["train", str(cube_file), "--clusters", "2", "--steps", "2", "--starts", "1",
                  "--checkpoint-every", "1", "--out", str(run), *FAST])
     assert code == 0
     captured = capsys.readouterr()
@@ -40,7 +40,7 @@ def test_train_writes_checkpoints_and_resume_extends_the_run(cube_file, tmp_path
 def test_train_by_default_tries_three_starts_and_continues_the_best_separated(cube_file, tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["train", str(cube_file), "--clusters", "2", "--steps", "3", "--checkpoint-every", "2",
-                 "--out", str(run), *FAST, "--set", "restart_steps=2"])
+                 "--out", str(run), *FAST, "--set", "starts.steps=2"])
     assert code == 0
     err = capsys.readouterr().err
     opened = RunDirectory.open(run)
@@ -52,22 +52,22 @@ def test_train_by_default_tries_three_starts_and_continues_the_best_separated(cu
     assert opened.latest_checkpoint().checkpoint_id.endswith("step-000003")
     assert f"step 7/7  start {selected + 1}/3" in err  # the throttled line shows the last step
     assert f"start {selected + 1} of 3 continues" in err
-    code = main(["train", "--resume", str(run), "--restarts", "1", *FAST])
+    code = main(["train", "--resume", str(run), "--starts", "1", *FAST])
     assert code == 2 and "new runs only" in _error_line(capsys)
 
 
 def test_set_overrides_any_training_and_model_setting(cube_file, tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["train", str(cube_file), "--steps", "1", "--checkpoint-every", "1", "--out", str(run),
-                 *FAST, "--set", "learning_rate=3e-4", "--set", "model.brightness_norm=false",
-                 "--set", "uniform_schedule=linear"])
+                 *FAST, "--set", "optim.learning_rate=3e-4", "--set", "model.brightness_norm=false",
+                 "--set", "losses.uniform_schedule=linear"])
     assert code == 0
     config = RunDirectory.open(run).config
-    assert config.learning_rate == 3e-4 and config.uniform_schedule == "linear"
-    assert config.model.brightness_norm is False and config.crop_size == 12
+    assert config.optim.learning_rate == 3e-4 and config.losses.uniform_schedule == "linear"
+    assert config.model.brightness_norm is False and config.data.crop_size == 12
     capsys.readouterr()
 
-    code = main(["train", "--resume", str(run), "--steps", "2", *FAST, "--set", "learning_rate=1"])
+    code = main(["train", "--resume", str(run), "--steps", "2", *FAST, "--set", "optim.learning_rate=1"])
     assert code == 2 and "new runs only" in _error_line(capsys)
 
 
@@ -86,8 +86,12 @@ def _error_line(capsys) -> str:
         (["--steps", "0"], "steps must be at least 1"),
         (["--threads", "0"], "--threads"),
         (["--set", "learning_rat=0.1"], "unknown training settings: learning_rat"),
+        (["--set", "optim.learning_rat=0.1"], "unknown optim settings: learning_rat"),
+        (["--set", "model=5"], "model is a group of settings"),
+        (["--set", "steps=abc"], "steps must be a whole number"),
+        (["--set", "optim.learning_rate=NaN"], "optim.learning_rate must be a finite number"),
         (["--set", "model.colour=red"], "unknown model settings: colour"),
-        (["--set", "uniform_schedule=sideways"], "uniform_schedule must be one of"),
+        (["--set", "losses.uniform_schedule=sideways"], "uniform_schedule must be one of"),
         (["--set", "learning_rate"], "KEY=VALUE"),
     ],
 )
@@ -112,7 +116,7 @@ def test_resume_with_other_clusters_or_bands_is_refused(cube_file, tmp_path, cap
                  "--quiet", *FAST]) == 0
     capsys.readouterr()
     assert main(["train", str(cube_file), "--clusters", "3", "--resume", str(run), *FAST]) == 2
-    assert "2 clusters, not 3" in _error_line(capsys)
+    assert "model.n_clusters = 2, not 3" in _error_line(capsys)
     other = tmp_path / "other.npy"
     np.save(other, np.load(cube_file)[..., :8])
     assert main(["train", str(other), "--resume", str(run), *FAST]) == 2
@@ -122,7 +126,7 @@ def test_resume_with_other_clusters_or_bands_is_refused(cube_file, tmp_path, cap
 def test_resume_without_cubes_uses_the_runs_own_cubes(cube_file, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", str(cube_file), "--clusters", "2", "--steps", "1", "--checkpoint-every", "1",
-                 "--restarts", "1", "--out", str(run), "--quiet", *FAST]) == 0
+                 "--starts", "1", "--out", str(run), "--quiet", *FAST]) == 0
     assert main(["train", "--resume", str(run), "--steps", "2", "--quiet", *FAST]) == 0
     assert [c.step for c in RunDirectory.open(run).checkpoints()] == [1, 2]
 

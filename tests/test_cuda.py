@@ -41,7 +41,8 @@ def test_cli_trains_and_segments_on_cuda_like_the_cpu(scene_file, tmp_path, caps
 
 
 def test_segment_cube_follows_a_model_on_cuda(scene_file, tmp_path):
-    from napari_dgc.model.network import DGCModel, ModelConfig
+    from napari_dgc.config import ModelConfig
+    from napari_dgc.model.network import DGCModel
 
     torch.manual_seed(0)
     model = DGCModel(40, ModelConfig(n_clusters=3))

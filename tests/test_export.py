@@ -21,11 +21,13 @@ from napari_dgc.analysis.export import (
     write_label_map,
 )
 from napari_dgc.io import Cube
-from napari_dgc.model.network import ModelConfig
+from napari_dgc.config import ModelConfig
 from napari_dgc.run_folder import RunDirectory
 from napari_dgc.inference.segmentation import segment_cube
 from napari_dgc.datasets.synthetic import make_leaf_scene
-from napari_dgc.training.loop import TrainConfig, train
+from napari_dgc.config import TrainConfig
+from _training_helpers import configured
+from napari_dgc.training.loop import train
 
 K = 3
 
@@ -44,9 +46,9 @@ def scene():
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, scene) -> RunDirectory:
     torch.set_num_threads(1)
-    config = TrainConfig(
+    config = configured(
         model=ModelConfig(n_clusters=K, embed_dim=8, meanshift_iters=1, meanshift_window=3),
-        steps=4, checkpoint_every=2, crop_size=16, batch_size=1, pairs_per_cube=2, seed=0,
+        steps=4, checkpoint_every=2, data__crop_size=16, data__batch_size=1, data__pairs_per_cube=2, seed=0,
     )
     folder = tmp_path_factory.mktemp("run") / "run"
     cube = Cube(data=scene.cube, band_axis=2, wavelengths=scene.wavelengths, path=Path("leaf"), format="synthetic")

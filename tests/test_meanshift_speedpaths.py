@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from napari_dgc.model import meanshift as _meanshift, network as model_module
 from napari_dgc.model.meanshift import _neighbour_mask, _offsets, mean_shift
-from napari_dgc.model.network import DGCModel, ModelConfig
+from napari_dgc.config import ModelConfig
+from napari_dgc.model.network import DGCModel
 
 SMALL = ModelConfig(n_clusters=3, embed_dim=8, spectral_channels=4, spectral_bands=8,
                     meanshift_iters=2)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from napari_dgc.model import meanshift as _meanshift, network as model_module
 from napari_dgc.model.meanshift import mean_shift
 from napari_dgc.errors import ConfigError
-from napari_dgc.model.network import DGCModel, ModelConfig, band_convolution, box_resampling_matrix
+from napari_dgc.config import ModelConfig
+from napari_dgc.model.network import band_convolution, box_resampling_matrix, DGCModel
 
 SMALL = ModelConfig(n_clusters=3, embed_dim=8, spectral_channels=4, spectral_bands=8,
                     meanshift_iters=2)

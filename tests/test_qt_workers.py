@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from napari_dgc._qt import workers
-from napari_dgc.training.loop import CheckpointEvent, FinishedEvent, TrainConfig
+from napari_dgc.config import TrainConfig
+from napari_dgc.training.events import CheckpointEvent, FinishedEvent
 
 
 class RecordingReview:

@@ -15,9 +15,10 @@ import torch
 
 from napari_dgc import atomic
 from napari_dgc.errors import CheckpointError
-from napari_dgc.model.network import DGCModel, ModelConfig
+from napari_dgc.config import ModelConfig
+from napari_dgc.model.network import DGCModel
 from napari_dgc.run_folder import CheckpointInfo, RunDirectory
-from napari_dgc.training.loop import TrainConfig
+from napari_dgc.config import TrainConfig
 
 N_BANDS = 12
 
@@ -185,14 +186,6 @@ def test_starts_are_listed_in_training_order_and_the_selected_one_is_the_latest(
         run.manifest_path.write_text(json.dumps({**manifest, key: bad}))
         with pytest.raises(CheckpointError, match=f"run.json: field '{key}' is invalid"):
             RunDirectory.open(run.path)
-
-
-def test_runs_from_before_several_starts_keep_one_start(run):
-    manifest = json.loads(run.manifest_path.read_text())
-    assert manifest["config"]["restarts"] == 3  # the default is stored with a new run
-    del manifest["config"]["restarts"]
-    run.manifest_path.write_text(json.dumps(manifest))
-    assert RunDirectory.open(run.path).config.restarts == 1
 
 
 def test_load_model_without_checkpoints(run):

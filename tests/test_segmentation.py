@@ -11,7 +11,8 @@ import torch
 from napari_dgc.inference import segmentation
 from napari_dgc.errors import ConfigError
 from napari_dgc.io import open_cube
-from napari_dgc.model.network import DGCModel, ModelConfig
+from napari_dgc.config import ModelConfig
+from napari_dgc.model.network import DGCModel
 from napari_dgc.inference.segmentation import (
     segment_array,
     segment_cube,

@@ -15,7 +15,7 @@ from napari_dgc._qt.timeline_widget import TimelineWidget
 from napari_dgc._qt.train_state import TrainingHistory, TrainStatus
 from napari_dgc._qt.train_widget import ScientificSpinBox, TrainWidget
 from napari_dgc.run_folder import RunDirectory
-from napari_dgc.training.loop import ProgressEvent
+from napari_dgc.training.events import ProgressEvent
 
 from _training_helpers import N_CLUSTERS, add_cube_layer, tiny_config
 
@@ -154,8 +154,8 @@ def test_several_starts_show_on_the_progress_bar_timeline_and_notification(
     viewer = make_napari_viewer()
     add_cube_layer(viewer, "leaf")
     widget = make_panel(viewer, qtbot, tmp_path / "run", steps=6, checkpoint_every=2,
-                        restarts=2, restart_steps=4)
-    assert widget.train_config().restarts == 2 and widget.train_config().restart_steps == 4
+                        starts__count=2, starts__steps=4)
+    assert widget.train_config().starts.count == 2 and widget.train_config().starts.steps == 4
     assert widget.start_training()
     assert widget.progress_bar.maximum() == 10  # 2 starts x 4 steps, then steps 5-6 of the winner
     wait_idle(qtbot, widget)
@@ -185,7 +185,7 @@ def test_several_starts_show_on_the_progress_bar_timeline_and_notification(
 def test_training_error_is_notified_and_panel_returns_to_idle(make_napari_viewer, qtbot, tmp_path, notifications):
     viewer = make_napari_viewer()
     add_cube_layer(viewer, "small", rows=12, cols=12)
-    widget = make_panel(viewer, qtbot, tmp_path / "run", crop_size=16)
+    widget = make_panel(viewer, qtbot, tmp_path / "run", data__crop_size=16)
     assert widget.start_training()
     wait_idle(qtbot, widget)
     assert len(notifications) == 1
@@ -248,7 +248,7 @@ def test_plain_image_layer_needs_band_axis_confirmation(make_napari_viewer, qtbo
 def test_settings_round_trip_and_scientific_spin_box(make_napari_viewer):
     viewer = make_napari_viewer()
     widget = TrainWidget(viewer)
-    config = tiny_config(learning_rate=3e-5, weight_orth=0.002, seed=11, batch_size=2)
+    config = tiny_config(optim__learning_rate=3e-5, losses__weight_orth=0.002, seed=11, data__batch_size=2)
     widget.set_config(config)
     assert widget.train_config().to_dict() == config.to_dict()
     assert widget.learning_rate_spin.text() == "3e-05"

@@ -9,18 +9,13 @@ import pytest
 import torch
 
 from napari_dgc.errors import CheckpointError, ConfigError, CubeFormatError
-from napari_dgc.model.network import ModelConfig
+from napari_dgc.config import ModelConfig
 from napari_dgc.run_folder import RunDirectory
-from napari_dgc.training.loop import (
-    LOSS_TERMS,
-    CheckpointEvent,
-    FinishedEvent,
-    ProgressEvent,
-    TrainConfig,
-    Trainer,
-    schedule_value,
-    train,
-)
+from napari_dgc.config import TrainConfig
+from napari_dgc.training.events import CheckpointEvent, FinishedEvent, LOSS_TERMS, ProgressEvent
+from napari_dgc.training.loop import train
+from _training_helpers import configured
+from napari_dgc.training.trainer import schedule_value, Trainer
 
 TINY_MODEL = ModelConfig(n_clusters=2, embed_dim=8, spectral_channels=4, spectral_bands=8,
                          meanshift_iters=2)
@@ -28,10 +23,10 @@ TINY_MODEL = ModelConfig(n_clusters=2, embed_dim=8, spectral_channels=4, spectra
 
 def tiny_config(**overrides) -> TrainConfig:
     """One start unless ``restarts`` is given (the start selection has tests of its own)."""
-    settings = dict(model=TINY_MODEL, steps=6, checkpoint_every=3, crop_size=12, batch_size=2,
-                    pairs_per_cube=2, device="cpu", seed=3, restarts=1)
+    settings = dict(model=TINY_MODEL, steps=6, checkpoint_every=3, data__crop_size=12, data__batch_size=2,
+                    data__pairs_per_cube=2, device="cpu", seed=3, starts__count=1)
     settings.update(overrides)
-    return TrainConfig(**settings)
+    return configured(**settings)
 
 
 @pytest.fixture
@@ -106,13 +101,13 @@ def _trainer(cubes, **overrides) -> Trainer:
     from napari_dgc.training.sampling import PairStream, open_sources
 
     config = tiny_config(**overrides)
-    stream = PairStream(open_sources(cubes), config.crop_size, (0.2, 0.8), 2, 0)
+    stream = PairStream(open_sources(cubes), config.data.crop_size, (0.2, 0.8), 2, 0)
     torch.manual_seed(0)
     return Trainer(DGCModel(10, config.model), stream, config, torch.device("cpu"))
 
 
 def test_dead_cluster_is_kicked_and_live_one_follows_the_ema(cubes):
-    trainer = _trainer(cubes, kick=0.05, dead_threshold=0.01, ema_decay=0.9, dead_policy="kick")
+    trainer = _trainer(cubes, centroids__kick=0.05, centroids__dead_threshold=0.01, centroids__ema_decay=0.9, centroids__dead_policy="kick")
     centroids = torch.nn.functional.normalize(torch.tensor([[1.0] + [0.0] * 7, [0.0, 1.0] + [0.0] * 6]), dim=1)
     trainer.model.centroids.copy_(centroids)
     z = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 1.0] + [0.0] * 5] * 100), dim=1)
@@ -128,7 +123,7 @@ def test_dead_cluster_is_kicked_and_live_one_follows_the_ema(cubes):
 
 
 def test_no_kick_when_every_cluster_has_mass(cubes):
-    trainer = _trainer(cubes, kick=1.0, ema_decay=0.0)
+    trainer = _trainer(cubes, centroids__kick=1.0, centroids__ema_decay=0.0)
     z = torch.nn.functional.normalize(torch.randn(50, 8), dim=1)
     p = torch.full((50, 2), 0.5)
     trainer._update_centroids(z, p)
@@ -136,7 +131,7 @@ def test_no_kick_when_every_cluster_has_mass(cubes):
 
 
 def test_dead_cluster_is_reseeded_at_a_poorly_explained_embedding(cubes):
-    trainer = _trainer(cubes, dead_threshold=0.01, ema_decay=0.9, dead_policy="reseed")
+    trainer = _trainer(cubes, centroids__dead_threshold=0.01, centroids__ema_decay=0.9, centroids__dead_policy="reseed")
     basis = torch.eye(8)
     trainer.model.centroids.copy_(basis[:2])
     # 99 pixels sit on the live centroid 0, one far from it; cluster 1 holds no mass.
@@ -151,7 +146,7 @@ def test_dead_cluster_is_reseeded_at_a_poorly_explained_embedding(cubes):
 
 
 def test_kmeans_init_puts_centroids_on_the_data(cubes):
-    from napari_dgc.training.loop import spherical_kmeans
+    from napari_dgc.training.trainer import spherical_kmeans
 
     basis = torch.eye(8)
     z = torch.nn.functional.normalize(
@@ -159,14 +154,14 @@ def test_kmeans_init_puts_centroids_on_the_data(cubes):
     centroids = spherical_kmeans(z, 2, np.random.default_rng(0))
     assert sorted((centroids @ basis[[0, 5]].T).argmax(dim=1).tolist()) == [0, 1]
     assert float((centroids @ basis[[0, 5]].T).max(dim=1).values.min()) > 0.95
-    trainer = _trainer(cubes, centroid_init="kmeans++")
+    trainer = _trainer(cubes, centroids__init="kmeans++")
     before = trainer.model.centroids.clone()
     trainer.step()
     assert not torch.allclose(before, trainer.model.centroids, atol=0.05)
 
 
 def test_centroid_fit_runs_once_at_its_step(cubes, monkeypatch):
-    trainer = _trainer(cubes, centroid_fit_step=2, centroid_fit_inits=3)
+    trainer = _trainer(cubes, centroids__fit_step=2, centroids__fit_inits=3)
     calls = []
     monkeypatch.setattr(trainer, "_fit_centroids",
                         lambda pairs, inits: calls.append((trainer.step_count, inits)))
@@ -176,7 +171,7 @@ def test_centroid_fit_runs_once_at_its_step(cubes, monkeypatch):
 
 
 def test_centroid_fit_keeps_the_seeding_of_lowest_inertia(cubes, monkeypatch):
-    import napari_dgc.training.loop as training
+    import napari_dgc.training.trainer as training
 
     basis = torch.eye(8)
     good = basis[[0, 1]]  # the two directions the fake embeddings below lie on
@@ -199,7 +194,7 @@ def _scripted_separation(monkeypatch, scores):
 
 def test_restarts_continue_the_start_that_separates_the_spectra_best(cubes, tmp_path, monkeypatch):
     _scripted_separation(monkeypatch, [1.0, 5.0, 2.0])
-    config = tiny_config(restarts=3, restart_steps=4, checkpoint_every=3)
+    config = tiny_config(starts__count=3, starts__steps=4, checkpoint_every=3)
     events = list(train(cubes, config, tmp_path / "run"))
     progress = [(e.start, e.step, e.run_step, e.run_total_steps) for e in events
                 if isinstance(e, ProgressEvent)]
@@ -236,7 +231,7 @@ def test_restarts_continue_the_start_that_separates_the_spectra_best(cubes, tmp_
 def test_starts_that_tie_up_to_rounding_keep_the_first(cubes, tmp_path, monkeypatch):
     # Identical label maps give Calinski–Harabasz indices that differ in the last bits.
     _scripted_separation(monkeypatch, [1.0, 35293.25448314758, 35293.25448314759])
-    list(train(cubes, tiny_config(restarts=3, restart_steps=2, steps=2), tmp_path / "run"))
+    list(train(cubes, tiny_config(starts__count=3, starts__steps=2, steps=2), tmp_path / "run"))
     assert RunDirectory.open(tmp_path / "run").selected_start == 1
 
 
@@ -263,7 +258,7 @@ def _stop_at(events, condition) -> None:
 def test_restarted_run_resumes_exactly(cubes, tmp_path, monkeypatch, stop):
     """Stopped during a start, between the last start and the selection, or after it."""
     _scripted_separation(monkeypatch, [3.0, 1.0])
-    config = tiny_config(restarts=2, restart_steps=4)
+    config = tiny_config(starts__count=2, starts__steps=4)
     list(train(cubes, config, tmp_path / "straight"))
     _stop_at(train(cubes, config, tmp_path / "stopped"), stop)
     resumed = list(train(cubes, config, tmp_path / "stopped", resume=True))
@@ -280,15 +275,15 @@ def test_restarted_run_resumes_exactly(cubes, tmp_path, monkeypatch, stop):
 def test_extending_a_restarted_run_keeps_its_selection_step(cubes, tmp_path, monkeypatch):
     _scripted_separation(monkeypatch, [1.0, 3.0])
     run_dir = tmp_path / "run"
-    list(train(cubes, tiny_config(restarts=2, restart_steps=8, steps=4), run_dir))
+    list(train(cubes, tiny_config(starts__count=2, starts__steps=8, steps=4), run_dir))
     assert RunDirectory.open(run_dir).selected_start == 1
-    events = list(train(cubes, tiny_config(restarts=2, restart_steps=8, steps=8), run_dir, resume=True))
+    events = list(train(cubes, tiny_config(starts__count=2, starts__steps=8, steps=8), run_dir, resume=True))
     progress = [(e.start, e.step, e.run_step) for e in events if isinstance(e, ProgressEvent)]
     assert progress == [(1, step, step + 4) for step in range(5, 9)]
 
 
 def test_spectral_separation_prefers_labels_that_follow_the_materials(cubes, monkeypatch):
-    from napari_dgc.training.loop import selection_windows, spectral_separation
+    from napari_dgc.training.starts import selection_windows, spectral_separation
 
     trainer = _trainer(cubes)
     trainer.model.set_normalization(np.zeros(10), np.ones(10), 1e-6)
@@ -319,23 +314,23 @@ def _source(cube):
 
 
 def selection_windows_of(sources, size, seed):
-    from napari_dgc.training.loop import selection_windows
+    from napari_dgc.training.starts import selection_windows
 
     return selection_windows(sources, 4, size, seed)
 
 
 def test_fidelity_term_is_reported_and_off_at_weight_zero(cubes):
-    anchored = _trainer(cubes, weight_fidelity=0.5)
+    anchored = _trainer(cubes, losses__weight_fidelity=0.5)
     assert anchored.step().losses["fidelity"] > 0
-    free = _trainer(cubes, weight_fidelity=0.0)
+    free = _trainer(cubes, losses__weight_fidelity=0.0)
     rng_before = free.fidelity_rng.bit_generator.state
     assert free.step().losses["fidelity"] == 0.0
     assert free.fidelity_rng.bit_generator.state == rng_before  # no draws when it is off
 
 
-@pytest.mark.parametrize("settings", [{"uniform_target": "uniform", "dead_policy": "kick"},
-                                      {"centroid_init": "kmeans++", "usage_ema_decay": 0.5},
-                                      {"centroid_fit_step": 4, "centroid_fit_inits": 3}])
+@pytest.mark.parametrize("settings", [{"losses__uniform_target": "uniform", "centroids__dead_policy": "kick"},
+                                      {"centroids__init": "kmeans++", "losses__usage_ema_decay": 0.5},
+                                      {"centroids__fit_step": 4, "centroids__fit_inits": 3}])
 def test_resume_is_exact_with_other_collapse_safeguards(cubes, tmp_path, settings):
     list(train(cubes, tiny_config(**settings), tmp_path / "straight"))
     list(train(cubes, tiny_config(steps=3, **settings), tmp_path / "stopped"))
@@ -355,7 +350,7 @@ def test_schedules_decay_to_their_final_fraction():
 
 
 def test_config_round_trips_through_json():
-    config = tiny_config(balance_sign="reference", uniform_schedule="cosine")
+    config = tiny_config(losses__balance_sign="reference", losses__uniform_schedule="cosine")
     again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config and isinstance(again.model, ModelConfig)
 
@@ -364,25 +359,25 @@ def test_config_round_trips_through_json():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"model": ModelConfig(n_clusters=2), "dead_threshold": 0.6}, "dead_threshold"),
-        ({"overlap_min": 0.9, "overlap_max": 0.5}, "overlap"),
-        ({"crop_size": 4}, "crop_size"),
+        ({"model": ModelConfig(n_clusters=2), "centroids__dead_threshold": 0.6}, "dead_threshold"),
+        ({"data__overlap_min": 0.9, "data__overlap_max": 0.5}, "overlap"),
+        ({"data__crop_size": 4}, "crop_size"),
         ({"steps": 0}, "steps"),
-        ({"learning_rate": -1.0}, "learning_rate"),
-        ({"uniform_schedule": "sometimes"}, "uniform_schedule"),
+        ({"optim__learning_rate": -1.0}, "learning_rate"),
+        ({"losses__uniform_schedule": "sometimes"}, "uniform_schedule"),
         ({"device": "tpu"}, "device"),
-        ({"uniform_target": "balanced"}, "uniform_target"),
-        ({"uniform_floor": 0.0}, "uniform_floor"),
-        ({"usage_ema_decay": 1.0}, "usage_ema_decay"),
-        ({"dead_policy": "ignore"}, "dead_policy"),
-        ({"centroid_init": "zeros"}, "centroid_init"),
-        ({"weight_fidelity": -0.1}, "weight_fidelity"),
-        ({"fidelity_pixels": 1}, "fidelity_pixels"),
-        ({"centroid_fit_step": -1}, "centroid_fit_step"),
-        ({"centroid_fit_inits": 0}, "centroid_fit_inits"),
-        ({"restarts": 0}, "restarts"),
-        ({"restart_steps": 0}, "restart_steps"),
-        ({"selection_windows": 0}, "selection_windows"),
+        ({"losses__uniform_target": "balanced"}, "uniform_target"),
+        ({"losses__uniform_floor": 0.0}, "uniform_floor"),
+        ({"losses__usage_ema_decay": 1.0}, "usage_ema_decay"),
+        ({"centroids__dead_policy": "ignore"}, "dead_policy"),
+        ({"centroids__init": "zeros"}, "centroids.init"),
+        ({"losses__weight_fidelity": -0.1}, "weight_fidelity"),
+        ({"losses__fidelity_pixels": 1}, "fidelity_pixels"),
+        ({"centroids__fit_step": -1}, "centroids.fit_step"),
+        ({"centroids__fit_inits": 0}, "centroids.fit_inits"),
+        ({"starts__count": 0}, "starts.count"),
+        ({"starts__steps": 0}, "starts.steps"),
+        ({"starts__selection_windows": 0}, "selection_windows"),
     ],
 )
 def test_bad_settings_raise_config_error(settings, message):

@@ -20,7 +20,7 @@ from qtpy.QtWidgets import QApplication  # noqa: E402
 from napari_dgc._qt.train_state import TrainStatus  # noqa: E402
 from napari_dgc._qt.train_widget import TrainWidget  # noqa: E402
 from napari_dgc.model.network import ModelConfig  # noqa: E402
-from napari_dgc.training.loop import TrainConfig  # noqa: E402
+from napari_dgc.config import TrainConfig  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,8 +57,8 @@ def main() -> None:
     viewer.window.add_dock_widget(widget, name="DGC: Train", area="right")
     # Three starts of 100 steps, then the selected one goes on: the timeline plots each start.
     widget.set_config(TrainConfig(model=ModelConfig(n_clusters=4), steps=300, checkpoint_every=20,
-                                  crop_size=48, batch_size=2, device="cpu", restarts=3,
-                                  restart_steps=100))
+                                  device="cpu").with_settings(
+        {"data.crop_size": 48, "data.batch_size": 2, "starts.count": 3, "starts.steps": 100}))
     with tempfile.TemporaryDirectory() as tmp:
         widget.run_folder_edit.setText(str(Path(tmp) / "leaf-run"))
         widget.start_training()

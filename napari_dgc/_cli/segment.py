@@ -97,7 +97,7 @@ def _probability_bytes(probabilities: np.ndarray, file_format: str) -> bytes:
 
 def _load_model(args: argparse.Namespace):
     """Return ``(model, class mapping or None, cube arguments)`` from the chosen source."""
-    from napari_dgc.training.loop import resolve_device
+    from napari_dgc.model.device import resolve_device
 
     device = str(resolve_device(args.device))
     if args.classes is not None:

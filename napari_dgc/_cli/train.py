@@ -2,15 +2,15 @@
 
 ::
 
-    napari-dgc train CUBE... --clusters K --steps N --checkpoint-every M --out RUN [options]
-    napari-dgc train CUBE... --out RUN --set model.brightness_norm=false --set learning_rate=3e-4
-    napari-dgc train [CUBE...] --resume RUN [--steps N]
+    napari-dgc train CUBE... --out RUN --clusters K --steps N --checkpoint-every M
+    napari-dgc train CUBE... --out RUN --set model.brightness_norm=false --set optim.learning_rate=3e-4
+    napari-dgc train --resume RUN --steps N
 
-Cubes may be in any format :func:`napari_dgc.io.open_cube` reads; only the windows the crop
-pairs need are read. A progress line on stderr shows the step, losses, active clusters and
-speed; Ctrl-C stops after the last complete checkpoint, and ``--resume RUN`` continues it
-(on the cubes listed in the run unless others are given, up to the run's own step count
-unless ``--steps`` is given).
+The named options and ``--set KEY=VALUE`` come from :mod:`napari_dgc.config`, with their
+defaults and help. Cubes may be in any format :func:`napari_dgc.io.open_cube` reads; only the
+windows the crop pairs need are read. A progress line on stderr shows the step, losses, active
+clusters and speed; Ctrl-C stops after the last complete checkpoint, and ``--resume RUN``
+continues it (on the cubes listed in the run unless others are given).
 """
 
 from __future__ import annotations
@@ -18,19 +18,27 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from typing import Any
 
+from napari_dgc.config import RESUMABLE_SETTINGS, SettingInfo, TrainConfig, get_setting, parse_setting, \
+    resumed_config, settings_of
 from napari_dgc.errors import ConfigError
+
+#: The settings that have a named option, e.g. ``--clusters`` for ``model.n_clusters``.
+FLAGGED_SETTINGS = [info for info in settings_of() if info.flag]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``train`` sub-command."""
     parser = subparsers.add_parser(
         "train",
-        usage="napari-dgc train CUBE... --out RUN [options] | napari-dgc train [CUBE...] --resume RUN",
+        usage="napari-dgc train CUBE... --out RUN [options] | napari-dgc train [CUBE...] --resume RUN [--steps N]",
         help="train a DGC model on hyperspectral cubes",
         description=(
             "Train Deep Global Clustering on one or more cubes of the same bands. Checkpoints "
-            "go to the run folder; browse them with napari-dgc segment or the napari plugin."
+            "go to the run folder; browse them with napari-dgc segment or the napari plugin. "
+            f"A resumed run keeps its own settings; only {', '.join(RESUMABLE_SETTINGS)} may change "
+            "(more --steps extend a finished run)."
         ),
     )
     parser.add_argument("cubes", nargs="*", metavar="CUBE",
@@ -38,93 +46,76 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", metavar="RUN", help="new run folder")
     target.add_argument("--resume", metavar="RUN", help="continue this run from its latest checkpoint")
-    parser.add_argument("--clusters", type=int, default=None, metavar="K",
-                        help="clusters (default 4; a resumed run keeps its own)")
-    parser.add_argument("--steps", type=int, default=None, metavar="N",
-                        help="total steps (default 2000; a resumed run keeps its own)")
-    parser.add_argument("--checkpoint-every", type=int, default=None, metavar="M",
-                        help="steps between checkpoints (default 100; a resumed run keeps its own)")
-    parser.add_argument("--crop-size", type=int, default=64, help="crop side in pixels (default 64)")
-    parser.add_argument("--batch-size", type=int, default=4, help="crop pairs per step (default 4)")
-    parser.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-3)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--restarts", type=int, default=None, metavar="N",
-                        help="starts trained for --set restart_steps=... steps each (default 200) "
-                             "before the best-separated one continues (default 3; 1: no selection)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    for info in FLAGGED_SETTINGS:
+        parser.add_argument(info.flag, dest=info.key, type=_argument_type(info), default=None,
+                            metavar=info.flag.lstrip("-").split("-")[0].upper(),
+                            help=f"{info.help} (default {info.default}; setting {info.key})")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for PyTorch (default: PyTorch's choice)")
     parser.add_argument("--quiet", action="store_true", help="no progress line")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="any other training setting, e.g. --set learning_rate=3e-4 or "
+                        help="any other setting, e.g. --set optim.learning_rate=3e-4 or "
                              "--set model.brightness_norm=false (repeatable; new runs only; "
                              "names in docs/training.md)")
     parser.set_defaults(handler=run)
 
 
-def _config(args: argparse.Namespace):
-    from napari_dgc.model.network import ModelConfig
-    from napari_dgc.training.loop import TrainConfig, apply_overrides
+def _argument_type(info: SettingInfo) -> Any:
+    """The argparse ``type`` of a flagged setting (range checks are the config's)."""
+    return info.kind if info.kind in (int, float) else str
 
-    settings = {
-        "model": ModelConfig(n_clusters=4 if args.clusters is None else args.clusters),
-        "steps": 2000 if args.steps is None else args.steps,
-        "checkpoint_every": 100 if args.checkpoint_every is None else args.checkpoint_every,
-        "crop_size": args.crop_size,
-        "batch_size": args.batch_size,
-        "seed": args.seed,
-        "device": args.device,
-    }
-    if args.lr is not None:
-        settings["learning_rate"] = args.lr
-    if args.restarts is not None:
-        settings["restarts"] = args.restarts
-    config = TrainConfig(**settings)
-    if not args.overrides:
-        return config
-    return TrainConfig.from_dict(apply_overrides(config.to_dict(), args.overrides))
+
+def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The flagged settings given on the command line, by dotted key."""
+    values = {info.key: getattr(args, info.key) for info in FLAGGED_SETTINGS}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _new_run_config(args: argparse.Namespace) -> TrainConfig:
+    changes = _given_settings(args)
+    changes.update(parse_setting(text) for text in args.overrides)
+    return TrainConfig().with_settings(changes)
+
+
+def _resumed_run_config(args: argparse.Namespace, created: TrainConfig) -> TrainConfig:
+    """The run's own settings, with the resumable options given; any other option must agree."""
+    if args.overrides:
+        raise ConfigError("--set applies to new runs only: a resumed run keeps its own settings")
+    changes = {}
+    for key, value in _given_settings(args).items():
+        if key in RESUMABLE_SETTINGS:
+            changes[key] = value
+        elif value != get_setting(created, key):
+            raise ConfigError(
+                f"{args.resume}: the run has {key} = {get_setting(created, key)}, not {value} (settings "
+                f"other than {', '.join(RESUMABLE_SETTINGS)} apply to new runs only)")
+    return resumed_config(created, changes)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train; return the exit code (bad input raises DGCError, reported by the dispatcher)."""
     import torch
 
-    from napari_dgc.training.loop import (CheckpointEvent, FinishedEvent, ProgressEvent,
-                                     StartSelectedEvent, train)
+    from napari_dgc.run_folder import RunDirectory
+    from napari_dgc.training.events import CheckpointEvent, FinishedEvent, ProgressEvent, StartSelectedEvent
+    from napari_dgc.training.loop import train
 
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     resume = args.resume is not None
-    if resume and (args.overrides or args.restarts is not None):
-        raise ConfigError("--set and --restarts apply to new runs only: a resumed run keeps its "
-                          "own settings")
-    config = _config(args)
     cubes = list(args.cubes)
     if resume:
-        from napari_dgc.run_folder import RunDirectory
-
-        # The run's own settings apply; --clusters only has to agree if it was given.
-        run = RunDirectory.open(args.resume)
-        run_config = run.config
-        if args.clusters is not None and args.clusters != run_config.model.n_clusters:
-            raise ConfigError(
-                f"{args.resume}: the run has {run_config.model.n_clusters} clusters, "
-                f"not {args.clusters}"
-            )
-        config = type(config).from_dict({
-            **config.to_dict(),
-            "model": run_config.model.to_dict(),
-            "restarts": run_config.restarts,
-            "steps": run_config.steps if args.steps is None else args.steps,
-            "checkpoint_every": (run_config.checkpoint_every if args.checkpoint_every is None
-                                 else args.checkpoint_every),
-        })
-        cubes = cubes or list(run.dataset_files)
-    elif not cubes:
-        raise ConfigError("give at least one cube to train on")
+        run_folder = RunDirectory.open(args.resume)
+        config = _resumed_run_config(args, run_folder.config)
+        cubes = cubes or list(run_folder.dataset_files)
+    else:
+        config = _new_run_config(args)
+        if not cubes:
+            raise ConfigError("give at least one cube to train on")
     run_dir = args.resume if resume else args.out
+    starts = config.starts.count
     last_line = 0.0
     for event in train(cubes, config, run_dir, resume=resume):
         if isinstance(event, ProgressEvent) and not args.quiet:
@@ -132,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             if now - last_line >= 0.5 or event.run_step == event.run_total_steps:
                 last_line = now
                 rate = event.run_step / event.elapsed_s if event.elapsed_s > 0 else 0.0
-                where = f"start {event.start + 1}/{config.restarts}  " if config.restarts > 1 else ""
+                where = f"start {event.start + 1}/{starts}  " if starts > 1 else ""
                 print(f"\rstep {event.run_step}/{event.run_total_steps}  {where}"
                       f"loss {event.losses['total']:+.4f}  active {event.active_clusters}  "
                       f"{rate:.2f} steps/s ", end="", file=sys.stderr, flush=True)

@@ -35,7 +35,7 @@ from napari_dgc.inference.checkpoint_review import CheckpointFigures, Checkpoint
 from napari_dgc.errors import DGCError
 from napari_dgc.io import open_cube
 from napari_dgc.run_folder import CheckpointInfo
-from napari_dgc.training.loop import StartPlan
+from napari_dgc.config import StartPlan
 
 from .cube_layers import CubeSource, clusters_layer, cube_source, is_cube_layer, is_reader_cube, show_clusters
 from .plots import SparklineGrid, short_number

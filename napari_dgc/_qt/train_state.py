@@ -12,7 +12,7 @@ import time
 import numpy as np
 from psygnal import Signal
 
-from napari_dgc.training.loop import ProgressEvent
+from napari_dgc.training.events import ProgressEvent
 
 
 class TrainStatus(enum.Enum):

@@ -43,10 +43,9 @@ from qtpy.QtWidgets import (
 )
 
 from napari_dgc.errors import DGCError
-from napari_dgc.model.network import ModelConfig
 from napari_dgc.run_folder import RunDirectory
-from napari_dgc.training.loop import (CheckpointEvent, FinishedEvent, ProgressEvent, StartPlan,
-                                 StartSelectedEvent, TrainConfig)
+from napari_dgc.config import RESUMABLE_SETTINGS, StartPlan, TrainConfig, get_setting, resumed_config
+from napari_dgc.training.events import CheckpointEvent, FinishedEvent, ProgressEvent, StartSelectedEvent
 
 from .collapsible import CollapsibleSection
 from .cube_layers import CubeSource, cube_source, is_cube_layer, is_reader_cube
@@ -335,40 +334,36 @@ class TrainWidget(QWidget):
 
     # ------------------------------------------------------------------ settings
     def train_config(self) -> TrainConfig:
-        """The :class:`TrainConfig` the panel's fields describe."""
-        base = TrainConfig()
-        return TrainConfig.from_dict(
-            {
-                **base.to_dict(),
-                "model": {**base.model.to_dict(), "n_clusters": self.n_clusters_spin.value()},
-                "steps": self.steps_spin.value(),
-                "restarts": self.restarts_spin.value(),
-                "restart_steps": self.restart_steps_spin.value(),
-                "checkpoint_every": self.checkpoint_every_spin.value(),
-                "crop_size": self.crop_size_spin.value(),
-                "batch_size": self.batch_size_spin.value(),
-                "learning_rate": self.learning_rate_spin.value(),
-                "seed": self.seed_spin.value(),
-                "device": self.device_combo.currentText(),
-                **{name: spin.value() for name, spin in self.weight_spins.items()},
-            }
-        )
+        """The :class:`TrainConfig` the panel's fields describe (defaults elsewhere)."""
+        return TrainConfig().with_settings({
+            "model.n_clusters": self.n_clusters_spin.value(),
+            "steps": self.steps_spin.value(),
+            "starts.count": self.restarts_spin.value(),
+            "starts.steps": self.restart_steps_spin.value(),
+            "checkpoint_every": self.checkpoint_every_spin.value(),
+            "data.crop_size": self.crop_size_spin.value(),
+            "data.batch_size": self.batch_size_spin.value(),
+            "optim.learning_rate": self.learning_rate_spin.value(),
+            "seed": self.seed_spin.value(),
+            "device": self.device_combo.currentText(),
+            **{f"losses.{name}": spin.value() for name, spin in self.weight_spins.items()},
+        })
 
     def set_config(self, config: TrainConfig) -> None:
         """Show ``config`` in the panel's fields."""
         self.n_clusters_spin.setValue(config.model.n_clusters)
         self.steps_spin.setValue(config.steps)
-        self.restarts_spin.setValue(config.restarts)
-        self.restart_steps_spin.setValue(config.restart_steps)
+        self.restarts_spin.setValue(config.starts.count)
+        self.restart_steps_spin.setValue(config.starts.steps)
         self.checkpoint_every_spin.setValue(config.checkpoint_every)
-        self.crop_size_spin.setValue(config.crop_size)
-        self.batch_size_spin.setValue(config.batch_size)
-        self.learning_rate_spin.setValue(config.learning_rate)
+        self.crop_size_spin.setValue(config.data.crop_size)
+        self.batch_size_spin.setValue(config.data.batch_size)
+        self.learning_rate_spin.setValue(config.optim.learning_rate)
         self.seed_spin.setValue(config.seed)
         index = self.device_combo.findText(config.device)
         self.device_combo.setCurrentIndex(max(index, 0))
         for name, spin in self.weight_spins.items():
-            spin.setValue(getattr(config, name))
+            spin.setValue(getattr(config.losses, name))
 
     # ------------------------------------------------------------------ controls
     def start_training(self) -> bool:
@@ -409,6 +404,9 @@ class TrainWidget(QWidget):
     def _launch(self, run_dir: Path, *, resume: bool) -> bool:
         try:
             config = self.train_config()
+            if resume:  # the run's own settings, with the changes a resume may make
+                config = resumed_config(RunDirectory.open(run_dir).config, {
+                    key: get_setting(config, key) for key in RESUMABLE_SETTINGS})
             sources = self.ticked_sources()
         except (DGCError, ValueError) as error:
             show_error(error_message(error))

@@ -20,7 +20,10 @@ from qtpy.QtCore import QEvent, QObject
 
 from napari_dgc.inference.checkpoint_review import CheckpointFigures, CheckpointReview, CubeInput
 from napari_dgc.inference.segmentation import usable_cores
-from napari_dgc.training.loop import CheckpointEvent, TrainConfig, resolve_device, train
+from napari_dgc.config import TrainConfig
+from napari_dgc.model.device import resolve_device
+from napari_dgc.training.events import CheckpointEvent
+from napari_dgc.training.loop import train
 
 #: Training generators running now (each napari window may run one), guarded by the lock.
 _running_trainings = 0

@@ -300,7 +300,8 @@ def load_model_folder(path: str | os.PathLike, device: str = "cpu") -> tuple["DG
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from napari_dgc.model.network import DGCModel, ModelConfig
+    from napari_dgc.config import ModelConfig
+    from napari_dgc.model.network import DGCModel
 
     folder = Path(path)
     info = read_model_info(folder)

@@ -19,7 +19,7 @@ centroids; the hard label is the nearest centroid.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -27,12 +27,8 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from napari_dgc.model.meanshift import WORKER_POOL, mean_shift, uses_compiled_kernel
+from napari_dgc.config import ModelConfig
 from napari_dgc.errors import ConfigError
-
-#: The most clusters a model may have: far more than a person can name and merge by hand, and
-#: more than unit vectors in the default 32-d space keep apart.
-MAX_CLUSTERS = 64
-
 
 #: Smallest per-channel spread that the data-dependent initialisation divides by.
 MIN_INIT_SPREAD = 1e-6
@@ -40,122 +36,6 @@ MIN_INIT_SPREAD = 1e-6
 #: Scale of the default random weights left on top of the identity (Dirac) kernel when
 #: ``spatial_init="identity"``.
 IDENTITY_INIT_NOISE = 0.1
-
-
-def reject_unknown_settings(config_class: type, data: dict, kind: str) -> None:
-    """Raise :class:`ConfigError` naming every key of ``data`` that ``config_class`` lacks.
-
-    Settings files come from users and older versions: a typo must not pass silently.
-    """
-    unknown = set(data) - {f.name for f in fields(config_class)}
-    if unknown:
-        raise ConfigError(f"unknown {kind} settings: {', '.join(sorted(unknown))}")
-
-
-@dataclass
-class ModelConfig:
-    """Architecture of a :class:`DGCModel`; defaults are the papers' values except where noted.
-
-    Attributes
-    ----------
-    n_clusters : int
-        Number of centroids ``K`` (2 .. 64).
-    embed_dim : int
-        Embedding size ``D``.
-    spectral_kernel, spectral_layers : int
-        Kernel size and count of the 1D convolutions along the band axis.
-    spatial_kernel, spatial_layers : int
-        Kernel size (odd) and count of the 2D convolutions.
-    meanshift_iters, meanshift_window : int
-        Unrolled mean-shift iterations and window size (odd, pixels).
-    bandwidth_init : float
-        Initial mean-shift bandwidth ``h`` (0.25; the reference's 1.0 applied to distances of
-        *unnormalised* embeddings; on unit vectors it weights even opposite neighbours by
-        ``e^-2`` and blurs boundaries, see docs/training.md).
-    temperature : float
-        Softmax temperature of the soft assignment.
-    spectral_bands : int or None
-        Fixed resampling of the band axis to this many bins (box filter) before the 1D
-        convolutions; ``None`` or a value >= the band count keeps every band. Not in the paper:
-        it bounds the spectral stage's cost independently of the camera (see docs/training.md).
-    spectral_channels : int
-        Channels of the hidden 1D convolutions (the paper uses 32; 16 by default for speed).
-    spectral_stride : int
-        Stride of each 1D convolution along the band axis.
-    brightness_norm : bool
-        Divide each pixel by its mean over the bands before the per-band normalisation, which
-        removes illumination gain differences between captures and within a scene (on by
-        default, *deviation*; measured in docs/training.md).
-    embedding_relu : bool
-        Apply ReLU after the last spatial convolution too (the paper's "ReLU everywhere"); off
-        by default so embeddings may use the whole unit sphere, not only its positive orthant.
-    spatial_init : {"identity", "default"}
-        Initial 3x3 spatial kernels: ``"identity"`` (*deviation*, default) starts each as the
-        identity (a Dirac kernel) plus a tenth of PyTorch's random initialisation, so the first
-        embeddings are the per-pixel spectral features and spatial context is learned;
-        ``"default"``: PyTorch's random initialisation, which mixes each pixel with its
-        neighbours before any training (measured in docs/training.md). Only affects a new model.
-    """
-
-    n_clusters: int = 4
-    embed_dim: int = 32
-    spectral_kernel: int = 9
-    spectral_layers: int = 3
-    spatial_kernel: int = 3
-    spatial_layers: int = 2
-    meanshift_iters: int = 5
-    meanshift_window: int = 5
-    bandwidth_init: float = 0.25
-    temperature: float = 0.05
-    spectral_bands: int | None = 32
-    spectral_channels: int = 16
-    spectral_stride: int = 2
-    brightness_norm: bool = True
-    embedding_relu: bool = False
-    spatial_init: str = "identity"
-
-    def __post_init__(self) -> None:
-        self.validate()
-
-    @property
-    def receptive_radius(self) -> int:
-        """Pixels of context each output pixel of such a model depends on."""
-        return self.spatial_layers * (self.spatial_kernel // 2) + self.meanshift_iters * (
-            self.meanshift_window // 2
-        )
-
-    def validate(self) -> None:
-        """Raise :class:`~napari_dgc.errors.ConfigError` if a value is out of its valid range."""
-        if not 2 <= self.n_clusters <= MAX_CLUSTERS:
-            raise ConfigError(
-                f"n_clusters must be between 2 and {MAX_CLUSTERS}, got {self.n_clusters}"
-            )
-        positive = ("embed_dim", "spectral_kernel", "spectral_layers", "spatial_kernel",
-                    "spatial_layers", "meanshift_window", "spectral_channels", "spectral_stride")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("spatial_kernel", "meanshift_window"):
-            if getattr(self, name) % 2 == 0:
-                raise ConfigError(f"{name} must be odd, got {getattr(self, name)}")
-        if self.meanshift_iters < 0:
-            raise ConfigError(f"meanshift_iters must be >= 0, got {self.meanshift_iters}")
-        if self.bandwidth_init <= 0 or self.temperature <= 0:
-            raise ConfigError("bandwidth_init and temperature must be positive")
-        if self.spatial_init not in ("default", "identity"):
-            raise ConfigError(f"spatial_init must be 'default' or 'identity', got {self.spatial_init!r}")
-        if self.spectral_bands is not None and self.spectral_bands < 1:
-            raise ConfigError(f"spectral_bands must be at least 1, got {self.spectral_bands}")
-
-    def to_dict(self) -> dict:
-        """Return the configuration as a JSON-serialisable dict."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
-        """Build a configuration from :meth:`to_dict` output; unknown keys raise ConfigError."""
-        reject_unknown_settings(cls, data, "model")
-        return cls(**data)
 
 
 def box_resampling_matrix(n_bands: int, n_bins: int) -> torch.Tensor:
@@ -527,7 +407,7 @@ class DGCModel(nn.Module):
         last = len(self.spatial_convs) - 1
         for index, conv in enumerate(self.spatial_convs):
             features = _standardize_output(conv, features, dims=(0, 2, 3))
-            if index < last or self.config.embedding_relu:
+            if index < last:
                 features = F.relu(features)
 
     # -- stages --------------------------------------------------------------------------
@@ -643,7 +523,7 @@ class DGCModel(nn.Module):
             if mask is not None:
                 features = torch.where(mask, features, 0.0)
             features = conv(features)
-            if index < last or self.config.embedding_relu:
+            if index < last:
                 features = F.relu(features)
         radius = self.config.meanshift_window // 2
         return mean_shift(features, self.bandwidth, self.config.meanshift_iters, radius, mask,
@@ -691,6 +571,12 @@ class DGCModel(nn.Module):
         cosine = torch.stack([torch.linalg.vecdot(z, centroid[:, None, None], dim=1)
                               for centroid in self.centroids], dim=-1)
         return torch.softmax(cosine / self.config.temperature, dim=-1).permute(0, 3, 1, 2)
+
+    def log_assign(self, z: torch.Tensor) -> torch.Tensor:
+        """Log-probabilities of the soft assignment ``(B, D, H, W)`` -> ``(B * H * W, K)``, pixels
+        in row-major order: what the training losses take (differentiable)."""
+        logits = torch.einsum("bdhw,kd->bhwk", z, self.centroids) / self.config.temperature
+        return torch.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=1)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Return ``(embeddings, probabilities)`` for a raw tensor ``(B, bands, H, W)``."""

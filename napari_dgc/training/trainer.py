@@ -1,0 +1,282 @@
+"""One start's training state and its optimiser step (:class:`Trainer`).
+
+One step (see docs/training.md):
+
+1. draw ``batch_size`` overlapping crop pairs (:class:`~napari_dgc.training.sampling.PairStream`);
+2. normalise and run the per-pixel spectral stage once per *unique* scene pixel of each pair,
+   gather both crops from it, run the spatial stage and mean-shift on the ``2 x batch`` crops;
+3. loss = compactness + orthogonality + balance (-H of cluster usage) + uniform assignment
+   (cross-entropy against pseudo-labels with fixed cluster quotas: an EMA of the observed usage
+   floored at ``uniform_floor / K`` by default, exactly N/K as in the papers on request) +
+   consistency (symmetric KL between the two crops at pixels that show the same scene
+   location) + spectral fidelity; AdamW step, gradient clipping;
+4. EMA of the centroids toward the probability-weighted mean embeddings of the step (the
+   embeddings of step 2, detached); a cluster whose share of the step's probability mass is
+   below ``dead_threshold`` is re-seeded at a poorly explained embedding (or kicked at random,
+   as the reference does); re-normalisation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from napari_dgc.config import TrainConfig
+from napari_dgc.errors import ConfigError
+from napari_dgc.model.network import DGCModel
+from napari_dgc.training import losses
+from napari_dgc.training.sampling import CropPair, PairStream
+
+
+def schedule_value(start: float, kind: str, final_fraction: float, step: int, total: int) -> float:
+    """Value of a decaying schedule at ``step`` (0-based) of ``total`` steps."""
+    if kind == "constant" or total <= 1:
+        return start
+    progress = min(max(step / (total - 1), 0.0), 1.0)
+    if kind == "linear":
+        factor = 1.0 - (1.0 - final_fraction) * progress
+    elif kind == "cosine":
+        factor = final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    else:
+        raise ConfigError(f"unknown schedule {kind!r}")
+    return start * factor
+
+
+@dataclass
+class StepResult:
+    """What one optimiser step reports (losses weighted, floats)."""
+
+    losses: dict[str, float]
+    active_clusters: int
+    usage: np.ndarray  # hard-label share of each cluster in the step
+
+
+class Trainer:
+    """One model, its optimiser and the pair stream; :meth:`step` performs one training step.
+
+    :func:`train` wraps it with run-folder bookkeeping; benchmarks and tuning scripts use it
+    directly.
+    """
+
+    def __init__(self, model: DGCModel, stream: PairStream, config: TrainConfig,
+                 device: torch.device, start: int = 0) -> None:
+        self.model = model.to(device)
+        self.stream = stream
+        self.config = config
+        self.device = device
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=config.optim.learning_rate, weight_decay=config.optim.weight_decay
+        )
+        # Start 0 keeps the generators of single-start runs; other starts get their own.
+        start_key = [start] if start else []
+        self.start = start
+        self.kick_rng = np.random.default_rng([config.seed, 4, *start_key])
+        self.fidelity_rng = np.random.default_rng([config.seed, 5, *start_key])
+        self.step_count = 0
+        n_clusters = model.n_clusters
+        self.usage_ema = np.full(n_clusters, 1.0 / n_clusters)
+
+    @property
+    def _schedule_length(self) -> int:
+        return self.config.losses.schedule_steps or self.config.steps
+
+    # -- state -----------------------------------------------------------------------------
+    def training_state(self) -> dict:
+        """JSON-serialisable state besides the model and optimiser (for checkpoints)."""
+        return {
+            "step": self.step_count,
+            "sampler": self.stream.state_dict(),
+            "kick_rng": self.kick_rng.bit_generator.state,
+            "fidelity_rng": self.fidelity_rng.bit_generator.state,
+            "usage_ema": self.usage_ema.tolist(),
+            "start": self.start,
+        }
+
+    def load_training_state(self, state: dict) -> None:
+        """Restore :meth:`training_state` output."""
+        self.step_count = int(state["step"])
+        self.stream.load_state_dict(state["sampler"])
+        self.kick_rng.bit_generator.state = state["kick_rng"]
+        self.start = int(state["start"])
+        self.fidelity_rng.bit_generator.state = state["fidelity_rng"]
+        self.usage_ema = np.asarray(state["usage_ema"], dtype=np.float64)
+
+    # -- one step --------------------------------------------------------------------------
+    def _crop_features(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Spectral stage once per unique pixel of each pair, gathered into ``2B`` crops.
+
+        Returns the features ``(2B, D, S, S)``, the spectral input of every unique pixel
+        ``(P, L)`` and ``index`` ``(2B * S * S,)``: row ``i`` of the flattened crops is unique
+        pixel ``index[i]``.
+        """
+        model = self.model
+        size = self.config.data.crop_size
+        sequence_blocks, index_blocks, offset = [], [], 0
+        for pair in pairs:
+            # Normalisation, band shift and resampling as one matrix product per pair.
+            raw = torch.from_numpy(pair.pixels).to(self.device)
+            sequence_blocks.append(model.spectral_input(raw, pair.spectral_shift))
+            index_blocks += [pair.index_a + offset, pair.index_b + offset]
+            offset += pair.pixels.shape[0]
+        sequences = torch.cat(sequence_blocks)
+        features = model.band_features(sequences)
+        index = torch.from_numpy(np.stack(index_blocks)).to(self.device).reshape(-1)
+        crops = features[index].reshape(2 * len(pairs), size, size, -1)
+        return crops.permute(0, 3, 1, 2), sequences, index
+
+    def _raw_crops(self, pairs: list[CropPair]) -> torch.Tensor:
+        """The pairs' ``2B`` crops as raw spectra ``(2B, bands, S, S)`` (no spectral shift)."""
+        crops = [pair.pixels[index] for pair in pairs for index in (pair.index_a, pair.index_b)]
+        return torch.from_numpy(np.stack(crops)).to(self.device).permute(0, 3, 1, 2)
+
+    def _forward(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor, tuple]:
+        """Flat embeddings ``(N, D)``, log-probabilities ``(N, K)``, and ``(sequences, index)``
+        from :meth:`_crop_features` (the spectral input of row ``i`` is ``sequences[index[i]]``)."""
+        features, sequences, index = self._crop_features(pairs)
+        z = self.model.spatial(features)
+        z_flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        return z_flat, self.model.log_assign(z), (sequences, index)
+
+    def _matched_rows(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor]:
+        crop_pixels = self.config.data.crop_size**2
+        rows_a = [pair.match_a + (2 * j) * crop_pixels for j, pair in enumerate(pairs)]
+        rows_b = [pair.match_b + (2 * j + 1) * crop_pixels for j, pair in enumerate(pairs)]
+        return (torch.from_numpy(np.concatenate(rows_a)).to(self.device),
+                torch.from_numpy(np.concatenate(rows_b)).to(self.device))
+
+    def step(self) -> StepResult:
+        """Draw a batch of pairs, take one optimiser step and update the centroids."""
+        config, model = self.config, self.model
+        pairs = [self.stream.next_pair() for _ in range(config.data.batch_size)]
+        model.train()
+        if self.step_count == 0:
+            model.initialize_from_data(self._raw_crops(pairs))
+        if self.step_count == 0 and config.centroids.init == "kmeans++":
+            self._fit_centroids(pairs, inits=1)
+        if config.centroids.fit_step and self.step_count == config.centroids.fit_step:
+            self._fit_centroids(pairs, inits=config.centroids.fit_inits)
+        z, log_p, spectral_rows = self._forward(pairs)
+        p = log_p.exp()
+        centroids = model.centroids
+        rows_a, rows_b = self._matched_rows(pairs)
+        uniform_weight = schedule_value(config.losses.weight_uniform, config.losses.uniform_schedule,
+                                        config.losses.uniform_final_fraction, self.step_count,
+                                        self._schedule_length)
+        balance_weight = schedule_value(config.losses.weight_balance, config.losses.balance_schedule,
+                                        config.losses.balance_final_fraction, self.step_count,
+                                        self._schedule_length)
+        terms = {
+            "compact": config.losses.weight_compact * losses.compactness_loss(z, p, centroids),
+            "orth": config.losses.weight_orth * losses.orthogonality_loss(centroids),
+            "balance": balance_weight * losses.balance_loss(p, config.losses.balance_sign),
+            "uniform": uniform_weight * losses.uniform_assignment_loss(log_p, self._uniform_target()),
+            "consistency": config.losses.weight_consistency
+            * losses.consistency_loss(log_p[rows_a], log_p[rows_b]),
+            "fidelity": self._fidelity_term(z, *spectral_rows),
+        }
+        total = sum(terms.values())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if config.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        self.optimizer.step()
+
+        with torch.no_grad():
+            z, p = z.detach(), p.detach()
+            self._update_centroids(z, p)
+            self.usage_ema = (config.losses.usage_ema_decay * self.usage_ema
+                              + (1 - config.losses.usage_ema_decay) * p.mean(dim=0).double().cpu().numpy())
+            usage = torch.bincount(p.argmax(dim=1), minlength=model.n_clusters).double() / p.shape[0]
+        self.step_count += 1
+        reported = {name: float(value.detach()) for name, value in terms.items()}
+        reported["total"] = float(total.detach())
+        usage_np = usage.cpu().numpy()
+        return StepResult(reported, int((usage_np >= max(config.centroids.dead_threshold, 1e-9)).sum()), usage_np)
+
+    def _fit_centroids(self, pairs: list[CropPair], inits: int, max_pixels: int = 4096) -> None:
+        """Set the centroids to the best of ``inits`` spherical k-means fits (lowest ``1 - cos``
+        inertia) of the pairs' embeddings, on at most ``max_pixels`` rows drawn with the kick
+        generator (saved in checkpoints, so resuming stays exact)."""
+        with torch.no_grad():
+            z, _, _ = self._forward(pairs)
+            if z.shape[0] > max_pixels:
+                z = z[torch.from_numpy(self.kick_rng.choice(z.shape[0], max_pixels, replace=False)).to(z.device)]
+            fits = [spherical_kmeans(z, self.model.n_clusters, self.kick_rng) for _ in range(inits)]
+            inertia = [float((1.0 - (z @ c.T).max(dim=1).values).sum()) for c in fits]
+            self.model.centroids.copy_(fits[int(np.argmin(inertia))])
+
+    def _fidelity_term(self, z: torch.Tensor, sequences: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Weighted fidelity loss on ``fidelity_pixels`` rows of ``z`` drawn at random; row
+        ``i``'s spectral input is ``sequences[index[i]]``."""
+        weight = self.config.losses.weight_fidelity
+        if weight == 0:
+            return z.new_zeros(())
+        count = min(self.config.losses.fidelity_pixels, z.shape[0])
+        rows = torch.from_numpy(self.fidelity_rng.choice(z.shape[0], count, replace=False))
+        rows = rows.to(z.device)
+        return weight * losses.fidelity_loss(z[rows], sequences[index[rows]])
+
+    def _uniform_target(self) -> torch.Tensor | None:
+        """Cluster shares of the uniform-assignment pseudo-labels (``None``: exactly N/K)."""
+        if self.config.losses.uniform_target == "uniform":
+            return None
+        return losses.floored_usage_target(torch.from_numpy(self.usage_ema), self.config.losses.uniform_floor)
+
+    def _update_centroids(self, z: torch.Tensor, p: torch.Tensor) -> None:
+        """EMA toward the probability-weighted mean embeddings; kick or re-seed clusters with
+        too little mass."""
+        config, centroids = self.config, self.model.centroids
+        mass = p.sum(dim=0)
+        means = F.normalize(p.T @ z, dim=1)
+        has_mass = (mass > 0).unsqueeze(1)
+        updated = torch.where(has_mass, config.centroids.ema_decay * centroids + (1 - config.centroids.ema_decay) * means,
+                              centroids)
+        dead = (mass / p.shape[0]) < config.centroids.dead_threshold
+        if bool(dead.any()) and config.centroids.dead_policy == "reseed":
+            updated = F.normalize(updated, dim=1)
+            for cluster in torch.nonzero(dead).squeeze(1).tolist():
+                live = ~dead
+                updated[cluster] = _draw_far_embedding(z, updated[live], self.kick_rng)
+                dead[cluster] = False
+        elif bool(dead.any()):
+            noise = torch.from_numpy(self.kick_rng.standard_normal(tuple(centroids.shape))).to(centroids)
+            updated = torch.where(dead.unsqueeze(1), updated + config.centroids.kick * noise, updated)
+        centroids.copy_(F.normalize(updated, dim=1))
+
+
+def _draw_far_embedding(z: torch.Tensor, centroids: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """One row of ``z`` drawn with probability proportional to ``(1 - cos)^2`` to its nearest
+    row of ``centroids`` (uniformly when there are none or all distances are zero)."""
+    if centroids.shape[0] == 0:
+        weights = torch.ones(z.shape[0], dtype=torch.float64)
+    else:
+        distance = (1.0 - (z @ centroids.T).max(dim=1).values).clamp_min(0)
+        weights = distance.double().cpu() ** 2
+    total = float(weights.sum())
+    if total <= 0:
+        weights, total = torch.ones(z.shape[0], dtype=torch.float64), float(z.shape[0])
+    cumulative = torch.cumsum(weights, dim=0)
+    index = int(torch.searchsorted(cumulative, torch.tensor([rng.random() * total], dtype=torch.float64)))
+    return z[min(index, z.shape[0] - 1)]
+
+
+def spherical_kmeans(z: torch.Tensor, n_clusters: int, rng: np.random.Generator,
+                     iterations: int = 10, max_pixels: int = 4096) -> torch.Tensor:
+    """Unit-norm centroids ``(K, D)`` of the unit embeddings ``z`` ``(N, D)``: k-means++
+    seeding with the distance ``1 - cos``, then Lloyd iterations on the sphere, on at most
+    ``max_pixels`` rows drawn with ``rng``."""
+    if z.shape[0] > max_pixels:
+        z = z[torch.from_numpy(rng.choice(z.shape[0], max_pixels, replace=False)).to(z.device)]
+    centroids = z.new_zeros((0, z.shape[1]))
+    for _ in range(n_clusters):
+        centroids = torch.cat([centroids, _draw_far_embedding(z, centroids, rng)[None]])
+    for _ in range(iterations):
+        labels = (z @ centroids.T).argmax(dim=1)
+        sums = torch.zeros_like(centroids).index_add_(0, labels, z)
+        # A cluster left empty keeps its centroid.
+        centroids = torch.where(sums.norm(dim=1, keepdim=True) > 0, F.normalize(sums, dim=1), centroids)
+    return centroids
