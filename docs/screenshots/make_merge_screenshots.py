@@ -2,9 +2,10 @@
 
     xvfb-run -a .venv/bin/python docs/screenshots/make_merge_screenshots.py [--run RUN]
 
-Trains (or, with ``--run``, reuses a run trained the same way) a short DGC run on the synthetic leaf scene, shows the clusters of the chosen
-checkpoint, merges them in the "DGC: Cluster merge" panel and scores them against the
-scene's ground truth.
+Trains (or, with ``--run``, reuses a run trained the same way) a short DGC run on the
+synthetic leaf scene, shows the clusters of the chosen checkpoint, merges them in the
+"DGC: Cluster merge" panel (by scripting its model) and scores them against the scene's
+ground truth.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def main() -> None:
     show_clusters(viewer, source, labels, run_dir=run_dir, checkpoint_id="step-000060", n_clusters=4)
 
     widget = MergeWidget(viewer)
+    model = widget.model  # the script drives the panel's model; the views follow it
     viewer.window.add_dock_widget(widget, name="DGC: Cluster merge", area="right")
     QApplication.processEvents()
     viewer.reset_view()
@@ -81,29 +83,27 @@ def main() -> None:
     # The clusters a person would pick after looking at the spectra; taken here from the
     # overlap with the ground truth so the script needs no clicking.
     suggestion, _, _ = suggest_mapping({CUBE: labels}, {CUBE: Mask(scene.labels)}, 4, method="many-to-one")
-    widget.add_class("lesion")
+    model.add_class("lesion")
     for index, cls in enumerate(suggestion.classes):
         if cls.clusters:
-            widget.select_clusters(cls.clusters)
-            widget.assign_selected(index)
+            model.assign(cls.clusters, index)
     viewer.layers[f"DGC clusters [{CUBE}]"].visible = False
     tissue = np.argwhere(labels == suggestion.classes[1].clusters[0])[0]
     widget.describe_pixel(tuple(float(v) for v in tissue))
-    widget.cluster_table.clearSelection()
+    model.select_clusters([])
     snap(viewer, "merge-2-classes.png")
 
     # Score background vs. tissue like the paper's DGC-2: lesion pixels of the mask count as
     # tissue, and the (empty) lesion class is removed.
-    widget.mask_classes_edit.setText("background, tissue, tissue")
-    widget.class_list.setCurrentRow(2)
-    widget._remove_class_clicked()
-    widget.compute_iou()
+    model.mask_class_names = "background, tissue, tissue"
+    model.remove_class(2)
+    model.compute_iou()
     viewer.reset_view()
     viewer.layers["ground truth"].visible = True
     viewer.layers[f"DGC classes [{CUBE}]"].visible = False
     snap(viewer, "merge-3-iou.png")
     print(widget.status_label.text())
-    print(widget.report.format_table())
+    print(model.report.format_table())
     viewer.close()
     if not args.run:
         shutil.rmtree(run_dir.parent)
