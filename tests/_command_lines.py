@@ -246,6 +246,15 @@ def checkpoint_ids(run: Path) -> list[str]:
     return [item if isinstance(item, str) else item.get("id") for item in found]
 
 
+def make_template_run(root: Path) -> Path:
+    """Train a 3-cluster, 4-step run (checkpoints step-000002, step-000004) with ``napari-dgc train``."""
+    cube = write_cube(root / "cube.npy")
+    outcome = run_cli(["train", str(cube), "--out", str(root / "run"), "--clusters", str(CLUSTERS),
+                       *fast_train_options(), "--quiet"], root)
+    assert outcome.code == 0, outcome.describe()
+    return root / "run"
+
+
 def dataset_files(run: Path) -> list[str]:
     """The cubes a run folder was trained on, as its ``run.json`` lists them."""
     document = json.loads((run / "run.json").read_text(encoding="utf-8"))

@@ -18,13 +18,12 @@ import pytest
 from _command_lines import (
     Fixtures,
     expand_usage,
-    fast_train_options,
     help_usage,
+    make_template_run,
     parses,
     prepare,
     run_cli,
     substitute,
-    write_cube,
 )
 
 from napari_dgc.cli import SUBCOMMANDS
@@ -35,14 +34,7 @@ HEAVY_MODULES = ("torch", "napari", "qtpy", "PyQt5", "magicgui")
 @pytest.fixture(scope="module")
 def template_run(tmp_path_factory):
     """A finished 4-step run (checkpoints step-000002 and step-000004) made by the CLI."""
-    root = tmp_path_factory.mktemp("template")
-    cube = write_cube(root / "cube.npy")
-    outcome = run_cli(
-        ["train", str(cube), "--out", str(root / "run"), "--clusters", "3", *fast_train_options(), "--quiet"],
-        root,
-    )
-    assert outcome.code == 0, outcome.describe()
-    return root / "run"
+    return make_template_run(tmp_path_factory.mktemp("template"))
 
 
 def test_help_imports_neither_torch_nor_napari():
