@@ -31,7 +31,7 @@ import torch
 from napari_dgc.config import ModelConfig
 from napari_dgc.model.network import DGCModel
 from napari_dgc.training.normalization import compute_band_statistics
-from napari_dgc.training.sampling import CubeSource, PairStream
+from napari_dgc.training.sampling import SampledCube, PairStream
 from napari_dgc.datasets.synthetic import make_leaf_scene
 from napari_dgc.config import TrainConfig
 from napari_dgc.training.trainer import Trainer
@@ -59,7 +59,7 @@ def time_variant(
     On a shared machine the wall clock includes time the process waited for a core; with one
     thread the CPU time is what the step costs on an idle core.
     """
-    source = CubeSource(cube, "synthetic")
+    source = SampledCube(cube, "synthetic")
     data = config.data
     stream = PairStream([source], data.crop_size, (data.overlap_min, data.overlap_max),
                         data.pairs_per_cube, config.seed, data.augment)

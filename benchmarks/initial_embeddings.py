@@ -27,7 +27,7 @@ from napari_dgc.metrics import evaluate_clustering
 from napari_dgc.config import ModelConfig
 from napari_dgc.model.network import DGCModel
 from napari_dgc.training.normalization import compute_band_statistics
-from napari_dgc.training.sampling import CubeSource
+from napari_dgc.training.sampling import SampledCube
 
 
 def kmeans_nmi(features: torch.Tensor, truth: np.ndarray, n_clusters: int) -> float:
@@ -49,7 +49,7 @@ def main() -> None:
     truth = np.concatenate([t.ravel() for t in truths])
     scenes = [torch.from_numpy(cube).permute(2, 0, 1).unsqueeze(0) for cube in cubes]
     config = ModelConfig(n_clusters=args.clusters, spatial_init=args.spatial_init)
-    statistics = compute_band_statistics([CubeSource(c, str(i)) for i, c in enumerate(cubes)],
+    statistics = compute_band_statistics([SampledCube(c, str(i)) for i, c in enumerate(cubes)],
                                          config.brightness_norm)
     print(f"{args.dataset}, K={args.clusters}, spatial_init={args.spatial_init}: k-means NMI on")
     for seed in [int(s) for s in args.seeds.split(",")]:

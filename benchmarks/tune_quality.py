@@ -24,7 +24,7 @@ import torch
 from napari_dgc.metrics import evaluate_clustering
 from napari_dgc.model.network import DGCModel
 from napari_dgc.training.normalization import compute_band_statistics
-from napari_dgc.training.sampling import CubeSource, PairStream
+from napari_dgc.training.sampling import SampledCube, PairStream
 from napari_dgc.datasets.synthetic import make_leaf_scene
 from napari_dgc.config import TrainConfig
 from napari_dgc.config import parse_setting
@@ -106,7 +106,7 @@ def main() -> None:
         if config.starts.count > 1:
             raise SystemExit("starts.count: the start selection is part of training.loop.train(); this "
                              "script drives one Trainer (use benchmarks/quality.py --set starts.count=N)")
-        sources = [CubeSource(cube, f"cube {i}") for i, cube in enumerate(cubes)]
+        sources = [SampledCube(cube, f"cube {i}") for i, cube in enumerate(cubes)]
         data = config.data
         stream = PairStream(sources, data.crop_size, (data.overlap_min, data.overlap_max),
                             data.pairs_per_cube, seed, data.augment, data.max_spectral_shift)

@@ -7,7 +7,7 @@ import pytest
 
 from napari_dgc.errors import ConfigError, CubeFormatError
 from napari_dgc.training.normalization import compute_band_statistics
-from napari_dgc.training.sampling import CubeSource, PairStream, gather_pair, match_pixels, open_sources
+from napari_dgc.training.sampling import SampledCube, PairStream, gather_pair, match_pixels, open_sources
 
 
 def coordinate_cube(rows: int = 50, cols: int = 60) -> np.ndarray:
@@ -138,7 +138,7 @@ def test_cube_smaller_than_the_crop_is_refused():
 def test_nan_pixels_are_refused_with_their_position():
     cube = coordinate_cube(20, 20)
     cube[3, 4, 1] = np.nan
-    source = CubeSource(cube, "scene.npy")
+    source = SampledCube(cube, "scene.npy")
     with pytest.raises(CubeFormatError, match=r"scene.npy: NaN or infinite value at pixel \(row 3, col 4\)"):
         source.read_window(slice(0, 20), slice(0, 20))
     coords = np.stack(np.meshgrid(np.arange(8), np.arange(8), indexing="ij"), axis=-1)

@@ -308,9 +308,9 @@ def test_selection_windows_are_seeded_and_clipped_to_small_cubes(cubes):
 
 
 def _source(cube):
-    from napari_dgc.training.sampling import CubeSource
+    from napari_dgc.training.sampling import SampledCube
 
-    return CubeSource(cube, "cube")
+    return SampledCube(cube, "cube")
 
 
 def selection_windows_of(sources, size, seed):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_dgc.errors import CubeFormatError
-from napari_dgc.training.sampling import CubeSource
+from napari_dgc.training.sampling import SampledCube
 
 #: Smallest scale relative to the median band scale; constant bands get this scale, so they
 #: normalise to a constant instead of dividing by zero.
@@ -49,7 +49,7 @@ class BandStatistics:
     constant_bands: np.ndarray
 
 
-def _sample_rows(source: CubeSource, budget: int, blocks: int) -> list[slice]:
+def _sample_rows(source: SampledCube, budget: int, blocks: int) -> list[slice]:
     """Row blocks spread over the cube holding about ``budget`` pixels in total."""
     height, width = source.shape_hw
     rows_needed = max(1, min(height, int(np.ceil(budget / width))))
@@ -60,13 +60,13 @@ def _sample_rows(source: CubeSource, budget: int, blocks: int) -> list[slice]:
 
 
 def compute_band_statistics(
-    sources: list[CubeSource], brightness_norm: bool, max_pixels: int = 50_000, blocks_per_cube: int = 8
+    sources: list[SampledCube], brightness_norm: bool, max_pixels: int = 50_000, blocks_per_cube: int = 8
 ) -> BandStatistics:
     """Stream a pixel sample of every cube and return the dataset's per-band statistics.
 
     Parameters
     ----------
-    sources : list of CubeSource
+    sources : list of SampledCube
         The dataset (all cubes with the same band count).
     brightness_norm : bool
         Compute the statistics of brightness-normalised pixels.

@@ -28,8 +28,8 @@ from scipy.stats import qmc
 from napari_dgc.errors import ConfigError, CubeFormatError
 
 
-class CubeSource:
-    """A cube to sample from: an in-memory band-last array or a lazy :class:`~napari_dgc.io.Cube`.
+class SampledCube:
+    """A cube that crop pairs are sampled from: an in-memory band-last array or a lazy :class:`~napari_dgc.io.Cube`.
 
     Parameters
     ----------
@@ -71,8 +71,8 @@ class CubeSource:
         return window
 
 
-def open_sources(cubes: Sequence) -> list[CubeSource]:
-    """Wrap arrays, :class:`~napari_dgc.io.Cube` objects and paths as :class:`CubeSource`.
+def open_sources(cubes: Sequence) -> list[SampledCube]:
+    """Wrap arrays, :class:`~napari_dgc.io.Cube` objects and paths as :class:`SampledCube`.
 
     Paths are opened lazily with :func:`napari_dgc.io.open_cube` (metadata only). All cubes
     must have the same band count.
@@ -84,11 +84,11 @@ def open_sources(cubes: Sequence) -> list[CubeSource]:
         if isinstance(cube, (str, Path)):
             from napari_dgc.io import open_cube
 
-            sources.append(CubeSource(open_cube(cube), str(cube)))
+            sources.append(SampledCube(open_cube(cube), str(cube)))
         elif isinstance(cube, np.ndarray):
-            sources.append(CubeSource(cube, f"array {index}"))
+            sources.append(SampledCube(cube, f"array {index}"))
         else:
-            sources.append(CubeSource(cube, str(getattr(cube, "path", f"cube {index}"))))
+            sources.append(SampledCube(cube, str(getattr(cube, "path", f"cube {index}"))))
     first = sources[0]
     for source in sources[1:]:
         if source.n_bands != first.n_bands:
@@ -220,7 +220,7 @@ def match_pixels(coords_a: np.ndarray, coords_b: np.ndarray, width: int) -> tupl
 
 
 def gather_pair(
-    source: CubeSource, coords_a: np.ndarray, coords_b: np.ndarray, spectral_shift: int, cube_index: int
+    source: SampledCube, coords_a: np.ndarray, coords_b: np.ndarray, spectral_shift: int, cube_index: int
 ) -> CropPair:
     """Read the window a pair needs and index its unique scene pixels."""
     size = coords_a.shape[0]
@@ -247,7 +247,7 @@ def gather_pair(
     )
 
 
-def check_crop_fits(sources: Sequence[CubeSource], crop_size: int) -> None:
+def check_crop_fits(sources: Sequence[SampledCube], crop_size: int) -> None:
     """Raise :class:`CubeFormatError` naming the first cube smaller than the crop."""
     for source in sources:
         if min(source.shape_hw) < crop_size:
@@ -262,7 +262,7 @@ class PairStream:
 
     Parameters
     ----------
-    sources : list of CubeSource
+    sources : list of SampledCube
         The dataset.
     crop_size : int
         Crop side in pixels.
@@ -281,7 +281,7 @@ class PairStream:
 
     def __init__(
         self,
-        sources: list[CubeSource],
+        sources: list[SampledCube],
         crop_size: int,
         overlap_range: tuple[float, float],
         pairs_per_cube: int,
