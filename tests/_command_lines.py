@@ -376,7 +376,7 @@ def substitute(tokens: list[str], fixtures: Fixtures) -> list[str]:
 # documented inputs that do not exist: create them by the role the parser gives them
 
 
-def _option_value(argv: list[str], option: str) -> int | None:
+def option_value(argv: list[str], option: str) -> int | None:
     for index, token in enumerate(argv[:-1]):
         if token == option:
             return index + 1
@@ -391,7 +391,7 @@ def fast_train(argv: list[str]) -> list[str]:
     for option, value in FAST_TRAIN.items():
         if resume and option not in ("--threads",):
             continue  # a resumed run keeps its own settings (--steps N extends it)
-        where = _option_value(argv, option)
+        where = option_value(argv, option)
         if where is not None:
             argv[where] = value  # even an option train no longer knows: that is reported
         elif option in known:
@@ -464,7 +464,7 @@ def prepare(argv: list[str], fixtures: Fixtures, made_by_commands: set[Path]) ->
             run_text = inputs.pop(0)
             if missing(run_text) is not None:
                 fixtures.run(cwd / run_text)
-            where = _option_value(argv, "--checkpoint")
+            where = option_value(argv, "--checkpoint")
             run_dir = cwd / run_text
             if where is not None and (run_dir / "run.json").is_file():
                 known = checkpoint_ids(run_dir)
@@ -536,7 +536,7 @@ def run_cli(argv: list[str], cwd: Path) -> Outcome:
 
 def needs_cuda(argv: list[str]) -> bool:
     """Whether the command line asks for the CUDA device."""
-    where = _option_value(argv, "--device")
+    where = option_value(argv, "--device")
     return where is not None and argv[where] == "cuda"
 
 

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 from _command_lines import (
     Fixtures,
-    _option_value,
     cuda_available,
     expand_usage,
     make_template_run,
     needs_cuda,
+    option_value,
     parses,
     prepare,
     run_cli,
@@ -176,7 +176,7 @@ def test_documented_command_lines_run(item: DocLines, template_run, tmp_path):
             if outcome.code != 0:
                 failures.append(f"{where}\n  {outcome.describe()}")
             for option in ("--out", "--json", "--csv"):
-                value = _option_value(argv, option)
+                value = option_value(argv, option)
                 if value is not None:
                     made_by_commands.add((tmp_path / argv[value]).resolve())
                     made_by_commands.add(tmp_path / argv[value])
