@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine (both idempotent, safe to re-run):
 #   make demo   - set up .venv, install, open napari with the synthetic leaf scene and the DGC panel
-#   make test   - set up .venv, install, run the test suite
+#   make test   - set up .venv, install, lint (ruff, import-linter), run the test suite
 # Options:
 #   make demo SCREENSHOT=docs/screenshots/demo.png   save a window screenshot and exit (headless OK)
 #   make demo DEMO_ARGS="--train-steps 60"           extra arguments for `napari-dgc demo`
@@ -19,7 +19,7 @@ SYS_PACKAGES := xvfb xauth libxcb-icccm4 libxcb-keysyms1 libxcb-xinerama0 libxcb
 SCREENSHOT ?=
 DEMO_ARGS ?=
 
-.PHONY: demo test system-deps venv clean
+.PHONY: demo test lint system-deps venv clean
 
 system-deps:
 	@if command -v Xvfb >/dev/null 2>&1 && ldconfig -p | grep -q libxcb-icccm.so.4; then \
@@ -48,7 +48,12 @@ demo: system-deps $(STAMP)
 		$(VENV)/bin/napari-dgc demo $(DEMO_ARGS); \
 	fi
 
-test: system-deps $(STAMP)
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
+
+test: system-deps lint
 	$(PY) -m pytest -p no:cacheprovider tests
 
 clean:

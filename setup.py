@@ -34,7 +34,10 @@ setup(
         "tifffile>=2023.1.1",
         "Pillow>=9.0",
         "safetensors>=0.4",
-        "matplotlib>=3.7",
+        # live plots of the panels (loss curves, timeline figures, spectra)
+        "pyqtgraph>=0.13",
+        # evented models of the GUI state (napari_dgc/state)
+        "psygnal>=0.9",
         "npe2>=0.7",
         # compiled CPU kernels for segmentation (napari_dgc/_cpu_kernels.py)
         "numba>=0.59",
@@ -42,7 +45,14 @@ setup(
     extras_require={
         "pyqt5": ["PyQt5>=5.15"],
         "all": ["PyQt5>=5.15"],
-        "testing": ["pytest>=7", "pytest-qt>=4.2", "pytest-xvfb>=3.0", "scikit-learn>=1.3"],
+        "testing": [
+            "pytest>=7",
+            "pytest-qt>=4.2",
+            "pytest-xvfb>=3.0",
+            "scikit-learn>=1.3",
+            "import-linter>=2.1",
+            "ruff>=0.6",
+        ],
     },
     entry_points={
         "console_scripts": ["napari-dgc=napari_dgc.cli:main"],
