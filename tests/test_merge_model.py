@@ -50,7 +50,7 @@ class Recorder:
         "statistics_changed",
         "selection_changed",
         "pixel_changed",
-        "masks_changed",
+        "ground_truth.changed",
         "report_changed",
         "message",
     )
@@ -58,7 +58,8 @@ class Recorder:
     def __init__(self, model: MergeModel) -> None:
         self.calls: dict[str, list[tuple]] = {name: [] for name in self.NAMES}
         for name in self.NAMES:
-            getattr(model, name).connect(lambda *args, name=name: self.calls[name].append(args))
+            signal = model.ground_truth.changed if name == "ground_truth.changed" else getattr(model, name)
+            signal.connect(lambda *args, name=name: self.calls[name].append(args))
 
     def count(self, name: str) -> int:
         return len(self.calls[name])
@@ -158,8 +159,10 @@ def test_iou_suggestion_and_exports(model, scene, clusters, tmp_path):
     with pytest.raises(MergeStateError, match="compute the IoU first"):
         model.export_report(json_path=tmp_path / "iou.json")
     truth = scene.labels.copy()
-    model.set_masks({"leaf": MaskInput(truth, {0: "background", 1: "tissue", 2: "lesion"}, "ground truth")})
-    assert recorder.count("masks_changed") == 1
+    model.ground_truth.set(
+        {"leaf": MaskInput(truth, {0: "background", 1: "tissue", 2: "lesion"}, "ground truth")}
+    )
+    assert recorder.count("ground_truth.changed") == 1
 
     report = model.compute_iou()  # nothing assigned: the suggestion is scored, the mapping kept
     assert report.mapping_source.startswith("suggested") and report.pooled.mean_iou == pytest.approx(1.0)
@@ -176,7 +179,8 @@ def test_iou_suggestion_and_exports(model, scene, clusters, tmp_path):
     assert [p.name for p in written] == ["iou.json", "iou.csv"]
 
     truth[0, 0] = 1  # the mask is the layer's own array: later paint counts
-    model.mask_class_names = "background, tissue, tissue"
+    model.ground_truth.class_names = "background, tissue, tissue"
+    assert recorder.count("ground_truth.changed") == 2
     report = model.compute_iou()
     assert report.mapping_source == "panel" and report.class_names == ["background", "tissue", "lesion"]
     assert report.pooled.iou[0] < 1.0  # the painted pixel is a background cluster
@@ -190,11 +194,11 @@ def test_iou_suggestion_and_exports(model, scene, clusters, tmp_path):
 
 
 def test_bad_mask_names_and_values_are_refused(model, scene):
-    model.set_masks({"leaf": MaskInput(scene.labels, {0: "background", 1: "tissue"}, "two classes")})
+    model.ground_truth.set({"leaf": MaskInput(scene.labels, {0: "background", 1: "tissue"}, "two classes")})
     model.assign([0, 3], 0)
     with pytest.raises(MaskError, match="two classes"):
         model.compute_iou()  # value 2 (lesion) is not in the legend
-    model.mask_class_names = "background,,tissue"
+    model.ground_truth.class_names = "background,,tissue"
     with pytest.raises(MaskError, match="non-empty"):
         model.compute_iou()
     assert model.report is None

@@ -178,7 +178,7 @@ def test_mask_class_names_can_merge_mask_values(panel, scene):
     model.assign_selected(1)
     assert widget.iou_view.compute_iou().pooled.iou[2] == 0.0  # lesion in the mask, no lesion class
     widget.masks_view.names_edit.setText("background, tissue, tissue")
-    assert model.mask_class_names == "background, tissue, tissue"
+    assert model.ground_truth.class_names == "background, tissue, tissue"
     report = widget.iou_view.compute_iou()
     assert report.class_names == ["background", "tissue"]
     np.testing.assert_allclose(report.pooled.iou, [1.0, 1.0])

@@ -28,6 +28,7 @@ class MergeClustersView(MergeView):
         self.table.setDragEnabled(True)
         self.table.setDragDropMode(QAbstractItemView.DragOnly)
         self.table.verticalHeader().setVisible(False)
+        self.table.setMinimumHeight(120)  # a few rows stay visible when the dock is short
         self.table.itemSelectionChanged.connect(self._on_rows_selected)
         layout.addWidget(self.table)
         model.mapping_changed.connect(self._render)

@@ -38,7 +38,7 @@ class MergeMasksView(MergeView):
         import_masks.clicked.connect(self._import_clicked)
         grid.addWidget(new_mask, 1, 0)
         grid.addWidget(import_masks, 1, 1)
-        self.names_edit = QLineEdit(model.mask_class_names)
+        self.names_edit = QLineEdit(model.ground_truth.class_names)
         self.names_edit.setPlaceholderText("mask class names of values 0, 1, ... (optional)")
         self.names_edit.setToolTip(
             "Optional names of mask values 0, 1, 2, ... for scoring, overriding the layers' own;\n"
@@ -47,18 +47,18 @@ class MergeMasksView(MergeView):
         self.names_edit.textChanged.connect(self._on_names_edited)
         grid.addWidget(self.names_edit, 2, 0, 1, 2)
         layout.addWidget(box)
-        model.masks_changed.connect(self._render)
+        model.ground_truth.changed.connect(self._render)
         self._render()
 
     def _on_names_edited(self, text: str) -> None:
-        self.model.mask_class_names = text
+        self.model.ground_truth.class_names = text
 
     def _render(self) -> None:
-        masks = self.model.mask_inputs
-        text = ", ".join(f"{cube} ← {mask.name}" for cube, mask in masks.items()) or "none yet"
+        truth = self.model.ground_truth
+        text = ", ".join(f"{cube} ← {mask.name}" for cube, mask in truth.inputs.items()) or "none yet"
         self.mask_label.setText(f"Masks: {text}")
-        if self.names_edit.text() != self.model.mask_class_names:
-            self.names_edit.setText(self.model.mask_class_names)
+        if self.names_edit.text() != truth.class_names:
+            self.names_edit.setText(truth.class_names)
 
     def _import_clicked(self) -> None:
         patterns = " ".join(f"*{suffix}" for suffix in MASK_SUFFIXES)

@@ -110,6 +110,7 @@ class SpectrumPlot(pg.PlotWidget):
             axis.setPen("k")
             axis.setTextPen("k")
             axis.setStyle(tickFont=tick_font)
+            axis.enableAutoSIPrefix(False)  # reflectances would read "(x0.001)"
         self.setLabel("left", "value (mean ± std)", **{"font-size": "8pt"})
         self.legend = self.addLegend(offset=(-5, 5), labelTextSize="7pt", labelTextColor="k", colCount=2)
         #: Clusters drawn by the last :meth:`show_spectra` (empty clusters have no spectrum).
@@ -131,8 +132,9 @@ class SpectrumPlot(pg.PlotWidget):
                 continue
             band = QColor(color)
             band.setAlpha(50)
-            lower = pg.PlotDataItem(x, mean - std, pen=None)
-            upper = pg.PlotDataItem(x, mean + std, pen=None)
+            # Bare curves: a PlotDataItem without a pen has no path to fill between.
+            lower = pg.PlotCurveItem(x, mean - std, pen=None)
+            upper = pg.PlotCurveItem(x, mean + std, pen=None)
             self.addItem(pg.FillBetweenItem(lower, upper, brush=band))
             self.plot(x, mean, pen=pg.mkPen(color, width=1.2), name=f"cluster {cluster}")
             self.plotted_clusters.append(cluster)

@@ -179,7 +179,7 @@ class MergeWidget(MergeView):
     def _load_masks(self, event=None) -> None:
         masks, layers = mask_inputs(self.viewer)
         self._mask_layers = _follow_data(self._mask_layers, layers, self._load_masks)
-        self.model.set_masks(masks)
+        self.model.ground_truth.set(masks)
 
     def _on_click(self, viewer, event) -> None:
         self.describe_pixel(tuple(event.position))

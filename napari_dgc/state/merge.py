@@ -14,7 +14,7 @@ A script drives it without a GUI::
     model = MergeModel()
     model.set_clustering(Clustering("runs/leaf", "step-000060", 4, {"leaf": labels}))
     model.assign([0, 3], 0)
-    model.set_masks({"leaf": MaskInput(truth, {0: "background", 1: "tissue"}, "ground truth")})
+    model.ground_truth.set({"leaf": MaskInput(truth, {0: "background", 1: "tissue"}, "ground truth")})
     print(model.compute_iou().format_table())
 """
 
@@ -100,6 +100,94 @@ class MaskInput:
     name: str
 
 
+def write_class_maps(
+    folder: str | Path,
+    mapping: ClassMapping,
+    cluster_maps: Mapping[str, np.ndarray],
+    file_format: str = "tif",
+    *,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write each cube's class map as ``<cube>_classes.<format>`` plus its legend into ``folder``.
+
+    Returns
+    -------
+    list of Path
+        The files written, map then legend per cube.
+
+    Raises
+    ------
+    FileExistsError
+        If any target exists and ``overwrite`` is false; then nothing is written, so a
+        refused export never leaves maps of two different mappings side by side.
+    """
+    folder = Path(folder)
+    maps = {cube: mapping.apply(labels) for cube, labels in cluster_maps.items()}
+    targets = {cube: folder / f"{cube}_classes.{file_format}" for cube in maps}
+    if not overwrite:
+        for target in targets.values():
+            for path in (target, legend_path(target)):
+                if path.exists():
+                    raise FileExistsError(f"{path} exists; refusing to overwrite it")
+    written = []
+    for cube, class_map in maps.items():
+        written += write_class_map(targets[cube], class_map, mapping, overwrite=overwrite)
+    return written
+
+
+class GroundTruth:
+    """The masks a merge is scored against, and optional names for their values.
+
+    Signals
+    -------
+    changed
+        The masks or :attr:`class_names` changed.
+    """
+
+    changed = Signal()
+
+    def __init__(self) -> None:
+        #: Cube name → its mask, as handed over (checked by :meth:`validated`).
+        self.inputs: dict[str, MaskInput] = {}
+        self._class_names = ""
+
+    @property
+    def class_names(self) -> str:
+        """Comma-separated names of mask values 0, 1, ... overriding the masks' legends ("" for none).
+
+        Repeating a name merges values. Parsed when the masks are used, so a bad entry is
+        reported by the operation that needs it.
+        """
+        return self._class_names
+
+    @class_names.setter
+    def class_names(self, names: str) -> None:
+        self._class_names = names
+        self.changed.emit()
+
+    def set(self, masks: Mapping[str, MaskInput]) -> None:
+        """Use ``masks`` (cube name → mask)."""
+        self.inputs = dict(masks)
+        self.changed.emit()
+
+    def validated(self) -> dict[str, Mask]:
+        """Cube name → checked mask.
+
+        Raises
+        ------
+        MaskError
+            For malformed :attr:`class_names` or mask values outside the legend.
+        """
+        names = self._class_names.strip()
+        override = parse_legend(names) if names else None
+        return {
+            cube: Mask(
+                np.asarray(mask.values), legend=override or mask.legend, source=f"mask layer {mask.name!r}"
+            )
+            for cube, mask in self.inputs.items()
+        }
+
+
 class MergeModel:
     """Evented state and operations of a merge of clusters into named classes.
 
@@ -113,8 +201,6 @@ class MergeModel:
         :attr:`selected_clusters` changed.
     pixel_changed : str
         A pixel was picked; the argument describes its cube, position, cluster and class.
-    masks_changed
-        The masks (or the mask class names) changed.
     report_changed
         A new IoU report is in :attr:`report`.
     message : str
@@ -125,7 +211,6 @@ class MergeModel:
     statistics_changed = Signal()
     selection_changed = Signal()
     pixel_changed = Signal(str)
-    masks_changed = Signal()
     report_changed = Signal()
     message = Signal(str)
 
@@ -139,8 +224,8 @@ class MergeModel:
         self.selected_clusters: list[int] = []
         #: The last picked pixel: ``(label, spectrum)``.
         self.pixel: tuple[str, np.ndarray] | None = None
-        self.mask_inputs: dict[str, MaskInput] = {}
-        self._mask_class_names = ""
+        #: The masks to score against; its ``changed`` signal tells when they change.
+        self.ground_truth = GroundTruth()
         self.report: EvaluationReport | None = None
 
     # ------------------------------------------------------------------ clustering
@@ -315,42 +400,6 @@ class MergeModel:
         return self._mapping
 
     # ------------------------------------------------------------------ masks
-    @property
-    def mask_class_names(self) -> str:
-        """Comma-separated names of mask values 0, 1, ... overriding the masks' legends ("" for none).
-
-        Repeating a name merges values. Parsed when masks are used, so a bad entry is reported
-        by the operation that needs it.
-        """
-        return self._mask_class_names
-
-    @mask_class_names.setter
-    def mask_class_names(self, names: str) -> None:
-        self._mask_class_names = names
-        self.masks_changed.emit()
-
-    def set_masks(self, masks: Mapping[str, MaskInput]) -> None:
-        """Use ``masks`` (cube name → mask) as ground truth."""
-        self.mask_inputs = dict(masks)
-        self.masks_changed.emit()
-
-    def masks(self) -> dict[str, Mask]:
-        """Cube name → validated mask.
-
-        Raises
-        ------
-        MaskError
-            For malformed :attr:`mask_class_names` or mask values outside the legend.
-        """
-        names = self._mask_class_names.strip()
-        override = parse_legend(names) if names else None
-        return {
-            cube: Mask(
-                np.asarray(mask.values), legend=override or mask.legend, source=f"mask layer {mask.name!r}"
-            )
-            for cube, mask in self.mask_inputs.items()
-        }
-
     def read_masks(self, paths: Sequence[str | Path]) -> tuple[dict[str, Mask], list[Path]]:
         """Read mask files and pair them with the clustering's cubes by file name.
 
@@ -377,7 +426,8 @@ class MergeModel:
 
     # ------------------------------------------------------------------ scores
     def _suggestion(self, method: str) -> tuple[ClassMapping, str, list[str]]:
-        return suggest_mapping(self.cluster_maps, self.masks(), self._mapping.n_clusters, method=method)
+        masks = self.ground_truth.validated()
+        return suggest_mapping(self.cluster_maps, masks, self._mapping.n_clusters, method=method)
 
     def apply_suggestion(self, method: str = "auto") -> ClassMapping:
         """Replace the mapping by the best automatic one against the masks.
@@ -398,7 +448,7 @@ class MergeModel:
         With no cluster assigned yet the suggestion (``method``) is scored instead and the
         report says so; the mapping stays as it is.
         """
-        cluster_maps, masks = self.cluster_maps, self.masks()
+        cluster_maps, masks = self.cluster_maps, self.ground_truth.validated()
         if len(self._mapping.unassigned_clusters()) == self._mapping.n_clusters:
             mapping, used, notes = self._suggestion(method)
             report = evaluate_classes(cluster_maps, masks, mapping, mapping_source=f"suggested ({used})")
@@ -433,25 +483,9 @@ class MergeModel:
     def export_class_maps(
         self, folder: str | Path, file_format: str = "tif", *, overwrite: bool = False
     ) -> list[Path]:
-        """Write every cube's class map as ``<cube>_classes.<format>`` plus its legend into ``folder``.
-
-        Raises
-        ------
-        FileExistsError
-            If any target exists and ``overwrite`` is false; then nothing is written.
-        """
-        folder = Path(folder)
-        maps = {cube: self._mapping.apply(labels) for cube, labels in self.cluster_maps.items()}
-        targets = {cube: folder / f"{cube}_classes.{file_format}" for cube in maps}
-        if not overwrite:
-            for target in targets.values():
-                for path in (target, legend_path(target)):
-                    if path.exists():
-                        raise FileExistsError(f"{path} exists; refusing to overwrite it")
-        written = []
-        for cube, class_map in maps.items():
-            written += write_class_map(targets[cube], class_map, self._mapping, overwrite=overwrite)
-        self.message.emit(f"Wrote {len(maps)} class map(s) to {folder}.")
+        """Write every cube's class map and its legend into ``folder`` (see :func:`write_class_maps`)."""
+        written = write_class_maps(folder, self._mapping, self.cluster_maps, file_format, overwrite=overwrite)
+        self.message.emit(f"Wrote {len(self.cluster_maps)} class map(s) to {folder}.")
         return written
 
     def export_model(self, folder: str | Path, *, overwrite: bool = False) -> Path:
