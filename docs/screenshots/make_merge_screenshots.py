@@ -95,7 +95,7 @@ def main() -> None:
 
     # Score background vs. tissue like the paper's DGC-2: lesion pixels of the mask count as
     # tissue, and the (empty) lesion class is removed.
-    model.mask_class_names = "background, tissue, tissue"
+    model.ground_truth.class_names = "background, tissue, tissue"
     model.remove_class(2)
     model.compute_iou()
     viewer.reset_view()
