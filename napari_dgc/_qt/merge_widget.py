@@ -131,8 +131,12 @@ class MergeWidget(MergeView):
         self.show_status(message, error=True)
 
     def _disconnect(self) -> None:
+        """Stop following the viewer once the panel is gone."""
         if self._on_click in self.viewer.mouse_drag_callbacks:
             self.viewer.mouse_drag_callbacks.remove(self._on_click)
+        self.viewer.layers.events.inserted.disconnect(self._on_layers_changed)
+        self.viewer.layers.events.removed.disconnect(self._on_layers_changed)
+        self.viewer.layers.selection.events.changed.disconnect(self._load_masks)
 
     # ------------------------------------------------------------------ layers → model
     def _on_layers_changed(self, event=None) -> None:
