@@ -41,7 +41,7 @@ from napari_dgc._qt.timeline_widget import TimelineWidget  # noqa: E402
 from napari_dgc._qt.train_state import TrainStatus  # noqa: E402
 from napari_dgc._qt.train_widget import TrainWidget  # noqa: E402
 from napari_dgc._sample_data import scene_layer_data  # noqa: E402
-from napari_dgc.model.network import ModelConfig  # noqa: E402
+from napari_dgc.config import ModelConfig  # noqa: E402
 from napari_dgc.datasets.synthetic import make_leaf_scene  # noqa: E402
 from napari_dgc.config import TrainConfig
 from napari_dgc.training.loop import train  # noqa: E402
