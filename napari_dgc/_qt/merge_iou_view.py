@@ -52,6 +52,7 @@ class MergeIouView(MergeView):
         grid.addWidget(compute, 0, 2)
         self.table = QTableWidget()
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setMinimumHeight(110)  # header, the classes and the mean stay readable in a short dock
         self.table.setMaximumHeight(140)
         grid.addWidget(self.table, 1, 0, 1, 3)
         self.confusion_label = QLabel()
