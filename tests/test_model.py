@@ -13,7 +13,8 @@ from napari_dgc.model import meanshift as _meanshift, network as model_module
 from napari_dgc.model.meanshift import mean_shift
 from napari_dgc.errors import ConfigError
 from napari_dgc.config import ModelConfig
-from napari_dgc.model.network import band_convolution, box_resampling_matrix, DGCModel
+from napari_dgc.model.band_convolution import band_convolution, box_resampling_matrix, position_blocks
+from napari_dgc.model.network import DGCModel
 
 SMALL = ModelConfig(n_clusters=3, embed_dim=8, spectral_channels=4, spectral_bands=8,
                     meanshift_iters=2)
@@ -266,7 +267,7 @@ def test_position_blocked_spectral_stage_equals_conv1d(monkeypatch, n_blocks, co
 
 def test_position_blocks_read_only_the_positions_their_kernels_reach():
     conv = torch.nn.Conv1d(2, 3, kernel_size=9, stride=2, padding=4)
-    blocks = model_module.position_blocks(conv, 32, 4)  # 16 output positions, 4 per block
+    blocks = position_blocks(conv, 32, 4)  # 16 output positions, 4 per block
     reached = [(rows.start // 2, rows.stop // 2) for rows, _, _, _ in blocks]
     # output positions 0-3 read inputs 0..10, 4-7 read 4..18, 8-11 read 12..26, 12-15 read 20..31
     assert reached == [(0, 11), (4, 19), (12, 27), (20, 32)]
