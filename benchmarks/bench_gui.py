@@ -31,20 +31,23 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import napari  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from qtpy.QtCore import QTimer  # noqa: E402
-from qtpy.QtWidgets import QApplication  # noqa: E402
+import napari
+import numpy as np
+import torch
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QApplication
 
-from napari_dgc._qt.timeline_widget import TimelineWidget  # noqa: E402
-from napari_dgc._qt.train_state import TrainStatus  # noqa: E402
-from napari_dgc._qt.train_widget import TrainWidget  # noqa: E402
-from napari_dgc._sample_data import scene_layer_data  # noqa: E402
-from napari_dgc.config import ModelConfig  # noqa: E402
-from napari_dgc.datasets.synthetic import make_leaf_scene  # noqa: E402
-from napari_dgc.config import TrainConfig
-from napari_dgc.training.loop import train  # noqa: E402
+from napari_dgc._qt.cube_layers import cube_source
+from napari_dgc._qt.timeline_widget import TimelineWidget
+from napari_dgc._qt.train_widget import TrainWidget
+from napari_dgc._sample_data import scene_layer_data
+from napari_dgc.config import (
+    ModelConfig,
+    TrainConfig,
+)
+from napari_dgc.datasets.synthetic import make_leaf_scene
+from napari_dgc.state.training import TrainStatus
+from napari_dgc.training.loop import train
 
 
 def add_scene(viewer: napari.Viewer, rows: int, cols: int, bands: int, name: str):
@@ -163,7 +166,8 @@ class GuiTracer:
         print(f"GUI-thread callbacks >= {1000 * self._min_callback_s:.0f} ms, slowest 25 by max "
               "(count, total ms, median ms, max ms):")
         for name, values in sorted(by_name.items(), key=lambda item: -max(item[1]))[:25]:
-            print(f"  {len(values):6d} {sum(values):9.0f} {np.median(values):8.1f} {max(values):8.1f}  {name}")
+            print(f"  {len(values):6d} {sum(values):9.0f} {np.median(values):8.1f} "
+                  f"{max(values):8.1f}  {name}")
         long_gc = [c for c in self.collections if c[1] - c[0] > 0.005]
         print(f"garbage collections: {len(self.collections)}, over 5 ms: "
               + ", ".join(f"gen{g} {1000 * (b - a):.0f} ms ({t})" for a, b, g, t in long_gc))
@@ -194,21 +198,19 @@ def bench_responsiveness(
     seconds: float, run_dir: Path, size: int, bands: int, trace_gap_ms: float | None = None
 ) -> dict:
     viewer = napari.Viewer(show=True)
-    add_scene(viewer, size, size, bands, "leaf")
+    layer = add_scene(viewer, size, size, bands, "leaf")
     widget = TrainWidget(viewer)
     viewer.window.add_dock_widget(widget, name="DGC: Train")
-    widget.set_config(
-        TrainConfig(model=ModelConfig(n_clusters=4), steps=1_000_000, checkpoint_every=20,
-                    device="cpu").with_settings({"data.crop_size": 32, "data.batch_size": 2})
-    )
-    widget.run_folder_edit.setText(str(run_dir))
+    config = TrainConfig(model=ModelConfig(n_clusters=4), steps=1_000_000, checkpoint_every=20,
+                         device="cpu").with_settings({"data.crop_size": 32, "data.batch_size": 2})
 
     ticks: list[float] = []
     timer = QTimer()
     timer.setInterval(10)
     timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
     clicked = time.perf_counter()
-    assert widget.start_training()  # creates the cluster layer: a one-off, on the click
+    # Scripted through the panel's session, as a click on Start would be.
+    assert widget.session.start(config, run_dir, [cube_source(layer)])  # creates the cluster layer
     start_ms = 1000 * (time.perf_counter() - clicked)
     tracer = GuiTracer(process_until.__code__) if trace_gap_ms is not None else None
     if tracer is not None:
@@ -220,10 +222,11 @@ def bench_responsiveness(
     if tracer is not None:
         tracer.stop()
         tracer.report(ticks, trace_gap_ms)
-    steps = widget.state.history.latest.step if widget.state.history.latest else 0
-    checkpoints = len(widget.timeline.checkpoints)
-    widget.stop_training()
-    process_until(lambda: widget.state.status is TrainStatus.IDLE, 120)
+    latest = widget.session.history.latest
+    steps = latest.step if latest else 0
+    checkpoints = len(widget.review.checkpoints)
+    widget.session.stop()
+    process_until(lambda: widget.session.status is TrainStatus.IDLE, 120)
     viewer.close()
     gaps = np.diff(ticks) * 1000.0
     largest = np.argsort(gaps)[::-1][:5]
@@ -245,7 +248,8 @@ def bench_timeline(run_root: Path) -> dict:
     bands = 301
     scene = make_leaf_scene(rows, cols, bands, seed=0)
     run_dir = run_root / "timeline-run"
-    config = TrainConfig(model=ModelConfig(n_clusters=4), steps=6, checkpoint_every=1, device="cpu").with_settings(
+    config = TrainConfig(model=ModelConfig(n_clusters=4), steps=6, checkpoint_every=1,
+                         device="cpu").with_settings(
         {"data.crop_size": 32, "data.batch_size": 1, "starts.count": 1})
     for _ in train([scene.cube], config, run_dir):
         pass
@@ -270,8 +274,8 @@ def bench_timeline(run_root: Path) -> dict:
         process_until(lambda: shown, 300)
         return shown[0][1] - start
 
-    ids = [info.checkpoint_id for info in timeline.checkpoints]
-    not_cached = [i for i, cid in enumerate(ids) if timeline.review.cached_labels(cid) is None]
+    ids = timeline.model.checkpoint_ids()
+    not_cached = [i for i, cid in enumerate(ids) if timeline.model.review.cached_labels(cid) is None]
     uncached = [move_to(index) for index in not_cached[:3]]
     targets, current = [], timeline.slider.value()
     for index in [len(ids) - 1, *not_cached[:3]]:  # all segmented by now; never a no-op move
@@ -293,8 +297,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="side of the training cube")
     parser.add_argument("--bands", type=int, default=64)
     parser.add_argument("--skip-timeline", action="store_true")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (napari's own default: all cores)")
-    parser.add_argument("--trace", action="store_true", help="explain long gaps (slows the GUI thread a little)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (napari's own default: all cores)")
+    parser.add_argument("--trace", action="store_true",
+                        help="explain long gaps (slows the GUI thread a little)")
     parser.add_argument("--trace-gap-ms", type=float, default=100.0, help="gaps listed by --trace")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

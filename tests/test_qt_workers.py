@@ -15,6 +15,8 @@ from napari_dgc.training.events import CheckpointEvent, FinishedEvent
 class RecordingReview:
     """Stands in for a CheckpointReview: records the ``workers`` of every call."""
 
+    path = Path("run")
+
     def __init__(self, missing: list[str] | None = None):
         self.calls: list[tuple[str, str, int | None]] = []
         self.missing = list(missing or [])
@@ -50,12 +52,18 @@ def test_training_leaves_a_core_and_gives_it_back(four_cores, monkeypatch, tmp_p
     assert workers.segmentation_workers() == 4
     monkeypatch.setattr(workers, "train", fake_train(tmp_path))
     review = RecordingReview()
-    events = workers.training_events([], TrainConfig(), tmp_path, resume=False,
-                                     review_cubes={"cube": None}, review=review)
+    opened = []
+
+    def open_review(run_dir, device):
+        opened.append((run_dir, device))
+        return review
+
+    events = workers.training_events([], TrainConfig(), tmp_path, resume=False, open_review=open_review)
     next(events)  # the checkpoint event: the training is running
     assert workers.segmentation_workers() == 3
     next(events)  # the checkpoint's segmentation, inside the training
     assert review.calls == [("labels", "step-000001", 3), ("figures", "step-000001", 3)]
+    assert [run_dir for run_dir, _ in opened] == [tmp_path]  # opened once, at the first checkpoint
     events.close()  # stopped by the user
     assert workers.segmentation_workers() == 4
 
@@ -72,8 +80,7 @@ def test_review_worker_uses_every_core_without_training(four_cores):
 def test_one_core_still_gets_one_worker(monkeypatch, tmp_path):
     monkeypatch.setattr(workers, "usable_cores", lambda: 1)
     monkeypatch.setattr(workers, "train", fake_train(tmp_path))
-    events = workers.training_events([], TrainConfig(), tmp_path, resume=False,
-                                     review_cubes={}, review=None)
+    events = workers.training_events([], TrainConfig(), tmp_path, resume=False, open_review=None)
     next(events)
     assert workers.segmentation_workers() == 1
     events.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _training_helpers import N_CLUSTERS, add_cube_layer, tiny_config, tiny_cube
 
 from napari_dgc._qt import timeline_widget as timeline_module
 from napari_dgc._qt.cube_layers import LABEL_OFFSET, labels_layer_name
@@ -11,8 +12,6 @@ from napari_dgc._qt.plots import short_number
 from napari_dgc._qt.timeline_widget import CHOSEN_MARKER, TimelineWidget
 from napari_dgc.run_folder import RunDirectory
 from napari_dgc.training.loop import train
-
-from _training_helpers import N_CLUSTERS, add_cube_layer, tiny_config, tiny_cube
 
 TIMEOUT_MS = 120_000
 
@@ -45,7 +44,8 @@ def test_open_run_shows_latest_and_sweeps_figures(make_napari_viewer, qtbot, hea
     viewer = make_napari_viewer()
     cube = add_cube_layer(viewer, "leaf", seed=1)
     timeline = open_timeline(viewer, qtbot, headless_run)
-    ids = [info.checkpoint_id for info in timeline.checkpoints]
+    review = timeline.model
+    ids = review.checkpoint_ids()
     assert ids == ["step-000002", "step-000004", "step-000006", "step-000008"]
     assert timeline.current_checkpoint_id() == ids[-1]  # nothing chosen yet: the latest
     labels = viewer.layers[labels_layer_name("leaf")]
@@ -61,14 +61,14 @@ def test_open_run_shows_latest_and_sweeps_figures(make_napari_viewer, qtbot, hea
     colors = {tuple(labels.colormap.map(np.array([k + LABEL_OFFSET]))[0]) for k in range(N_CLUSTERS)}
     assert len(colors) == N_CLUSTERS and all(color[3] > 0 for color in colors)
 
-    qtbot.waitUntil(lambda: len(timeline.figures) == 4, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: len(review.figures) == 4, timeout=TIMEOUT_MS)
     nmi_plot = timeline.plots.plot("NMI to previous checkpoint")
     assert nmi_plot.series_names() == ["NMI"]
-    assert timeline.figures[ids[0]].nmi_to_previous is None
+    assert review.figures[ids[0]].nmi_to_previous is None
     assert "NMI to previous" in timeline.checkpoint_label.text()
     separation_plot = timeline.plots.plot("spectral separation")
     assert separation_plot.series_names() == ["separation"]
-    separation = timeline.figures[ids[-1]].spectral_separation
+    separation = review.figures[ids[-1]].spectral_separation
     assert separation is not None and separation > 0
     assert f"separation {short_number(separation)}" in timeline.checkpoint_label.text()
     assert not notifications
@@ -78,9 +78,9 @@ def test_cached_checkpoint_shows_synchronously(make_napari_viewer, qtbot, headle
     viewer = make_napari_viewer()
     add_cube_layer(viewer, "leaf", seed=1)
     timeline = open_timeline(viewer, qtbot, headless_run)
-    qtbot.waitUntil(lambda: len(timeline.figures) == 4, timeout=TIMEOUT_MS)  # all segmented
+    qtbot.waitUntil(lambda: len(timeline.model.figures) == 4, timeout=TIMEOUT_MS)  # all segmented
     labels = viewer.layers[labels_layer_name("leaf")]
-    first = timeline.checkpoints[0].checkpoint_id
+    first = timeline.model.checkpoints[0].checkpoint_id
     timeline.select_checkpoint(first)  # cached: no worker round trip
     assert labels.metadata["dgc_checkpoint"] == first
     assert timeline.shown_checkpoint == first
@@ -95,15 +95,15 @@ def test_plot_click_moves_slider_and_choice_is_recorded(make_napari_viewer, qtbo
     add_cube_layer(viewer, "leaf", seed=1)
     timeline = open_timeline(viewer, qtbot, run_dir)
     with qtbot.waitSignal(timeline.checkpoint_shown, timeout=TIMEOUT_MS) as blocker:
-        timeline.plots.plot("active clusters").clicked.emit(4.4)  # nearest checkpoint: step 4
+        timeline.plots.plot("active in cubes").clicked.emit(4.4)  # nearest checkpoint: step 4
     assert blocker.args == ["step-000004"]
     with qtbot.waitSignal(timeline.checkpoint_chosen) as chosen:
         timeline.use_button.click()
     assert chosen.args == ["step-000004"]
     assert RunDirectory.open(run_dir).chosen_checkpoint == "step-000004"
     assert "chosen" in timeline.checkpoint_label.text()
-    markers = timeline.plots.plot("active clusters")._markers
-    assert [x for x, color, _ in markers if color is not None and color.name() == CHOSEN_MARKER] == [4.0]
+    markers = timeline.plots.plot("active in cubes").markers()
+    assert [x for x, color, _ in markers if color == CHOSEN_MARKER] == [4.0]
 
     # Reopening shows the chosen checkpoint, not the latest.
     again = open_timeline(viewer, qtbot, run_dir)
@@ -127,8 +127,8 @@ def test_cube_of_other_band_count_is_not_used(make_napari_viewer, qtbot, headles
     viewer.add_image(np.moveaxis(wrong, -1, 0), name="ten bands", metadata={"wavelengths": list(range(10))})
     timeline = TimelineWidget(viewer)
     assert timeline.open_run(headless_run)  # the run opens; there is just nothing to segment
-    assert timeline.sources == {}
-    assert len(timeline.checkpoints) == 4
+    assert timeline.model.sources == {}
+    assert len(timeline.model.checkpoints) == 4
     assert labels_layer_name("ten bands") not in viewer.layers
     assert "16 bands" in timeline.status_label.text()
     assert timeline._review_worker is None

@@ -7,17 +7,17 @@ import time
 
 import numpy as np
 import pytest
+from _training_helpers import N_CLUSTERS, add_cube_layer, tiny_config, tiny_cube
 from napari.layers import Labels
 
 from napari_dgc._qt import train_widget as train_widget_module
 from napari_dgc._qt.cube_layers import LABEL_OFFSET, cluster_colors, labels_layer_name
+from napari_dgc._qt.settings_form import ScientificSpinBox
 from napari_dgc._qt.timeline_widget import TimelineWidget
-from napari_dgc._qt.train_state import TrainingHistory, TrainStatus
-from napari_dgc._qt.train_widget import ScientificSpinBox, TrainWidget
+from napari_dgc._qt.train_widget import TrainWidget
 from napari_dgc.run_folder import RunDirectory
+from napari_dgc.state.training import TrainingHistory, TrainStatus
 from napari_dgc.training.events import ProgressEvent
-
-from _training_helpers import N_CLUSTERS, add_cube_layer, tiny_config
 
 TIMEOUT_MS = 120_000  # the CI CPU is shared: be generous, the tests finish as soon as they can
 
@@ -42,7 +42,8 @@ def make_panel(viewer, qtbot, run_dir, **config) -> TrainWidget:
 
 
 def wait_idle(qtbot, widget: TrainWidget) -> None:
-    qtbot.waitUntil(lambda: widget.state.status is TrainStatus.IDLE and widget.worker is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.session.status is TrainStatus.IDLE and widget.worker is None,
+                    timeout=TIMEOUT_MS)
 
 
 def test_train_pause_resume_timeline_choose_and_reopen(make_napari_viewer, qtbot, tmp_path, notifications):
@@ -58,7 +59,7 @@ def test_train_pause_resume_timeline_choose_and_reopen(make_napari_viewer, qtbot
     )
     assert widget.start_training()
     viewer.layers.selection.active = other
-    assert widget.state.status is TrainStatus.RUNNING
+    assert widget.session.status is TrainStatus.RUNNING
 
     qtbot.waitUntil(lambda: len({cid for cid, _ in shown}) >= 2, timeout=TIMEOUT_MS)
     labels = viewer.layers[labels_layer_name("leaf")]
@@ -75,34 +76,34 @@ def test_train_pause_resume_timeline_choose_and_reopen(make_napari_viewer, qtbot
     # Pause: no more steps arrive until Resume.
     widget.pause_training()
     qtbot.waitUntil(lambda: widget.worker.is_paused, timeout=TIMEOUT_MS)
-    paused_at = widget.state.history.latest.step
+    paused_at = widget.session.history.latest.step
     qtbot.wait(800)
-    assert widget.state.history.latest.step == paused_at
-    assert widget.state.status is TrainStatus.PAUSED
+    assert widget.session.history.latest.step == paused_at
+    assert widget.session.status is TrainStatus.PAUSED
     assert widget.resume_training()
-    qtbot.waitUntil(lambda: widget.state.history.latest.step > paused_at, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: widget.session.history.latest.step > paused_at, timeout=TIMEOUT_MS)
     wait_idle(qtbot, widget)
     assert not notifications
     assert widget.progress_bar.value() == widget.progress_bar.maximum() == 40
-    assert set(widget.state.history.losses)  # one plot per loss term
-    assert set(widget.state.history.losses) <= set(widget.loss_plots.plots)
+    assert set(widget.session.history.losses)  # one plot per loss term
+    assert set(widget.session.history.losses) <= set(widget.loss_plots.plots)
 
     # The timeline: 10 checkpoints; move it back, see the labels follow, pick one.
-    timeline = widget.timeline
-    qtbot.waitUntil(lambda: len(timeline.checkpoints) == 10, timeout=TIMEOUT_MS)
-    target = timeline.checkpoints[2].checkpoint_id
+    timeline, review = widget.timeline, widget.review
+    qtbot.waitUntil(lambda: len(review.checkpoints) == 10, timeout=TIMEOUT_MS)
+    target = review.checkpoints[2].checkpoint_id
     with qtbot.waitSignal(timeline.checkpoint_shown, timeout=TIMEOUT_MS) as blocker:
         timeline.select_checkpoint(target)
     assert blocker.args == [target]
     assert labels.metadata["dgc_checkpoint"] == target
-    expected = timeline.review.labels(target)
+    expected = review.review.labels(target)
     key = str(cube_layer.unique_id)
     np.testing.assert_array_equal(labels.data, expected[key] + LABEL_OFFSET)
     timeline.use_current_checkpoint()
     assert RunDirectory.open(tmp_path / "run").chosen_checkpoint == target
     # After training, the review worker fills in every checkpoint's figures.
-    qtbot.waitUntil(lambda: len(timeline.figures) == 10, timeout=TIMEOUT_MS)
-    nmi = [timeline.figures[i.checkpoint_id].nmi_to_previous for i in timeline.checkpoints]
+    qtbot.waitUntil(lambda: len(review.figures) == 10, timeout=TIMEOUT_MS)
+    nmi = [review.figures[i.checkpoint_id].nmi_to_previous for i in review.checkpoints]
     assert nmi[0] is None and all(0.0 <= value <= 1.0 + 1e-9 for value in nmi[1:])
 
     # A fresh viewer opens the run folder: the chosen checkpoint is shown on the same cube.
@@ -115,7 +116,7 @@ def test_train_pause_resume_timeline_choose_and_reopen(make_napari_viewer, qtbot
     assert blocker.args == [target]
     fresh_labels = fresh.layers[labels_layer_name("leaf")]
     np.testing.assert_array_equal(fresh_labels.data, labels.data)
-    assert reopened.sources[str(fresh_cube.unique_id)].layer is fresh_cube
+    assert reopened.model.sources[str(fresh_cube.unique_id)].layer is fresh_cube
     assert not notifications
 
 
@@ -125,7 +126,7 @@ def test_stop_then_resume_continues_the_run(make_napari_viewer, qtbot, tmp_path,
     widget = make_panel(viewer, qtbot, tmp_path / "run", steps=400, checkpoint_every=2)
     assert gc.get_freeze_count() == 0
     assert widget.start_training()
-    qtbot.waitUntil(lambda: len(widget.timeline.checkpoints) >= 2, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: len(widget.review.checkpoints) >= 2, timeout=TIMEOUT_MS)
     # While training, the objects from before Start are out of the garbage collector's scans...
     assert gc.get_freeze_count() > 0
     widget.stop_training()
@@ -138,7 +139,7 @@ def test_stop_then_resume_continues_the_run(make_napari_viewer, qtbot, tmp_path,
     assert widget.resume_button.isEnabled() and widget.start_button.isEnabled()
 
     # Resume continues from the latest checkpoint; shorten the run so it ends soon.
-    widget.steps_spin.setValue(written[-1].step + 4)
+    widget.form.fields["steps"].value = written[-1].step + 4
     assert widget.resume_training()
     wait_idle(qtbot, widget)
     assert not notifications
@@ -163,26 +164,27 @@ def test_several_starts_show_on_the_progress_bar_timeline_and_notification(
     assert widget.progress_bar.value() == 10
     run = RunDirectory.open(tmp_path / "run")
     selected = run.selected_start
-    assert any(f"Start {selected + 1} of 2 continues" in message for message in infos)
+    # Starts are numbered from 0 everywhere, as in the checkpoint ids (start1-step-000002).
+    assert any(f"Start {selected} continues" in message for message in infos)
     # The history is on the run's timeline: every step of both starts, in order.
-    assert widget.state.history.steps.tolist() == list(range(1, 11))
+    assert widget.session.history.steps.tolist() == list(range(1, 11))
 
-    timeline = widget.timeline
-    qtbot.waitUntil(lambda: len(timeline.checkpoints) == 5, timeout=TIMEOUT_MS)
-    assert [info.run_step for info in timeline.checkpoints] == [2, 4, 6, 8, 10]
-    assert [info.start for info in timeline.checkpoints] == [0, 0, 1, 1, selected]
+    timeline, review = widget.timeline, widget.review
+    qtbot.waitUntil(lambda: len(review.checkpoints) == 5, timeout=TIMEOUT_MS)
+    assert [info.run_step for info in review.checkpoints] == [2, 4, 6, 8, 10]
+    assert [info.start for info in review.checkpoints] == [0, 0, 1, 1, selected]
     with qtbot.waitSignal(timeline.checkpoint_shown, timeout=TIMEOUT_MS):
-        timeline.select_checkpoint(timeline.checkpoints[2].checkpoint_id)
-    assert "start 2, step 2; run step 6/10" in timeline.checkpoint_label.text()
-    nmi_series = timeline.plots.plot("NMI to previous checkpoint")._series
-    assert [name for name, *_ in nmi_series] == ["start 1", "start 2"]
+        timeline.select_checkpoint(review.checkpoints[2].checkpoint_id)
+    assert "start1-step-000002  (3/5, start 1, step 2; run step 6/10)" in timeline.checkpoint_label.text()
+    assert timeline.plots.plot("NMI to previous checkpoint").series_names() == ["start 0", "start 1"]
     # The first checkpoint of each start has no previous one of its own.
-    qtbot.waitUntil(lambda: len(timeline.figures) == 5, timeout=TIMEOUT_MS)
-    nmi = [timeline.figures[info.checkpoint_id].nmi_to_previous for info in timeline.checkpoints]
+    qtbot.waitUntil(lambda: len(review.figures) == 5, timeout=TIMEOUT_MS)
+    nmi = [review.figures[info.checkpoint_id].nmi_to_previous for info in review.checkpoints]
     assert nmi[0] is None and nmi[2] is None and nmi[4] is not None
 
 
-def test_training_error_is_notified_and_panel_returns_to_idle(make_napari_viewer, qtbot, tmp_path, notifications):
+def test_training_error_is_notified_and_panel_returns_to_idle(make_napari_viewer, qtbot, tmp_path,
+                                                              notifications):
     viewer = make_napari_viewer()
     add_cube_layer(viewer, "small", rows=12, cols=12)
     widget = make_panel(viewer, qtbot, tmp_path / "run", data__crop_size=16)
@@ -217,7 +219,7 @@ def test_closing_napari_stops_training_cleanly(make_napari_viewer, qtbot, tmp_pa
     add_cube_layer(viewer, "leaf")
     widget = make_panel(viewer, qtbot, tmp_path / "run", steps=100_000, checkpoint_every=2)
     assert widget.start_training()
-    qtbot.waitUntil(lambda: len(widget.timeline.checkpoints) >= 1, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: len(widget.review.checkpoints) >= 1, timeout=TIMEOUT_MS)
     worker = widget.worker
     viewer.close()
     assert worker.done.is_set()  # closing waited for the worker to finish its clean stop
@@ -231,8 +233,6 @@ def test_closing_napari_stops_training_cleanly(make_napari_viewer, qtbot, tmp_pa
 
 def test_plain_image_layer_needs_band_axis_confirmation(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
-    from _training_helpers import tiny_cube
-
     cube = tiny_cube()
     viewer.add_image(cube, name="band-last array")  # (rows, cols, bands): no wavelengths
     widget = make_panel(viewer, qtbot, tmp_path / "run")
@@ -251,12 +251,64 @@ def test_settings_round_trip_and_scientific_spin_box(make_napari_viewer):
     config = tiny_config(optim__learning_rate=3e-5, losses__weight_orth=0.002, seed=11, data__batch_size=2)
     widget.set_config(config)
     assert widget.train_config().to_dict() == config.to_dict()
-    assert widget.learning_rate_spin.text() == "3e-05"
+    assert widget.form.fields["optim.learning_rate"].native.text() == "3e-05"
     spin = ScientificSpinBox(1e-9, 1.0)
     spin.setValue(1e-4)
     spin.stepBy(1)
     assert spin.value() == pytest.approx(2e-4)
-    assert widget.device_combo.itemText(0) == "auto"
+    assert widget.form.fields["device"].choices[0] == "auto"
+
+
+def test_form_is_generated_from_the_configuration(make_napari_viewer):
+    from magicgui.widgets import ComboBox, SpinBox
+
+    from napari_dgc._qt.settings_form import ScientificFloatSpinBox
+    from napari_dgc.config import TrainConfig, get_setting, settings_of
+
+    widget = TrainWidget(make_napari_viewer())
+    labelled = [info for info in settings_of() if info.label is not None]
+    assert list(widget.form.fields) == [info.key for info in labelled]
+    basic, advanced = widget.form.basic, widget.form.advanced
+    for info in labelled:
+        field = widget.form.fields[info.key]
+        assert field.label == info.label and field.tooltip == info.help
+        assert field in (basic if info.basic else advanced)
+        assert field.value == get_setting(TrainConfig(), info.key)  # the config's default
+        if info.kind is int:
+            assert isinstance(field, SpinBox) and field.min == (info.minimum or 0)
+        elif info.kind is float:
+            assert isinstance(field, ScientificFloatSpinBox)
+    assert isinstance(widget.form.fields["device"], ComboBox)
+    assert widget.train_config().to_dict() == TrainConfig().with_settings(
+        {"device": widget.form.fields["device"].choices[0]}).to_dict()
+
+
+def test_resume_a_cli_run_made_with_other_model_settings(make_napari_viewer, qtbot, tmp_path, notifications):
+    from napari_dgc.cli import main
+
+    cube_file = tmp_path / "leaf.npy"
+    np.save(cube_file, tiny_cube(seed=1).astype(np.float32))
+    run = tmp_path / "run"
+    assert main(["train", str(cube_file), "--out", str(run), "--clusters", str(N_CLUSTERS), "--steps", "4",
+                 "--checkpoint-every", "2", "--starts", "1", "--crop-size", "16", "--batch-size", "1",
+                 "--device", "cpu", "--threads", "1", "--quiet", "--set", "model.spectral_channels=8"]) == 0
+
+    viewer = make_napari_viewer()
+    widget = TrainWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="DGC: Train")
+    with qtbot.waitSignal(widget.timeline.checkpoint_shown, timeout=TIMEOUT_MS):
+        assert widget.timeline.open_run(run)  # no cube layer yet: the run's own file is opened
+    assert widget.session.run_dir == run.resolve() or widget.session.run_dir == run
+    assert widget.session.config.model.spectral_channels == 8
+    assert widget.resume_button.isEnabled()
+    widget.form.fields["steps"].value = 8
+    assert widget.resume_training()
+    wait_idle(qtbot, widget)
+    assert not notifications
+    reopened = RunDirectory.open(run)
+    assert [info.step for info in reopened.checkpoints()] == [2, 4, 6, 8]
+    assert reopened.config.model.spectral_channels == 8
+    qtbot.waitUntil(lambda: len(widget.review.checkpoints) == 4, timeout=TIMEOUT_MS)
 
 
 def test_history_eta_and_cluster_colours():
@@ -283,7 +335,7 @@ def test_history_grows_past_its_first_capacity_and_pads_missing_terms():
     total = history.losses["total"]
     assert total.shape == (1000,) and np.isnan(total[99]) and total[98] == pytest.approx(1 / 99)
     assert np.isnan(total).sum() == 10
-    assert history.active_clusters[:6].tolist() == [1, 2, 3, 4, 0, 1]
+    assert history.active_in_step[:6].tolist() == [1, 2, 3, 4, 0, 1]
     with pytest.raises(ValueError):
         history.steps[0] = 7  # the plots keep views: they must not be written through
 

@@ -13,14 +13,14 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import napari  # noqa: E402
-import torch  # noqa: E402
-from qtpy.QtWidgets import QApplication  # noqa: E402
+import napari
+import torch
+from qtpy.QtWidgets import QApplication
 
-from napari_dgc._qt.train_state import TrainStatus  # noqa: E402
-from napari_dgc._qt.train_widget import TrainWidget  # noqa: E402
-from napari_dgc.model.network import ModelConfig  # noqa: E402
-from napari_dgc.config import TrainConfig  # noqa: E402
+from napari_dgc._qt.cube_layers import cube_source
+from napari_dgc._qt.train_widget import TrainWidget
+from napari_dgc.config import ModelConfig, TrainConfig
+from napari_dgc.state.training import TrainStatus
 
 HERE = Path(__file__).resolve().parent
 
@@ -56,26 +56,26 @@ def main() -> None:
     widget = TrainWidget(viewer)
     viewer.window.add_dock_widget(widget, name="DGC: Train", area="right")
     # Three starts of 100 steps, then the selected one goes on: the timeline plots each start.
-    widget.set_config(TrainConfig(model=ModelConfig(n_clusters=4), steps=300, checkpoint_every=20,
-                                  device="cpu").with_settings(
-        {"data.crop_size": 48, "data.batch_size": 2, "starts.count": 3, "starts.steps": 100}))
+    config = TrainConfig(model=ModelConfig(n_clusters=4), steps=300, checkpoint_every=20,
+                         device="cpu").with_settings(
+        {"data.crop_size": 48, "data.batch_size": 2, "starts.count": 3, "starts.steps": 100})
+    session, review, timeline = widget.session, widget.review, widget.timeline
     with tempfile.TemporaryDirectory() as tmp:
-        widget.run_folder_edit.setText(str(Path(tmp) / "leaf-run"))
-        widget.start_training()
-        process_until(lambda: len(widget.timeline.checkpoints) >= 5)
-        process_until(lambda: widget.timeline.shown_checkpoint == widget.timeline.checkpoints[-1].checkpoint_id)
+        # Scripted through the panel's models: the form shows the settings the session trains.
+        session.start(config, Path(tmp) / "leaf-run", [cube_source(viewer.layers["synthetic leaf"])])
+        process_until(lambda: len(review.checkpoints) >= 5)
+        process_until(lambda: timeline.shown_checkpoint == review.checkpoint_ids()[-1])
         grab(viewer, "training-in-progress.png")
 
         # All three starts (5 checkpoints each) and three of the selected start's later ones.
-        process_until(lambda: len(widget.timeline.checkpoints) >= 18)
-        widget.stop_training()
-        process_until(lambda: widget.state.status is TrainStatus.IDLE)
-        timeline = widget.timeline
-        process_until(lambda: len(timeline.figures) == len(timeline.checkpoints))
-        pick = len(timeline.checkpoints) - 2
-        timeline.select_checkpoint(timeline.checkpoints[pick].checkpoint_id)
-        process_until(lambda: timeline.shown_checkpoint == timeline.checkpoints[pick].checkpoint_id)
-        timeline.use_current_checkpoint()
+        process_until(lambda: len(review.checkpoints) >= 18)
+        session.stop()
+        process_until(lambda: session.status is TrainStatus.IDLE)
+        process_until(lambda: len(review.figures) == len(review.checkpoints))
+        pick = review.checkpoint_ids()[-2]
+        review.select(pick)
+        process_until(lambda: timeline.shown_checkpoint == pick)
+        review.choose_current()
         grab(viewer, "timeline-checkpoint-chosen.png")
         viewer.close()
 

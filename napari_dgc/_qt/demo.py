@@ -45,8 +45,10 @@ def run_demo(
     import napari
     from qtpy.QtCore import QTimer
 
+    from napari_dgc._qt.cube_layers import cube_source
     from napari_dgc._sample_data import synthetic_leaf_sample
-    from napari_dgc._qt.train_state import TrainStatus
+    from napari_dgc.config import TrainConfig
+    from napari_dgc.state.training import TrainStatus
 
     viewer = napari.Viewer(title="napari-dgc demo")
     for data, kwargs, layer_type in synthetic_leaf_sample(rows=scene_size, cols=scene_size):
@@ -57,13 +59,16 @@ def run_demo(
     QTimer.singleShot(500, viewer.reset_view)
 
     if train_steps > 0:
-        config = panel.train_config()
-        panel.steps_spin.setValue(train_steps)
-        panel.checkpoint_every_spin.setValue(max(1, train_steps // 8))
-        panel.n_clusters_spin.setValue(min(config.model.n_clusters, 3))
-        panel.select_layers([SCENE_LAYER_NAME])
-        panel.run_folder_edit.setText(tempfile.mkdtemp(prefix="napari-dgc-demo-"))
-        panel.start_training()
+        # Scripted through the panel's training session, not its fields (the form shows the
+        # settings of the run the session trains).
+        defaults = TrainConfig()
+        config = defaults.with_settings({
+            "steps": train_steps,
+            "checkpoint_every": max(1, train_steps // 8),
+            "model.n_clusters": min(defaults.model.n_clusters, 3),
+        })
+        run_dir = tempfile.mkdtemp(prefix="napari-dgc-demo-")
+        panel.session.start(config, run_dir, [cube_source(viewer.layers[SCENE_LAYER_NAME])])
 
     if screenshot:
         started = time.monotonic()
@@ -71,8 +76,8 @@ def run_demo(
         def ready() -> bool:
             if train_steps <= 0:
                 return True
-            shown = len(getattr(panel.timeline, "figures", {}))
-            finished = panel.state.status is TrainStatus.IDLE
+            shown = len(panel.review.figures)
+            finished = panel.session.status is TrainStatus.IDLE
             timed_out = time.monotonic() - started > SCREENSHOT_TIMEOUT_S
             return shown >= checkpoints_before_screenshot or finished or timed_out
 

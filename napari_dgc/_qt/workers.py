@@ -18,9 +18,9 @@ import torch
 from napari.qt.threading import GeneratorWorker, create_worker
 from qtpy.QtCore import QEvent, QObject
 
+from napari_dgc.config import TrainConfig
 from napari_dgc.inference.checkpoint_review import CheckpointFigures, CheckpointReview, CubeInput
 from napari_dgc.inference.segmentation import usable_cores
-from napari_dgc.config import TrainConfig
 from napari_dgc.model.device import resolve_device
 from napari_dgc.training.events import CheckpointEvent
 from napari_dgc.training.loop import train
@@ -90,9 +90,11 @@ def call_on_window_close(viewer, callback: Callable[[], None], owner: QObject) -
 
 @dataclass(frozen=True)
 class CheckpointSegmented:
-    """Label maps (by cube key) and figures of a checkpoint, computed in a worker."""
+    """Label maps (by cube key) and figures of a checkpoint of the run in ``run_dir``,
+    computed in a worker (matched to the reviewed run by its folder, not by object).
+    """
 
-    review: CheckpointReview
+    run_dir: Path
     checkpoint_id: str
     labels: dict[str, np.ndarray]
     figures: CheckpointFigures | None
@@ -100,8 +102,9 @@ class CheckpointSegmented:
 
 @dataclass(frozen=True)
 class FiguresComputed:
-    """Figures of a checkpoint computed by the review worker's sweep."""
+    """Figures of a checkpoint of the run in ``run_dir`` computed by the review worker's sweep."""
 
+    run_dir: Path
     figures: CheckpointFigures
 
 
@@ -111,32 +114,31 @@ def training_events(
     run_dir: Path,
     *,
     resume: bool,
-    review_cubes: Mapping[str, CubeInput],
-    review: CheckpointReview | None,
+    open_review: Callable[[Path, str], CheckpointReview] | None,
 ) -> Generator:
-    """Drive :func:`napari_dgc.training.loop.train`, segmenting the review cubes at each checkpoint.
+    """Drive :func:`napari_dgc.training.loop.train`, segmenting the reviewed cubes at each checkpoint.
 
     Yields the engine's events unchanged and, after every ``CheckpointEvent``, a
-    :class:`CheckpointSegmented`. ``review`` is reused when given (same run, resumed), else
-    created at the first checkpoint, when the run folder is complete. While it runs,
-    :func:`segmentation_workers` leaves a core to the GUI thread.
+    :class:`CheckpointSegmented`. ``open_review(run_dir, device)`` (the review model's
+    ``review_for``) gives the engine's review of the run at the first checkpoint, when the run
+    folder is complete; ``None``: no segmentation. While it runs, :func:`segmentation_workers`
+    leaves a core to the GUI thread.
     """
     global _running_trainings
     events = train(list(train_inputs), config, run_dir, resume=resume)
+    review: CheckpointReview | None = None
     with _running_trainings_lock:
         _running_trainings += 1
     try:
         for event in events:
             yield event
-            if isinstance(event, CheckpointEvent) and review_cubes:
+            if isinstance(event, CheckpointEvent) and open_review is not None:
                 if review is None:
-                    review = CheckpointReview(
-                        event.run_dir, review_cubes, device=str(resolve_device(config.device))
-                    )
+                    review = open_review(Path(event.run_dir), str(resolve_device(config.device)))
                 workers = segmentation_workers()
                 labels = review.labels(event.checkpoint_id, workers=workers)
                 figures = review.figures(event.checkpoint_id, workers=workers)
-                yield CheckpointSegmented(review, event.checkpoint_id, labels, figures)
+                yield CheckpointSegmented(Path(event.run_dir), event.checkpoint_id, labels, figures)
     finally:
         with _running_trainings_lock:
             _running_trainings -= 1
@@ -180,13 +182,13 @@ def review_events(
             latest = requests.get_nowait()
         if latest is not None:
             labels = review.labels(latest, workers=segmentation_workers())
-            yield CheckpointSegmented(review, latest, labels, None)
-            yield FiguresComputed(review.figures(latest, workers=segmentation_workers()))
+            yield CheckpointSegmented(review.path, latest, labels, None)
+            yield FiguresComputed(review.path, review.figures(latest, workers=segmentation_workers()))
             continue
         missing = review.checkpoints_without_figures() if sweep else []
         if not missing:
             return
-        yield FiguresComputed(review.figures(missing[0], workers=segmentation_workers()))
+        yield FiguresComputed(review.path, review.figures(missing[0], workers=segmentation_workers()))
 
 
 def start_review_worker(
