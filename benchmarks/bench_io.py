@@ -31,7 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-LAYOUT_AXES = {"bsq": (2, 0, 1), "bil": (0, 2, 1), "bip": (0, 1, 2)}  # file axes of a (rows, cols, bands) cube
+LAYOUT_AXES = {
+    "bsq": (2, 0, 1),
+    "bil": (0, 2, 1),
+    "bip": (0, 1, 2),
+}  # file axes of a (rows, cols, bands) cube
 
 
 def write_cube(folder: Path, layout: str, rows: int, cols: int, bands: int) -> Path:
@@ -41,7 +45,7 @@ def write_cube(folder: Path, layout: str, rows: int, cols: int, bands: int) -> P
         path = folder / "cube.npy"
         out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, cols, bands))
         for start in range(0, rows, 50):
-            out[start:start + 50] = rng.random((min(50, rows - start), cols, bands), dtype=np.float32)
+            out[start : start + 50] = rng.random((min(50, rows - start), cols, bands), dtype=np.float32)
         out.flush()
         del out
         return path
@@ -66,7 +70,7 @@ def peak_rss_mib() -> float:
     """Peak resident set size of this process so far, in MiB (Linux; else ``ru_maxrss``)."""
     try:
         with open("/proc/self/status") as status:
-            line = next(l for l in status if l.startswith("VmHWM:"))
+            line = next(entry for entry in status if entry.startswith("VmHWM:"))
         return int(line.split()[1]) / 1024
     except (OSError, StopIteration):
         import resource
@@ -114,7 +118,9 @@ def main() -> int:
     parser.add_argument("--cols", type=int, default=1000)
     parser.add_argument("--bands", type=int, default=301)
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--layouts", nargs="+", default=["npy", "bsq", "bil", "bip"], choices=["npy", *LAYOUT_AXES])
+    parser.add_argument(
+        "--layouts", nargs="+", default=["npy", "bsq", "bil", "bip"], choices=["npy", *LAYOUT_AXES]
+    )
     parser.add_argument("--dir", default=None, help="folder for the temporary files (default: system temp)")
     parser.add_argument("--child", metavar="PATH", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -122,9 +128,14 @@ def main() -> int:
         print(json.dumps(measure(args.child, args.repeats)))
         return 0
 
-    print(f"cube {args.rows} x {args.cols} x {args.bands} float32, {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
-    print("| layout | size | open_cube median (max) | pseudo-RGB | traced peak (pseudo-RGB) "
-          "| peak RSS: imports / after open / after pseudo-RGB |")
+    print(
+        f"cube {args.rows} x {args.cols} x {args.bands} float32, {os.cpu_count()} CPUs, "
+        f"python {sys.version.split()[0]}"
+    )
+    print(
+        "| layout | size | open_cube median (max) | pseudo-RGB | traced peak (pseudo-RGB) "
+        "| peak RSS: imports / after open / after pseudo-RGB |"
+    )
     print("|---|---|---|---|---|---|")
     for layout in args.layouts:
         folder = Path(tempfile.mkdtemp(prefix="bench_io_", dir=args.dir))
@@ -132,14 +143,17 @@ def main() -> int:
             path = write_cube(folder, layout, args.rows, args.cols, args.bands)
             child = subprocess.run(
                 [sys.executable, __file__, "--child", str(path), "--repeats", str(args.repeats)],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             r = json.loads(child.stdout.strip().splitlines()[-1])
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         print(
             f"| {layout} | {r['cube_bytes'] / 1e9:.2f} GB | {r['open_median_s'] * 1e3:.2f} ms "
-            f"({r['open_max_s'] * 1e3:.2f} ms) | {r['rgb_s']:.2f} s | {r['rgb_traced_peak_bytes'] / 2**20:.0f} MiB "
+            f"({r['open_max_s'] * 1e3:.2f} ms) | {r['rgb_s']:.2f} s | "
+            f"{r['rgb_traced_peak_bytes'] / 2**20:.0f} MiB "
             f"| {r['rss_before_mib']:.0f} / {r['rss_after_open_mib']:.0f} / {r['rss_peak_mib']:.0f} MiB |"
         )
     return 0

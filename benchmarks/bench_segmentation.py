@@ -53,8 +53,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -88,7 +89,7 @@ class _AnonymousPeak:
     """Peak ``RssAnon`` (MiB) of this process while the ``with`` block runs, sampled by a
     thread every 5 ms (the kernel keeps no high-water mark for it)."""
 
-    def __enter__(self) -> "_AnonymousPeak":
+    def __enter__(self) -> _AnonymousPeak:
         self.peak_mib = _rss_mib("RssAnon")
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -114,18 +115,21 @@ def child_read(path: Path) -> dict:
     for top in range(0, data.shape[0], 64):
         total += float(np.asarray(data[top : top + 64]).sum(dtype=np.float64))
     del data
-    return {"seconds": time.perf_counter() - started,
-            "cpu_seconds": time.process_time() - cpu_started, "peak_rss_mib": _peak_rss_mib()}
+    return {
+        "seconds": time.perf_counter() - started,
+        "cpu_seconds": time.process_time() - cpu_started,
+        "peak_rss_mib": _peak_rss_mib(),
+    }
 
 
 def child_segment(path: Path, tile: int, threads: int, workers: int) -> dict:
     """Segment the cube with a random default-architecture model."""
     import torch
 
-    from napari_dgc.io import open_cube
     from napari_dgc.config import ModelConfig
-    from napari_dgc.model.network import DGCModel
     from napari_dgc.inference.segmentation import segment_cube
+    from napari_dgc.io import open_cube
+    from napari_dgc.model.network import DGCModel
 
     torch.set_num_threads(threads)
     cube = open_cube(path)
@@ -169,7 +173,9 @@ def _run_child(*arguments: str, tree: str | None = None) -> dict:
     if tree is not None:
         environment["PYTHONPATH"] = os.pathsep.join([tree, environment.get("PYTHONPATH", "")])
     completed = subprocess.run(
-        [sys.executable, __file__, "--child", *arguments], capture_output=True, text=True,
+        [sys.executable, __file__, "--child", *arguments],
+        capture_output=True,
+        text=True,
         env=environment,
     )
     if completed.returncode != 0:
@@ -188,12 +194,11 @@ def bench_timeline(scratch: Path, threads: int, worker_counts: list[int], repeat
     """Time CheckpointReview on a 512 x 512 x 301 scene; print a markdown table."""
     import torch
 
+    from napari_dgc.config import ModelConfig, TrainConfig
+    from napari_dgc.datasets.synthetic import make_leaf_scene
     from napari_dgc.inference.checkpoint_review import CheckpointReview
-    from napari_dgc.config import ModelConfig
     from napari_dgc.model.network import DGCModel
     from napari_dgc.run_folder import RunDirectory
-    from napari_dgc.datasets.synthetic import make_leaf_scene
-    from napari_dgc.config import TrainConfig
 
     torch.set_num_threads(threads)
     cube = make_leaf_scene(512, 512, 301, seed=0).cube
@@ -215,26 +220,31 @@ def bench_timeline(scratch: Path, threads: int, worker_counts: list[int], repeat
         reference = None
         for _ in range(repeats):  # variants interleaved, so load changes hit them alike
             for workers, spectral in variants:
-                review = CheckpointReview(run.path, {"leaf": cube},
-                                          spectral_cache_bytes=256 * 2**20 if spectral else 0)
-                first, wall_1, cpu_1 = _timed(lambda: review.labels(ids[0], workers=workers))
-                second, wall_2, cpu_2 = _timed(lambda: review.labels(ids[1], workers=workers))
-                _, wall_c, _ = _timed(lambda: review.labels(ids[0], workers=workers))
+                review = CheckpointReview(
+                    run.path, {"leaf": cube}, spectral_cache_bytes=256 * 2**20 if spectral else 0
+                )
+                first, wall_1, cpu_1 = _timed(partial(review.labels, ids[0], workers=workers))
+                second, wall_2, cpu_2 = _timed(partial(review.labels, ids[1], workers=workers))
+                _, wall_c, _ = _timed(partial(review.labels, ids[0], workers=workers))
                 labels = (first["leaf"], second["leaf"])
                 if reference is None:
                     reference = labels
                 if not all(np.array_equal(a, b) for a, b in zip(labels, reference)):
-                    raise AssertionError(f"workers={workers}, spectral cache={spectral}: "
-                                         "labels differ from the first variant's")
+                    raise AssertionError(
+                        f"workers={workers}, spectral cache={spectral}: "
+                        "labels differ from the first variant's"
+                    )
                 rows[(workers, spectral)].append((wall_1, cpu_1, wall_2, cpu_2, wall_c))
     print(f"torch threads {threads}; median of {repeats} (labels identical in every variant)")
-    print("| workers | spectral cache | 1st checkpoint s (CPU s) | next checkpoint s (CPU s) | "
-          "cached ms |")
+    print("| workers | spectral cache | 1st checkpoint s (CPU s) | next checkpoint s (CPU s) | cached ms |")
     print("|---|---|---|---|---|")
     for (workers, spectral), values in rows.items():
         m = [statistics.median(column) for column in zip(*values)]
-        print(f"| {workers} | {'on' if spectral else 'off'} | {m[0]:.2f} ({m[1]:.2f}) | "
-              f"{m[2]:.2f} ({m[3]:.2f}) | {1000 * m[4]:.2f} |", flush=True)
+        print(
+            f"| {workers} | {'on' if spectral else 'off'} | {m[0]:.2f} ({m[1]:.2f}) | "
+            f"{m[2]:.2f} ({m[3]:.2f}) | {1000 * m[4]:.2f} |",
+            flush=True,
+        )
 
 
 def bench_stages(bands: int, tile: int, threads: int, repeats: int) -> None:
@@ -242,8 +252,8 @@ def bench_stages(bands: int, tile: int, threads: int, repeats: int) -> None:
     import torch
     import torch.nn.functional as F
 
-    from napari_dgc.model.meanshift import mean_shift
     from napari_dgc.config import ModelConfig
+    from napari_dgc.model.meanshift import mean_shift
     from napari_dgc.model.network import DGCModel
 
     torch.set_num_threads(threads)
@@ -271,20 +281,26 @@ def bench_stages(bands: int, tile: int, threads: int, repeats: int) -> None:
     with torch.inference_mode():
         stages = {}
         stages["normalise + resample (one GEMM)"], sequences = best_of(
-            lambda: model.spectral_input(window.reshape(-1, bands)))
+            lambda: model.spectral_input(window.reshape(-1, bands))
+        )
         stages["1D band convolutions"], features = best_of(lambda: model.band_features(sequences))
         image = features.reshape(1, side, side, -1).permute(0, 3, 1, 2)
         stages["2D convolutions + L2 norm"], z = best_of(lambda: spatial_convs(image))
         stages["mean-shift"], z = best_of(
-            lambda: mean_shift(z, model.bandwidth, model.config.meanshift_iters, radius, None))
+            lambda: mean_shift(z, model.bandwidth, model.config.meanshift_iters, radius, None)
+        )
         stages["soft assignment"], _ = best_of(lambda: model.assign(z))
-    print(f"one {side} x {side} x {bands} tile (interior {tile}, halo {model.receptive_radius}), "
-          f"torch threads {threads}, best of {repeats}")
+    print(
+        f"one {side} x {side} x {bands} tile (interior {tile}, halo {model.receptive_radius}), "
+        f"torch threads {threads}, best of {repeats}"
+    )
     print("| stage | ms per tile | us per computed pixel | us per output pixel |")
     print("|---|---|---|---|")
     for name, seconds in [*stages.items(), ("total", sum(stages.values()))]:
-        print(f"| {name} | {seconds * 1e3:.1f} | {seconds / side**2 * 1e6:.2f} | "
-              f"{seconds / tile**2 * 1e6:.2f} |")
+        print(
+            f"| {name} | {seconds * 1e3:.1f} | {seconds / side**2 * 1e6:.2f} | "
+            f"{seconds / tile**2 * 1e6:.2f} |"
+        )
 
 
 def _bench_cubes(args: argparse.Namespace) -> Iterator[tuple[int, int, Path]]:
@@ -302,10 +318,14 @@ def _bench_cubes(args: argparse.Namespace) -> Iterator[tuple[int, int, Path]]:
 def bench_compare(args: argparse.Namespace) -> None:
     """Alternate I/O floor, this tree and ``args.compare`` for ``args.rounds`` rounds; medians."""
     trees = {"this tree": str(Path(__file__).resolve().parents[1]), "compared": args.compare}
-    print(f"torch threads {args.threads}, {args.rounds} rounds (floor, this tree, compared "
-          f"tree {args.compare}, in turn); medians, min-max in brackets")
-    print("| cube | tile | workers | tree | I/O floor s | segment s (CPU s) | ratio to floor | "
-          "first call s | peak anonymous MiB |")
+    print(
+        f"torch threads {args.threads}, {args.rounds} rounds (floor, this tree, compared "
+        f"tree {args.compare}, in turn); medians, min-max in brackets"
+    )
+    print(
+        "| cube | tile | workers | tree | I/O floor s | segment s (CPU s) | ratio to floor | "
+        "first call s | peak anonymous MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for rows, cols, path in _bench_cubes(args):
         for tile in args.tile:
@@ -314,43 +334,63 @@ def bench_compare(args: argparse.Namespace) -> None:
                 for _ in range(args.rounds):
                     floors.append(_run_child("read", str(path))["seconds"])
                     for name, tree in trees.items():
-                        runs[name].append(_run_child(
-                            "segment", str(path), str(tile), str(args.threads), str(workers),
-                            tree=tree))
+                        runs[name].append(
+                            _run_child(
+                                "segment", str(path), str(tile), str(args.threads), str(workers), tree=tree
+                            )
+                        )
                 floor = statistics.median(floors)
                 for name, results in runs.items():
                     seconds = [r["seconds"] for r in results]
-                    print(f"| {rows}x{cols}x{args.bands} | {tile} | {workers} | {name} | "
-                          f"{floor:.2f} [{min(floors):.2f}-{max(floors):.2f}] | "
-                          f"{statistics.median(seconds):.2f} [{min(seconds):.2f}-{max(seconds):.2f}] "
-                          f"({statistics.median(r['cpu_seconds'] for r in results):.2f}) | "
-                          f"{statistics.median(seconds) / floor:.1f} | "
-                          f"{statistics.median(r['first_call_seconds'] for r in results):.2f} | "
-                          f"{statistics.median(r['peak_anonymous_mib'] for r in results):.0f} |",
-                          flush=True)
+                    print(
+                        f"| {rows}x{cols}x{args.bands} | {tile} | {workers} | {name} | "
+                        f"{floor:.2f} [{min(floors):.2f}-{max(floors):.2f}] | "
+                        f"{statistics.median(seconds):.2f} [{min(seconds):.2f}-{max(seconds):.2f}] "
+                        f"({statistics.median(r['cpu_seconds'] for r in results):.2f}) | "
+                        f"{statistics.median(seconds) / floor:.1f} | "
+                        f"{statistics.median(r['first_call_seconds'] for r in results):.2f} | "
+                        f"{statistics.median(r['peak_anonymous_mib'] for r in results):.0f} |",
+                        flush=True,
+                    )
                 ratios = [a["seconds"] / b["seconds"] for a, b in zip(*runs.values())]
-                print(f"|  |  |  | this / compared, per round | | "
-                      f"median {statistics.median(ratios):.2f} "
-                      f"[{min(ratios):.2f}-{max(ratios):.2f}] | | | |", flush=True)
+                print(
+                    f"|  |  |  | this / compared, per round | | "
+                    f"median {statistics.median(ratios):.2f} "
+                    f"[{min(ratios):.2f}-{max(ratios):.2f}] | | | |",
+                    flush=True,
+                )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["1000x1000", "2000x1000"],
-                        help="ROWSxCOLS of each cube")
+    parser.add_argument(
+        "--sizes", nargs="+", default=["1000x1000", "2000x1000"], help="ROWSxCOLS of each cube"
+    )
     parser.add_argument("--bands", type=int, default=301)
     parser.add_argument("--tile", type=int, nargs="+", default=[256], help="tile sides to try")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
-                        help="tiles segmented in parallel; each value is measured")
-    parser.add_argument("--timeline", action="store_true",
-                        help="time CheckpointReview on 512x512x301 instead (see above)")
-    parser.add_argument("--stages", action="store_true",
-                        help="time each model stage on one tile of the first --tile size instead")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[1, 2],
+        help="tiles segmented in parallel; each value is measured",
+    )
+    parser.add_argument(
+        "--timeline", action="store_true", help="time CheckpointReview on 512x512x301 instead (see above)"
+    )
+    parser.add_argument(
+        "--stages",
+        action="store_true",
+        help="time each model stage on one tile of the first --tile size instead",
+    )
     parser.add_argument("--repeats", type=int, default=3, help="timeline / stage rounds")
-    parser.add_argument("--compare", metavar="TREE",
-                        help="also segment with napari_dgc imported from this source tree (e.g. "
-                        "a git worktree of an older commit), in turn with this one")
+    parser.add_argument(
+        "--compare",
+        metavar="TREE",
+        help="also segment with napari_dgc imported from this source tree (e.g. "
+        "a git worktree of an older commit), in turn with this one",
+    )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of --compare")
     parser.add_argument("--scratch", default=tempfile.gettempdir(), help="folder for the cubes")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
@@ -358,8 +398,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.child:
         kind, path, *rest = args.child
-        result = (child_read(Path(path)) if kind == "read"
-                  else child_segment(Path(path), *map(int, rest)))
+        result = child_read(Path(path)) if kind == "read" else child_segment(Path(path), *map(int, rest))
         print(json.dumps(result))
         return
     if args.stages:
@@ -373,16 +412,17 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     print(f"torch threads {args.threads}")
-    print("| cube | tile | workers | I/O floor s (CPU s) | segment s (CPU s) | ratio | "
-          "peak RSS MiB: read / segment (before segmenting) | peak anonymous MiB |")
+    print(
+        "| cube | tile | workers | I/O floor s (CPU s) | segment s (CPU s) | ratio | "
+        "peak RSS MiB: read / segment (before segmenting) | peak anonymous MiB |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for rows, cols, path in _bench_cubes(args):
         for tile in args.tile:
             hashes = set()
             for workers in args.workers:  # side by side, each next to a fresh I/O floor
                 floor = _run_child("read", str(path))
-                segment = _run_child("segment", str(path), str(tile), str(args.threads),
-                                     str(workers))
+                segment = _run_child("segment", str(path), str(tile), str(args.threads), str(workers))
                 hashes.add(segment["labels_sha256"])
                 print(
                     f"| {rows}x{cols}x{args.bands} | {tile} | {workers} | "
@@ -395,7 +435,7 @@ def main(argv: list[str] | None = None) -> None:
                     flush=True,
                 )
             if len(hashes) > 1:
-                raise AssertionError(f"{size}, tile {tile}: labels differ between workers")
+                raise AssertionError(f"{rows}x{cols}, tile {tile}: labels differ between workers")
 
 
 if __name__ == "__main__":

@@ -28,12 +28,11 @@ import time
 import numpy as np
 import torch
 
-from napari_dgc.config import ModelConfig
+from napari_dgc.config import ModelConfig, TrainConfig
+from napari_dgc.datasets.synthetic import make_leaf_scene
 from napari_dgc.model.network import DGCModel
 from napari_dgc.training.normalization import compute_band_statistics
-from napari_dgc.training.sampling import SampledCube, PairStream
-from napari_dgc.datasets.synthetic import make_leaf_scene
-from napari_dgc.config import TrainConfig
+from napari_dgc.training.sampling import PairStream, SampledCube
 from napari_dgc.training.trainer import Trainer
 
 VARIANTS = {
@@ -48,7 +47,9 @@ VARIANTS = {
 def make_config(variant: str, clusters: int, crop: int, batch: int) -> TrainConfig:
     """TrainConfig of a named variant (the variants differ in model settings only)."""
     model = ModelConfig(n_clusters=clusters, **VARIANTS[variant].get("model", {}))
-    return TrainConfig(model=model, device="cpu").with_settings({"data.crop_size": crop, "data.batch_size": batch})
+    return TrainConfig(model=model, device="cpu").with_settings(
+        {"data.crop_size": crop, "data.batch_size": batch}
+    )
 
 
 def time_variant(
@@ -61,8 +62,14 @@ def time_variant(
     """
     source = SampledCube(cube, "synthetic")
     data = config.data
-    stream = PairStream([source], data.crop_size, (data.overlap_min, data.overlap_max),
-                        data.pairs_per_cube, config.seed, data.augment)
+    stream = PairStream(
+        [source],
+        data.crop_size,
+        (data.overlap_min, data.overlap_max),
+        data.pairs_per_cube,
+        config.seed,
+        data.augment,
+    )
     torch.manual_seed(config.seed)
     model = DGCModel(cube.shape[-1], config.model)
     stats = compute_band_statistics([source], config.model.brightness_norm)
@@ -89,8 +96,9 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--variants", default="default")
-    parser.add_argument("--compare", nargs="+", metavar="TREE",
-                        help="source trees to run alternately in child processes")
+    parser.add_argument(
+        "--compare", nargs="+", metavar="TREE", help="source trees to run alternately in child processes"
+    )
     parser.add_argument("--rounds", type=int, default=3, help="alternations with --compare")
     args = parser.parse_args()
     if args.compare:
@@ -99,35 +107,56 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cube = make_leaf_scene(256, 256, args.bands, seed=0).cube
     pixels = 2 * args.batch * args.crop**2
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {args.bands} bands, "
-          f"batch {args.batch} pairs of {args.crop}x{args.crop}, K={args.clusters}")
+    print(
+        f"torch {torch.__version__}, {args.threads} thread(s), {args.bands} bands, "
+        f"batch {args.batch} pairs of {args.crop}x{args.crop}, K={args.clusters}"
+    )
     for variant in args.variants.split(","):
         config = make_config(variant, args.clusters, args.crop, args.batch)
         wall, cpu = time_variant(cube, config, args.warmup, args.steps)
         median = statistics.median(wall)
-        print(f"{variant:26s} wall median {median * 1e3:7.1f} ms/step (min {min(wall) * 1e3:7.1f})"
-              f"  {pixels / median / 1e3:6.1f} kpx/s | CPU median {statistics.median(cpu) * 1e3:7.1f}"
-              f" ms/step  ({len(wall)} steps)", flush=True)
+        print(
+            f"{variant:26s} wall median {median * 1e3:7.1f} ms/step (min {min(wall) * 1e3:7.1f})"
+            f"  {pixels / median / 1e3:6.1f} kpx/s | CPU median {statistics.median(cpu) * 1e3:7.1f}"
+            f" ms/step  ({len(wall)} steps)",
+            flush=True,
+        )
 
 
 def compare_trees(args: argparse.Namespace) -> None:
     """Run this benchmark for each tree in ``args.compare`` alternately; print per-tree medians."""
-    forwarded = [f"--threads={args.threads}", f"--steps={args.steps}", f"--warmup={args.warmup}",
-                 f"--bands={args.bands}", f"--clusters={args.clusters}", f"--crop={args.crop}",
-                 f"--batch={args.batch}", f"--variants={args.variants.split(',')[0]}"]
+    forwarded = [
+        f"--threads={args.threads}",
+        f"--steps={args.steps}",
+        f"--warmup={args.warmup}",
+        f"--bands={args.bands}",
+        f"--clusters={args.clusters}",
+        f"--crop={args.crop}",
+        f"--batch={args.batch}",
+        f"--variants={args.variants.split(',')[0]}",
+    ]
     runs: dict[str, list[tuple[float, float]]] = {tree: [] for tree in args.compare}
     for round_index in range(args.rounds):
         for tree in args.compare:
             env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
-            output = subprocess.run([sys.executable, os.path.abspath(__file__), *forwarded], env=env,
-                                    capture_output=True, text=True, check=True).stdout
+            output = subprocess.run(
+                [sys.executable, os.path.abspath(__file__), *forwarded],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             wall, cpu = (float(value) for value in re.findall(r"median\s+([\d.]+) ms/step", output))
             runs[tree].append((wall, cpu))
-            print(f"round {round_index + 1} {tree}: wall median {wall:.1f} ms, CPU median {cpu:.1f} ms",
-                  flush=True)
+            print(
+                f"round {round_index + 1} {tree}: wall median {wall:.1f} ms, CPU median {cpu:.1f} ms",
+                flush=True,
+            )
     for tree, results in runs.items():
-        print(f"{tree}: median of {len(results)} runs: wall {statistics.median(r[0] for r in results):.1f}"
-              f" ms/step, CPU {statistics.median(r[1] for r in results):.1f} ms/step")
+        print(
+            f"{tree}: median of {len(results)} runs: wall {statistics.median(r[0] for r in results):.1f}"
+            f" ms/step, CPU {statistics.median(r[1] for r in results):.1f} ms/step"
+        )
 
 
 if __name__ == "__main__":

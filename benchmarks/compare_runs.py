@@ -34,9 +34,14 @@ def compare(first: Path, second: Path) -> str:
             b = load_file(second / "checkpoints" / checkpoint / name)
             assert a.keys() == b.keys(), f"{checkpoint}/{name}: tensor names differ"
             for key in a:
-                assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), f"{checkpoint}/{name}: {key}"
+                assert a[key].dtype == b[key].dtype and np.array_equal(a[key], b[key]), (
+                    f"{checkpoint}/{name}: {key}"
+                )
                 tensors += 1
-        states = [json.loads((run / "checkpoints" / checkpoint / "state.json").read_text()) for run in (first, second)]
+        states = [
+            json.loads((run / "checkpoints" / checkpoint / "state.json").read_text())
+            for run in (first, second)
+        ]
         for state in states:
             state["training"].pop("elapsed_s")
         assert states[0] == states[1], f"{checkpoint}/state.json differs"

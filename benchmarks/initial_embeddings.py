@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from tune_quality import load_dataset  # benchmarks/ is on sys.path when run as a script
 
-from napari_dgc.metrics import evaluate_clustering
 from napari_dgc.config import ModelConfig
+from napari_dgc.metrics import evaluate_clustering
 from napari_dgc.model.network import DGCModel
 from napari_dgc.training.normalization import compute_band_statistics
 from napari_dgc.training.sampling import SampledCube
@@ -49,8 +49,9 @@ def main() -> None:
     truth = np.concatenate([t.ravel() for t in truths])
     scenes = [torch.from_numpy(cube).permute(2, 0, 1).unsqueeze(0) for cube in cubes]
     config = ModelConfig(n_clusters=args.clusters, spatial_init=args.spatial_init)
-    statistics = compute_band_statistics([SampledCube(c, str(i)) for i, c in enumerate(cubes)],
-                                         config.brightness_norm)
+    statistics = compute_band_statistics(
+        [SampledCube(c, str(i)) for i, c in enumerate(cubes)], config.brightness_norm
+    )
     print(f"{args.dataset}, K={args.clusters}, spatial_init={args.spatial_init}: k-means NMI on")
     for seed in [int(s) for s in args.seeds.split(",")]:
         torch.manual_seed(seed)
@@ -60,12 +61,18 @@ def main() -> None:
             default = torch.cat([model.embed(x)[0].flatten(1).T for x in scenes])
             model.initialize_from_data(scenes[0])
             data = torch.cat([model.embed(x)[0].flatten(1).T for x in scenes])
-            spectral = torch.cat([F.normalize(model.band_features(model.spectral_input(
-                x[0].flatten(1).T)), dim=1) for x in scenes])
-        print(f"seed {seed}: default-init embeddings {kmeans_nmi(default, truth, args.clusters):.3f}"
-              f" | data-init embeddings {kmeans_nmi(data, truth, args.clusters):.3f}"
-              f" | data-init spectral features {kmeans_nmi(spectral, truth, args.clusters):.3f}",
-              flush=True)
+            spectral = torch.cat(
+                [
+                    F.normalize(model.band_features(model.spectral_input(x[0].flatten(1).T)), dim=1)
+                    for x in scenes
+                ]
+            )
+        print(
+            f"seed {seed}: default-init embeddings {kmeans_nmi(default, truth, args.clusters):.3f}"
+            f" | data-init embeddings {kmeans_nmi(data, truth, args.clusters):.3f}"
+            f" | data-init spectral features {kmeans_nmi(spectral, truth, args.clusters):.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -68,8 +68,7 @@ def load_samson(data_dir: Path, scratch: Path) -> Dataset | None:
     truth = content["S_GT"].argmax(axis=-1).astype(np.int32)  # 0 soil, 1 tree, 2 water
     file = scratch / "samson.npy"
     np.save(file, cube)
-    return Dataset("samson", [file], [cube], {3: [truth], 2: [(truth == 2).astype(np.int32)]},
-                   None)
+    return Dataset("samson", [file], [cube], {3: [truth], 2: [(truth == 2).astype(np.int32)]}, None)
 
 
 def load_microplastics(data_dir: Path) -> Dataset | None:
@@ -113,14 +112,17 @@ def make_leaf(scratch: Path, size: int, n_bands: int, n_train: int, n_test: int)
 
 def score(dataset: Dataset, k: int, predictions: list[np.ndarray]) -> dict[str, float]:
     """Pooled scores of the predictions over all test cubes."""
-    from napari_dgc.metrics import confusion_matrix, evaluate_clustering, many_to_one_mapping
-    from napari_dgc.metrics import mapped_confusion
+    from napari_dgc.metrics import (
+        confusion_matrix,
+        evaluate_clustering,
+        many_to_one_mapping,
+        mapped_confusion,
+    )
 
     truth = np.concatenate([t.ravel() for t in dataset.test_truths[k]])
     pred = np.concatenate([p.ravel() for p in predictions])
     scores = evaluate_clustering(truth, pred, n_clusters=k)
-    result = {"nmi": scores.nmi, "ari": scores.ari, "acc": scores.accuracy,
-              "miou": scores.mean_iou}
+    result = {"nmi": scores.nmi, "ari": scores.ari, "acc": scores.accuracy, "miou": scores.mean_iou}
     if dataset.bt_truths is not None:
         bt = np.concatenate([t.ravel() for t in dataset.bt_truths])
         confusion = confusion_matrix(bt, pred, n_classes=2, n_predicted=k)
@@ -163,15 +165,19 @@ def run_baselines(dataset: Dataset, k: int, seed: int) -> dict[str, dict[str, fl
 
 def run_dgc(dataset: Dataset, k: int, seed: int, args, scratch: Path) -> dict:
     """Train once; score every checkpoint; return best, final and the training time."""
-    from napari_dgc.run_folder import RunDirectory
+    from napari_dgc.config import TrainConfig, parse_setting
     from napari_dgc.inference.segmentation import segment_cube
-    from napari_dgc.config import TrainConfig
+    from napari_dgc.run_folder import RunDirectory
     from napari_dgc.training.events import FinishedEvent
-    from napari_dgc.config import parse_setting
     from napari_dgc.training.loop import train
 
-    settings = {"model.n_clusters": k, "steps": args.steps, "checkpoint_every": args.checkpoint_every,
-                "seed": seed, **dict(parse_setting(text) for text in args.set)}
+    settings = {
+        "model.n_clusters": k,
+        "steps": args.steps,
+        "checkpoint_every": args.checkpoint_every,
+        "seed": seed,
+        **dict(parse_setting(text) for text in args.set),
+    }
     config = TrainConfig().with_settings(settings)
     run_dir = scratch / f"run-{dataset.name}-k{k}-s{seed}"
     started = time.perf_counter()
@@ -193,9 +199,16 @@ def run_dgc(dataset: Dataset, k: int, seed: int, args, scratch: Path) -> dict:
     best_step, best = max(per_checkpoint, key=lambda item: item[1][key])
     final_step, final = per_checkpoint[-1]
     start, separations = run.selected_start or 0, run.start_separations
-    return {"best": best, "best_step": best_step, "final": final, "final_step": final_step,
-            "train_seconds": train_seconds, "start": start, "separations": separations,
-            "curve": [(step, s[key], s["active"]) for step, s in per_checkpoint]}
+    return {
+        "best": best,
+        "best_step": best_step,
+        "final": final,
+        "final_step": final_step,
+        "train_seconds": train_seconds,
+        "start": start,
+        "separations": separations,
+        "curve": [(step, s[key], s["active"]) for step, s in per_checkpoint],
+    }
 
 
 def _mean_std(rows: list[dict[str, float]], field: str) -> str:
@@ -208,8 +221,9 @@ def _mean_std(rows: list[dict[str, float]], field: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="shared data folder")
-    parser.add_argument("--datasets", nargs="+", choices=("samson", "leaf", "microplastics"),
-                        default=["samson", "leaf"])
+    parser.add_argument(
+        "--datasets", nargs="+", choices=("samson", "leaf", "microplastics"), default=["samson", "leaf"]
+    )
     parser.add_argument("--samson-k", type=int, nargs="+", default=[3, 2])
     parser.add_argument("--leaf-k", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--microplastics-k", type=int, nargs="+", default=[4])
@@ -222,11 +236,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--leaf-test", type=int, default=2, help="other leaf scenes to score")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--no-dgc", action="store_true", help="baselines only")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="TrainConfig override (model.KEY for model settings), repeatable")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="TrainConfig override (model.KEY for model settings), repeatable",
+    )
     parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
-    parser.add_argument("--merge", type=Path, nargs="+", metavar="JSON",
-                        help="only print the table of these --json files together")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="JSON",
+        help="only print the table of these --json files together",
+    )
     args = parser.parse_args(argv)
     if args.merge:
         print_table(merge(args.merge))
@@ -253,8 +277,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 datasets.append((micro, args.microplastics_k))
         if "leaf" in args.datasets:
-            datasets.append((make_leaf(scratch, args.leaf_size, args.leaf_bands, args.leaf_train,
-                                       args.leaf_test), args.leaf_k))
+            datasets.append(
+                (
+                    make_leaf(scratch, args.leaf_size, args.leaf_bands, args.leaf_train, args.leaf_test),
+                    args.leaf_k,
+                )
+            )
         for dataset, ks in datasets:
             for k in ks:
                 rows: dict[str, list] = {m: [] for m in methods}
@@ -266,14 +294,27 @@ def main(argv: list[str] | None = None) -> int:
                         dgc = run_dgc(dataset, k, seed, args, scratch)
                         rows["DGC best"].append(dgc["best"])
                         rows["DGC final"].append(dgc["final"])
-                        notes.append({key: dgc[key] for key in
-                                      ("best_step", "final_step", "train_seconds", "start",
-                                       "separations", "curve")})
-                        print(f"# {dataset.name} K={k} seed={seed}: best step "
-                              f"{dgc['best_step']}, trained {dgc['train_seconds']:.0f} s, "
-                              f"selected start {dgc['start']} (separations "
-                              f"{dgc['separations']}), "
-                              f"curve (step, score, active) {dgc['curve']}", flush=True)
+                        notes.append(
+                            {
+                                key: dgc[key]
+                                for key in (
+                                    "best_step",
+                                    "final_step",
+                                    "train_seconds",
+                                    "start",
+                                    "separations",
+                                    "curve",
+                                )
+                            }
+                        )
+                        print(
+                            f"# {dataset.name} K={k} seed={seed}: best step "
+                            f"{dgc['best_step']}, trained {dgc['train_seconds']:.0f} s, "
+                            f"selected start {dgc['start']} (separations "
+                            f"{dgc['separations']}), "
+                            f"curve (step, score, active) {dgc['curve']}",
+                            flush=True,
+                        )
                 results[f"{dataset.name} K={k}"] = {"scores": rows, "dgc": notes}
 
     print_table(results)
@@ -285,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
 def print_table(results: dict) -> None:
     """The markdown table of mean ± std over seeds of every dataset, K and method."""
     fields = ["nmi", "ari", "acc", "miou", "bt_miou", "iou_bg", "iou_tissue", "water_iou"]
-    print("\n| data | K | method | NMI | ARI | accuracy | mIoU | B–T mIoU | IoU bg | "
-          "IoU tissue | water IoU |")
+    print(
+        "\n| data | K | method | NMI | ARI | accuracy | mIoU | B–T mIoU | IoU bg | IoU tissue | water IoU |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for label, entry in results.items():
         name, k = label.split(" K=")

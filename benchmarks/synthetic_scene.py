@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
             means.setdefault(name, []).append(mean)
             print(f"{seed:4d}  {elapsed:6.2f}  {name:10s}  {background:.3f}  {tissue:.3f}  {mean:.3f}")
     for name, values in means.items():
-        print(f"mean over seeds  {name:10s}  {np.mean(values):.3f} (min {min(values):.3f}, max {max(values):.3f})")
+        print(
+            f"mean over seeds  {name:10s}  {np.mean(values):.3f} "
+            f"(min {min(values):.3f}, max {max(values):.3f})"
+        )
 
     if args.large:
         before = _peak_rss_mib()

@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_dgc.config import TrainConfig, parse_setting
+from napari_dgc.datasets.synthetic import make_leaf_scene
 from napari_dgc.metrics import evaluate_clustering
 from napari_dgc.model.network import DGCModel
 from napari_dgc.training.normalization import compute_band_statistics
-from napari_dgc.training.sampling import SampledCube, PairStream
-from napari_dgc.datasets.synthetic import make_leaf_scene
-from napari_dgc.config import TrainConfig
-from napari_dgc.config import parse_setting
+from napari_dgc.training.sampling import PairStream, SampledCube
 from napari_dgc.training.trainer import Trainer
 
 SAMSON = Path(__file__).resolve().parents[2] / "shared" / "data" / "samson" / "Samson.mat"
@@ -49,8 +48,13 @@ def load_dataset(name: str, n_cubes: int, size: int, bands: int) -> tuple[list[n
     raise SystemExit(f"unknown dataset {name}")
 
 
-def score(model: DGCModel, cubes: list[np.ndarray], truths: list[np.ndarray], dataset: str,
-          embedding_kmeans: bool = False) -> dict:
+def score(
+    model: DGCModel,
+    cubes: list[np.ndarray],
+    truths: list[np.ndarray],
+    dataset: str,
+    embedding_kmeans: bool = False,
+) -> dict:
     """Scores of whole-scene predictions pooled over the dataset.
 
     With ``embedding_kmeans`` also ``emb_km_nmi``: NMI of k-means (K clusters) on the
@@ -58,10 +62,8 @@ def score(model: DGCModel, cubes: list[np.ndarray], truths: list[np.ndarray], da
     """
     model.eval()
     with torch.no_grad():
-        embeddings = [model.embed(torch.from_numpy(cube).permute(2, 0, 1).unsqueeze(0))[0]
-                      for cube in cubes]
-    predictions = [torch.einsum("dhw,kd->khw", z, model.centroids).argmax(dim=0).numpy()
-                   for z in embeddings]
+        embeddings = [model.embed(torch.from_numpy(cube).permute(2, 0, 1).unsqueeze(0))[0] for cube in cubes]
+    predictions = [torch.einsum("dhw,kd->khw", z, model.centroids).argmax(dim=0).numpy() for z in embeddings]
     clusters = np.concatenate([p.ravel() for p in predictions])
     truth = np.concatenate([t.ravel() for t in truths])
     full = evaluate_clustering(truth, clusters, n_clusters=model.n_clusters)
@@ -91,8 +93,9 @@ def main() -> None:
     parser.add_argument("--bands", type=int, default=64)
     parser.add_argument("--crop", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--embedding-kmeans", action="store_true",
-                        help="also score k-means on the embeddings (emb_km_nmi)")
+    parser.add_argument(
+        "--embedding-kmeans", action="store_true", help="also score k-means on the embeddings (emb_km_nmi)"
+    )
     parser.add_argument("--set", action="append", default=[], help="TrainConfig override key=value")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -100,16 +103,33 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         # One Trainer is one start: the start selection is part of training.loop.train()
         # (benchmarks/quality.py measures it).
-        config = TrainConfig().with_settings({
-            "model.n_clusters": args.clusters, "steps": args.steps, "data.crop_size": args.crop, "seed": seed,
-            "device": "cpu", "starts.count": 1, **dict(parse_setting(text) for text in args.set)})
+        config = TrainConfig().with_settings(
+            {
+                "model.n_clusters": args.clusters,
+                "steps": args.steps,
+                "data.crop_size": args.crop,
+                "seed": seed,
+                "device": "cpu",
+                "starts.count": 1,
+                **dict(parse_setting(text) for text in args.set),
+            }
+        )
         if config.starts.count > 1:
-            raise SystemExit("starts.count: the start selection is part of training.loop.train(); this "
-                             "script drives one Trainer (use benchmarks/quality.py --set starts.count=N)")
+            raise SystemExit(
+                "starts.count: the start selection is part of training.loop.train(); this "
+                "script drives one Trainer (use benchmarks/quality.py --set starts.count=N)"
+            )
         sources = [SampledCube(cube, f"cube {i}") for i, cube in enumerate(cubes)]
         data = config.data
-        stream = PairStream(sources, data.crop_size, (data.overlap_min, data.overlap_max),
-                            data.pairs_per_cube, seed, data.augment, data.max_spectral_shift)
+        stream = PairStream(
+            sources,
+            data.crop_size,
+            (data.overlap_min, data.overlap_max),
+            data.pairs_per_cube,
+            seed,
+            data.augment,
+            data.max_spectral_shift,
+        )
         torch.manual_seed(seed)
         model = DGCModel(cubes[0].shape[-1], config.model)
         stats = compute_band_statistics(sources, config.model.brightness_norm)
@@ -125,14 +145,21 @@ def main() -> None:
                 if best is None or scores[key] > best[1][key]:
                     best = (step, scores)
                 losses = " ".join(f"{k}={v:.3f}" for k, v in result.losses.items())
-                print(f"seed {seed} step {step:5d} {time.perf_counter() - started:6.0f}s active "
-                      f"{result.active_clusters} (min over window {min(history)}) "
-                      + " ".join(f"{k}={v:.3f}" for k, v in scores.items()) + f" | {losses}",
-                      flush=True)
+                print(
+                    f"seed {seed} step {step:5d} {time.perf_counter() - started:6.0f}s active "
+                    f"{result.active_clusters} (min over window {min(history)}) "
+                    + " ".join(f"{k}={v:.3f}" for k, v in scores.items())
+                    + f" | {losses}",
+                    flush=True,
+                )
                 history = []
-        print(f"seed {seed} BEST step {best[0]}: "
-              + " ".join(f"{k}={v:.3f}" for k, v in best[1].items())
-              + " | FINAL " + " ".join(f"{k}={v:.3f}" for k, v in scores.items()), flush=True)
+        print(
+            f"seed {seed} BEST step {best[0]}: "
+            + " ".join(f"{k}={v:.3f}" for k, v in best[1].items())
+            + " | FINAL "
+            + " ".join(f"{k}={v:.3f}" for k, v in scores.items()),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -47,8 +47,10 @@ def _default(value) -> str:
 
 def settings_markdown() -> str:
     """The whole page, one table row per setting."""
-    rows = [f"| `{info.key}` | {_default(info.default)} | {_allowed(info)} | {info.flag or ''} | {info.help} |"
-            for info in settings_of()]
+    rows = [
+        f"| `{info.key}` | {_default(info.default)} | {_allowed(info)} | {info.flag or ''} | {info.help} |"
+        for info in settings_of()
+    ]
     return HEADER + "\n".join(rows) + "\n"
 
 

@@ -14,8 +14,8 @@ from napari.utils.colormaps import DirectLabelColormap
 from napari_dgc import layer_metadata as layer_keys
 from napari_dgc._reader import cube_layer_data
 from napari_dgc.analysis.classes import default_class_color
-from napari_dgc.io import Cube, open_cube
 from napari_dgc.datasets.synthetic import SyntheticScene, make_leaf_scene
+from napari_dgc.io import Cube, open_cube
 
 LayerDataTuple = tuple
 
@@ -50,7 +50,9 @@ def resource_path(name: str) -> Path:
     return path
 
 
-def scene_layer_data(scene: SyntheticScene, name: str, provenance: dict | None = None) -> list[LayerDataTuple]:
+def scene_layer_data(
+    scene: SyntheticScene, name: str, provenance: dict | None = None
+) -> list[LayerDataTuple]:
     """Layer data tuples of a synthetic scene: cube, pseudo-RGB and ground-truth labels.
 
     Parameters
@@ -81,7 +83,9 @@ def scene_layer_data(scene: SyntheticScene, name: str, provenance: dict | None =
         provenance=dict(provenance or {}),
     )
     colors = {None: "transparent", 0: "transparent"}
-    colors.update({value: default_class_color(cls, value) for value, cls in enumerate(scene.class_names) if value})
+    colors.update(
+        {value: default_class_color(cls, value) for value, cls in enumerate(scene.class_names) if value}
+    )
     labels_kwargs = {
         "name": GROUND_TRUTH_NAME,
         "opacity": 0.5,

@@ -21,8 +21,9 @@ import json
 import math
 import types
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, replace
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from napari_dgc.errors import ConfigError
 
@@ -86,7 +87,7 @@ class CentroidInit(Choice):
 
 def setting(
     default: Any,
-    help: str,  # noqa: A002 - argparse's word for it
+    help: str,
     *,
     minimum: float | None = None,
     maximum: float | None = None,
@@ -119,8 +120,17 @@ def setting(
     basic : bool
         Shown in the panel's main form rather than under its advanced options.
     """
-    metadata = {"help": help, "minimum": minimum, "maximum": maximum, "above": above, "below": below,
-                "odd": odd, "flag": flag, "label": label, "basic": basic}
+    metadata = {
+        "help": help,
+        "minimum": minimum,
+        "maximum": maximum,
+        "above": above,
+        "below": below,
+        "odd": odd,
+        "flag": flag,
+        "label": label,
+        "basic": basic,
+    }
     if is_dataclass(default):
         return field(default_factory=default, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -163,8 +173,12 @@ def _check_field(value: Any, kind: Any, metadata: Mapping, key: str) -> tuple[An
     low, high = metadata.get("minimum"), metadata.get("maximum")
     if low is not None and high is not None and not low <= value <= high:
         return value, f"{key} must be between {low:g} and {high:g}, got {value!r}"
-    bounds = [("minimum", lambda v, b: v >= b, "at least"), ("maximum", lambda v, b: v <= b, "at most"),
-              ("above", lambda v, b: v > b, "above"), ("below", lambda v, b: v < b, "below")]
+    bounds = [
+        ("minimum", lambda v, b: v >= b, "at least"),
+        ("maximum", lambda v, b: v <= b, "at most"),
+        ("above", lambda v, b: v > b, "above"),
+        ("below", lambda v, b: v < b, "below"),
+    ]
     for bound, holds, words in bounds:
         limit = metadata.get(bound)
         if limit is not None and not holds(value, limit):
@@ -228,8 +242,9 @@ class _Settings:
         known = {item.name: item for item in fields(cls)}
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise ConfigError(f"unknown {where} settings: {', '.join(unknown)} "
-                              f"(known: {', '.join(sorted(known))})")
+            raise ConfigError(
+                f"unknown {where} settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
+            )
         hints = typing.get_type_hints(cls)
         values = {}
         for name, value in data.items():
@@ -257,8 +272,15 @@ class ModelConfig(_Settings):
 
     _key = "model"
 
-    n_clusters: int = setting(4, "number of clusters K the model learns", minimum=2, maximum=MAX_CLUSTERS,
-                              flag="--clusters", label="Clusters (K)", basic=True)
+    n_clusters: int = setting(
+        4,
+        "number of clusters K the model learns",
+        minimum=2,
+        maximum=MAX_CLUSTERS,
+        flag="--clusters",
+        label="Clusters (K)",
+        basic=True,
+    )
     embed_dim: int = setting(32, "embedding size D", minimum=1)
     spectral_kernel: int = setting(9, "kernel size of the 1D convolutions along the bands", minimum=1)
     spectral_layers: int = setting(3, "number of 1D convolutions along the bands", minimum=1)
@@ -266,19 +288,29 @@ class ModelConfig(_Settings):
     spatial_layers: int = setting(2, "number of 2D convolutions", minimum=1)
     meanshift_iters: int = setting(5, "unrolled mean-shift iterations", minimum=0)
     meanshift_window: int = setting(5, "mean-shift window size in pixels", minimum=1, odd=True)
-    bandwidth_init: float = setting(0.25, "initial mean-shift bandwidth (deviation: 1.0 in the papers)",
-                                    above=0)
+    bandwidth_init: float = setting(
+        0.25, "initial mean-shift bandwidth (deviation: 1.0 in the papers)", above=0
+    )
     temperature: float = setting(0.05, "softmax temperature of the soft assignment", above=0)
     spectral_bands: int | None = setting(
-        32, "box-resample the band axis to this many bins before the 1D convolutions (null: keep "
-        "every band; deviation: bounds the cost whatever the camera)", minimum=1)
-    spectral_channels: int = setting(16, "channels of the hidden 1D convolutions (32 in the papers)",
-                                     minimum=1)
+        32,
+        "box-resample the band axis to this many bins before the 1D convolutions (null: keep "
+        "every band; deviation: bounds the cost whatever the camera)",
+        minimum=1,
+    )
+    spectral_channels: int = setting(
+        16, "channels of the hidden 1D convolutions (32 in the papers)", minimum=1
+    )
     spectral_stride: int = setting(2, "stride of each 1D convolution along the bands", minimum=1)
-    brightness_norm: bool = setting(True, "divide each pixel by its mean over the bands before the "
-                                    "per-band normalisation (deviation: removes illumination gain)")
-    spatial_init: SpatialInit = setting(SpatialInit.IDENTITY, "initial 2D kernels: identity (a Dirac "
-                                        "kernel plus a tenth of the random initialisation) or default")
+    brightness_norm: bool = setting(
+        True,
+        "divide each pixel by its mean over the bands before the "
+        "per-band normalisation (deviation: removes illumination gain)",
+    )
+    spatial_init: SpatialInit = setting(
+        SpatialInit.IDENTITY,
+        "initial 2D kernels: identity (a Dirac kernel plus a tenth of the random initialisation) or default",
+    )
 
     @property
     def receptive_radius(self) -> int:
@@ -294,21 +326,26 @@ class DataConfig(_Settings):
 
     _key = "data"
 
-    crop_size: int = setting(64, "crop side in pixels", minimum=8, flag="--crop-size", label="Crop size (px)",
-                             basic=True)
-    batch_size: int = setting(4, "crop pairs per step", minimum=1, flag="--batch-size", label="Batch size (crop pairs)")
+    crop_size: int = setting(
+        64, "crop side in pixels", minimum=8, flag="--crop-size", label="Crop size (px)", basic=True
+    )
+    batch_size: int = setting(
+        4, "crop pairs per step", minimum=1, flag="--batch-size", label="Batch size (crop pairs)"
+    )
     overlap_min: float = setting(0.2, "smallest overlap fraction of a crop pair", above=0, below=1)
     overlap_max: float = setting(0.8, "largest overlap fraction of a crop pair", above=0, below=1)
     pairs_per_cube: int = setting(10, "crop pairs drawn from a cube before the next one is read", minimum=1)
     augment: bool = setting(True, "random affine and spectral-shift augmentation")
     max_spectral_shift: int = setting(2, "largest random band shift of the augmentation", minimum=0)
-    normalization_pixels: int = setting(50_000, "pixel budget of the dataset-level normalisation "
-                                        "statistics", minimum=100)
+    normalization_pixels: int = setting(
+        50_000, "pixel budget of the dataset-level normalisation statistics", minimum=100
+    )
 
     def _cross_field_errors(self) -> list[str]:
         if self.overlap_min > self.overlap_max:
-            return [f"data.overlap_min ({self.overlap_min}) must not exceed data.overlap_max "
-                    f"({self.overlap_max})"]
+            return [
+                f"data.overlap_min ({self.overlap_min}) must not exceed data.overlap_max ({self.overlap_max})"
+            ]
         return []
 
 
@@ -318,8 +355,14 @@ class OptimConfig(_Settings):
 
     _key = "optim"
 
-    learning_rate: float = setting(1e-3, "AdamW learning rate (deviation: 1e-4 in the papers)", above=0,
-                                   flag="--lr", label="Learning rate", basic=True)
+    learning_rate: float = setting(
+        1e-3,
+        "AdamW learning rate (deviation: 1e-4 in the papers)",
+        above=0,
+        flag="--lr",
+        label="Learning rate",
+        basic=True,
+    )
     weight_decay: float = setting(0.01, "AdamW weight decay", minimum=0)
     grad_clip: float = setting(1.0, "gradient norm clipping", minimum=0)
 
@@ -331,33 +374,48 @@ class LossConfig(_Settings):
     _key = "losses"
 
     weight_compact: float = setting(1.0, "weight of the compactness term", minimum=0, label="Compactness")
-    weight_orth: float = setting(0.001, "weight of the centroid orthogonality term", minimum=0,
-                                 label="Orthogonality")
-    weight_balance: float = setting(2.0, "weight of the balance term (-H of cluster usage)", minimum=0,
-                                    label="Balance")
-    weight_uniform: float = setting(2.0, "weight of the uniform-assignment term", minimum=0,
-                                    label="Uniform assignment")
-    weight_consistency: float = setting(1.0, "weight of the overlap consistency term", minimum=0,
-                                        label="Consistency")
-    weight_fidelity: float = setting(0.3, "weight of the spectral-fidelity term (deviation; 0: off)",
-                                     minimum=0, label="Spectral fidelity")
+    weight_orth: float = setting(
+        0.001, "weight of the centroid orthogonality term", minimum=0, label="Orthogonality"
+    )
+    weight_balance: float = setting(
+        2.0, "weight of the balance term (-H of cluster usage)", minimum=0, label="Balance"
+    )
+    weight_uniform: float = setting(
+        2.0, "weight of the uniform-assignment term", minimum=0, label="Uniform assignment"
+    )
+    weight_consistency: float = setting(
+        1.0, "weight of the overlap consistency term", minimum=0, label="Consistency"
+    )
+    weight_fidelity: float = setting(
+        0.3, "weight of the spectral-fidelity term (deviation; 0: off)", minimum=0, label="Spectral fidelity"
+    )
     fidelity_pixels: int = setting(1024, "pixels drawn per step for the fidelity term", minimum=2)
-    balance_sign: BalanceSign = setting(BalanceSign.PAPER, "paper: maximise the entropy of cluster usage; "
-                                        "reference: the reference implementation's sign (rewards collapse)")
+    balance_sign: BalanceSign = setting(
+        BalanceSign.PAPER,
+        "paper: maximise the entropy of cluster usage; "
+        "reference: the reference implementation's sign (rewards collapse)",
+    )
     uniform_schedule: Schedule = setting(Schedule.COSINE, "decay of the uniform-assignment weight")
-    uniform_final_fraction: float = setting(0.1, "uniform-assignment weight at the schedule's end, as a "
-                                            "fraction", minimum=0, maximum=1)
+    uniform_final_fraction: float = setting(
+        0.1, "uniform-assignment weight at the schedule's end, as a fraction", minimum=0, maximum=1
+    )
     balance_schedule: Schedule = setting(Schedule.COSINE, "decay of the balance weight")
-    balance_final_fraction: float = setting(0.0, "balance weight at the schedule's end, as a fraction",
-                                            minimum=0, maximum=1)
-    schedule_steps: int | None = setting(100, "steps over which the schedules decay (null: the whole run)",
-                                         minimum=1)
-    uniform_target: UniformTarget = setting(UniformTarget.USAGE, "cluster shares of the pseudo-labels: "
-                                            "usage (an EMA of the observed usage, floored) or uniform (N/K)")
-    uniform_floor: float = setting(0.5, "smallest target share of a cluster relative to 1/K (usage target)",
-                                   above=0, maximum=1)
-    usage_ema_decay: float = setting(0.9, "decay of the EMA of cluster usage behind the usage target",
-                                     minimum=0, below=1)
+    balance_final_fraction: float = setting(
+        0.0, "balance weight at the schedule's end, as a fraction", minimum=0, maximum=1
+    )
+    schedule_steps: int | None = setting(
+        100, "steps over which the schedules decay (null: the whole run)", minimum=1
+    )
+    uniform_target: UniformTarget = setting(
+        UniformTarget.USAGE,
+        "cluster shares of the pseudo-labels: usage (an EMA of the observed usage, floored) or uniform (N/K)",
+    )
+    uniform_floor: float = setting(
+        0.5, "smallest target share of a cluster relative to 1/K (usage target)", above=0, maximum=1
+    )
+    usage_ema_decay: float = setting(
+        0.9, "decay of the EMA of cluster usage behind the usage target", minimum=0, below=1
+    )
 
 
 @_group
@@ -367,15 +425,27 @@ class CentroidConfig(_Settings):
     _key = "centroids"
 
     ema_decay: float = setting(0.99, "EMA decay of the centroids", minimum=0, below=1)
-    dead_threshold: float = setting(0.01, "share of a step's probability mass below which a cluster is "
-                                    "dead (also the share of hard labels an active cluster needs)", minimum=0)
+    dead_threshold: float = setting(
+        0.01,
+        "share of a step's probability mass below which a cluster is "
+        "dead (also the share of hard labels an active cluster needs)",
+        minimum=0,
+    )
     kick: float = setting(0.05, "size of the random kick of a dead centroid (kick policy)", minimum=0)
-    dead_policy: DeadPolicy = setting(DeadPolicy.RESEED, "reseed a dead centroid at a poorly explained "
-                                      "embedding, or kick it at random as the reference does")
-    init: CentroidInit = setting(CentroidInit.RANDOM, "initial centroids: random unit vectors or a "
-                                 "spherical k-means++ of the first batch's embeddings")
-    fit_step: int = setting(0, "before this step (0: never), once, refit the centroids by spherical "
-                            "k-means of the step's embeddings", minimum=0)
+    dead_policy: DeadPolicy = setting(
+        DeadPolicy.RESEED,
+        "reseed a dead centroid at a poorly explained embedding, or kick it at random as the reference does",
+    )
+    init: CentroidInit = setting(
+        CentroidInit.RANDOM,
+        "initial centroids: random unit vectors or a spherical k-means++ of the first batch's embeddings",
+    )
+    fit_step: int = setting(
+        0,
+        "before this step (0: never), once, refit the centroids by spherical "
+        "k-means of the step's embeddings",
+        minimum=0,
+    )
     fit_inits: int = setting(8, "k-means++ seedings tried by that fit", minimum=1)
 
 
@@ -385,10 +455,17 @@ class StartsConfig(_Settings):
 
     _key = "starts"
 
-    count: int = setting(3, "starts a new run trains before the best-separated one continues (1: no "
-                         "selection)", minimum=1, flag="--starts", label="Starts", basic=True)
-    steps: int = setting(200, "steps each start trains before the selection", minimum=1,
-                         label="Steps per start")
+    count: int = setting(
+        3,
+        "starts a new run trains before the best-separated one continues (1: no selection)",
+        minimum=1,
+        flag="--starts",
+        label="Starts",
+        basic=True,
+    )
+    steps: int = setting(
+        200, "steps each start trains before the selection", minimum=1, label="Steps per start"
+    )
     selection_windows: int = setting(8, "windows of the cubes whose pixels score the starts", minimum=1)
 
 
@@ -402,10 +479,22 @@ class TrainConfig(_Settings):
     losses: LossConfig = setting(LossConfig, "loss weights and schedules")
     centroids: CentroidConfig = setting(CentroidConfig, "the centroid update")
     starts: StartsConfig = setting(StartsConfig, "several starts and the selection")
-    steps: int = setting(2000, "total steps of the run (of the selected start)", minimum=1, flag="--steps",
-                         label="Steps", basic=True)
-    checkpoint_every: int = setting(100, "steps between checkpoints", minimum=1, flag="--checkpoint-every",
-                                    label="Checkpoint every", basic=True)
+    steps: int = setting(
+        2000,
+        "total steps of the run (of the selected start)",
+        minimum=1,
+        flag="--steps",
+        label="Steps",
+        basic=True,
+    )
+    checkpoint_every: int = setting(
+        100,
+        "steps between checkpoints",
+        minimum=1,
+        flag="--checkpoint-every",
+        label="Checkpoint every",
+        basic=True,
+    )
     seed: int = setting(0, "random seed", minimum=0, flag="--seed", label="Seed")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N", flag="--device", label="Device", basic=True)
 
@@ -413,11 +502,15 @@ class TrainConfig(_Settings):
         errors = []
         minimum_crop = 2 * (self.model.meanshift_window // 2) + 1
         if self.data.crop_size < minimum_crop:
-            errors.append(f"data.crop_size must be at least {minimum_crop} (the mean-shift window), "
-                          f"got {self.data.crop_size}")
+            errors.append(
+                f"data.crop_size must be at least {minimum_crop} (the mean-shift window), "
+                f"got {self.data.crop_size}"
+            )
         if self.centroids.dead_threshold >= 1.0 / self.model.n_clusters:
-            errors.append(f"centroids.dead_threshold {self.centroids.dead_threshold} must be below 1/K = "
-                          f"{1.0 / self.model.n_clusters:.3g} (a perfectly balanced cluster would be dead)")
+            errors.append(
+                f"centroids.dead_threshold {self.centroids.dead_threshold} must be below 1/K = "
+                f"{1.0 / self.model.n_clusters:.3g} (a perfectly balanced cluster would be dead)"
+            )
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
             errors.append(f"device must be auto, cpu or cuda, got {self.device!r}")
         return errors
@@ -436,14 +529,14 @@ class TrainConfig(_Settings):
             target = data
             for depth, group in enumerate(groups):
                 if not isinstance(target.get(group), dict):
-                    raise ConfigError(f"unknown setting {key!r}: {'.'.join(groups[:depth + 1])} is not a "
-                                      "group of settings")
+                    raise ConfigError(
+                        f"unknown setting {key!r}: {'.'.join(groups[: depth + 1])} is not a group of settings"
+                    )
                 target = target[group]
             if isinstance(target.get(name), dict):
                 raise ConfigError(f"{key} is a group of settings: set {key}.KEY=VALUE, got {value!r}")
             target[name] = value.value if isinstance(value, Choice) else value
         return TrainConfig.from_dict(data)
-
 
 
 @dataclass(frozen=True)
@@ -461,9 +554,13 @@ class StartPlan:
     @classmethod
     def for_run(cls, created: TrainConfig, steps: int | None = None) -> StartPlan:
         """The plan of a run created with ``created``, trained to ``steps`` (default
-        ``created.steps``; a resumed run may be extended, its selection step stays)."""
-        return cls(created.starts.count, min(created.starts.steps, created.steps),
-                   created.steps if steps is None else steps)
+        ``created.steps``; a resumed run may be extended, its selection step stays).
+        """
+        return cls(
+            created.starts.count,
+            min(created.starts.steps, created.steps),
+            created.steps if steps is None else steps,
+        )
 
     @property
     def total_run_steps(self) -> int:
@@ -472,7 +569,8 @@ class StartPlan:
 
     def run_step_offset(self, start: int, selecting: bool) -> int:
         """Run steps before step 1 of ``start``: the earlier starts' steps while it trains to
-        the selection (``selecting``), all but the winner's after it."""
+        the selection (``selecting``), all but the winner's after it.
+        """
         return (start if selecting else self.starts - 1) * self.selection_step
 
 
@@ -528,8 +626,18 @@ def settings_of(config_class: type = TrainConfig, prefix: str = "") -> Iterator[
         minimum = meta["minimum"] if meta["minimum"] is not None else meta["above"]
         maximum = meta["maximum"] if meta["maximum"] is not None else meta["below"]
         default = item.default if item.default is not MISSING else item.default_factory()
-        yield SettingInfo(key, kind, default, optional, meta["help"], minimum, maximum, meta["flag"],
-                          meta["label"], meta["basic"])
+        yield SettingInfo(
+            key,
+            kind,
+            default,
+            optional,
+            meta["help"],
+            minimum,
+            maximum,
+            meta["flag"],
+            meta["label"],
+            meta["basic"],
+        )
 
 
 def get_setting(config: TrainConfig, key: str) -> Any:
@@ -563,7 +671,9 @@ def parse_setting(text: str) -> tuple[str, Any]:
 
 def differing_settings(first: TrainConfig, second: TrainConfig) -> list[str]:
     """Dotted keys whose values differ between ``first`` and ``second``."""
-    return [info.key for info in settings_of() if get_setting(first, info.key) != get_setting(second, info.key)]
+    return [
+        info.key for info in settings_of() if get_setting(first, info.key) != get_setting(second, info.key)
+    ]
 
 
 def resumed_config(created: TrainConfig, changes: Mapping[str, Any] | None = None) -> TrainConfig:
@@ -578,6 +688,8 @@ def resumed_config(created: TrainConfig, changes: Mapping[str, Any] | None = Non
     changes = dict(changes or {})
     refused = sorted(key for key in changes if key not in RESUMABLE_SETTINGS)
     if refused:
-        raise ConfigError(f"a resumed run keeps its own settings; only {', '.join(RESUMABLE_SETTINGS)} may "
-                          f"change, not {', '.join(refused)}")
+        raise ConfigError(
+            f"a resumed run keeps its own settings; only {', '.join(RESUMABLE_SETTINGS)} may "
+            f"change, not {', '.join(refused)}"
+        )
     return created.with_settings(changes) if changes else replace(created)

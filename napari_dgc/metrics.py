@@ -19,8 +19,8 @@ Entropies and the variation of information are in nats.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -42,9 +42,7 @@ def _flatten_pair(
     first = np.asarray(first)
     second = np.asarray(second)
     if first.shape != second.shape:
-        raise DGCError(
-            f"label maps differ in shape: {first.shape} and {second.shape}; they must match"
-        )
+        raise DGCError(f"label maps differ in shape: {first.shape} and {second.shape}; they must match")
     for name, labels in (("first", first), ("second", second)):
         if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
             raise DGCError(f"the {name} label map has dtype {labels.dtype}; integer labels needed")
@@ -66,9 +64,7 @@ def _dense_ids(labels: np.ndarray) -> tuple[np.ndarray, int]:
     return inverse.ravel(), int(values.size)
 
 
-def contingency_table(
-    first: np.ndarray, second: np.ndarray, *, ignore: IgnoreValues = None
-) -> np.ndarray:
+def contingency_table(first: np.ndarray, second: np.ndarray, *, ignore: IgnoreValues = None) -> np.ndarray:
     """Count co-occurrences of the distinct labels of two maps.
 
     Parameters
@@ -263,9 +259,7 @@ def _mutual_information(table: np.ndarray) -> float:
     return float(max((joint * (np.log(joint) - np.log(outer))).sum(), 0.0))
 
 
-def normalized_mutual_info(
-    first: np.ndarray, second: np.ndarray, *, ignore: IgnoreValues = None
-) -> float:
+def normalized_mutual_info(first: np.ndarray, second: np.ndarray, *, ignore: IgnoreValues = None) -> float:
     """Normalised mutual information, arithmetic-mean normalisation (scikit-learn's default).
 
     Two single-cluster maps score 1; a single cluster against anything else scores 0.
@@ -280,9 +274,7 @@ def normalized_mutual_info(
     return float(information / max(mean_entropy, np.finfo(np.float64).eps))
 
 
-def adjusted_rand_index(
-    first: np.ndarray, second: np.ndarray, *, ignore: IgnoreValues = None
-) -> float:
+def adjusted_rand_index(first: np.ndarray, second: np.ndarray, *, ignore: IgnoreValues = None) -> float:
     """Adjusted Rand index (Hubert and Arabie); 1 for identical partitions, ~0 for chance."""
     table = contingency_table(first, second, ignore=ignore).astype(np.float64)
     total = table.sum()
@@ -302,9 +294,7 @@ def adjusted_rand_index(
     return float((index - expected) / (maximum - expected))
 
 
-def variation_of_information(
-    first: np.ndarray, second: np.ndarray, *, ignore: IgnoreValues = None
-) -> float:
+def variation_of_information(first: np.ndarray, second: np.ndarray, *, ignore: IgnoreValues = None) -> float:
     """Variation of information ``H(A|B) + H(B|A)`` in nats; 0 for identical partitions."""
     table = contingency_table(first, second, ignore=ignore)
     entropy_sum = _entropy(table.sum(axis=1)) + _entropy(table.sum(axis=0))
@@ -434,9 +424,7 @@ def evaluate_clustering(
     ignore : int or sequence of int, optional
         Truth values to leave out (e.g. 255 for unlabelled pixels).
     """
-    confusion = confusion_matrix(
-        truth, clusters, n_classes=n_classes, n_predicted=n_clusters, ignore=ignore
-    )
+    confusion = confusion_matrix(truth, clusters, n_classes=n_classes, n_predicted=n_clusters, ignore=ignore)
     total = confusion.sum()
 
     def scores_after(mapping: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:

@@ -63,6 +63,7 @@ def fast_train_options() -> list[str]:
     known = train_options()
     return [text for option, value in FAST_TRAIN.items() if option in known for text in (option, value)]
 
+
 PLACEHOLDER = re.compile(r"^[A-Z][A-Z0-9_]*$")
 CHECKPOINT_ID = re.compile(r"^step-\d{6}$")
 
@@ -151,7 +152,7 @@ def help_usage(command: str | None) -> str:
         main(argv)
     text = out.getvalue()
     assert text.startswith("usage: "), text[:200]
-    return " ".join(text[len("usage: "):].split("\n\n")[0].split())
+    return " ".join(text[len("usage: ") :].split("\n\n")[0].split())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,8 +231,10 @@ def write_mapping(path: Path, n_clusters: int = CLUSTERS) -> Path:
     from napari_dgc.analysis.classes import ClassMapping, SemanticClass
 
     mapping = ClassMapping(
-        [SemanticClass("background", "#000000", [0]),
-         SemanticClass("tissue", "#00ff00", list(range(1, n_clusters)))],
+        [
+            SemanticClass("background", "#000000", [0]),
+            SemanticClass("tissue", "#00ff00", list(range(1, n_clusters))),
+        ],
         n_clusters=n_clusters,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -249,8 +252,19 @@ def checkpoint_ids(run: Path) -> list[str]:
 def make_template_run(root: Path) -> Path:
     """Train a 3-cluster, 4-step run (checkpoints step-000002, step-000004) with ``napari-dgc train``."""
     cube = write_cube(root / "cube.npy")
-    outcome = run_cli(["train", str(cube), "--out", str(root / "run"), "--clusters", str(CLUSTERS),
-                       *fast_train_options(), "--quiet"], root)
+    outcome = run_cli(
+        [
+            "train",
+            str(cube),
+            "--out",
+            str(root / "run"),
+            "--clusters",
+            str(CLUSTERS),
+            *fast_train_options(),
+            "--quiet",
+        ],
+        root,
+    )
     assert outcome.code == 0, outcome.describe()
     return root / "run"
 
@@ -400,8 +414,11 @@ def fast_train(argv: list[str]) -> list[str]:
 
 
 def _cluster_count(labels: Path) -> int:
-    legends = sorted(labels.glob("*.legend.json")) if labels.is_dir() else [
-        labels.with_name(labels.name.rsplit(".", 1)[0] + ".legend.json")]
+    legends = (
+        sorted(labels.glob("*.legend.json"))
+        if labels.is_dir()
+        else [labels.with_name(labels.name.rsplit(".", 1)[0] + ".legend.json")]
+    )
     for legend in legends:
         if legend.is_file():
             return int(json.loads(legend.read_text(encoding="utf-8"))["n_clusters"])
@@ -450,8 +467,11 @@ def prepare(argv: list[str], fixtures: Fixtures, made_by_commands: set[Path]) ->
         if args.resume and missing(args.resume) is not None:
             fixtures.run(cwd / args.resume)
         fast = fast_train(argv)
-        changed = [f"{option} {fast[i + 1]}" for i, option in enumerate(fast[:-1])
-                   if option in FAST_TRAIN and (i >= len(argv) - 1 or argv[i + 1] != fast[i + 1])]
+        changed = [
+            f"{option} {fast[i + 1]}"
+            for i, option in enumerate(fast[:-1])
+            if option in FAST_TRAIN and (i >= len(argv) - 1 or argv[i + 1] != fast[i + 1])
+        ]
         if changed:
             notes.append("tiny training: " + " ".join(changed))
         argv = fast
@@ -559,6 +579,16 @@ def parses(argv: list[str]) -> str | None:
 
 
 __all__ = [
-    "SUBCOMMANDS", "Fixtures", "Outcome", "cuda_available", "expand_usage", "help_usage",
-    "needs_cuda", "parses", "prepare", "run_cli", "substitute", "write_cube",
+    "SUBCOMMANDS",
+    "Fixtures",
+    "Outcome",
+    "cuda_available",
+    "expand_usage",
+    "help_usage",
+    "needs_cuda",
+    "parses",
+    "prepare",
+    "run_cli",
+    "substitute",
+    "write_cube",
 ]

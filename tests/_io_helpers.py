@@ -6,15 +6,21 @@ produced files.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 ENVI_TYPE_CODES = {
-    np.dtype(np.uint8): 1, np.dtype(np.int16): 2, np.dtype(np.int32): 3, np.dtype(np.float32): 4,
-    np.dtype(np.float64): 5, np.dtype(np.uint16): 12, np.dtype(np.uint32): 13,
-    np.dtype(np.int64): 14, np.dtype(np.uint64): 15,
+    np.dtype(np.uint8): 1,
+    np.dtype(np.int16): 2,
+    np.dtype(np.int32): 3,
+    np.dtype(np.float32): 4,
+    np.dtype(np.float64): 5,
+    np.dtype(np.uint16): 12,
+    np.dtype(np.uint32): 13,
+    np.dtype(np.int64): 14,
+    np.dtype(np.uint64): 15,
 }
 # Order of the file's axes, given a band-last (rows, cols, bands) cube.
 INTERLEAVE_AXES = {"bsq": (2, 0, 1), "bil": (0, 2, 1), "bip": (0, 1, 2)}
@@ -85,7 +91,9 @@ def write_mat73(path: Path, variables: dict[str, np.ndarray]) -> Path:
             value = np.asarray(value)
             dataset = handle.create_dataset(name, data=np.transpose(value))
             dataset.attrs["MATLAB_class"] = np.bytes_(classes[value.dtype.str[1:]])
-    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+    header = (
+        b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+    )
     with open(path, "r+b") as handle:
         handle.write(header.ljust(116, b" ") + b"\0" * 8 + b"\x00\x02IM")
     return path

@@ -8,8 +8,8 @@ import napari
 import numpy as np
 
 from napari_dgc._sample_data import scene_layer_data
-from napari_dgc.datasets.synthetic import make_leaf_scene
 from napari_dgc.config import ModelConfig, TrainConfig
+from napari_dgc.datasets.synthetic import make_leaf_scene
 
 N_CLUSTERS = 3
 N_BANDS = 16
@@ -47,7 +47,9 @@ def tiny_cube(rows: int = 32, cols: int = 32, seed: int = 1) -> np.ndarray:
     return make_leaf_scene(rows, cols, N_BANDS, seed=seed).cube
 
 
-def add_cube_layer(viewer: napari.Viewer, name: str = "leaf", *, rows: int = 32, cols: int = 32, seed: int = 1):
+def add_cube_layer(
+    viewer: napari.Viewer, name: str = "leaf", *, rows: int = 32, cols: int = 32, seed: int = 1
+):
     """Add a synthetic cube the way the sample-data command does; return the cube layer."""
     scene = make_leaf_scene(rows, cols, N_BANDS, seed=seed)
     cube_tuple = scene_layer_data(scene, name)[0]

@@ -7,10 +7,12 @@ import threading
 import numpy as np
 import pytest
 import torch
+from _training_helpers import N_CLUSTERS, tiny_config, tiny_cube
 
+from napari_dgc.errors import CheckpointError
 from napari_dgc.inference import checkpoint_review
 from napari_dgc.inference.checkpoint_review import CheckpointReview
-from napari_dgc.errors import CheckpointError
+from napari_dgc.inference.segmentation import segment_cube
 from napari_dgc.io import open_cube
 from napari_dgc.metrics import (
     active_clusters,
@@ -20,10 +22,8 @@ from napari_dgc.metrics import (
     usage_entropy,
 )
 from napari_dgc.run_folder import RunDirectory
-from napari_dgc.inference.segmentation import segment_cube
 from napari_dgc.training.loop import train
 
-from _training_helpers import N_CLUSTERS, tiny_config, tiny_cube
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
@@ -85,10 +85,13 @@ def test_spectral_separation_is_calinski_harabasz_on_the_normalised_spectra(trai
     model = RunDirectory.open(run_dir).load_model(checkpoint_id)
     labels = review.labels(checkpoint_id)
     # Both tiny cubes hold fewer pixels than the sample: every pixel counts.
-    spectra = [model.spectral_input(torch.from_numpy(cube.reshape(-1, cube.shape[-1]))).numpy()
-               for cube in cubes.values()]
-    expected = calinski_harabasz(np.concatenate(spectra),
-                                 np.concatenate([labels[key].ravel() for key in cubes]))
+    spectra = [
+        model.spectral_input(torch.from_numpy(cube.reshape(-1, cube.shape[-1]))).numpy()
+        for cube in cubes.values()
+    ]
+    expected = calinski_harabasz(
+        np.concatenate(spectra), np.concatenate([labels[key].ravel() for key in cubes])
+    )
     assert figures.spectral_separation == pytest.approx(expected, rel=1e-5)
     assert figures.spectral_separation > 0
 
@@ -109,7 +112,9 @@ def test_concurrent_requests_segment_once(trained_run, monkeypatch):
     monkeypatch.setattr(review.run, "load_model", counting_load)
     checkpoint_id = review.checkpoints()[0].checkpoint_id
     results = []
-    threads = [threading.Thread(target=lambda: results.append(review.labels(checkpoint_id))) for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: results.append(review.labels(checkpoint_id))) for _ in range(4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -185,9 +190,7 @@ def test_later_checkpoints_reuse_the_spectral_input(trained_run, counted_cubes):
     assert reads == first_reads  # the raw cubes were read for the first checkpoint only
 
 
-def test_spectral_input_of_another_normalisation_is_not_reused(
-    trained_run, counted_cubes, monkeypatch
-):
+def test_spectral_input_of_another_normalisation_is_not_reused(trained_run, counted_cubes, monkeypatch):
     run_dir, arrays = trained_run
     cubes, reads = counted_cubes
     review = CheckpointReview(run_dir, cubes)

@@ -46,7 +46,8 @@ ANYWHERE_CASES = {
     "info": (["cube.mat"], [["--key", "cube"], ["--shape", "2", "3"]]),
     "train": (["a.npy", "b.npy"], [["--out", "run"], ["--steps", "5"], ["--set", "seed=1"]]),
     "segment": (
-        ["run", "a.npy", "b.npy"], [["--checkpoint", "step-000100"], ["--out", "maps"], ["--probabilities"]]
+        ["run", "a.npy", "b.npy"],
+        [["--checkpoint", "step-000100"], ["--out", "maps"], ["--probabilities"]],
     ),
     "evaluate": (["labels.tif", "mask.png"], [["--mapping", "merge.json"], ["--json", "iou.json"]]),
     "demo": ([], [["--size", "64"], ["--screenshot", "x.png"]]),
@@ -67,8 +68,12 @@ def test_options_may_come_anywhere_among_the_positionals(command):
         gaps: list[list[str]] = [[] for _ in range(n_gaps)]
         for offset, option in enumerate(options):
             gaps[(start + offset) % n_gaps].extend(option)
-        orders.append([*gaps[0], *(text for gap, positional in zip(gaps[1:], positionals)
-                                   for text in (positional, *gap))])
+        orders.append(
+            [
+                *gaps[0],
+                *(text for gap, positional in zip(gaps[1:], positionals) for text in (positional, *gap)),
+            ]
+        )
     for argv in orders:
         assert vars(parse_args([command, *argv])) == expected, argv
 

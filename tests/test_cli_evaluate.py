@@ -28,8 +28,21 @@ def files(tmp_path):
 def test_evaluate_with_a_mapping_prints_and_exports_iou(files, tmp_path, capsys):
     labels, mask, mapping = files
     out_json, out_csv = tmp_path / "iou.json", tmp_path / "iou.csv"
-    code = main(["evaluate", str(labels), str(mask), "--mapping", str(mapping), "--n-clusters", "4",
-                 "--json", str(out_json), "--csv", str(out_csv)])
+    code = main(
+        [
+            "evaluate",
+            str(labels),
+            str(mask),
+            "--mapping",
+            str(mapping),
+            "--n-clusters",
+            "4",
+            "--json",
+            str(out_json),
+            "--csv",
+            str(out_csv),
+        ]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert "0.8571" in printed and "0.8889" in printed  # 6/7 and 8/9
@@ -53,7 +66,9 @@ def test_evaluate_pairs_folders_by_stem(tmp_path, capsys):
     for name in ("a", "b"):
         np.save(tmp_path / "labels" / f"{name}_labels.npy", CLUSTERS)
         np.save(tmp_path / "masks" / f"{name}.npy", TRUTH)
-    assert main(["evaluate", str(tmp_path / "labels"), str(tmp_path / "masks"), "--suggest", "hungarian"]) == 0
+    assert (
+        main(["evaluate", str(tmp_path / "labels"), str(tmp_path / "masks"), "--suggest", "hungarian"]) == 0
+    )
     printed = capsys.readouterr().out
     assert "pooled" in printed and "suggested hungarian" in printed
 
@@ -78,7 +93,9 @@ def test_bad_inputs_exit_non_zero_with_one_line(files, tmp_path, capsys):
     assert "[3]" in bad(capsys, ["evaluate", str(labels), str(mask), "--mapping", str(missing)])
     foreign = tmp_path / "foreign.json"
     foreign.write_text(json.dumps({"0": [0, 3, 9], "1": [1, 2]}))
-    assert "cluster 9" in bad(capsys, ["evaluate", str(labels), str(mask), "--mapping", str(foreign), "--n-clusters", "4"])
+    assert "cluster 9" in bad(
+        capsys, ["evaluate", str(labels), str(mask), "--mapping", str(foreign), "--n-clusters", "4"]
+    )
     labelme = tmp_path / "leaf.json"
     labelme.write_text(json.dumps({"imageHeight": 5, "imageWidth": 4, "shapes": []}))
     assert "5x4 image" in bad(capsys, ["evaluate", str(labels), str(labelme)])

@@ -24,8 +24,14 @@ def run_info(monkeypatch, capsys):
 
 
 def test_info_envi(run_info, tmp_path, rng):
-    header, data = write_envi(tmp_path, make_cube(rng, shape=(7, 9, 5), dtype=np.uint16), interleave="bil",
-                              byte_order=1, wavelengths=[0.4, 0.5, 0.6, 0.7, 0.8], units="Micrometers")
+    header, data = write_envi(
+        tmp_path,
+        make_cube(rng, shape=(7, 9, 5), dtype=np.uint16),
+        interleave="bil",
+        byte_order=1,
+        wavelengths=[0.4, 0.5, 0.6, 0.7, 0.8],
+        units="Micrometers",
+    )
     code, out, err = run_info(header)
     assert code == 0 and err == ""
     assert f"path:        {header}" in out
@@ -41,7 +47,9 @@ def test_info_envi(run_info, tmp_path, rng):
 def test_info_mat_key_and_shape(run_info, tmp_path, rng):
     values = make_cube(rng, shape=(4, 6, 5)).astype(np.float64)
     path = tmp_path / "unmixing.mat"
-    scipy.io.savemat(path, {"Y": values.reshape(24, 5, order="F").T, "other": make_cube(rng, shape=(4, 5, 3))})
+    scipy.io.savemat(
+        path, {"Y": values.reshape(24, 5, order="F").T, "other": make_cube(rng, shape=(4, 5, 3))}
+    )
     code, out, err = run_info(path)
     assert code == 2 and out == ""
     assert err.startswith("napari-dgc info: error: ") and "unmixing.mat" in err and "--shape ROWS COLS" in err

@@ -11,13 +11,12 @@ import torch
 from PIL import Image
 
 from napari_dgc.analysis.classes import ClassMapping, SemanticClass
-from napari_dgc.cli import main
 from napari_dgc.analysis.export import export_model_folder
-from napari_dgc.config import ModelConfig
+from napari_dgc.cli import main
+from napari_dgc.config import ModelConfig, TrainConfig
+from napari_dgc.inference.segmentation import segment_cube
 from napari_dgc.model.network import DGCModel
 from napari_dgc.run_folder import RunDirectory
-from napari_dgc.inference.segmentation import segment_cube
-from napari_dgc.config import TrainConfig
 
 N_BANDS = 10
 K = 3
@@ -60,8 +59,19 @@ def fail(argv: list[str], capsys) -> str:
 @pytest.mark.parametrize("file_format", ["tif", "png", "npy"])
 def test_writes_label_maps_equal_to_segment_cube(run, cubes, tmp_path, capsys, file_format):
     out = tmp_path / "out"
-    argv = ["segment", str(run.path), *map(str, cubes), "--out", str(out),
-            "--format", file_format, "--tile", "8", "--workers", "2"]
+    argv = [
+        "segment",
+        str(run.path),
+        *map(str, cubes),
+        "--out",
+        str(out),
+        "--format",
+        file_format,
+        "--tile",
+        "8",
+        "--workers",
+        "2",
+    ]
     assert main(argv) == 0
     assert "first_labels" in capsys.readouterr().out
     latest = run.load_model()
@@ -80,20 +90,49 @@ def test_writes_label_maps_equal_to_segment_cube(run, cubes, tmp_path, capsys, f
 
 def test_checkpoint_choice_and_probabilities(run, cubes, tmp_path):
     out = tmp_path / "out"
-    assert main(["segment", str(run.path), str(cubes[0]), "--out", str(out), "--checkpoint",
-                 "step-000010", "--probabilities", "--format", "npy"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(run.path),
+                str(cubes[0]),
+                "--out",
+                str(out),
+                "--checkpoint",
+                "step-000010",
+                "--probabilities",
+                "--format",
+                "npy",
+            ]
+        )
+        == 0
+    )
     first = run.load_model("step-000010")
-    np.testing.assert_array_equal(np.load(out / "first_labels.npy"),
-                                  expected_labels(first, cubes[0]))
+    np.testing.assert_array_equal(np.load(out / "first_labels.npy"), expected_labels(first, cubes[0]))
     probabilities = np.load(out / "first_probabilities.npy")
     assert probabilities.shape == (K, 21, 26) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities.sum(axis=0), 1.0, atol=1e-5)
     # The run's chosen checkpoint is the default once there is one.
     run.choose("step-000010")
-    assert main(["segment", str(run.path), str(cubes[0]), "--out", str(out), "--overwrite",
-                 "--format", "png", "--probabilities"]) == 0
-    np.testing.assert_array_equal(np.asarray(Image.open(out / "first_labels.png")),
-                                  expected_labels(first, cubes[0]))
+    assert (
+        main(
+            [
+                "segment",
+                str(run.path),
+                str(cubes[0]),
+                "--out",
+                str(out),
+                "--overwrite",
+                "--format",
+                "png",
+                "--probabilities",
+            ]
+        )
+        == 0
+    )
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(out / "first_labels.png")), expected_labels(first, cubes[0])
+    )
     assert tifffile.imread(out / "first_probabilities.tif").shape == (K, 21, 26)
 
 
@@ -108,41 +147,57 @@ def test_classes_from_a_model_folder(run, cubes, tmp_path):
     for cube in cubes:
         labels = tifffile.imread(out / f"{cube.stem}_labels.tif")
         np.testing.assert_array_equal(labels, expected_labels(run.load_model("step-000020"), cube))
-        np.testing.assert_array_equal(tifffile.imread(out / f"{cube.stem}_classes.tif"),
-                                      mapping.apply(labels))
+        np.testing.assert_array_equal(
+            tifffile.imread(out / f"{cube.stem}_classes.tif"), mapping.apply(labels)
+        )
 
 
 def test_bad_input_exits_with_one_line(run, cubes, tmp_path, capsys):
     out = tmp_path / "out"
-    assert "run.json" in fail(["segment", str(tmp_path / "nothing"), str(cubes[0]),
-                               "--out", str(out)], capsys)
+    assert "run.json" in fail(
+        ["segment", str(tmp_path / "nothing"), str(cubes[0]), "--out", str(out)], capsys
+    )
     assert "no checkpoint 'step-000999'" in fail(
-        ["segment", str(run.path), str(cubes[0]), "--out", str(out), "--checkpoint",
-         "step-000999"], capsys)
+        ["segment", str(run.path), str(cubes[0]), "--out", str(out), "--checkpoint", "step-000999"], capsys
+    )
     assert "at least one cube" in fail(["segment", str(run.path), "--out", str(out)], capsys)
     wrong_bands = tmp_path / "wrong.npy"
     np.save(wrong_bands, np.zeros((5, 5, N_BANDS + 1), np.float32))
     assert "wrong.npy: the cube has 11 bands, the model was trained on 10" in fail(
-        ["segment", str(run.path), str(cubes[0]), str(wrong_bands), "--out", str(out)], capsys)
+        ["segment", str(run.path), str(cubes[0]), str(wrong_bands), "--out", str(out)], capsys
+    )
     assert "missing.npy" in fail(
-        ["segment", str(run.path), str(tmp_path / "missing.npy"), "--out", str(out)], capsys)
+        ["segment", str(run.path), str(tmp_path / "missing.npy"), "--out", str(out)], capsys
+    )
     assert "cannot go with --classes" in fail(
-        ["segment", "--classes", str(run.path), str(cubes[0]), "--out", str(out),
-         "--checkpoint", "step-000010"], capsys)
+        [
+            "segment",
+            "--classes",
+            str(run.path),
+            str(cubes[0]),
+            "--out",
+            str(out),
+            "--checkpoint",
+            "step-000010",
+        ],
+        capsys,
+    )
     assert "unknown device 'tpu'" in fail(
-        ["segment", str(run.path), str(cubes[0]), "--out", str(out), "--device", "tpu"], capsys)
+        ["segment", str(run.path), str(cubes[0]), "--out", str(out), "--device", "tpu"], capsys
+    )
     assert not out.exists()  # nothing was written for any of them
 
     twin = tmp_path / "twin"
     twin.mkdir()
     np.save(twin / "first.npy", np.load(cubes[0]))
     assert "same output name" in fail(
-        ["segment", str(run.path), str(cubes[0]), str(twin / "first.npy"), "--out", str(out)],
-        capsys)
+        ["segment", str(run.path), str(cubes[0]), str(twin / "first.npy"), "--out", str(out)], capsys
+    )
     assert main(["segment", str(run.path), str(cubes[0]), "--out", str(out)]) == 0
     capsys.readouterr()
     assert "first_labels.tif: exists; pass --overwrite" in fail(
-        ["segment", str(run.path), str(cubes[0]), "--out", str(out)], capsys)
+        ["segment", str(run.path), str(cubes[0]), "--out", str(out)], capsys
+    )
     for option in ("--tile", "--workers"):
         with pytest.raises(SystemExit) as exit_info:
             main(["segment", str(run.path), str(cubes[0]), "--out", str(out), option, "0"])

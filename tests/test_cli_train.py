@@ -22,8 +22,23 @@ def cube_file(tmp_path, rng):
 
 def test_train_writes_checkpoints_and_resume_extends_the_run(cube_file, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", str(cube_file), "--clusters", "2", "--steps", "2", "--starts", "1",
-                 "--checkpoint-every", "1", "--out", str(run), *FAST])
+    code = main(
+        [
+            "train",
+            str(cube_file),
+            "--clusters",
+            "2",
+            "--steps",
+            "2",
+            "--starts",
+            "1",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            str(run),
+            *FAST,
+        ]
+    )
     assert code == 0
     captured = capsys.readouterr()
     assert "finished at step 2" in captured.out
@@ -31,21 +46,40 @@ def test_train_writes_checkpoints_and_resume_extends_the_run(cube_file, tmp_path
     assert [c.step for c in RunDirectory.open(run).checkpoints()] == [1, 2]
     assert RunDirectory.open(run).dataset_files == [str(cube_file.resolve())]
 
-    code = main(["train", str(cube_file), "--steps", "3", "--checkpoint-every", "1",
-                 "--resume", str(run), *FAST])
+    code = main(
+        ["train", str(cube_file), "--steps", "3", "--checkpoint-every", "1", "--resume", str(run), *FAST]
+    )
     assert code == 0
     assert [c.step for c in RunDirectory.open(run).checkpoints()] == [1, 2, 3]
 
 
 def test_train_by_default_tries_three_starts_and_continues_the_best_separated(cube_file, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", str(cube_file), "--clusters", "2", "--steps", "3", "--checkpoint-every", "2",
-                 "--out", str(run), *FAST, "--set", "starts.steps=2"])
+    code = main(
+        [
+            "train",
+            str(cube_file),
+            "--clusters",
+            "2",
+            "--steps",
+            "3",
+            "--checkpoint-every",
+            "2",
+            "--out",
+            str(run),
+            *FAST,
+            "--set",
+            "starts.steps=2",
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err
     opened = RunDirectory.open(run)
-    assert [c.checkpoint_id for c in opened.checkpoints()][:3] == \
-        ["step-000002", "start1-step-000002", "start2-step-000002"]
+    assert [c.checkpoint_id for c in opened.checkpoints()][:3] == [
+        "step-000002",
+        "start1-step-000002",
+        "start2-step-000002",
+    ]
     selected = opened.selected_start
     scores = opened.start_separations
     assert len(scores) == 3 and scores[selected] == max(scores)
@@ -58,9 +92,25 @@ def test_train_by_default_tries_three_starts_and_continues_the_best_separated(cu
 
 def test_set_overrides_any_training_and_model_setting(cube_file, tmp_path, capsys):
     run = tmp_path / "run"
-    code = main(["train", str(cube_file), "--steps", "1", "--checkpoint-every", "1", "--out", str(run),
-                 *FAST, "--set", "optim.learning_rate=3e-4", "--set", "model.brightness_norm=false",
-                 "--set", "losses.uniform_schedule=linear"])
+    code = main(
+        [
+            "train",
+            str(cube_file),
+            "--steps",
+            "1",
+            "--checkpoint-every",
+            "1",
+            "--out",
+            str(run),
+            *FAST,
+            "--set",
+            "optim.learning_rate=3e-4",
+            "--set",
+            "model.brightness_norm=false",
+            "--set",
+            "losses.uniform_schedule=linear",
+        ]
+    )
     assert code == 0
     config = RunDirectory.open(run).config
     assert config.optim.learning_rate == 3e-4 and config.losses.uniform_schedule == "linear"
@@ -112,8 +162,12 @@ def test_missing_cube_file_is_reported(tmp_path, capsys):
 
 def test_resume_with_other_clusters_or_bands_is_refused(cube_file, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", str(cube_file), "--clusters", "2", "--steps", "1", "--out", str(run),
-                 "--quiet", *FAST]) == 0
+    assert (
+        main(
+            ["train", str(cube_file), "--clusters", "2", "--steps", "1", "--out", str(run), "--quiet", *FAST]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["train", str(cube_file), "--clusters", "3", "--resume", str(run), *FAST]) == 2
     assert "model.n_clusters = 2, not 3" in _error_line(capsys)
@@ -125,8 +179,27 @@ def test_resume_with_other_clusters_or_bands_is_refused(cube_file, tmp_path, cap
 
 def test_resume_without_cubes_uses_the_runs_own_cubes(cube_file, tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", str(cube_file), "--clusters", "2", "--steps", "1", "--checkpoint-every", "1",
-                 "--starts", "1", "--out", str(run), "--quiet", *FAST]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(cube_file),
+                "--clusters",
+                "2",
+                "--steps",
+                "1",
+                "--checkpoint-every",
+                "1",
+                "--starts",
+                "1",
+                "--out",
+                str(run),
+                "--quiet",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert main(["train", "--resume", str(run), "--steps", "2", "--quiet", *FAST]) == 0
     assert [c.step for c in RunDirectory.open(run).checkpoints()] == [1, 2]
 

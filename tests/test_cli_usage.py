@@ -73,11 +73,16 @@ def test_usage_expansion_covers_alternatives_and_optional_parts():
         ["segment", "--classes", "MODEL_FOLDER", "CUBE", "CUBE", "--out", "DIR", "options"],
     ]
     assert expand_usage("napari-dgc train A --out RUN | napari-dgc train [A...] --resume RUN") == [
-        ["train", "A", "--out", "RUN"], ["train", "--resume", "RUN"], ["train", "A", "A", "--resume", "RUN"],
+        ["train", "A", "--out", "RUN"],
+        ["train", "--resume", "RUN"],
+        ["train", "A", "A", "--resume", "RUN"],
     ]
     assert expand_usage("napari-dgc x [-h] [--s {a,b}] [--d auto|cuda] P") == [
-        ["x", "P"], ["x", "--s", "a", "--d", "auto", "P"], ["x", "--s", "a", "--d", "cuda", "P"],
-        ["x", "--s", "b", "--d", "auto", "P"], ["x", "--s", "b", "--d", "cuda", "P"],
+        ["x", "P"],
+        ["x", "--s", "a", "--d", "auto", "P"],
+        ["x", "--s", "a", "--d", "cuda", "P"],
+        ["x", "--s", "b", "--d", "auto", "P"],
+        ["x", "--s", "b", "--d", "cuda", "P"],
     ]
     assert expand_usage("napari-dgc info | train") == [["info"], ["train"]]
 
@@ -125,8 +130,13 @@ def test_demo_usage_screenshot(tmp_path):
     (variant,) = [v for v in expand_usage(help_usage("demo")) if "--screenshot" in v]
     argv = substitute(variant, Fixtures(tmp_path, tmp_path))
     result = subprocess.run(
-        [sys.executable, "-m", "napari_dgc.cli", *argv], cwd=tmp_path, capture_output=True, text=True,
-        timeout=300, check=False, env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)},
+        [sys.executable, "-m", "napari_dgc.cli", *argv],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (tmp_path / "screenshot.png").is_file()

@@ -49,21 +49,24 @@ def test_every_bad_field_is_named_in_one_error():
     assert "device must be text" in message
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"steps": "abc"}, "steps must be a whole number, got 'abc'"),
-    ({"steps": True}, "steps must be a whole number"),
-    ({"optim.learning_rate": float("nan")}, "optim.learning_rate must be a finite number"),
-    ({"optim.weight_decay": float("inf")}, "optim.weight_decay must be a finite number"),
-    ({"model": 5}, "model is a group of settings"),
-    ({"model.n_clusters": "abc"}, "model.n_clusters must be a whole number"),
-    ({"model.colour": "red"}, "unknown model settings: colour"),
-    ({"optim.lr": 0.1}, "unknown optim settings: lr"),
-    ({"steps.x": 1}, "steps is not a group of settings"),
-    ({"model.spatial_kernel": 4}, "model.spatial_kernel must be odd"),
-    ({"data.overlap_min": 0.9, "data.overlap_max": 0.5}, "must not exceed data.overlap_max"),
-    ({"model.brightness_norm": "yes"}, "must be true or false"),
-    ({"losses.balance_sign": "sideways"}, "losses.balance_sign must be one of paper, reference"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"steps": "abc"}, "steps must be a whole number, got 'abc'"),
+        ({"steps": True}, "steps must be a whole number"),
+        ({"optim.learning_rate": float("nan")}, "optim.learning_rate must be a finite number"),
+        ({"optim.weight_decay": float("inf")}, "optim.weight_decay must be a finite number"),
+        ({"model": 5}, "model is a group of settings"),
+        ({"model.n_clusters": "abc"}, "model.n_clusters must be a whole number"),
+        ({"model.colour": "red"}, "unknown model settings: colour"),
+        ({"optim.lr": 0.1}, "unknown optim settings: lr"),
+        ({"steps.x": 1}, "steps is not a group of settings"),
+        ({"model.spatial_kernel": 4}, "model.spatial_kernel must be odd"),
+        ({"data.overlap_min": 0.9, "data.overlap_max": 0.5}, "must not exceed data.overlap_max"),
+        ({"model.brightness_norm": "yes"}, "must be true or false"),
+        ({"losses.balance_sign": "sideways"}, "losses.balance_sign must be one of paper, reference"),
+    ],
+)
 def test_bad_values_get_a_clear_error(changes, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         TrainConfig().with_settings(changes)
@@ -72,8 +75,9 @@ def test_bad_values_get_a_clear_error(changes, message):
 def test_optional_settings_accept_null_and_integral_floats_become_ints():
     config = TrainConfig().with_settings({"model.spectral_bands": None, "steps": 300.0})
     assert config.model.spectral_bands is None and config.steps == 300 and isinstance(config.steps, int)
-    assert config.optim.learning_rate == 1e-3 and isinstance(TrainConfig().with_settings(
-        {"optim.learning_rate": 1}).optim.learning_rate, float)
+    assert config.optim.learning_rate == 1e-3 and isinstance(
+        TrainConfig().with_settings({"optim.learning_rate": 1}).optim.learning_rate, float
+    )
 
 
 def test_parse_setting_reads_json_else_text():
@@ -89,7 +93,9 @@ def test_resume_may_change_only_steps_checkpoints_and_device():
     resumed = resumed_config(created, {"steps": 300, "device": "cpu"})
     assert resumed.steps == 300 and resumed.model == created.model
     assert differing_settings(created, resumed) == ["steps", "device"]
-    with pytest.raises(ConfigError, match="only steps, checkpoint_every, device may change, not model.n_clusters"):
+    with pytest.raises(
+        ConfigError, match="only steps, checkpoint_every, device may change, not model.n_clusters"
+    ):
         resumed_config(created, {"model.n_clusters": 5})
     assert set(RESUMABLE_SETTINGS) == {"steps", "checkpoint_every", "device"}
 
@@ -123,5 +129,6 @@ def test_docs_settings_page_is_generated_from_the_code():
     spec = importlib.util.spec_from_file_location("make_settings_table", DOCS / "make_settings_table.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert (DOCS / "settings.md").read_text(encoding="utf-8") == module.settings_markdown(), \
+    assert (DOCS / "settings.md").read_text(encoding="utf-8") == module.settings_markdown(), (
         "docs/settings.md is stale: run python docs/make_settings_table.py"
+    )

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from napari_dgc.cli import main
-from napari_dgc.run_folder import RunDirectory
-from napari_dgc.inference.segmentation import segment_cube
 from napari_dgc.datasets.synthetic import make_leaf_scene
+from napari_dgc.inference.segmentation import segment_cube
+from napari_dgc.run_folder import RunDirectory
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -24,15 +24,49 @@ def scene_file(tmp_path):
 
 def test_cli_trains_and_segments_on_cuda_like_the_cpu(scene_file, tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert main(["train", str(scene_file), "--clusters", "3", "--steps", "6",
-                 "--checkpoint-every", "3", "--crop-size", "32", "--device", "cuda",
-                 "--out", str(run_dir)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(scene_file),
+                "--clusters",
+                "3",
+                "--steps",
+                "6",
+                "--checkpoint-every",
+                "3",
+                "--crop-size",
+                "32",
+                "--device",
+                "cuda",
+                "--out",
+                str(run_dir),
+            ]
+        )
+        == 0
+    )
     run = RunDirectory.open(run_dir)
     assert [info.step for info in run.checkpoints()] == [3, 6]
 
     out = tmp_path / "maps"
-    assert main(["segment", str(run_dir), str(scene_file), "--out", str(out), "--format", "npy",
-                 "--device", "cuda", "--tile", "40"]) == 0
+    assert (
+        main(
+            [
+                "segment",
+                str(run_dir),
+                str(scene_file),
+                "--out",
+                str(out),
+                "--format",
+                "npy",
+                "--device",
+                "cuda",
+                "--tile",
+                "40",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     on_cuda = np.load(out / "scene_labels.npy")
     on_cpu = segment_cube(run.load_model(), np.load(scene_file), workers=1).labels

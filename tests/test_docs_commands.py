@@ -130,7 +130,11 @@ def test_collection_finds_the_documented_commands():
     by_place = {item.id: item for item in ITEMS}
     readme = [item for item in ITEMS if item.path == "README.md" and item.kind == "block"]
     assert len(readme) == 1 and [text.split()[1] for _, text in readme[0].lines] == [
-        "info", "train", "train", "segment", "evaluate"
+        "info",
+        "train",
+        "train",
+        "segment",
+        "evaluate",
     ], readme
     training = by_place["docs/training.md:4"]
     assert training.kind == "block" and len(training.lines) == 3

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from napari_dgc.analysis.classes import ClassMapping, SemanticClass
-from napari_dgc.errors import MaskError, MappingError
 from napari_dgc.analysis.evaluation import evaluate_classes, suggest_mapping, write_report
 from napari_dgc.analysis.masks import Mask
+from napari_dgc.errors import MappingError, MaskError
 
 # Truth: left half background, right half tissue, one ignored pixel.
 TRUTH = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1], [0, 255, 1, 1]])
@@ -19,7 +19,10 @@ CLUSTERS = np.array([[0, 0, 1, 2], [0, 3, 2, 2], [0, 0, 2, 2], [1, 1, 2, 1]])
 
 def mapping(background=(0, 3), tissue=(1, 2)) -> ClassMapping:
     return ClassMapping(
-        [SemanticClass("background", "#808080", list(background)), SemanticClass("tissue", "#2ca02c", list(tissue))],
+        [
+            SemanticClass("background", "#808080", list(background)),
+            SemanticClass("tissue", "#2ca02c", list(tissue)),
+        ],
         n_clusters=4,
     )
 
@@ -74,7 +77,9 @@ def test_suggestion_recovers_the_merge():
     suggested, method, notes = suggest_mapping({"leaf": CLUSTERS}, {"leaf": Mask(TRUTH)}, 4)
     assert method == "many-to-one"  # 4 clusters > 3 mask classes
     assert [c.clusters for c in suggested.classes] == [[0, 3], [1, 2], []]
-    hungarian, method, notes = suggest_mapping({"leaf": CLUSTERS}, {"leaf": Mask(TRUTH)}, 4, method="hungarian")
+    hungarian, method, notes = suggest_mapping(
+        {"leaf": CLUSTERS}, {"leaf": Mask(TRUTH)}, 4, method="hungarian"
+    )
     assert method == "hungarian"
     # one cluster per class: 0 -> background (6 px), 2 -> tissue (7 px); lesion has no pixels,
     # so it takes one of the rest; one cluster is left out.

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from _training_helpers import configured
 from PIL import Image
 
 from napari_dgc.analysis.classes import ClassMapping, SemanticClass
-from napari_dgc.errors import CheckpointError, DGCError, MappingError
 from napari_dgc.analysis.export import (
     cluster_legend,
     export_model_folder,
@@ -20,13 +20,12 @@ from napari_dgc.analysis.export import (
     write_class_map,
     write_label_map,
 )
-from napari_dgc.io import Cube
 from napari_dgc.config import ModelConfig
-from napari_dgc.run_folder import RunDirectory
-from napari_dgc.inference.segmentation import segment_cube
 from napari_dgc.datasets.synthetic import make_leaf_scene
-from napari_dgc.config import TrainConfig
-from _training_helpers import configured
+from napari_dgc.errors import CheckpointError, DGCError, MappingError
+from napari_dgc.inference.segmentation import segment_cube
+from napari_dgc.io import Cube
+from napari_dgc.run_folder import RunDirectory
 from napari_dgc.training.loop import train
 
 K = 3
@@ -48,10 +47,17 @@ def run(tmp_path_factory, scene) -> RunDirectory:
     torch.set_num_threads(1)
     config = configured(
         model=ModelConfig(n_clusters=K, embed_dim=8, meanshift_iters=1, meanshift_window=3),
-        steps=4, checkpoint_every=2, data__crop_size=16, data__batch_size=1, data__pairs_per_cube=2, seed=0,
+        steps=4,
+        checkpoint_every=2,
+        data__crop_size=16,
+        data__batch_size=1,
+        data__pairs_per_cube=2,
+        seed=0,
     )
     folder = tmp_path_factory.mktemp("run") / "run"
-    cube = Cube(data=scene.cube, band_axis=2, wavelengths=scene.wavelengths, path=Path("leaf"), format="synthetic")
+    cube = Cube(
+        data=scene.cube, band_axis=2, wavelengths=scene.wavelengths, path=Path("leaf"), format="synthetic"
+    )
     for _ in train([cube], config, folder):
         pass
     run = RunDirectory.open(folder)

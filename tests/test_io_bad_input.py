@@ -6,8 +6,8 @@ Each case also checks that opening wrote nothing next to the file.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -198,7 +198,11 @@ CASES: dict[str, tuple[Callable[[Path], Path], type[DGCError], str]] = {
     "mat-corrupt": (_mat_corrupt, CubeFormatError, "not a readable MATLAB file"),
     "mat-truncated-v7.3": (_mat_truncated_v73, CubeFormatError, "truncated MATLAB v7.3"),
     "mat-v7.3-header-only": (_mat_v73_header_only, CubeFormatError, "v7.3"),
-    "mat-no-3d-array": (_mat_no_3d, CubeFormatError, "holds no 3-D array (numeric variables: spectrum 1x10, hypercube4d 2x3x4x5)"),
+    "mat-no-3d-array": (
+        _mat_no_3d,
+        CubeFormatError,
+        "holds no 3-D array (numeric variables: spectrum 1x10, hypercube4d 2x3x4x5)",
+    ),
     "mat-2d-without-shape": (_mat_2d_without_shape, CubeFormatError, "pass shape=(rows, cols)"),
     "mat-empty": (_mat_empty, CubeFormatError, "empty (0 bytes)"),
     "tiff-corrupt": (_tiff_corrupt, CubeFormatError, "not a readable TIFF"),
@@ -266,7 +270,9 @@ def test_nan_and_inf_are_found_by_check_finite_not_at_open(tmp_path, rng):
     cube_values[5, 0, 4] = np.inf
     header, _ = write_envi(tmp_path, cube_values, interleave="bil")
     cube = open_cube(header)  # opening reads no values, so it cannot fail here
-    with pytest.raises(CubeFormatError, match=r"scene.hdr: 2 NaN or infinite value\(s\).*row 2, column 3, band 1"):
+    with pytest.raises(
+        CubeFormatError, match=r"scene.hdr: 2 NaN or infinite value\(s\).*row 2, column 3, band 1"
+    ):
         cube.check_finite()
     rgb = pseudo_rgb(cube)
     assert np.isfinite(rgb).all() and rgb.min() >= 0 and rgb.max() <= 1

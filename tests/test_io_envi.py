@@ -23,9 +23,13 @@ def _assert_reads(cube, expected: np.ndarray) -> None:
     assert cube.shape_hw == expected.shape[:2]
     assert cube.n_bands == expected.shape[2]
     np.testing.assert_array_equal(cube.read_window(slice(None), slice(None)), expected.astype(np.float32))
-    np.testing.assert_array_equal(cube.read_window(slice(1, 4), slice(2, 8, 2)), expected[1:4, 2:8:2].astype(np.float32))
+    np.testing.assert_array_equal(
+        cube.read_window(slice(1, 4), slice(2, 8, 2)), expected[1:4, 2:8:2].astype(np.float32)
+    )
     picked = [expected.shape[2] - 1, 0, 2]
-    np.testing.assert_array_equal(cube.read_bands(picked), np.moveaxis(expected[:, :, picked], 2, 0).astype(np.float32))
+    np.testing.assert_array_equal(
+        cube.read_bands(picked), np.moveaxis(expected[:, :, picked], 2, 0).astype(np.float32)
+    )
     np.testing.assert_array_equal(np.asarray(cube.bands_first()), np.moveaxis(expected, 2, 0))
 
 
@@ -114,7 +118,9 @@ def test_wavelength_list_of_wrong_length_is_ignored_with_a_note(tmp_path, rng):
 def test_missing_byte_order_defaults_to_little_endian(tmp_path, rng):
     expected = make_cube(rng, dtype=np.uint16)
     header, _ = write_envi(tmp_path, expected)
-    header.write_text("\n".join(l for l in header.read_text().splitlines() if not l.startswith("byte order")))
+    header.write_text(
+        "\n".join(line for line in header.read_text().splitlines() if not line.startswith("byte order"))
+    )
     cube = open_cube(header)
     assert "little-endian assumed" in cube.provenance["byte_order_note"]
     _assert_reads(cube, expected)
@@ -124,7 +130,9 @@ def _check_corn(header: Path) -> None:
     cube = open_cube(header)
     assert (cube.shape_hw, cube.n_bands, cube.band_axis) == ((31, 43), 580, 1)
     assert cube.dtype == np.dtype("<u2")
-    assert cube.wavelengths[0] == pytest.approx(366.551) and cube.wavelengths[-1] == pytest.approx(1048.4, abs=0.1)
+    assert cube.wavelengths[0] == pytest.approx(366.551) and cube.wavelengths[-1] == pytest.approx(
+        1048.4, abs=0.1
+    )
     raw = np.fromfile(header.with_suffix(".raw"), "<u2").reshape(31, 580, 43).transpose(0, 2, 1)
     np.testing.assert_array_equal(cube.read_window(slice(None), slice(None)), raw)
 
@@ -134,7 +142,9 @@ def test_real_corn_kernel_bil_uint16_shared():
     _check_corn(CORN_SHARED)
 
 
-@pytest.mark.skipif(not CORN_RESOURCE.exists(), reason="resources/corn_kernel not added to the repository yet")
+@pytest.mark.skipif(
+    not CORN_RESOURCE.exists(), reason="resources/corn_kernel not added to the repository yet"
+)
 def test_real_corn_kernel_bil_uint16_resource():
     _check_corn(CORN_RESOURCE)
 

@@ -80,7 +80,9 @@ def test_2d_matrix_with_shape_is_column_major(tmp_path, rng, orientation):
     matrix = pixels_by_bands.T if orientation == "bands_x_pixels" else pixels_by_bands
     path = tmp_path / "unmixing.mat"
     scipy.io.savemat(path, {"Y": matrix, "lines": 4, "cols": 6})
-    with pytest.raises(CubeFormatError, match=r"2-D .* matrix.*shape=\(rows, cols\).*'lines' and 'cols' say \(4, 6\)"):
+    with pytest.raises(
+        CubeFormatError, match=r"2-D .* matrix.*shape=\(rows, cols\).*'lines' and 'cols' say \(4, 6\)"
+    ):
         open_cube(path)
     cube = open_cube(path, shape=(4, 6))
     assert "column-major" in cube.provenance["band_axis_reason"]
@@ -98,7 +100,9 @@ def test_shape_given_for_a_3d_variable_is_an_error(tmp_path, rng):
 
 def test_v73_is_read_lazily_with_matlab_axis_order(tmp_path, rng):
     expected = make_cube(rng, shape=(6, 7, 5))
-    path = write_mat73(tmp_path / "v73.mat", {"cube": expected, "wavelengths": np.linspace(500, 900, 5)[:, None]})
+    path = write_mat73(
+        tmp_path / "v73.mat", {"cube": expected, "wavelengths": np.linspace(500, 900, 5)[:, None]}
+    )
     cube = open_cube(path)
     assert cube.format == "mat-v7.3"
     assert isinstance(cube.data, LazyArray)
@@ -131,10 +135,13 @@ def test_real_samson_needs_a_shape_and_is_column_major():
 
 
 @pytest.mark.skipif(not MUUFL.exists(), reason="shared data folder not present")
-@pytest.mark.parametrize("name, key, shape", [
-    ("an_hsi_image_sub_for_demo.mat", "hsi_img_sub", (51, 88)),
-    ("an_hsi_img_for_tgt_det_demo.mat", "hsi_sub", (36, 36)),
-])
+@pytest.mark.parametrize(
+    "name, key, shape",
+    [
+        ("an_hsi_image_sub_for_demo.mat", "hsi_img_sub", (51, 88)),
+        ("an_hsi_img_for_tgt_det_demo.mat", "hsi_sub", (36, 36)),
+    ],
+)
 def test_real_muufl_subsets(name, key, shape):
     cube = open_cube(MUUFL / name)
     assert (cube.provenance["key"], cube.shape_hw, cube.n_bands, cube.band_axis) == (key, shape, 72, 2)

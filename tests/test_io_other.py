@@ -43,7 +43,9 @@ def test_npy_fortran_order_and_band_axis_override(tmp_path, rng):
 
 def test_npy_wavelengths_from_json_sidecar(tmp_path, rng):
     np.save(tmp_path / "scene.npy", make_cube(rng, shape=(4, 5, 3)))
-    (tmp_path / "scene.json").write_text(json.dumps({"wavelengths": [0.5, 0.6, 0.7], "wavelength_units": "um"}))
+    (tmp_path / "scene.json").write_text(
+        json.dumps({"wavelengths": [0.5, 0.6, 0.7], "wavelength_units": "um"})
+    )
     np.testing.assert_allclose(open_cube(tmp_path / "scene.npy").wavelengths, [500, 600, 700])
     (tmp_path / "scene.json").write_text(json.dumps({"wavelengths": [500, 600]}))
     cube = open_cube(tmp_path / "scene.npy")
@@ -109,11 +111,15 @@ def test_png_folder_sorted_by_wavelength(tmp_path, rng, dtype):
 
 
 def test_png_folder_reads_only_the_requested_bands(tmp_path, rng, monkeypatch):
-    _write_png_folder(tmp_path / "bands", make_cube(rng, shape=(4, 4, 6), dtype=np.uint8), range(500, 560, 10))
+    _write_png_folder(
+        tmp_path / "bands", make_cube(rng, shape=(4, 4, 6), dtype=np.uint8), range(500, 560, 10)
+    )
     cube = open_cube(tmp_path / "bands")
     opened: list[str] = []
     real_open = Image.open
-    monkeypatch.setattr(Image, "open", lambda fp, *a, **k: (opened.append(Path(fp).name), real_open(fp, *a, **k))[1])
+    monkeypatch.setattr(
+        Image, "open", lambda fp, *a, **k: (opened.append(Path(fp).name), real_open(fp, *a, **k))[1]
+    )
     cube.read_bands([4, 1])
     assert sorted(opened) == ["scene_510nm.png", "scene_540nm.png"]
 
@@ -133,8 +139,15 @@ def test_axis_permuted_indexing_matches_numpy(rng):
     view = AxisPermuted(source, (2, 0, 1))
     expected = np.transpose(source, (2, 0, 1))
     assert view.shape == expected.shape and view.ndim == 3 and view.size == expected.size
-    for key in [(1,), (slice(1, 5, 2), 2), (Ellipsis, slice(None, None, -1)), ([3, 0, 3], slice(1, 3), -1), (-2, -1, 0),
-                ([], slice(1, 3)), (np.array([True, False, True, False, False, True]),)]:
+    for key in [
+        (1,),
+        (slice(1, 5, 2), 2),
+        (Ellipsis, slice(None, None, -1)),
+        ([3, 0, 3], slice(1, 3), -1),
+        (-2, -1, 0),
+        ([], slice(1, 3)),
+        (np.array([True, False, True, False, False, True]),),
+    ]:
         np.testing.assert_array_equal(view[key], expected[key])
     np.testing.assert_array_equal(np.asarray(view.transpose(1, 2, 0)), np.transpose(expected, (1, 2, 0)))
     with pytest.raises(IndexError):
@@ -157,9 +170,12 @@ def test_prefetch_rows_reads_ahead_the_byte_range_of_those_rows(tmp_path, monkey
     cube_values = np.arange(6 * 5 * 4, dtype=np.float32).reshape(6, 5, 4)
     np.save(tmp_path / "c.npy", cube_values)
     advised = []
-    monkeypatch.setattr(os, "posix_fadvise",
-                        lambda fd, offset, length, advice: advised.append((offset, length, advice)),
-                        raising=False)
+    monkeypatch.setattr(
+        os,
+        "posix_fadvise",
+        lambda fd, offset, length, advice: advised.append((offset, length, advice)),
+        raising=False,
+    )
     cube = open_cube(tmp_path / "c.npy")
     cube.prefetch_rows(slice(2, 4))
     row_bytes = 5 * 4 * 4
@@ -177,8 +193,13 @@ def test_prefetch_rows_does_nothing_where_rows_are_not_contiguous(tmp_path, monk
     np.save(tmp_path / "fortran.npy", np.asfortranarray(np.zeros((6, 5, 30), np.float32)))
     fortran = open_cube(tmp_path / "fortran.npy")
     assert not fortran.data.flags.c_contiguous
-    bands_first = Cube(np.lib.format.open_memmap(tmp_path / "bsq.npy", mode="w+", dtype=np.float32,
-                                                 shape=(30, 6, 5)), 0, None, tmp_path / "bsq.npy", "npy")
+    bands_first = Cube(
+        np.lib.format.open_memmap(tmp_path / "bsq.npy", mode="w+", dtype=np.float32, shape=(30, 6, 5)),
+        0,
+        None,
+        tmp_path / "bsq.npy",
+        "npy",
+    )
     in_memory = Cube(np.zeros((6, 5, 4), np.float32), 2, None, tmp_path / "x.npy", "npy")
     for cube in (fortran, bands_first, in_memory):
         cube.prefetch_rows(slice(0, 3))

@@ -77,8 +77,10 @@ def test_consistency_is_symmetric_zero_for_equal_and_safe_when_empty():
     assert losses.consistency_loss(a, a) == pytest.approx(0.0, abs=1e-7)
     assert losses.consistency_loss(a, b) > 0
     assert losses.consistency_loss(a, b) == pytest.approx(float(losses.consistency_loss(b, a)))
-    expected = 0.5 * (F.kl_div(b, a, log_target=True, reduction="batchmean")
-                      + F.kl_div(a, b, log_target=True, reduction="batchmean"))
+    expected = 0.5 * (
+        F.kl_div(b, a, log_target=True, reduction="batchmean")
+        + F.kl_div(a, b, log_target=True, reduction="batchmean")
+    )
     assert losses.consistency_loss(a, b) == pytest.approx(float(expected), rel=1e-5)
     empty = torch.zeros(0, 3)
     assert losses.consistency_loss(empty, empty) == 0.0
@@ -117,8 +119,9 @@ def test_floored_usage_target_raises_small_shares_and_keeps_large_ones_proportio
     assert float(target[0]) == pytest.approx(1 - 2 * floor)
     balanced = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
     torch.testing.assert_close(losses.floored_usage_target(balanced, 0.5), balanced)
-    torch.testing.assert_close(losses.floored_usage_target(usage, 1.0),
-                               torch.full((3,), 1 / 3, dtype=torch.float64))
+    torch.testing.assert_close(
+        losses.floored_usage_target(usage, 1.0), torch.full((3,), 1 / 3, dtype=torch.float64)
+    )
 
 
 def test_floored_usage_target_lifts_a_share_pushed_under_the_floor_by_rescaling():

@@ -9,8 +9,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_dgc.errors import MaskError
 from napari_dgc.analysis.masks import Mask, match_masks, parse_legend, read_mask
+from napari_dgc.errors import MaskError
 
 MASK = np.array([[0, 0, 1], [0, 1, 1], [255, 1, 2]], dtype=np.uint8)
 
@@ -71,10 +71,14 @@ def test_fractional_mask_is_refused():
 
 
 def labelme_file(path, height=6, width=8, shapes=None):
-    shapes = shapes if shapes is not None else [
-        {"label": "tissue", "points": [[1, 1], [6, 1], [6, 4], [1, 4]], "shape_type": "polygon"},
-        {"label": "Lesion", "points": [[2, 2], [3, 3]], "shape_type": "rectangle"},
-    ]
+    shapes = (
+        shapes
+        if shapes is not None
+        else [
+            {"label": "tissue", "points": [[1, 1], [6, 1], [6, 4], [1, 4]], "shape_type": "polygon"},
+            {"label": "Lesion", "points": [[2, 2], [3, 3]], "shape_type": "rectangle"},
+        ]
+    )
     path.write_text(json.dumps({"imageHeight": height, "imageWidth": width, "shapes": shapes}))
     return path
 
@@ -95,7 +99,9 @@ def test_labelme_for_another_image_size_is_refused(tmp_path):
 
 
 def test_labelme_unknown_label_and_shape_type_are_refused(tmp_path):
-    unknown = labelme_file(tmp_path / "a.json", shapes=[{"label": "stem", "points": [[0, 0], [2, 0], [2, 2]]}])
+    unknown = labelme_file(
+        tmp_path / "a.json", shapes=[{"label": "stem", "points": [[0, 0], [2, 0], [2, 2]]}]
+    )
     with pytest.raises(MaskError, match="'stem'"):
         read_mask(unknown)
     circle = labelme_file(

@@ -9,13 +9,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_dgc.model import meanshift as _meanshift, network as model_module
-from napari_dgc.model.meanshift import _neighbour_mask, _offsets, mean_shift
 from napari_dgc.config import ModelConfig
+from napari_dgc.model import meanshift as _meanshift
+from napari_dgc.model import network as model_module
+from napari_dgc.model.meanshift import _neighbour_mask, _offsets, mean_shift
 from napari_dgc.model.network import DGCModel
 
-SMALL = ModelConfig(n_clusters=3, embed_dim=8, spectral_channels=4, spectral_bands=8,
-                    meanshift_iters=2)
+SMALL = ModelConfig(n_clusters=3, embed_dim=8, spectral_channels=4, spectral_bands=8, meanshift_iters=2)
 
 
 def _reference_mean_shift(z, bandwidth, iterations, radius, valid=None):
@@ -27,9 +27,12 @@ def _reference_mean_shift(z, bandwidth, iterations, radius, valid=None):
     ok = _neighbour_mask(valid.to(z.dtype), radius)
     for _ in range(iterations):
         padded = F.pad(z, (radius,) * 4)
-        neighbours = torch.stack([padded[:, :, radius + dy : radius + dy + height,
-                                         radius + dx : radius + dx + width]
-                                  for dy, dx in _offsets(radius)])
+        neighbours = torch.stack(
+            [
+                padded[:, :, radius + dy : radius + dy + height, radius + dx : radius + dx + width]
+                for dy, dx in _offsets(radius)
+            ]
+        )
         centre = len(neighbours) // 2
         dots = (neighbours * z).sum(dim=2)
         dots = torch.cat([dots[:centre], torch.ones_like(dots[:1]), dots[centre + 1 :]])
@@ -102,8 +105,9 @@ def test_worker_threads_leave_the_thread_settings_alone(two_threads):
 
 
 @pytest.mark.parametrize("shift", [-2, 0, 3])
-@pytest.mark.parametrize("settings", [{"brightness_norm": True}, {"brightness_norm": False},
-                                      {"spectral_bands": None}])
+@pytest.mark.parametrize(
+    "settings", [{"brightness_norm": True}, {"brightness_norm": False}, {"spectral_bands": None}]
+)
 def test_spectral_input_folds_normalisation_shift_and_resampling(shift, settings):
     torch.manual_seed(5)
     model = DGCModel(12, ModelConfig(**{**SMALL.to_dict(), **settings}))
@@ -187,5 +191,9 @@ def test_normalising_inside_the_mean_shift_equals_f_normalize_first(monkeypatch,
     for fused, separate in zip(*results):
         torch.testing.assert_close(fused, separate, rtol=1e-10, atol=1e-12)
     with torch.no_grad():
-        torch.testing.assert_close(mean_shift(features, bandwidth, iterations, 2, normalize=True),
-                                   results[1][0].detach(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(
+            mean_shift(features, bandwidth, iterations, 2, normalize=True),
+            results[1][0].detach(),
+            rtol=1e-10,
+            atol=1e-12,
+        )

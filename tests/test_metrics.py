@@ -51,9 +51,7 @@ def test_variation_of_information_hand_computed():
     assert metrics.variation_of_information(first, np.zeros(4, int)) == pytest.approx(np.log(2))
     assert metrics.variation_of_information(first, first + 5) == pytest.approx(0.0)
     # Independent halves: A = {0,0,1,1}, B = {0,1,0,1}: H(A)=H(B)=log 2, MI=0 -> 2 log 2.
-    assert metrics.variation_of_information(first, np.array([0, 1, 0, 1])) == pytest.approx(
-        2 * np.log(2)
-    )
+    assert metrics.variation_of_information(first, np.array([0, 1, 0, 1])) == pytest.approx(2 * np.log(2))
 
 
 def test_variation_of_information_from_sklearn_entropies(random_pairs):
@@ -62,9 +60,7 @@ def test_variation_of_information_from_sklearn_entropies(random_pairs):
         entropies = skm.mutual_info_score(first.ravel(), first.ravel()) + skm.mutual_info_score(
             second.ravel(), second.ravel()
         )
-        assert metrics.variation_of_information(first, second) == pytest.approx(
-            entropies - 2 * mi, abs=1e-12
-        )
+        assert metrics.variation_of_information(first, second) == pytest.approx(entropies - 2 * mi, abs=1e-12)
 
 
 def test_confusion_matrix_matches_sklearn_and_ignores(rng):
@@ -180,7 +176,8 @@ def test_calinski_harabasz_matches_sklearn_and_handles_degenerate_partitions(rng
     labels = rng.integers(0, 4, 300) * 7  # ids need not be 0..k-1
     features[labels == 7] += 3.0
     assert calinski_harabasz(features, labels) == pytest.approx(
-        skm.calinski_harabasz_score(features, labels), rel=1e-10)
+        skm.calinski_harabasz_score(features, labels), rel=1e-10
+    )
     separated = calinski_harabasz(features, labels)
     assert separated > calinski_harabasz(features, rng.permutation(labels))
     assert calinski_harabasz(features, np.zeros(300)) == 0.0  # one cluster separates nothing

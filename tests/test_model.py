@@ -9,15 +9,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_dgc.model import meanshift as _meanshift, network as model_module
-from napari_dgc.model.meanshift import mean_shift
-from napari_dgc.errors import ConfigError
 from napari_dgc.config import ModelConfig
+from napari_dgc.errors import ConfigError
+from napari_dgc.model import meanshift as _meanshift
+from napari_dgc.model import network as model_module
 from napari_dgc.model.band_convolution import band_convolution, box_resampling_matrix, position_blocks
+from napari_dgc.model.meanshift import mean_shift
 from napari_dgc.model.network import DGCModel
 
-SMALL = ModelConfig(n_clusters=3, embed_dim=8, spectral_channels=4, spectral_bands=8,
-                    meanshift_iters=2)
+SMALL = ModelConfig(n_clusters=3, embed_dim=8, spectral_channels=4, spectral_bands=8, meanshift_iters=2)
 
 
 def _model(n_bands: int = 12, config: ModelConfig = SMALL, seed: int = 0) -> DGCModel:
@@ -107,8 +107,9 @@ def test_mean_shift_compiled_cpu_path_equals_the_autograd_path(monkeypatch, mask
     z, bandwidth, valid, expected = _mean_shift_with_and_without_gradients(masked)
     compiled = []
     original = _meanshift._mean_shift_compiled
-    monkeypatch.setattr(_meanshift, "_mean_shift_compiled",
-                        lambda *args: compiled.append(1) or original(*args))
+    monkeypatch.setattr(
+        _meanshift, "_mean_shift_compiled", lambda *args: compiled.append(1) or original(*args)
+    )
     with torch.inference_mode():
         fast = mean_shift(z, bandwidth, 3, 2, valid)
     assert compiled  # float32 on the CPU takes the compiled kernel
@@ -220,7 +221,8 @@ def test_data_initialisation_centres_and_scales_every_convolution():
     # Pixels now differ in direction: the cosine between embeddings spreads out.
     after = model.embed(x)
     assert (after.flatten(2) - after.flatten(2).mean(-1, keepdim=True)).norm() > 3 * (
-        before.flatten(2) - before.flatten(2).mean(-1, keepdim=True)).norm()
+        before.flatten(2) - before.flatten(2).mean(-1, keepdim=True)
+    ).norm()
 
 
 def test_data_initialisation_keeps_the_scale_of_channels_that_do_not_vary():
@@ -232,9 +234,17 @@ def test_data_initialisation_keeps_the_scale_of_channels_that_do_not_vary():
     assert torch.isfinite(model.embed(torch.rand(1, 12, 8, 8))).all()
 
 
-@pytest.mark.parametrize("settings", [{"n_clusters": 1}, {"n_clusters": 65}, {"meanshift_window": 4},
-                                      {"temperature": 0.0}, {"spectral_kernel": 0},
-                                      {"spatial_init": "zeros"}])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"n_clusters": 1},
+        {"n_clusters": 65},
+        {"meanshift_window": 4},
+        {"temperature": 0.0},
+        {"spectral_kernel": 0},
+        {"spatial_init": "zeros"},
+    ],
+)
 def test_bad_model_settings_raise_config_error(settings):
     with pytest.raises(ConfigError):
         ModelConfig(**settings)
@@ -251,8 +261,10 @@ def test_wrong_band_count_raises():
 
 
 @pytest.mark.parametrize("n_blocks", [1, 3, 4, 100])
-@pytest.mark.parametrize("config", [ModelConfig(), ModelConfig(spectral_stride=1, spectral_kernel=5,
-                                                               spectral_layers=2, embed_dim=6)])
+@pytest.mark.parametrize(
+    "config",
+    [ModelConfig(), ModelConfig(spectral_stride=1, spectral_kernel=5, spectral_layers=2, embed_dim=6)],
+)
 def test_position_blocked_spectral_stage_equals_conv1d(monkeypatch, n_blocks, config):
     monkeypatch.setattr(model_module, "INFERENCE_POSITION_BLOCKS", n_blocks)
     monkeypatch.setattr(model_module, "SPECTRAL_CHUNK_PIXELS", 13)  # ragged last chunk
@@ -271,8 +283,7 @@ def test_position_blocks_read_only_the_positions_their_kernels_reach():
     reached = [(rows.start // 2, rows.stop // 2) for rows, _, _, _ in blocks]
     # output positions 0-3 read inputs 0..10, 4-7 read 4..18, 8-11 read 12..26, 12-15 read 20..31
     assert reached == [(0, 11), (4, 19), (12, 27), (20, 32)]
-    assert [cols for _, cols, _, _ in blocks] == [slice(0, 12), slice(12, 24), slice(24, 36),
-                                                   slice(36, 48)]
+    assert [cols for _, cols, _, _ in blocks] == [slice(0, 12), slice(12, 24), slice(24, 36), slice(36, 48)]
 
 
 @pytest.mark.parametrize("brightness_norm", [True, False])
@@ -302,9 +313,14 @@ def test_bin_windows_product_handles_any_matrix():
     assert windows[1].shape == (6, 32)  # longest run 18 -> two 16-band steps
     offset = rng.standard_normal(6).astype(np.float32)
     product = raw.astype(np.float64) @ matrix
-    np.testing.assert_allclose(spectral_input_cpu(raw, windows, offset, 1e-6, False),
-                               product - offset, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        spectral_input_cpu(raw, windows, offset, 1e-6, False), product - offset, rtol=1e-5, atol=1e-5
+    )
     brightness = raw.mean(axis=1, keepdims=True)
-    np.testing.assert_allclose(spectral_input_cpu(raw, windows, offset, 1e-6, True),
-                               product / brightness - offset, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        spectral_input_cpu(raw, windows, offset, 1e-6, True),
+        product / brightness - offset,
+        rtol=1e-5,
+        atol=1e-5,
+    )
     assert bin_windows(matrix[:12, :1]) is None  # a 16-band window does not fit in 12 rows

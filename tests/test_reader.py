@@ -24,13 +24,17 @@ WAVELENGTHS = np.arange(400.0, 1000.0, 30.0)  # 20 bands
 
 @pytest.fixture
 def envi_header(tmp_path, rng) -> Path:
-    return write_envi(tmp_path, make_cube(rng, shape=(8, 9, 20)), interleave="bil", wavelengths=WAVELENGTHS)[0]
+    return write_envi(tmp_path, make_cube(rng, shape=(8, 9, 20)), interleave="bil", wavelengths=WAVELENGTHS)[
+        0
+    ]
 
 
 def test_manifest_passes_npe2_validate():
     result = subprocess.run(
         [sys.executable, "-m", "npe2", "validate", str(ROOT / "napari.yaml")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -44,7 +48,19 @@ def test_manifest_reader_points_here_and_lists_every_format():
     module, name = command.python_name.split(":")
     assert getattr(import_module(module), name) is napari_get_reader
     assert reader.accepts_directories
-    for pattern in ["*.hdr", "*.raw", "*.img", "*.dat", "*.bil", "*.bsq", "*.bip", "*.mat", "*.npy", "*.tif", "*.tiff"]:
+    for pattern in [
+        "*.hdr",
+        "*.raw",
+        "*.img",
+        "*.dat",
+        "*.bil",
+        "*.bsq",
+        "*.bip",
+        "*.mat",
+        "*.npy",
+        "*.tif",
+        "*.tiff",
+    ]:
         assert pattern in reader.filename_patterns
 
 
@@ -56,7 +72,11 @@ def test_layer_data_cube_and_pseudo_rgb(envi_header):
     assert cube_kwargs["name"] == "scene" and cube_kwargs["visible"] is False
     metadata = cube_kwargs["metadata"]
     np.testing.assert_allclose(metadata["wavelengths"], WAVELENGTHS)
-    assert (metadata["dgc_cube_path"], metadata["dgc_band_axis"], metadata["dgc_format"]) == (str(envi_header), 0, "envi")
+    assert (metadata["dgc_cube_path"], metadata["dgc_band_axis"], metadata["dgc_format"]) == (
+        str(envi_header),
+        0,
+        "envi",
+    )
     assert rgb.shape == (8, 9, 3) and rgb_kwargs["rgb"] is True
     assert rgb_kwargs["name"] == "scene (pseudo-RGB)"
     assert rgb_kwargs["metadata"]["dgc_cube_layer"] == "scene"
@@ -74,7 +94,14 @@ def test_reader_accepts_every_format(tmp_path, rng, envi_header):
     for band in range(3):
         Image.fromarray(np.full((4, 5), band, np.uint8)).save(folder / f"s_{500 + band}nm.png")
     data_file = envi_header.with_suffix(".raw")
-    for path in [envi_header, data_file, tmp_path / "cube.npy", tmp_path / "cube.mat", tmp_path / "cube.tif", folder]:
+    for path in [
+        envi_header,
+        data_file,
+        tmp_path / "cube.npy",
+        tmp_path / "cube.mat",
+        tmp_path / "cube.tif",
+        folder,
+    ]:
         reader = napari_get_reader(str(path))
         assert callable(reader), path
         layers = reader(str(path))
@@ -93,7 +120,16 @@ def test_reader_declines_files_it_does_not_handle(tmp_path):
     plain_folder = tmp_path / "plain"
     plain_folder.mkdir()
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(plain_folder / "image.png")
-    names = ["photo.png", "gray.tif", "rgb.tif", "image.npy", "notes.txt", "orphan.raw", "analyze.hdr", "plain"]
+    names = [
+        "photo.png",
+        "gray.tif",
+        "rgb.tif",
+        "image.npy",
+        "notes.txt",
+        "orphan.raw",
+        "analyze.hdr",
+        "plain",
+    ]
     for name in names:
         assert napari_get_reader(str(tmp_path / name)) is None, name
     assert napari_get_reader([str(tmp_path / "gray.tif"), str(tmp_path / "image.npy")]) is None

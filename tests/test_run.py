@@ -14,11 +14,10 @@ import pytest
 import torch
 
 from napari_dgc import atomic
+from napari_dgc.config import ModelConfig, TrainConfig
 from napari_dgc.errors import CheckpointError
-from napari_dgc.config import ModelConfig
 from napari_dgc.model.network import DGCModel
 from napari_dgc.run_folder import CheckpointInfo, RunDirectory
-from napari_dgc.config import TrainConfig
 
 N_BANDS = 12
 
@@ -70,8 +69,12 @@ def save(
     model = DGCModel(N_BANDS, run.config.model)
     optimizer, state = train_state(model, seed)
     run.save_checkpoint(
-        step, model.state_dict(), optimizer.state_dict(), state,
-        {"loss": np.float32(0.5), "active_clusters": 3}, **where,
+        step,
+        model.state_dict(),
+        optimizer.state_dict(),
+        state,
+        {"loss": np.float32(0.5), "active_clusters": 3},
+        **where,
     )
     return model, optimizer, state
 
@@ -114,12 +117,13 @@ def test_ensure_compatible(run, config):
 
 def test_checkpoint_round_trip_resumes_identically(run):
     model, optimizer, state = save(run, 100, seed=1)
-    assert run.checkpoints() == [
-        CheckpointInfo("step-000100", 100, {"loss": 0.5, "active_clusters": 3})
-    ]
+    assert run.checkpoints() == [CheckpointInfo("step-000100", 100, {"loss": 0.5, "active_clusters": 3})]
     folder = run.path / "checkpoints" / "step-000100"
     assert {p.name for p in folder.iterdir()} == {
-        "model.safetensors", "optimizer.safetensors", "training.safetensors", "state.json"
+        "model.safetensors",
+        "optimizer.safetensors",
+        "training.safetensors",
+        "state.json",
     }
     model_state, optimizer_state, training_state = run.load_checkpoint_state("step-000100")
     for name, tensor in model.state_dict().items():
@@ -166,7 +170,10 @@ def test_starts_are_listed_in_training_order_and_the_selected_one_is_the_latest(
     save(run, 2, seed=3, start=2, run_step=6)
     reopened = RunDirectory.open(run.path)
     assert [(c.checkpoint_id, c.start, c.run_step) for c in reopened.checkpoints()] == [
-        ("step-000002", 0, 2), ("start1-step-000002", 1, 4), ("start2-step-000002", 2, 6)]
+        ("step-000002", 0, 2),
+        ("start1-step-000002", 1, 4),
+        ("start2-step-000002", 2, 6),
+    ]
     assert reopened.latest_checkpoint().checkpoint_id == "start2-step-000002"
     assert reopened.selected_start is None and reopened.start_separations is None
     with pytest.raises(CheckpointError, match="start 3 has no checkpoint"):
@@ -179,7 +186,9 @@ def test_starts_are_listed_in_training_order_and_the_selected_one_is_the_latest(
     torch.testing.assert_close(reopened.load_model().embed(x), second.eval().embed(x))
     save(run, 3, seed=4, start=1, run_step=7)
     assert [c.checkpoint_id for c in reopened.checkpoints(start=1)] == [
-        "start1-step-000002", "start1-step-000003"]
+        "start1-step-000002",
+        "start1-step-000003",
+    ]
     assert reopened.latest_checkpoint().checkpoint_id == "start1-step-000003"
     manifest = json.loads(run.manifest_path.read_text())
     for key, bad in [("selected_start", "1"), ("start_separations", 3.0)]:
@@ -281,11 +290,11 @@ def test_full_disk_at_any_write_keeps_previous_checkpoints(run, monkeypatch):
         calls = 0
 
         @contextmanager
-        def failing_open(path, mode="wb"):
+        def failing_open(path, mode="wb", fail_at=k):
             nonlocal calls
             calls += 1
             with original_open(path, mode) as handle:
-                if calls == k:
+                if calls == fail_at:
                     handle.write(b"\0" * 7 if "b" in mode else "partial")
                     raise OSError(errno.ENOSPC, "No space left on device")
                 yield handle
@@ -319,7 +328,7 @@ def test_live_reader_sees_run_grow_while_choose_and_save_interleave(run):
             try:
                 seen.append(len(viewer.checkpoints()))
                 viewer.choose("step-000100")
-            except BaseException as error:  # noqa: BLE001 - any failure fails the test
+            except BaseException as error:
                 errors.append(error)
                 return
 

@@ -15,8 +15,8 @@ from napari_dgc._sample_data import (
     resource_path,
     synthetic_leaf_sample,
 )
-from napari_dgc.io import open_cube
 from napari_dgc.datasets.synthetic import make_leaf_scene
+from napari_dgc.io import open_cube
 
 
 def test_resource_path_finds_bundled_files():

@@ -7,7 +7,7 @@ import pytest
 
 from napari_dgc.errors import ConfigError, CubeFormatError
 from napari_dgc.training.normalization import compute_band_statistics
-from napari_dgc.training.sampling import SampledCube, PairStream, gather_pair, match_pixels, open_sources
+from napari_dgc.training.sampling import PairStream, SampledCube, gather_pair, match_pixels, open_sources
 
 
 def coordinate_cube(rows: int = 50, cols: int = 60) -> np.ndarray:

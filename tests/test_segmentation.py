@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from napari_dgc.inference import segmentation
-from napari_dgc.errors import ConfigError
-from napari_dgc.io import open_cube
 from napari_dgc.config import ModelConfig
-from napari_dgc.model.network import DGCModel
+from napari_dgc.errors import ConfigError
+from napari_dgc.inference import segmentation
 from napari_dgc.inference.segmentation import (
     segment_array,
     segment_cube,
     spectral_input_fingerprint,
     tile_windows,
 )
+from napari_dgc.io import open_cube
+from napari_dgc.model.network import DGCModel
 
 N_BANDS = 20
 
@@ -44,8 +44,7 @@ def cube_array() -> np.ndarray:
 
 
 def test_whole_image_pass_equals_the_model(model, cube_array):
-    whole = segment_cube(model, cube_array, tile=1000, return_probabilities=True,
-                         return_embeddings=True)
+    whole = segment_cube(model, cube_array, tile=1000, return_probabilities=True, return_embeddings=True)
     x = torch.from_numpy(cube_array).permute(2, 0, 1)[None]
     with torch.no_grad():
         z, p = model(x)
@@ -57,10 +56,8 @@ def test_whole_image_pass_equals_the_model(model, cube_array):
 
 @pytest.mark.parametrize("tile", [32, 17])
 def test_tiled_equals_whole(model, cube_array, tile):
-    whole = segment_cube(model, cube_array, tile=1000, return_probabilities=True,
-                         return_embeddings=True)
-    tiled = segment_cube(model, cube_array, tile=tile, return_probabilities=True,
-                         return_embeddings=True)
+    whole = segment_cube(model, cube_array, tile=1000, return_probabilities=True, return_embeddings=True)
+    tiled = segment_cube(model, cube_array, tile=tile, return_probabilities=True, return_embeddings=True)
     assert np.array_equal(tiled.labels, whole.labels)
     np.testing.assert_allclose(tiled.probabilities, whole.probabilities, atol=1e-5)
     np.testing.assert_allclose(tiled.embeddings, whole.embeddings, atol=1e-5)
@@ -78,8 +75,9 @@ def test_memory_mapped_cube_and_progress(model, cube_array, tmp_path):
     path = tmp_path / "cube.npy"
     np.save(path, cube_array)
     calls = []
-    from_file = segment_cube(model, open_cube(path), tile=40,
-                             progress=lambda done, total: calls.append((done, total)))
+    from_file = segment_cube(
+        model, open_cube(path), tile=40, progress=lambda done, total: calls.append((done, total))
+    )
     assert calls == [(i, 6) for i in range(1, 7)]  # 2 x 3 tiles of 40 px over 70 x 90
     np.testing.assert_array_equal(from_file.labels, segment_array(model, cube_array).labels)
     assert from_file.probabilities is None and from_file.embeddings is None
@@ -117,8 +115,9 @@ def test_parallel_tiles_equal_the_serial_pass(model, cube_array, tile):
     options = dict(tile=tile, return_probabilities=True, return_embeddings=True)
     serial = segment_cube(model, cube_array, workers=1, **options)
     calls = []
-    parallel = segment_cube(model, cube_array, workers=3,
-                            progress=lambda done, total: calls.append((done, total)), **options)
+    parallel = segment_cube(
+        model, cube_array, workers=3, progress=lambda done, total: calls.append((done, total)), **options
+    )
     np.testing.assert_array_equal(parallel.labels, serial.labels)
     np.testing.assert_array_equal(parallel.probabilities, serial.probabilities)
     np.testing.assert_array_equal(parallel.embeddings, serial.embeddings)
@@ -217,8 +216,7 @@ def test_spectral_input_fingerprint(resampling_model, model):
 
 
 def test_spectral_input_of_another_normalisation_is_refused(resampling_model, model, cube_array):
-    prepared = segment_cube(resampling_model, cube_array[:20, :20],
-                            return_spectral_input=True).spectral_input
+    prepared = segment_cube(resampling_model, cube_array[:20, :20], return_spectral_input=True).spectral_input
     with pytest.raises(ConfigError, match="another normalisation"):
         segment_cube(model, prepared)
     with pytest.raises(ConfigError, match="workers must be at least 1"):
@@ -227,8 +225,7 @@ def test_spectral_input_of_another_normalisation_is_refused(resampling_model, mo
 
 def test_tiles_go_to_the_models_device_and_another_device_is_refused(model, cube_array):
     default = segment_cube(model, cube_array[:20, :20]).labels
-    np.testing.assert_array_equal(segment_cube(model, cube_array[:20, :20], device="cpu").labels,
-                                  default)
+    np.testing.assert_array_equal(segment_cube(model, cube_array[:20, :20], device="cpu").labels, default)
     with pytest.raises(ConfigError, match="the model is on cpu but device 'meta' was asked for"):
         segment_cube(model, cube_array[:20, :20], device="meta")
 
@@ -240,9 +237,11 @@ def test_raw_spectra_are_read_in_row_strips(model, cube_array, tmp_path, monkeyp
     cube = open_cube(path)
     read_heights = []
     read_window = cube.read_window
-    monkeypatch.setattr(cube, "read_window",
-                        lambda rows, cols: read_heights.append(rows.stop - rows.start)
-                        or read_window(rows, cols))
+    monkeypatch.setattr(
+        cube,
+        "read_window",
+        lambda rows, cols: read_heights.append(rows.stop - rows.start) or read_window(rows, cols),
+    )
     # 3 rows of the widest window (32 + 2 halos) x 20 bands x 4 bytes: 3-4 rows per strip.
     widest = 32 + 2 * model.receptive_radius
     monkeypatch.setattr(segmentation, "STRIP_BYTES", 3 * widest * N_BANDS * 4)
@@ -264,5 +263,6 @@ def test_the_next_tiles_rows_are_prefetched(model, cube_array, tmp_path, monkeyp
     windows = list(tile_windows((70, 90), 32, model.receptive_radius))
     # every window but the first is announced before it starts
     assert {(rows.start, rows.stop) for rows in prefetched} == {
-        (rows.start, rows.stop) for rows, _, _, _ in windows[1:]}
+        (rows.start, rows.stop) for rows, _, _, _ in windows[1:]
+    }
     assert np.array_equal(result.labels, segment_cube(model, cube_array, tile=32).labels)

@@ -8,8 +8,6 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_dgc.errors import ConfigError, DGCError
-from napari_dgc.io import open_cube
 from napari_dgc.datasets.synthetic import (
     BACKGROUND,
     CLASS_NAMES,
@@ -20,6 +18,8 @@ from napari_dgc.datasets.synthetic import (
     make_leaf_scene,
     save_scene_npy,
 )
+from napari_dgc.errors import ConfigError, DGCError
+from napari_dgc.io import open_cube
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +164,9 @@ def test_kmeans_cannot_separate_background_and_tissue_perfectly(default_scene):
     scores = {}
     for name, features in (("raw", spectra), ("l2", unit)):
         clusters = KMeans(n_clusters=2, n_init=3, random_state=0).fit_predict(features)
-        scores[name] = _background_tissue_iou(clusters.reshape(default_scene.labels.shape) == 1, default_scene.labels)
+        scores[name] = _background_tissue_iou(
+            clusters.reshape(default_scene.labels.shape) == 1, default_scene.labels
+        )
     assert 0.8 < scores["raw"] < 0.95, scores
     assert 0.8 < scores["l2"] < 0.98, scores
 
@@ -183,7 +185,11 @@ def test_ndvi_separates_healthy_tissue_from_background(default_scene):
 def test_save_scene_npy_round_trip(tmp_path):
     scene = make_leaf_scene(20, 24, 9, seed=1)
     paths = save_scene_npy(scene, tmp_path / "out", stem="leaf_01")
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"leaf_01.npy", "leaf_01_labels.npy", "leaf_01.json"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "leaf_01.npy",
+        "leaf_01_labels.npy",
+        "leaf_01.json",
+    }
     np.testing.assert_array_equal(np.load(paths["cube"]), scene.cube)
     np.testing.assert_array_equal(np.load(paths["labels"]), scene.labels)
     sidecar = json.loads(paths["metadata"].read_text())

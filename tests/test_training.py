@@ -7,24 +7,31 @@ import json
 import numpy as np
 import pytest
 import torch
-
-from napari_dgc.errors import CheckpointError, ConfigError, CubeFormatError
-from napari_dgc.config import ModelConfig
-from napari_dgc.run_folder import RunDirectory
-from napari_dgc.config import TrainConfig
-from napari_dgc.training.events import CheckpointEvent, FinishedEvent, LOSS_TERMS, ProgressEvent
-from napari_dgc.training.loop import train
 from _training_helpers import configured
-from napari_dgc.training.trainer import schedule_value, Trainer
 
-TINY_MODEL = ModelConfig(n_clusters=2, embed_dim=8, spectral_channels=4, spectral_bands=8,
-                         meanshift_iters=2)
+from napari_dgc.config import ModelConfig, TrainConfig
+from napari_dgc.errors import CheckpointError, ConfigError, CubeFormatError
+from napari_dgc.run_folder import RunDirectory
+from napari_dgc.training.events import LOSS_TERMS, CheckpointEvent, FinishedEvent, ProgressEvent
+from napari_dgc.training.loop import train
+from napari_dgc.training.trainer import Trainer, schedule_value
+
+TINY_MODEL = ModelConfig(n_clusters=2, embed_dim=8, spectral_channels=4, spectral_bands=8, meanshift_iters=2)
 
 
 def tiny_config(**overrides) -> TrainConfig:
     """One start unless ``restarts`` is given (the start selection has tests of its own)."""
-    settings = dict(model=TINY_MODEL, steps=6, checkpoint_every=3, data__crop_size=12, data__batch_size=2,
-                    data__pairs_per_cube=2, device="cpu", seed=3, starts__count=1)
+    settings = dict(
+        model=TINY_MODEL,
+        steps=6,
+        checkpoint_every=3,
+        data__crop_size=12,
+        data__batch_size=2,
+        data__pairs_per_cube=2,
+        device="cpu",
+        seed=3,
+        starts__count=1,
+    )
     settings.update(overrides)
     return configured(**settings)
 
@@ -51,7 +58,9 @@ def test_events_come_in_order_with_all_loss_terms(cubes, tmp_path):
     assert progress[0].total_steps == 6 and progress[0].learning_rate == pytest.approx(1e-3)
     assert 1 <= progress[-1].active_clusters <= 2
     assert [e.checkpoint_id for e in events if isinstance(e, CheckpointEvent)] == [
-        "step-000003", "step-000006"]
+        "step-000003",
+        "step-000006",
+    ]
     assert isinstance(events[-1], FinishedEvent) and events[-1].step == 6
     run = RunDirectory.open(tmp_path / "run")
     assert [c.step for c in run.checkpoints()] == [3, 6]
@@ -61,7 +70,11 @@ def test_events_come_in_order_with_all_loss_terms(cubes, tmp_path):
 
 
 def _weights(path) -> dict:
-    return RunDirectory.open(path).load_model(RunDirectory.open(path).latest_checkpoint().checkpoint_id).state_dict()
+    return (
+        RunDirectory.open(path)
+        .load_model(RunDirectory.open(path).latest_checkpoint().checkpoint_id)
+        .state_dict()
+    )
 
 
 def test_stopped_and_resumed_run_ends_with_the_uninterrupted_weights(cubes, tmp_path):
@@ -107,8 +120,16 @@ def _trainer(cubes, **overrides) -> Trainer:
 
 
 def test_dead_cluster_is_kicked_and_live_one_follows_the_ema(cubes):
-    trainer = _trainer(cubes, centroids__kick=0.05, centroids__dead_threshold=0.01, centroids__ema_decay=0.9, centroids__dead_policy="kick")
-    centroids = torch.nn.functional.normalize(torch.tensor([[1.0] + [0.0] * 7, [0.0, 1.0] + [0.0] * 6]), dim=1)
+    trainer = _trainer(
+        cubes,
+        centroids__kick=0.05,
+        centroids__dead_threshold=0.01,
+        centroids__ema_decay=0.9,
+        centroids__dead_policy="kick",
+    )
+    centroids = torch.nn.functional.normalize(
+        torch.tensor([[1.0] + [0.0] * 7, [0.0, 1.0] + [0.0] * 6]), dim=1
+    )
     trainer.model.centroids.copy_(centroids)
     z = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 1.0] + [0.0] * 5] * 100), dim=1)
     p = torch.zeros(100, 2)
@@ -131,7 +152,9 @@ def test_no_kick_when_every_cluster_has_mass(cubes):
 
 
 def test_dead_cluster_is_reseeded_at_a_poorly_explained_embedding(cubes):
-    trainer = _trainer(cubes, centroids__dead_threshold=0.01, centroids__ema_decay=0.9, centroids__dead_policy="reseed")
+    trainer = _trainer(
+        cubes, centroids__dead_threshold=0.01, centroids__ema_decay=0.9, centroids__dead_policy="reseed"
+    )
     basis = torch.eye(8)
     trainer.model.centroids.copy_(basis[:2])
     # 99 pixels sit on the live centroid 0, one far from it; cluster 1 holds no mass.
@@ -141,8 +164,9 @@ def test_dead_cluster_is_reseeded_at_a_poorly_explained_embedding(cubes):
     trainer._update_centroids(z, p)
     torch.testing.assert_close(trainer.model.centroids[1], basis[3])
     mean = torch.nn.functional.normalize(99 * basis[0] + basis[3], dim=0)
-    torch.testing.assert_close(trainer.model.centroids[0],
-                               torch.nn.functional.normalize(0.9 * basis[0] + 0.1 * mean, dim=0))
+    torch.testing.assert_close(
+        trainer.model.centroids[0], torch.nn.functional.normalize(0.9 * basis[0] + 0.1 * mean, dim=0)
+    )
 
 
 def test_kmeans_init_puts_centroids_on_the_data(cubes):
@@ -150,7 +174,8 @@ def test_kmeans_init_puts_centroids_on_the_data(cubes):
 
     basis = torch.eye(8)
     z = torch.nn.functional.normalize(
-        torch.cat([basis[0] + 0.05 * torch.randn(60, 8), basis[5] + 0.05 * torch.randn(40, 8)]), dim=1)
+        torch.cat([basis[0] + 0.05 * torch.randn(60, 8), basis[5] + 0.05 * torch.randn(40, 8)]), dim=1
+    )
     centroids = spherical_kmeans(z, 2, np.random.default_rng(0))
     assert sorted((centroids @ basis[[0, 5]].T).argmax(dim=1).tolist()) == [0, 1]
     assert float((centroids @ basis[[0, 5]].T).max(dim=1).values.min()) > 0.95
@@ -163,8 +188,9 @@ def test_kmeans_init_puts_centroids_on_the_data(cubes):
 def test_centroid_fit_runs_once_at_its_step(cubes, monkeypatch):
     trainer = _trainer(cubes, centroids__fit_step=2, centroids__fit_inits=3)
     calls = []
-    monkeypatch.setattr(trainer, "_fit_centroids",
-                        lambda pairs, inits: calls.append((trainer.step_count, inits)))
+    monkeypatch.setattr(
+        trainer, "_fit_centroids", lambda pairs, inits: calls.append((trainer.step_count, inits))
+    )
     for _ in range(5):
         trainer.step()
     assert calls == [(2, 3)]
@@ -196,24 +222,30 @@ def test_restarts_continue_the_start_that_separates_the_spectra_best(cubes, tmp_
     _scripted_separation(monkeypatch, [1.0, 5.0, 2.0])
     config = tiny_config(starts__count=3, starts__steps=4, checkpoint_every=3)
     events = list(train(cubes, config, tmp_path / "run"))
-    progress = [(e.start, e.step, e.run_step, e.run_total_steps) for e in events
-                if isinstance(e, ProgressEvent)]
+    progress = [
+        (e.start, e.step, e.run_step, e.run_total_steps) for e in events if isinstance(e, ProgressEvent)
+    ]
     selection = [(start, step) for start in range(3) for step in range(1, 5)]
     assert [p[:2] for p in progress] == selection + [(1, 5), (1, 6)]
     assert [p[2] for p in progress] == list(range(1, 15))
     assert {p[3] for p in progress} == {14}
     # Every start writes as it trains, and always at the selection step (4 is not a multiple
     # of 3); then the selected start goes on.
-    saved = [(e.start, e.step, e.run_step, e.checkpoint_id) for e in events
-             if isinstance(e, CheckpointEvent)]
-    assert saved == [(0, 3, 3, "step-000003"), (0, 4, 4, "step-000004"),
-                     (1, 3, 7, "start1-step-000003"), (1, 4, 8, "start1-step-000004"),
-                     (2, 3, 11, "start2-step-000003"), (2, 4, 12, "start2-step-000004"),
-                     (1, 6, 14, "start1-step-000006")]
+    saved = [(e.start, e.step, e.run_step, e.checkpoint_id) for e in events if isinstance(e, CheckpointEvent)]
+    assert saved == [
+        (0, 3, 3, "step-000003"),
+        (0, 4, 4, "step-000004"),
+        (1, 3, 7, "start1-step-000003"),
+        (1, 4, 8, "start1-step-000004"),
+        (2, 3, 11, "start2-step-000003"),
+        (2, 4, 12, "start2-step-000004"),
+        (1, 6, 14, "start1-step-000006"),
+    ]
     run = RunDirectory.open(tmp_path / "run")
     assert [c.checkpoint_id for c in run.checkpoints()] == [s[3] for s in saved]
-    assert [run.load_checkpoint_state(c.checkpoint_id)[2]["start"] for c in run.checkpoints()] \
-        == [s[0] for s in saved]
+    assert [run.load_checkpoint_state(c.checkpoint_id)[2]["start"] for c in run.checkpoints()] == [
+        s[0] for s in saved
+    ]
     assert [c.stats.get("separation") for c in run.checkpoints() if c.step == 4] == [1.0, 5.0, 2.0]
     assert (run.selected_start, run.start_separations) == (1, [1.0, 5.0, 2.0])
     assert run.latest_checkpoint().checkpoint_id == "start1-step-000006"
@@ -249,10 +281,12 @@ def _stop_at(events, condition) -> None:
     [
         pytest.param(lambda e: isinstance(e, ProgressEvent) and (e.start, e.step) == (0, 3), id="start0"),
         pytest.param(lambda e: isinstance(e, ProgressEvent) and (e.start, e.step) == (1, 3), id="start1"),
-        pytest.param(lambda e: isinstance(e, CheckpointEvent) and (e.start, e.step) == (1, 4),
-                     id="before-selection"),
-        pytest.param(lambda e: isinstance(e, ProgressEvent) and (e.start, e.step) == (0, 5),
-                     id="after-selection"),
+        pytest.param(
+            lambda e: isinstance(e, CheckpointEvent) and (e.start, e.step) == (1, 4), id="before-selection"
+        ),
+        pytest.param(
+            lambda e: isinstance(e, ProgressEvent) and (e.start, e.step) == (0, 5), id="after-selection"
+        ),
     ],
 )
 def test_restarted_run_resumes_exactly(cubes, tmp_path, monkeypatch, stop):
@@ -263,8 +297,9 @@ def test_restarted_run_resumes_exactly(cubes, tmp_path, monkeypatch, stop):
     _stop_at(train(cubes, config, tmp_path / "stopped"), stop)
     resumed = list(train(cubes, config, tmp_path / "stopped", resume=True))
     straight_run, stopped_run = (RunDirectory.open(tmp_path / name) for name in ("straight", "stopped"))
-    assert [c.checkpoint_id for c in stopped_run.checkpoints()] == \
-        [c.checkpoint_id for c in straight_run.checkpoints()]
+    assert [c.checkpoint_id for c in stopped_run.checkpoints()] == [
+        c.checkpoint_id for c in straight_run.checkpoints()
+    ]
     assert stopped_run.selected_start == straight_run.selected_start == 0
     assert resumed[-1].step == 6
     straight, stopped = _weights(tmp_path / "straight"), _weights(tmp_path / "stopped")
@@ -328,9 +363,14 @@ def test_fidelity_term_is_reported_and_off_at_weight_zero(cubes):
     assert free.fidelity_rng.bit_generator.state == rng_before  # no draws when it is off
 
 
-@pytest.mark.parametrize("settings", [{"losses__uniform_target": "uniform", "centroids__dead_policy": "kick"},
-                                      {"centroids__init": "kmeans++", "losses__usage_ema_decay": 0.5},
-                                      {"centroids__fit_step": 4, "centroids__fit_inits": 3}])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"losses__uniform_target": "uniform", "centroids__dead_policy": "kick"},
+        {"centroids__init": "kmeans++", "losses__usage_ema_decay": 0.5},
+        {"centroids__fit_step": 4, "centroids__fit_inits": 3},
+    ],
+)
 def test_resume_is_exact_with_other_collapse_safeguards(cubes, tmp_path, settings):
     list(train(cubes, tiny_config(**settings), tmp_path / "straight"))
     list(train(cubes, tiny_config(steps=3, **settings), tmp_path / "stopped"))

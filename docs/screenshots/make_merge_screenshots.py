@@ -26,11 +26,10 @@ from napari_dgc._qt.merge_widget import MergeWidget
 from napari_dgc._sample_data import scene_layer_data
 from napari_dgc.analysis.evaluation import suggest_mapping
 from napari_dgc.analysis.masks import Mask
-from napari_dgc.config import ModelConfig
-from napari_dgc.run_folder import RunDirectory
-from napari_dgc.inference.segmentation import segment_cube
+from napari_dgc.config import ModelConfig, TrainConfig
 from napari_dgc.datasets.synthetic import make_leaf_scene
-from napari_dgc.config import TrainConfig
+from napari_dgc.inference.segmentation import segment_cube
+from napari_dgc.run_folder import RunDirectory
 from napari_dgc.training.loop import train
 
 HERE = Path(__file__).resolve().parent
@@ -66,8 +65,9 @@ def main() -> None:
         run_dir = Path(args.run)
     else:
         run_dir = Path(tempfile.mkdtemp()) / "leaf-run"
-        config = TrainConfig(model=ModelConfig(n_clusters=4), steps=60, checkpoint_every=20, seed=0).with_settings(
-            {"data.batch_size": 2})
+        config = TrainConfig(
+            model=ModelConfig(n_clusters=4), steps=60, checkpoint_every=20, seed=0
+        ).with_settings({"data.batch_size": 2})
         for _ in train([source.cube], config, run_dir):
             pass
     run = RunDirectory.open(run_dir)

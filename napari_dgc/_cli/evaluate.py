@@ -33,14 +33,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("labels", metavar="LABELS", help="cluster label map, or a folder of them")
     parser.add_argument("mask", metavar="MASK", help="mask file, or a folder of masks")
-    parser.add_argument("--mapping", metavar="JSON", help="class mapping (napari-dgc or {label: [cluster ids]} form)")
+    parser.add_argument(
+        "--mapping", metavar="JSON", help="class mapping (napari-dgc or {label: [cluster ids]} form)"
+    )
     parser.add_argument("--n-clusters", type=int, metavar="K", help="number of clusters of the model")
     parser.add_argument(
-        "--suggest", choices=SUGGESTION_METHODS, default="auto",
+        "--suggest",
+        choices=SUGGESTION_METHODS,
+        default="auto",
         help="automatic mapping used without --mapping (default: auto)",
     )
     parser.add_argument(
-        "--mask-classes", metavar="NAMES",
+        "--mask-classes",
+        metavar="NAMES",
         help="comma-separated class names of mask values 0, 1, ... (default: background,tissue,lesion)",
     )
     parser.add_argument("--json", metavar="OUT", help="write the full report as JSON")
@@ -55,15 +60,19 @@ def _files(argument: str, suffixes: tuple[str, ...], what: str) -> list[Path]:
         raise FileNotFoundError(f"{path}: no such {what} file or folder")
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes and not p.name.endswith(".legend.json"))
+    files = sorted(
+        p
+        for p in path.iterdir()
+        if p.is_file() and p.suffix.lower() in suffixes and not p.name.endswith(".legend.json")
+    )
     if not files:
         raise DGCError(f"{path}: holds no {what} files ({', '.join(suffixes)})")
     return files
 
 
 def _pair(label_files: list[Path], mask_files: list[Path]) -> dict[str, tuple[Path, Path]]:
-    from napari_dgc.errors import MaskError
     from napari_dgc.analysis.masks import mask_stem, match_masks
+    from napari_dgc.errors import MaskError
 
     if len(label_files) == 1 and len(mask_files) == 1:
         return {mask_stem(label_files[0]): (label_files[0], mask_files[0])}
@@ -127,7 +136,9 @@ def _run(args: argparse.Namespace) -> int:
         mapping, method, notes = suggest_mapping(cluster_maps, masks, n_clusters, method=args.suggest)
         report = evaluate_classes(cluster_maps, masks, mapping, mapping_source=f"suggested ({method})")
         report.notes[:0] = notes
-        print(f"No --mapping given: scores use the suggested {method} mapping (a suggestion, not your merge):")
+        print(
+            f"No --mapping given: scores use the suggested {method} mapping (a suggestion, not your merge):"
+        )
     for cls in mapping.classes:
         print(f"  {cls.name}: clusters {', '.join(map(str, cls.clusters)) or '(none)'}")
     print()

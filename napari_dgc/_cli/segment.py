@@ -37,8 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "segment",
         usage=(
-            "napari-dgc segment (RUN [--checkpoint ID] | --classes MODEL_FOLDER) CUBE... "
-            "--out DIR [options]"
+            "napari-dgc segment (RUN [--checkpoint ID] | --classes MODEL_FOLDER) CUBE... --out DIR [options]"
         ),
         help="write cluster (and class) maps of cubes with a trained model",
         description=(
@@ -48,24 +47,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument(
-        "inputs", nargs="+", metavar="RUN CUBE",
+        "inputs",
+        nargs="+",
+        metavar="RUN CUBE",
         help="the run folder (unless --classes is given), then the cubes (any format)",
     )
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
     parser.add_argument("--checkpoint", metavar="ID", help="checkpoint id, e.g. step-000400")
     parser.add_argument(
-        "--classes", metavar="MODEL_FOLDER",
+        "--classes",
+        metavar="MODEL_FOLDER",
         help="exported model folder (weights + class mapping): also write class maps",
     )
+    parser.add_argument("--format", choices=("tif", "png", "npy"), default="tif", help="map file format")
     parser.add_argument(
-        "--format", choices=("tif", "png", "npy"), default="tif", help="map file format"
-    )
-    parser.add_argument(
-        "--tile", type=_positive_int, default=256, metavar="N",
+        "--tile",
+        type=_positive_int,
+        default=256,
+        metavar="N",
         help="tile side in pixels (memory vs. speed; the maps do not depend on it)",
     )
     parser.add_argument(
-        "--workers", type=_positive_int, default=None, metavar="N",
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
         help="tiles segmented at once by parallel threads (default: PyTorch's thread count, "
         "i.e. the cores); each holds one tile in memory",
     )
@@ -102,9 +108,7 @@ def _load_model(args: argparse.Namespace):
     device = str(resolve_device(args.device))
     if args.classes is not None:
         if args.checkpoint is not None:
-            raise ConfigError(
-                "--checkpoint selects a run's checkpoint; it cannot go with --classes"
-            )
+            raise ConfigError("--checkpoint selects a run's checkpoint; it cannot go with --classes")
         from napari_dgc.analysis.export import load_model_folder
 
         model, mapping = load_model_folder(args.classes, device=device)
@@ -118,10 +122,10 @@ def _load_model(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from napari_dgc.atomic import atomic_write_bytes
     from napari_dgc.analysis.export import cluster_legend, legend_path, write_class_map, write_label_map
-    from napari_dgc.io import open_cube
+    from napari_dgc.atomic import atomic_write_bytes
     from napari_dgc.inference.segmentation import segment_cube
+    from napari_dgc.io import open_cube
 
     model, mapping, cube_arguments = _load_model(args)
     stems = [_output_stem(name) for name in cube_arguments]
@@ -132,8 +136,7 @@ def _run(args: argparse.Namespace) -> int:
     for cube in cubes:
         if cube.n_bands != model.n_bands:
             raise ConfigError(
-                f"{cube.path}: the cube has {cube.n_bands} bands, the model was trained on "
-                f"{model.n_bands}"
+                f"{cube.path}: the cube has {cube.n_bands} bands, the model was trained on {model.n_bands}"
             )
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
@@ -159,18 +162,17 @@ def _run(args: argparse.Namespace) -> int:
     for cube, (maps, probability_file) in zip(cubes, planned):
         started = time.perf_counter()
         result = segment_cube(
-            model, cube, tile=args.tile, workers=args.workers,
+            model,
+            cube,
+            tile=args.tile,
+            workers=args.workers,
             return_probabilities=probability_file is not None,
         )
         written = write_label_map(maps["labels"], result.labels, legend, overwrite=True)
         if mapping is not None:
-            written += write_class_map(
-                maps["classes"], mapping.apply(result.labels), mapping, overwrite=True
-            )
+            written += write_class_map(maps["classes"], mapping.apply(result.labels), mapping, overwrite=True)
         if probability_file is not None:
-            atomic_write_bytes(
-                probability_file, _probability_bytes(result.probabilities, probability_format)
-            )
+            atomic_write_bytes(probability_file, _probability_bytes(result.probabilities, probability_format))
             written.append(probability_file)
         rows, cols = cube.shape_hw
         print(

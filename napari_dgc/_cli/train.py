@@ -20,8 +20,15 @@ import sys
 import time
 from typing import Any
 
-from napari_dgc.config import RESUMABLE_SETTINGS, SettingInfo, TrainConfig, get_setting, parse_setting, \
-    resumed_config, settings_of
+from napari_dgc.config import (
+    RESUMABLE_SETTINGS,
+    SettingInfo,
+    TrainConfig,
+    get_setting,
+    parse_setting,
+    resumed_config,
+    settings_of,
+)
 from napari_dgc.errors import ConfigError
 
 #: The settings that have a named option, e.g. ``--clusters`` for ``model.n_clusters``.
@@ -32,7 +39,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``train`` sub-command."""
     parser = subparsers.add_parser(
         "train",
-        usage="napari-dgc train CUBE... --out RUN [options] | napari-dgc train [CUBE...] --resume RUN [--steps N]",
+        usage=(
+            "napari-dgc train CUBE... --out RUN [options] | "
+            "napari-dgc train [CUBE...] --resume RUN [--steps N]"
+        ),
         help="train a DGC model on hyperspectral cubes",
         description=(
             "Train Deep Global Clustering on one or more cubes of the same bands. Checkpoints "
@@ -41,22 +51,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
             "(more --steps extend a finished run)."
         ),
     )
-    parser.add_argument("cubes", nargs="*", metavar="CUBE",
-                        help="training cubes (any format); with --resume, default: the run's cubes")
+    parser.add_argument(
+        "cubes",
+        nargs="*",
+        metavar="CUBE",
+        help="training cubes (any format); with --resume, default: the run's cubes",
+    )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", metavar="RUN", help="new run folder")
     target.add_argument("--resume", metavar="RUN", help="continue this run from its latest checkpoint")
     for info in FLAGGED_SETTINGS:
-        parser.add_argument(info.flag, dest=info.key, type=_argument_type(info), default=None,
-                            metavar=info.flag.lstrip("-").split("-")[0].upper(),
-                            help=f"{info.help} (default {info.default}; setting {info.key})")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads for PyTorch (default: PyTorch's choice)")
+        parser.add_argument(
+            info.flag,
+            dest=info.key,
+            type=_argument_type(info),
+            default=None,
+            metavar=info.flag.lstrip("-").split("-")[0].upper(),
+            help=f"{info.help} (default {info.default}; setting {info.key})",
+        )
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)"
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="any other setting, e.g. --set optim.learning_rate=3e-4 or "
-                             "--set model.brightness_norm=false (repeatable; new runs only; "
-                             "names in docs/training.md)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        dest="overrides",
+        help="any other setting, e.g. --set optim.learning_rate=3e-4 or "
+        "--set model.brightness_norm=false (repeatable; new runs only; "
+        "names in docs/training.md)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -88,7 +114,8 @@ def _resumed_run_config(args: argparse.Namespace, created: TrainConfig) -> Train
         elif value != get_setting(created, key):
             raise ConfigError(
                 f"{args.resume}: the run has {key} = {get_setting(created, key)}, not {value} (settings "
-                f"other than {', '.join(RESUMABLE_SETTINGS)} apply to new runs only)")
+                f"other than {', '.join(RESUMABLE_SETTINGS)} apply to new runs only)"
+            )
     return resumed_config(created, changes)
 
 
@@ -124,15 +151,24 @@ def run(args: argparse.Namespace) -> int:
                 last_line = now
                 rate = event.run_step / event.elapsed_s if event.elapsed_s > 0 else 0.0
                 where = f"start {event.start + 1}/{starts}  " if starts > 1 else ""
-                print(f"\rstep {event.run_step}/{event.run_total_steps}  {where}"
-                      f"loss {event.losses['total']:+.4f}  active {event.active_clusters}  "
-                      f"{rate:.2f} steps/s ", end="", file=sys.stderr, flush=True)
+                print(
+                    f"\rstep {event.run_step}/{event.run_total_steps}  {where}"
+                    f"loss {event.losses['total']:+.4f}  active {event.active_clusters}  "
+                    f"{rate:.2f} steps/s ",
+                    end="",
+                    file=sys.stderr,
+                    flush=True,
+                )
         elif isinstance(event, CheckpointEvent) and not args.quiet:
             print(f"\ncheckpoint {event.checkpoint_id} written", file=sys.stderr, flush=True)
         elif isinstance(event, StartSelectedEvent) and not args.quiet:
             scores = ", ".join(f"{value:.4g}" for value in event.separations)
-            print(f"\nstart {event.start + 1} of {len(event.separations)} continues "
-                  f"(spectral separation per start: {scores})", file=sys.stderr, flush=True)
+            print(
+                f"\nstart {event.start + 1} of {len(event.separations)} continues "
+                f"(spectral separation per start: {scores})",
+                file=sys.stderr,
+                flush=True,
+            )
         elif isinstance(event, FinishedEvent):
             print(f"finished at step {event.step}: {event.run_dir}")
     return 0

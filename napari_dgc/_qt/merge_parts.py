@@ -76,14 +76,14 @@ class ClassListWidget(QListWidget):
         self.setDragDropMode(QAbstractItemView.DropOnly)
         self.setEditTriggers(QAbstractItemView.DoubleClicked | QAbstractItemView.EditKeyPressed)
 
-    def dragEnterEvent(self, event) -> None:  # noqa: N802 - Qt override
+    def dragEnterEvent(self, event) -> None:
         event.acceptProposedAction() if event.source() is not self else event.ignore()
 
-    def dragMoveEvent(self, event) -> None:  # noqa: N802 - Qt override
+    def dragMoveEvent(self, event) -> None:
         item = self.itemAt(event.pos())
         event.acceptProposedAction() if item is not None else event.ignore()
 
-    def dropEvent(self, event) -> None:  # noqa: N802 - Qt override
+    def dropEvent(self, event) -> None:
         item = self.itemAt(event.pos())
         if item is None:
             event.ignore()

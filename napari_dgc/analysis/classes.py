@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,14 @@ DEFAULT_CLASS_NAMES = ("background", "tissue", "lesion")
 
 _NAMED_COLORS = {"background": "#808080", "tissue": "#2ca02c", "lesion": "#d62728"}
 _PALETTE = (
-    "#1f77b4", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf", "#f0e442",
+    "#1f77b4",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#17becf",
+    "#f0e442",
 )
 _COLOR_PATTERN = re.compile(r"^#[0-9a-fA-F]{6}$")
 
@@ -198,7 +206,7 @@ class ClassMapping:
 
     # ------------------------------------------------------------------ JSON
     def to_json(self) -> dict:
-        """This project's JSON form (see the module docstring)."""
+        """Return the mapping in napari-dgc's JSON form (see the module docstring)."""
         return {
             "format": MAPPING_FORMAT,
             "version": MAPPING_VERSION,
@@ -217,7 +225,7 @@ class ClassMapping:
         *,
         source: str | os.PathLike | None = None,
         complete: bool = True,
-    ) -> "ClassMapping":
+    ) -> ClassMapping:
         """Build a mapping from either JSON form.
 
         Parameters
@@ -256,7 +264,7 @@ class ClassMapping:
     @classmethod
     def _from_project_form(
         cls, document: Mapping[str, Any], n_clusters: int | None, where: str
-    ) -> "ClassMapping":
+    ) -> ClassMapping:
         version = document.get("version")
         if version != MAPPING_VERSION:
             raise MappingError(f"{where}unsupported class-mapping version {version!r}")
@@ -273,13 +281,11 @@ class ClassMapping:
         except (KeyError, TypeError) as error:
             raise MappingError(f"{where}malformed class mapping ({error!r} missing or wrong)") from None
         if n_clusters is not None and stored != n_clusters:
-            raise MappingError(
-                f"{where}the mapping is for {stored} clusters, but the model has {n_clusters}"
-            )
+            raise MappingError(f"{where}the mapping is for {stored} clusters, but the model has {n_clusters}")
         return cls(classes=classes, n_clusters=stored)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, n_clusters: int | None = None) -> "ClassMapping":
+    def load(cls, path: str | os.PathLike, n_clusters: int | None = None) -> ClassMapping:
         """Read a mapping file (either form); see :meth:`from_json`."""
         path = Path(path)
         try:
@@ -328,7 +334,10 @@ def _classes_from_reference_form(document: Mapping[str, Any], where: str) -> lis
         # Integer labels are mask values: order by value, name the usual ones.
         entries.sort(key=lambda entry: entry[0])
         named = [
-            (DEFAULT_CLASS_NAMES[label] if 0 <= label < len(DEFAULT_CLASS_NAMES) else f"class {label}", clusters)
+            (
+                DEFAULT_CLASS_NAMES[label] if 0 <= label < len(DEFAULT_CLASS_NAMES) else f"class {label}",
+                clusters,
+            )
             for label, _, clusters in entries
         ]
     else:
@@ -362,14 +371,12 @@ class ClusterStatistics:
         return self.counts / max(int(self.counts.sum()), 1)
 
     @staticmethod
-    def pooled(parts: Iterable["ClusterStatistics"]) -> "ClusterStatistics":
+    def pooled(parts: Iterable[ClusterStatistics]) -> ClusterStatistics:
         """Combine statistics of several cubes as if their pixels were one set."""
         parts = list(parts)
         counts = sum(p.counts for p in parts)
         sums = sum(np.nan_to_num(p.mean) * p.counts[:, None] for p in parts)
-        squares = sum(
-            np.nan_to_num(p.std**2 + p.mean**2) * p.counts[:, None] for p in parts
-        )
+        squares = sum(np.nan_to_num(p.std**2 + p.mean**2) * p.counts[:, None] for p in parts)
         return ClusterStatistics(counts, *_mean_std(counts, sums, squares))
 
 

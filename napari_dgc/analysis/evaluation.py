@@ -15,17 +15,17 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
 from napari_dgc import metrics
-from napari_dgc.atomic import atomic_write_json, atomic_write_text
 from napari_dgc.analysis.classes import ClassMapping, SemanticClass, default_class_color
-from napari_dgc.errors import MaskError, MappingError
 from napari_dgc.analysis.masks import IGNORE_VALUE, Mask
+from napari_dgc.atomic import atomic_write_json, atomic_write_text
+from napari_dgc.errors import MappingError, MaskError
 
 UNASSIGNED = "unassigned"
 SUGGESTION_METHODS = ("auto", "hungarian", "many-to-one")
@@ -55,7 +55,7 @@ class ClassScores:
     ignored_pixels: int
 
     @classmethod
-    def from_confusion(cls, class_names: list[str], confusion: np.ndarray, ignored: int) -> "ClassScores":
+    def from_confusion(cls, class_names: list[str], confusion: np.ndarray, ignored: int) -> ClassScores:
         """Derive the IoU from a ``(C, C + 1)`` confusion matrix."""
         # As a square matrix the unassigned column becomes a class no pixel truly has, so
         # its pixels count as misses of their true class and as nobody's false positives.
@@ -139,7 +139,9 @@ class EvaluationReport:
             for i, name in enumerate(scores.class_names):
                 hit = int(scores.confusion[i, i])
                 union = int(truth[i] + predicted[i] - hit)
-                writer.writerow([cube, name, _csv_number(scores.iou[i]), hit, union, int(truth[i]), int(predicted[i])])
+                writer.writerow(
+                    [cube, name, _csv_number(scores.iou[i]), hit, union, int(truth[i]), int(predicted[i])]
+                )
             writer.writerow([cube, "mean IoU", _csv_number(scores.mean_iou), "", "", scores.n_pixels, ""])
         return buffer.getvalue()
 
@@ -257,9 +259,7 @@ def evaluate_classes(
     legend_names = {n.lower() for c in cubes for n in masks[c].legend.values()}
     extra = [cls.name for cls in mapping.classes if cls.name.lower() not in legend_names]
     if extra:
-        notes.append(
-            f"class(es) {', '.join(extra)} are not in the mask legend; their pixels count as errors"
-        )
+        notes.append(f"class(es) {', '.join(extra)} are not in the mask legend; their pixels count as errors")
     if mapping.unassigned_clusters():
         notes.append(f"unassigned cluster(s) {mapping.unassigned_clusters()} count as misses")
     index_of = {name.lower(): i for i, name in enumerate(names)}

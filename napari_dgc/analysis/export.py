@@ -21,13 +21,14 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_dgc.atomic import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, file_sha256
 from napari_dgc.analysis.classes import ClassMapping, color_to_rgb
+from napari_dgc.atomic import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, file_sha256
 from napari_dgc.errors import CheckpointError, DGCError, MappingError
 
 if TYPE_CHECKING:
@@ -41,8 +42,22 @@ MODEL_INFO_FILE = "model.json"
 CLASSES_FILE = "classes.json"
 LABEL_MAP_SUFFIXES = (".tif", ".tiff", ".png", ".npy")
 _CLUSTER_PALETTE = (
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#aec7e8",
+    "#ffbb78",
+    "#98df8a",
+    "#ff9896",
+    "#c5b0d5",
+    "#c49c94",
 )
 
 
@@ -60,7 +75,11 @@ def cluster_legend(n_clusters: int, colors: Mapping[int, str] | None = None) -> 
         "kind": "clusters",
         "n_clusters": int(n_clusters),
         "values": [
-            {"value": k, "name": f"cluster {k}", "color": colors.get(k, _CLUSTER_PALETTE[k % len(_CLUSTER_PALETTE)])}
+            {
+                "value": k,
+                "name": f"cluster {k}",
+                "color": colors.get(k, _CLUSTER_PALETTE[k % len(_CLUSTER_PALETTE)]),
+            }
             for k in range(n_clusters)
         ],
     }
@@ -172,7 +191,7 @@ def _replace_folder(staging: Path, folder: Path, overwrite: bool) -> None:
 
 
 def export_model_folder(
-    run: "RunDirectory | str | os.PathLike",
+    run: RunDirectory | str | os.PathLike,
     folder: str | os.PathLike,
     mapping: ClassMapping,
     *,
@@ -224,7 +243,9 @@ def export_model_folder(
     model = run.load_model(checkpoint_id)
     n_clusters = model.config.n_clusters
     if mapping.n_clusters != n_clusters:
-        raise MappingError(f"the mapping is for {mapping.n_clusters} clusters, but the model has {n_clusters}")
+        raise MappingError(
+            f"the mapping is for {mapping.n_clusters} clusters, but the model has {n_clusters}"
+        )
     mapping.validate(complete=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.new-", dir=folder.parent))
@@ -272,7 +293,7 @@ def read_model_info(folder: str | os.PathLike) -> dict:
     return info
 
 
-def load_model_folder(path: str | os.PathLike, device: str = "cpu") -> tuple["DGCModel", ClassMapping]:
+def load_model_folder(path: str | os.PathLike, device: str = "cpu") -> tuple[DGCModel, ClassMapping]:
     """Load a model folder written by :func:`export_model_folder`.
 
     Parameters

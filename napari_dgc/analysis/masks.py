@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -107,9 +107,7 @@ def validate_mask_values(
         if not np.issubdtype(values.dtype, np.floating) or not np.all(np.mod(values, 1) == 0):
             raise MaskError(f"{where}: mask values must be integers, got dtype {values.dtype}")
     if shape is not None and tuple(values.shape) != tuple(shape):
-        raise MaskError(
-            f"{where}: mask shape {tuple(values.shape)} differs from the cube's {tuple(shape)}"
-        )
+        raise MaskError(f"{where}: mask shape {tuple(values.shape)} differs from the cube's {tuple(shape)}")
     present = np.unique(values)
     allowed = set(legend) | {IGNORE_VALUE}
     unknown = [v.item() for v in present if v.item() not in allowed]
@@ -159,7 +157,9 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
         array = array[0]
     if array.ndim == 3 and array.shape[-1] in (3, 4):
         colour = array[..., :3]
-        if not (np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])):
+        if not (
+            np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])
+        ):
             raise MaskError(f"{path}: a colour image is not a label map; save one integer value per pixel")
         array = colour[..., 0]
     return array
@@ -245,8 +245,7 @@ def rasterize_labelme(
         raise MaskError(f"{path}: not a LabelMe file (needs imageHeight, imageWidth and shapes)") from None
     if shape is not None and (height, width) != tuple(shape):
         raise MaskError(
-            f"{path}: the LabelMe file is for a {height}x{width} image, but the cube is "
-            f"{shape[0]}x{shape[1]}"
+            f"{path}: the LabelMe file is for a {height}x{width} image, but the cube is {shape[0]}x{shape[1]}"
         )
     value_of = {name.strip().lower(): value for value, name in legend.items()}
     value_of.setdefault("ignore", IGNORE_VALUE)
@@ -276,7 +275,21 @@ def rasterize_labelme(
 def cube_stem(name: str | os.PathLike) -> str:
     """The name a cube's masks are matched by: the file name without its suffix(es)."""
     name = Path(name).name
-    for suffix in (".hdr", ".raw", ".img", ".dat", ".bil", ".bsq", ".bip", ".mat", ".npy", ".tif", ".tiff", ".png", ".json"):
+    for suffix in (
+        ".hdr",
+        ".raw",
+        ".img",
+        ".dat",
+        ".bil",
+        ".bsq",
+        ".bip",
+        ".mat",
+        ".npy",
+        ".tif",
+        ".tiff",
+        ".png",
+        ".json",
+    ):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name

@@ -81,7 +81,7 @@ class Illumination:
     spectral_slope: float = 0.0
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> "Illumination":
+    def random(cls, rng: np.random.Generator) -> Illumination:
         """Draw the lighting of one capture, varying as it does between real captures."""
         return cls(
             gain=float(rng.uniform(0.7, 1.3)),
@@ -394,9 +394,7 @@ def _draw_leaves(
             _Lesion(
                 centre=centre,
                 radius=float(radius),
-                harmonics=np.stack(
-                    [rng.uniform(0, 0.15, 3), rng.uniform(0, 2 * math.pi, 3)], axis=1
-                ),
+                harmonics=np.stack([rng.uniform(0, 0.15, 3), rng.uniform(0, 2 * math.pi, 3)], axis=1),
                 darkness=float(darkness),
                 halo=float(radius * rng.uniform(0.2, 0.5)),
             )
@@ -514,14 +512,12 @@ def _render_abundances(
         midrib = np.exp(-0.5 * (q / max(0.6, 0.012 * leaf.half_length)) ** 2) * (np.abs(u) < 1)
         spacing = max(3.0, leaf.half_length / 7.0)
         phase = (u * leaf.half_length - 0.8 * np.abs(q)) / spacing
-        lateral = np.exp(-0.5 * ((phase - np.round(phase)) * spacing / max(0.5, 0.006 * leaf.half_length)) ** 2)
+        lateral = np.exp(
+            -0.5 * ((phase - np.round(phase)) * spacing / max(0.5, 0.006 * leaf.half_length)) ** 2
+        )
         lateral *= (across < 0.85) * (np.abs(u) < 0.95)
         chlorophyll = (
-            leaf.chlorophyll
-            + 0.3 * chlorophyll_field[box]
-            - 1.2 * midrib
-            - 0.6 * lateral
-            - 1.5 * halo
+            leaf.chlorophyll + 0.3 * chlorophyll_field[box] - 1.2 * midrib - 0.6 * lateral - 1.5 * halo
         )
         structure = leaf.structure + 0.15 * structure_field[box] - 0.2 * midrib
         shade = leaf.brightness * (1.0 - leaf.curl * across**3)
@@ -547,9 +543,7 @@ def _render_abundances(
     return abundances, leaf_cover, lesion_cover
 
 
-def _belt_abundance(
-    rng: np.random.Generator, leaf_cover: np.ndarray, light_angle: float
-) -> np.ndarray:
+def _belt_abundance(rng: np.random.Generator, leaf_cover: np.ndarray, light_angle: float) -> np.ndarray:
     """Belt abundance: uncovered fraction x texture x leaf shadows."""
     rows, cols = leaf_cover.shape
     size = min(rows, cols)
@@ -691,7 +685,9 @@ def make_leaf_scene(
     light = _illumination_map(illumination, shape)
     noise_rng = np.random.default_rng(noise_seq)
     noise_per_band = _noise_scale(wavelengths) * np.float32(noise)
-    column_gain = 1.0 + np.float32(0.004 * noise) * noise_rng.standard_normal((cols, n_bands), dtype=np.float32)
+    column_gain = 1.0 + np.float32(0.004 * noise) * noise_rng.standard_normal(
+        (cols, n_bands), dtype=np.float32
+    )
 
     # Pixels x endmembers, so each block of rows is one sum of products per value.
     abundances = np.ascontiguousarray(np.moveaxis(abundances, 0, -1))

@@ -40,6 +40,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_dgc.errors import CheckpointError
+from napari_dgc.inference.segmentation import (
+    SpectralInput,
+    cube_bands,
+    segment_cube,
+    spectral_input_fingerprint,
+)
 from napari_dgc.io import Cube
 from napari_dgc.metrics import (
     active_clusters,
@@ -49,12 +55,6 @@ from napari_dgc.metrics import (
     usage_entropy,
 )
 from napari_dgc.run_folder import CheckpointInfo, RunDirectory
-from napari_dgc.inference.segmentation import (
-    SpectralInput,
-    cube_bands,
-    segment_cube,
-    spectral_input_fingerprint,
-)
 
 if TYPE_CHECKING:
     from napari_dgc.model.network import DGCModel
@@ -180,7 +180,8 @@ class CheckpointReview:
 
     def checkpoints(self) -> list[CheckpointInfo]:
         """Checkpoints of the run in training order (all starts in turn), re-read from disk
-        (a live run grows)."""
+        (a live run grows).
+        """
         return self.run.checkpoints()
 
     def cached_labels(self, checkpoint_id: str) -> dict[str, np.ndarray] | None:
@@ -222,7 +223,7 @@ class CheckpointReview:
             self._segmenting.pop(checkpoint_id, None)
         return labels
 
-    def _segment(self, model: "DGCModel", key: str, workers: int | None) -> np.ndarray:
+    def _segment(self, model: DGCModel, key: str, workers: int | None) -> np.ndarray:
         """Labels of one cube, from its cached spectral input when the model's matches."""
         fingerprint = spectral_input_fingerprint(model)
         with self._lock:
@@ -294,9 +295,7 @@ class CheckpointReview:
             checkpoint_id=checkpoint_id,
             step=infos[index].step,
             nmi_to_previous=nmi,
-            active_clusters=active_clusters(
-                current, self.n_clusters, min_fraction=ACTIVE_MIN_FRACTION
-            ),
+            active_clusters=active_clusters(current, self.n_clusters, min_fraction=ACTIVE_MIN_FRACTION),
             usage_entropy=usage_entropy(usage, normalized=True),
             spectral_separation=self._spectral_separation(labels),
             losses=recorded_losses(infos[index]),
@@ -307,7 +306,8 @@ class CheckpointReview:
 
     def _spectral_separation(self, labels: dict[str, np.ndarray]) -> float | None:
         """Calinski–Harabasz index of ``labels`` on the cached spectral inputs (see the module
-        docstring); None without any."""
+        docstring); None without any.
+        """
         with self._lock:
             prepared = {key: self._spectral[key] for key in self.cubes if key in self._spectral}
         if not prepared:

@@ -31,9 +31,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -70,7 +71,7 @@ class SpectralInput:
         return self.values.nbytes
 
 
-def spectral_input_fingerprint(model: "DGCModel") -> str:
+def spectral_input_fingerprint(model: DGCModel) -> str:
     """Identify everything the model's spectral input depends on.
 
     That is the band count, the brightness normalisation switch and floor, the per-band offset
@@ -167,8 +168,8 @@ def default_workers() -> int:
 
 
 def segment_cube(
-    model: "DGCModel",
-    cube: "Cube | np.ndarray | SpectralInput",
+    model: DGCModel,
+    cube: Cube | np.ndarray | SpectralInput,
     *,
     tile: int = 256,
     return_probabilities: bool = False,
@@ -240,19 +241,11 @@ def segment_cube(
     n_rows, n_cols = shape_hw
     labels = np.empty(shape_hw, dtype=np.int32)
     probabilities = (
-        np.empty((model.config.n_clusters, n_rows, n_cols), np.float32)
-        if return_probabilities
-        else None
+        np.empty((model.config.n_clusters, n_rows, n_cols), np.float32) if return_probabilities else None
     )
-    embeddings = (
-        np.empty((model.config.embed_dim, n_rows, n_cols), np.float32)
-        if return_embeddings
-        else None
-    )
+    embeddings = np.empty((model.config.embed_dim, n_rows, n_cols), np.float32) if return_embeddings else None
     spectral = (
-        np.empty((n_rows, n_cols, model.spectral_length), np.float32)
-        if return_spectral_input
-        else None
+        np.empty((n_rows, n_cols, model.spectral_length), np.float32) if return_spectral_input else None
     )
 
     def segment_tile(rows: slice, cols: slice, inner_rows: slice, inner_cols: slice) -> None:
@@ -269,23 +262,22 @@ def segment_cube(
                     bottom = min(top + strip, rows.stop)
                     raw = _tensor(read_window(slice(top, bottom), cols), device)
                     sequences[(top - rows.start) * width : (bottom - rows.start) * width] = (
-                        model.spectral_input(raw.reshape(-1, model.n_bands)))
+                        model.spectral_input(raw.reshape(-1, model.n_bands))
+                    )
             embedded = model.embed_sequences(sequences, 1, height, width)
             soft = model.assign(embedded)
-            target = (slice(rows.start + inner_rows.start, rows.start + inner_rows.stop),
-                      slice(cols.start + inner_cols.start, cols.start + inner_cols.stop))
+            target = (
+                slice(rows.start + inner_rows.start, rows.start + inner_rows.stop),
+                slice(cols.start + inner_cols.start, cols.start + inner_cols.stop),
+            )
             kept = soft[0, :, inner_rows, inner_cols]
             labels[target] = kept.argmax(dim=0).cpu().numpy()
             if probabilities is not None:
                 probabilities[(slice(None), *target)] = kept.cpu().numpy()
             if embeddings is not None:
-                embeddings[(slice(None), *target)] = (
-                    embedded[0, :, inner_rows, inner_cols].cpu().numpy()
-                )
+                embeddings[(slice(None), *target)] = embedded[0, :, inner_rows, inner_cols].cpu().numpy()
             if spectral is not None:
-                spectral[target] = (
-                    sequences.reshape(height, width, -1)[inner_rows, inner_cols].cpu().numpy()
-                )
+                spectral[target] = sequences.reshape(height, width, -1)[inner_rows, inner_cols].cpu().numpy()
 
     windows = list(tile_windows(shape_hw, tile, model.receptive_radius))
     prefetch_rows = None if prepared else getattr(cube, "prefetch_rows", None)
@@ -302,7 +294,7 @@ def segment_cube(
     return Segmentation(labels, probabilities, embeddings, spectral_input)
 
 
-def _tensor(window: np.ndarray, device: "torch.device") -> "torch.Tensor":
+def _tensor(window: np.ndarray, device: torch.device) -> torch.Tensor:
     """A window read from a cube or array as a tensor on ``device``."""
     import torch
 
@@ -311,7 +303,7 @@ def _tensor(window: np.ndarray, device: "torch.device") -> "torch.Tensor":
     return torch.from_numpy(window if window.flags.writeable else window.copy()).to(device)
 
 
-def _model_device(model: "DGCModel", device: str | None) -> "torch.device":
+def _model_device(model: DGCModel, device: str | None) -> torch.device:
     """The device the tiles go to: ``device`` if the model is there, the model's by default."""
     import torch
 
@@ -319,9 +311,7 @@ def _model_device(model: "DGCModel", device: str | None) -> "torch.device":
     if device is None:
         return model_device
     wanted = torch.device(device)
-    if wanted.type != model_device.type or (
-        wanted.index is not None and wanted.index != model_device.index
-    ):
+    if wanted.type != model_device.type or (wanted.index is not None and wanted.index != model_device.index):
         raise ConfigError(
             f"the model is on {model_device} but device {device!r} was asked for; "
             "move it there first (model.to(device))"
@@ -379,7 +369,7 @@ def _run_tiles(
                 future.cancel()
 
 
-def segment_array(model: "DGCModel", array: np.ndarray, **options) -> Segmentation:
+def segment_array(model: DGCModel, array: np.ndarray, **options) -> Segmentation:
     """Segment an in-memory band-last ``(rows, cols, bands)`` array.
 
     Same as :func:`segment_cube` (and takes the same keyword ``options``); kept as the
@@ -388,13 +378,13 @@ def segment_array(model: "DGCModel", array: np.ndarray, **options) -> Segmentati
     return segment_cube(model, np.asarray(array), **options)
 
 
-def cube_bands(cube: "Cube | np.ndarray") -> int:
+def cube_bands(cube: Cube | np.ndarray) -> int:
     """Band count of a :class:`~napari_dgc.io.Cube` or a band-last ``(rows, cols, bands)`` array."""
     return cube.n_bands if hasattr(cube, "n_bands") else int(np.shape(cube)[-1])
 
 
 def _window_reader(
-    cube: "Cube | np.ndarray | SpectralInput",
+    cube: Cube | np.ndarray | SpectralInput,
 ) -> tuple[Callable[[slice, slice], np.ndarray], tuple[int, int], bool, str]:
     """Return ``(read_window, shape_hw, is_spectral_input, name)`` for any input of segment_cube."""
     if isinstance(cube, (np.ndarray, SpectralInput)):
@@ -405,6 +395,5 @@ def _window_reader(
         def read_array(rows: slice, cols: slice) -> np.ndarray:
             return np.ascontiguousarray(array[rows, cols], dtype=np.float32)
 
-        return (read_array, (array.shape[0], array.shape[1]),
-                isinstance(cube, SpectralInput), "the array")
+        return (read_array, (array.shape[0], array.shape[1]), isinstance(cube, SpectralInput), "the array")
     return cube.read_window, tuple(cube.shape_hw), False, str(cube.path)

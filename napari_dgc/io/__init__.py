@@ -7,8 +7,8 @@ Opening reads headers only; values are read through :meth:`Cube.read_window` and
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -102,7 +102,9 @@ def open_cube(
     except PermissionError as error:
         raise CubeFormatError(f"{error.filename or path}: cannot be read (permission denied)") from error
     except OSError as error:
-        raise CubeFormatError(f"{error.filename or path}: cannot be read ({error.strerror or error})") from error
+        raise CubeFormatError(
+            f"{error.filename or path}: cannot be read ({error.strerror or error})"
+        ) from error
 
 
 # Format modules are imported on first use: opening a .npy never imports h5py or tifffile.
@@ -183,4 +185,4 @@ def _human_bytes(n: int) -> str:
     if n < 1024:
         return f"{n} B"
     exponent = min(3, int(np.log2(n) // 10))
-    return f"{n / 1024 ** exponent:.1f} {('KiB', 'MiB', 'GiB')[exponent - 1]} ({n} bytes)"
+    return f"{n / 1024**exponent:.1f} {('KiB', 'MiB', 'GiB')[exponent - 1]} ({n} bytes)"

@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-_MICROMETRE = {"micrometers", "micrometer", "micrometres", "micrometre", "microns", "micron", "um", "µm", "μm"}
+_MICROMETRE = {
+    "micrometers",
+    "micrometer",
+    "micrometres",
+    "micrometre",
+    "microns",
+    "micron",
+    "um",
+    "µm",
+    "μm",
+}
 _NANOMETRE = {"nanometers", "nanometer", "nanometres", "nanometre", "nm"}
 _WAVENUMBER = {"wavenumber", "wavenumbers", "cm-1", "cm^-1", "1/cm"}
 _UNKNOWN = {"", "unknown", "none"}

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import mmap
 import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -99,16 +100,24 @@ class Cube:
         rows; for every other cube this does nothing. ``rows`` is a slice without a step.
         """
         data = self.data
-        if not (isinstance(data, np.memmap) and data.flags.c_contiguous and self.band_axis != 0
-                and hasattr(os, "posix_fadvise")):
+        if not (
+            isinstance(data, np.memmap)
+            and data.flags.c_contiguous
+            and self.band_axis != 0
+            and hasattr(os, "posix_fadvise")
+        ):
             return
         first, stop, _ = rows.indices(self.shape_hw[0])
         if stop <= first:
             return
         row_bytes = data.strides[0]
         with open(data.filename, "rb") as file:
-            os.posix_fadvise(file.fileno(), data.offset + first * row_bytes,
-                             (stop - first) * row_bytes, os.POSIX_FADV_WILLNEED)
+            os.posix_fadvise(
+                file.fileno(),
+                data.offset + first * row_bytes,
+                (stop - first) * row_bytes,
+                os.POSIX_FADV_WILLNEED,
+            )
 
     def read_window(self, rows: slice, cols: slice) -> np.ndarray:
         """Read a spatial window with all bands.
@@ -143,7 +152,9 @@ class Cube:
         """
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if indices.size and (indices.min() < -self.n_bands or indices.max() >= self.n_bands):
-            raise IndexError(f"{self.path}: band index out of range 0..{self.n_bands - 1}: {indices.tolist()}")
+            raise IndexError(
+                f"{self.path}: band index out of range 0..{self.n_bands - 1}: {indices.tolist()}"
+            )
         indices = np.where(indices < 0, indices + self.n_bands, indices)
         rows, cols = self.shape_hw
         out = np.empty((indices.size, rows, cols), dtype=np.float32)
@@ -224,5 +235,6 @@ class Cube:
         if not (isinstance(data, np.memmap) and isinstance(data.base, mmap.mmap)):
             return data
         order = "F" if data.flags.f_contiguous and not data.flags.c_contiguous else "C"
-        return np.memmap(data.filename, dtype=data.dtype, mode="r", offset=data.offset,
-                         shape=data.shape, order=order)
+        return np.memmap(
+            data.filename, dtype=data.dtype, mode="r", offset=data.offset, shape=data.shape, order=order
+        )

@@ -42,8 +42,12 @@ INTERLEAVES = {
 
 def find_header(path: Path) -> Path | None:
     """Return the header of an ENVI data file (``name.hdr`` or ``name.ext.hdr``), or None."""
-    candidates = [path.with_suffix(".hdr"), path.with_suffix(".HDR"),
-                  path.with_name(path.name + ".hdr"), path.with_name(path.name + ".HDR")]
+    candidates = [
+        path.with_suffix(".hdr"),
+        path.with_suffix(".HDR"),
+        path.with_name(path.name + ".hdr"),
+        path.with_name(path.name + ".HDR"),
+    ]
     return next((c for c in candidates if c != path and c.is_file()), None)
 
 
@@ -86,7 +90,9 @@ def _integer_field(header: dict, key: str, path: Path, default: int | None = Non
     try:
         return int(str(header[key]).strip())
     except ValueError:
-        raise CubeFormatError(f"{path}: the ENVI header's '{key}' is not an integer: {header[key]!r}") from None
+        raise CubeFormatError(
+            f"{path}: the ENVI header's '{key}' is not an integer: {header[key]!r}"
+        ) from None
 
 
 def open_envi(path: Path) -> Cube:
@@ -111,7 +117,9 @@ def open_envi(path: Path) -> Cube:
         data_path, tried = find_data_file(header_path)
         if data_path is None:
             names = ", ".join(p.name for p in tried[:8])
-            raise CubeFormatError(f"{header_path}: no ENVI data file next to this header (looked for {names}, ...)")
+            raise CubeFormatError(
+                f"{header_path}: no ENVI data file next to this header (looked for {names}, ...)"
+            )
     else:
         data_path = path
         header_path = find_header(path)
@@ -174,8 +182,14 @@ def open_envi(path: Path) -> Cube:
         if key in header:
             provenance[key.replace(" ", "_")] = str(header[key])
     wavelengths = _wavelengths(header, bands, provenance)
-    return Cube(data=data, band_axis=band_axis, wavelengths=wavelengths, path=header_path,
-                format="envi", provenance=provenance)
+    return Cube(
+        data=data,
+        band_axis=band_axis,
+        wavelengths=wavelengths,
+        path=header_path,
+        format="envi",
+        provenance=provenance,
+    )
 
 
 def _wavelengths(header: dict, bands: int, provenance: dict) -> np.ndarray | None:
@@ -189,7 +203,9 @@ def _wavelengths(header: dict, bands: int, provenance: dict) -> np.ndarray | Non
         provenance["wavelength_note"] = "the header's wavelength list is not numeric: ignored"
         return None
     if len(numbers) != bands:
-        provenance["wavelength_note"] = f"the header lists {len(numbers)} wavelengths for {bands} bands: ignored"
+        provenance["wavelength_note"] = (
+            f"the header lists {len(numbers)} wavelengths for {bands} bands: ignored"
+        )
         return None
     wavelengths, note = to_nanometres(numbers, header.get("wavelength units"))
     provenance["wavelength_units"] = note

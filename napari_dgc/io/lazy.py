@@ -9,7 +9,8 @@ index asks for: one band of a PNG folder or a multi-page TIFF, or a hyperslab of
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class LazyArray:
         block = self._read(selection)
         return block.reshape([n for axis, n in enumerate(block.shape) if axis not in dropped])
 
-    def transpose(self, *axes: int | Sequence[int]) -> "AxisPermuted":
+    def transpose(self, *axes: int | Sequence[int]) -> AxisPermuted:
         """Lazy view with permuted axes (same meaning as :meth:`numpy.ndarray.transpose`)."""
         if len(axes) == 1 and not isinstance(axes[0], int):
             axes = tuple(axes[0])
@@ -204,5 +205,7 @@ class BandStack(LazyArray):
         rows, cols = selection[1], selection[2]
         planes = [_apply(self.band(int(b)), (rows, cols)) for b in bands]
         if not planes:
-            return np.empty((0, _selected_length(rows, self.shape[1]), _selected_length(cols, self.shape[2])), self.dtype)
+            return np.empty(
+                (0, _selected_length(rows, self.shape[1]), _selected_length(cols, self.shape[2])), self.dtype
+            )
         return np.stack(planes)

@@ -25,7 +25,18 @@ _WAVELENGTH_NAME = re.compile(r"^(wave.*|wl|wls|wvl|lambda.*|bands?_?(nm|wavelen
 _ROWS_NAME = re.compile(r"^(lines|rows|nrows?|height)$", re.IGNORECASE)
 _COLS_NAME = re.compile(r"^(cols|columns|ncols?|samples|width)$", re.IGNORECASE)
 # MATLAB classes (v7.3 attribute) that hold numbers usable as intensities.
-_NUMERIC_CLASSES = {"double", "single", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64"}
+_NUMERIC_CLASSES = {
+    "double",
+    "single",
+    "int8",
+    "uint8",
+    "int16",
+    "uint16",
+    "int32",
+    "uint32",
+    "int64",
+    "uint64",
+}
 
 
 @dataclass
@@ -91,7 +102,9 @@ def open_mat(
         )
     elif len(chosen.shape) == 3:
         if shape is not None:
-            raise CubeFormatError(f"{path}: variable {chosen.name!r} is already 3-D {chosen.shape}; do not pass a shape")
+            raise CubeFormatError(
+                f"{path}: variable {chosen.name!r} is already 3-D {chosen.shape}; do not pass a shape"
+            )
         data = chosen.array
         if band_axis is not None:
             band_axis_found = band_axis
@@ -116,8 +129,14 @@ def open_mat(
                 f"{wavelength_var.name!r} has {wavelength_var.size} values for {n_bands} bands: ignored"
             )
     provenance["dtype"] = np.dtype(data.dtype).str
-    return Cube(data=data, band_axis=band_axis_found, wavelengths=wavelengths, path=path,
-                format=fmt, provenance=provenance)
+    return Cube(
+        data=data,
+        band_axis=band_axis_found,
+        wavelengths=wavelengths,
+        path=path,
+        format=fmt,
+        provenance=provenance,
+    )
 
 
 def _read_variables(path: Path) -> tuple[dict[str, _Variable], str]:
@@ -137,7 +156,9 @@ def _read_variables(path: Path) -> tuple[dict[str, _Variable], str]:
     except PermissionError:
         raise
     except Exception as error:  # SciPy signals corrupt files with many exception types
-        raise CubeFormatError(f"{path}: not a readable MATLAB file ({type(error).__name__}: {error})") from error
+        raise CubeFormatError(
+            f"{path}: not a readable MATLAB file ({type(error).__name__}: {error})"
+        ) from error
     variables = {
         name: _Variable(name, tuple(value.shape), value)
         for name, value in contents.items()
@@ -159,7 +180,11 @@ def _hdf5_variables(path: Path) -> dict[str, _Variable]:
             continue
         matlab_class = item.attrs.get("MATLAB_class", b"double")
         matlab_class = matlab_class.decode() if isinstance(matlab_class, bytes) else str(matlab_class)
-        if matlab_class not in _NUMERIC_CLASSES or not _is_numeric(item.dtype) or item.attrs.get("MATLAB_empty", 0):
+        if (
+            matlab_class not in _NUMERIC_CLASSES
+            or not _is_numeric(item.dtype)
+            or item.attrs.get("MATLAB_empty", 0)
+        ):
             continue
         # HDF5 stores MATLAB arrays with the axis order reversed.
         reversed_axes = tuple(reversed(range(item.ndim)))

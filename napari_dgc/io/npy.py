@@ -55,11 +55,14 @@ def open_npy(path: Path, *, band_axis: int | None = None) -> Cube:
     provenance = {
         "dtype": data.dtype.str,
         "fortran_order": bool(data.flags.f_contiguous and not data.flags.c_contiguous),
-        "band_axis_reason": "given by the caller" if band_axis is not None else "band-last convention for .npy",
+        "band_axis_reason": "given by the caller"
+        if band_axis is not None
+        else "band-last convention for .npy",
     }
     wavelengths = _sidecar_wavelengths(path.with_suffix(".json"), data.shape[axis], provenance)
-    return Cube(data=data, band_axis=axis, wavelengths=wavelengths, path=path, format="npy",
-                provenance=provenance)
+    return Cube(
+        data=data, band_axis=axis, wavelengths=wavelengths, path=path, format="npy", provenance=provenance
+    )
 
 
 def _sidecar_wavelengths(sidecar: Path, n_bands: int, provenance: dict) -> np.ndarray | None:
@@ -71,10 +74,14 @@ def _sidecar_wavelengths(sidecar: Path, n_bands: int, provenance: dict) -> np.nd
         content = json.loads(sidecar.read_text(encoding="utf-8"))
         values = [float(v) for v in content["wavelengths"]]
     except (OSError, ValueError, TypeError, KeyError) as error:
-        provenance["wavelength_note"] = f"sidecar has no usable 'wavelengths' list ({type(error).__name__}): ignored"
+        provenance["wavelength_note"] = (
+            f"sidecar has no usable 'wavelengths' list ({type(error).__name__}): ignored"
+        )
         return None
     if len(values) != n_bands:
-        provenance["wavelength_note"] = f"sidecar lists {len(values)} wavelengths for {n_bands} bands: ignored"
+        provenance["wavelength_note"] = (
+            f"sidecar lists {len(values)} wavelengths for {n_bands} bands: ignored"
+        )
         return None
     wavelengths, provenance["wavelength_units"] = to_nanometres(values, content.get("wavelength_units"))
     return wavelengths

@@ -71,5 +71,11 @@ def open_png_folder(folder: Path) -> Cube:
 
     data = BandStack(len(files), (height, width), _GRAYSCALE_MODES[mode], read_band)
     provenance = {"files": [str(f) for f in files], "png_mode": mode, "ignored_files": ignored}
-    return Cube(data=data, band_axis=0, wavelengths=wavelengths, path=folder,
-                format="png-folder", provenance=provenance)
+    return Cube(
+        data=data,
+        band_axis=0,
+        wavelengths=wavelengths,
+        path=folder,
+        format="png-folder",
+        provenance=provenance,
+    )

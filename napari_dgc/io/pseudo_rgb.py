@@ -8,8 +8,8 @@ contrast. Each channel is stretched between robust percentiles computed on a sub
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 

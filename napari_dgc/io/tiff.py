@@ -64,8 +64,15 @@ def open_tiff(path: Path, *, band_axis: int | None = None) -> Cube:
         tif.close()
     default_axis = 2 if axes.endswith("S") else 0
     provenance["band_axis_reason"] = (
-        "given by the caller" if band_axis is not None
+        "given by the caller"
+        if band_axis is not None
         else ("samples of a single page" if default_axis == 2 else "one page per band")
     )
-    return Cube(data=data, band_axis=default_axis if band_axis is None else band_axis,
-                wavelengths=None, path=path, format="tiff", provenance=provenance)
+    return Cube(
+        data=data,
+        band_axis=default_axis if band_axis is None else band_axis,
+        wavelengths=None,
+        path=path,
+        format="tiff",
+        provenance=provenance,
+    )

@@ -25,8 +25,10 @@ def box_resampling_matrix(n_bands: int, n_bins: int) -> torch.Tensor:
     width = n_bands / n_bins
     band_lo = torch.arange(n_bands, dtype=torch.float64)
     bin_lo = torch.arange(n_bins, dtype=torch.float64) * width
-    overlap = (torch.minimum(band_lo[:, None] + 1, bin_lo[None, :] + width)
-               - torch.maximum(band_lo[:, None], bin_lo[None, :])).clamp_min(0)
+    overlap = (
+        torch.minimum(band_lo[:, None] + 1, bin_lo[None, :] + width)
+        - torch.maximum(band_lo[:, None], bin_lo[None, :])
+    ).clamp_min(0)
     return (overlap / width).float()
 
 
@@ -35,6 +37,8 @@ def box_resampling_matrix(n_bands: int, n_bins: int) -> torch.Tensor:
 #: model the matrix product is ~2x faster than oneDNN's convolution (whose backward pass is
 #: slow for so few channels), for long ones the mostly-zero matrix would cost more.
 BANDED_MATRIX_MAX_LENGTH = 64
+
+
 def banded_matrix(conv: nn.Conv1d, length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Return ``conv`` on sequences of ``length`` as a matrix product ``x @ matrix + bias``.
 
@@ -86,8 +90,11 @@ def position_blocks(conv: nn.Conv1d, length: int, n_blocks: int) -> list[Positio
     channels_in, channels_out = conv.in_channels, conv.out_channels
     length_out = matrix.shape[1] // channels_out
     # (C_in, L) x (C_out, L_out) channel-major -> (L, C_in) x (L_out, C_out) position-major
-    matrix = (matrix.reshape(channels_in, length, channels_out, length_out)
-              .permute(1, 0, 3, 2).reshape(length * channels_in, length_out * channels_out))
+    matrix = (
+        matrix.reshape(channels_in, length, channels_out, length_out)
+        .permute(1, 0, 3, 2)
+        .reshape(length * channels_in, length_out * channels_out)
+    )
     if bias is not None:
         bias = bias.reshape(channels_out, length_out).T.reshape(-1)
     (kernel,), (stride,), (padding,) = conv.kernel_size, conv.stride, conv.padding
@@ -98,8 +105,9 @@ def position_blocks(conv: nn.Conv1d, length: int, n_blocks: int) -> list[Positio
         reach = (max(0, first * stride - padding), min(length, last * stride - padding + kernel))
         rows = slice(reach[0] * channels_in, reach[1] * channels_in)
         cols = slice(first * channels_out, (last + 1) * channels_out)
-        blocks.append((rows, cols, matrix[rows, cols].contiguous(),
-                       None if bias is None else bias[cols].contiguous()))
+        blocks.append(
+            (rows, cols, matrix[rows, cols].contiguous(), None if bias is None else bias[cols].contiguous())
+        )
     return blocks
 
 
@@ -120,6 +128,7 @@ def band_convolution(
     flat = x.reshape(n_seq, channels_in * length)
     out = flat @ matrix if bias is None else torch.addmm(bias, flat, matrix)
     return out.reshape(n_seq, conv.out_channels, -1)
+
 
 def _relu_backward(grad: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
     """``grad`` where the ReLU's ``output`` is positive, else 0 (one pass; autograd's own op)."""
@@ -159,7 +168,12 @@ class BandedStack(torch.autograd.Function):
                 return features, kept
 
         results = WORKER_POOL.map(run, chunks)
-        ctx.chunks, ctx.kept, ctx.pairs, ctx.length_out = chunks, [kept for _, kept in results], pairs, length_out
+        ctx.chunks, ctx.kept, ctx.pairs, ctx.length_out = (
+            chunks,
+            [kept for _, kept in results],
+            pairs,
+            length_out,
+        )
         ctx.input_needs_grad = ctx.needs_input_grad[0]
         return torch.cat([features for features, _ in results])
 
@@ -221,4 +235,3 @@ def position_blocked_features(
             activation = product.relu_()
         outputs.append(activation.reshape(activation.shape[0], length_out, -1).mean(dim=1))
     return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
-

@@ -221,5 +221,6 @@ def spectral_input_cpu(
         ``(P, bins)`` float32.
     """
     starts, weights = windows
-    return _windowed_product(raw, starts, weights, offset.astype(np.float32),
-                             np.float32(brightness_floor), bool(brightness_norm))
+    return _windowed_product(
+        raw, starts, weights, offset.astype(np.float32), np.float32(brightness_floor), bool(brightness_norm)
+    )

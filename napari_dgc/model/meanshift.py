@@ -27,13 +27,12 @@ half the work of the training path (see their docstrings and docs/benchmarks.md)
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
-
 
 #: Elements (pixels x embedding size) of the images processed together: two 64x64x32 crops,
 #: 1 MiB of float32 per operand.
@@ -69,8 +68,9 @@ def _neighbour_mask(valid: torch.Tensor, radius: int) -> torch.Tensor:
     return mask
 
 
-def _step_forward(z: torch.Tensor, inv_bw_sq: torch.Tensor, neighbour_ok: torch.Tensor | None,
-                  radius: int) -> tuple[torch.Tensor, tuple]:
+def _step_forward(
+    z: torch.Tensor, inv_bw_sq: torch.Tensor, neighbour_ok: torch.Tensor | None, radius: int
+) -> tuple[torch.Tensor, tuple]:
     """One mean-shift iteration on channels-last unit embeddings ``(B, H, W, D)``.
 
     Returns the new embeddings and what :func:`_step_backward` needs.
@@ -145,16 +145,17 @@ def _step_backward(grad_out: torch.Tensor, saved: tuple) -> tuple[torch.Tensor, 
             continue
         mirrored = last - index
         coefficients[index, ..., 0, 0] = _shifted(weights_padded[mirrored], radius, dy, dx, h, w)
-        torch.add(grad_dots_padded[index, :, radius : radius + h, radius : radius + w],
-                  _shifted(grad_dots_padded[mirrored], radius, dy, dx, h, w),
-                  out=coefficients[index, ..., 1, 0])
+        torch.add(
+            grad_dots_padded[index, :, radius : radius + h, radius : radius + w],
+            _shifted(grad_dots_padded[mirrored], radius, dy, dx, h, w),
+            out=coefficients[index, ..., 1, 0],
+        )
     gathered = torch.zeros(batch, h, w, 2, dim, **options)
     gathered[..., 0, :] = grad_mean  # the centre's own term
     for index, (dy, dx) in enumerate(offsets):
         if index != centre:
             gathered.addcmul_(coefficients[index], _shifted(stacked, radius, dy, dx, h, w))
     return gathered.sum(-2), grad_inv_bw_sq.reshape(inv_bw_sq.shape)
-
 
 
 class _WorkerPool:
@@ -219,7 +220,7 @@ class _MeanShift(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, z, inv_bw_sq, neighbour_ok, radius: int, iterations: int, normalize: bool):  # noqa: D102
+    def forward(ctx, z, inv_bw_sq, neighbour_ok, radius: int, iterations: int, normalize: bool):
         per_chunk = max(1, CHUNK_ELEMENTS // max(1, z[0].numel()))
         chunks = [slice(start, start + per_chunk) for start in range(0, z.shape[0], per_chunk)]
 
@@ -242,7 +243,7 @@ class _MeanShift(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out):  # noqa: D102 - gradient of the forward above
+    def backward(ctx, grad_out):
         def run(index: int) -> tuple[torch.Tensor, torch.Tensor]:
             with torch.no_grad():
                 grad_part, grad_inv_bw_sq = grad_out[ctx.chunks[index]], 0.0
@@ -308,12 +309,16 @@ def _mean_shift_inference(
                 weights[centre] = 1.0
                 for index in range(centre + 1, len(offsets)):
                     dy, dx = offsets[index]
-                    neighbours = source[:, top + radius + dy : top + 3 * radius + rows + dy,
-                                        radius + dx : radius + dx + grown_w]
+                    neighbours = source[
+                        :,
+                        top + radius + dy : top + 3 * radius + rows + dy,
+                        radius + dx : radius + dx + grown_w,
+                    ]
                     torch.sum(torch.mul(grown, neighbours, out=products), 0, out=dots)
                     weights[index] = dots[radius : radius + rows, radius : radius + width]
-                    weights[last - index] = dots[radius - dy : radius - dy + rows,
-                                                 radius - dx : radius - dx + width]
+                    weights[last - index] = dots[
+                        radius - dy : radius - dy + rows, radius - dx : radius - dx + width
+                    ]
                 weights.sub_(1.0).mul_(inv_bw_sq).exp_()
                 if neighbour_ok is not None:
                     weights.mul_(neighbour_ok[:, image, top : top + rows])
@@ -321,8 +326,10 @@ def _mean_shift_inference(
                 mean.copy_(source[:, pad + top : pad + top + rows, pad : pad + width])  # weight 1
                 for index, (dy, dx) in enumerate(offsets):
                     if index != centre:
-                        mean.addcmul_(weights[index], source[:, pad + top + dy : pad + top + dy + rows,
-                                                             pad + dx : pad + dx + width])
+                        mean.addcmul_(
+                            weights[index],
+                            source[:, pad + top + dy : pad + top + dy + rows, pad + dx : pad + dx + width],
+                        )
                 norm = norm_buffer[:, :rows]
                 torch.sum(torch.mul(mean, mean, out=products[:, :rows, :width]), 0, keepdim=True, out=norm)
                 mean.div_(norm.sqrt_().clamp_min_(1e-12))
@@ -333,7 +340,8 @@ def _mean_shift_inference(
 
 def uses_compiled_kernel(tensor: torch.Tensor, needs_grad: bool) -> bool:
     """Whether forward-only work on ``tensor`` runs in a compiled kernel of
-    :mod:`napari_dgc.model.cpu_kernels`: float32 on the CPU, no gradient needed."""
+    :mod:`napari_dgc.model.cpu_kernels`: float32 on the CPU, no gradient needed.
+    """
     return not needs_grad and tensor.device.type == "cpu" and tensor.dtype == torch.float32
 
 
@@ -346,7 +354,8 @@ def _mean_shift_compiled(
 ) -> torch.Tensor:
     """Forward-only mean-shift of ``(B, D, H, W)`` float32 CPU unit embeddings by the compiled
     kernel of :mod:`napari_dgc.model.cpu_kernels` (~2x faster than :func:`_mean_shift_inference`,
-    same result up to float rounding); the images run on :data:`WORKER_POOL`'s threads."""
+    same result up to float rounding); the images run on :data:`WORKER_POOL`'s threads.
+    """
     from napari_dgc.model.cpu_kernels import mean_shift_cpu  # compiles on first use
 
     def run(image: int) -> torch.Tensor:
@@ -413,5 +422,6 @@ def mean_shift(
     if not needs_grad:
         return _mean_shift_inference(z, float(inv_bw_sq), neighbour_ok, radius, iterations)
     channels_last = z.permute(0, 2, 3, 1).contiguous()
-    return _MeanShift.apply(channels_last, inv_bw_sq, neighbour_ok, radius, iterations,
-                            normalize).permute(0, 3, 1, 2)
+    return _MeanShift.apply(channels_last, inv_bw_sq, neighbour_ok, radius, iterations, normalize).permute(
+        0, 3, 1, 2
+    )

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_dgc.model.meanshift import mean_shift, uses_compiled_kernel
 from napari_dgc.config import ModelConfig
+from napari_dgc.errors import ConfigError
 from napari_dgc.model.band_convolution import (
     BANDED_MATRIX_MAX_LENGTH,
     BandedStack,
@@ -35,7 +35,7 @@ from napari_dgc.model.band_convolution import (
     position_blocked_features,
     position_blocks,
 )
-from napari_dgc.errors import ConfigError
+from napari_dgc.model.meanshift import mean_shift, uses_compiled_kernel
 
 #: Smallest per-channel spread that the data-dependent initialisation divides by.
 MIN_INIT_SPREAD = 1e-6
@@ -43,7 +43,6 @@ MIN_INIT_SPREAD = 1e-6
 #: Scale of the default random weights left on top of the identity (Dirac) kernel when
 #: ``spatial_init="identity"``.
 IDENTITY_INIT_NOISE = 0.1
-
 
 
 #: Pixels whose spectral convolutions run at once when no gradient is needed: the hidden
@@ -64,10 +63,10 @@ SPECTRAL_GRAD_CHUNK_PIXELS = 4096
 INFERENCE_POSITION_BLOCKS = 4
 
 
-
 def _standardize_output(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
     """Rescale ``conv`` so that ``conv(x)`` has zero mean and unit variance per output channel
-    over ``dims``; return the new output."""
+    over ``dims``; return the new output.
+    """
     out = conv(x)
     mean = out.mean(dim=dims)
     std = out.std(dim=dims)
@@ -79,7 +78,6 @@ def _standardize_output(conv: nn.Conv1d | nn.Conv2d, x: torch.Tensor, dims: tupl
     shape = [1] * out.ndim
     shape[1] = -1
     return (out - mean.reshape(shape)) / std.reshape(shape)
-
 
 
 class DGCModel(nn.Module):
@@ -120,16 +118,22 @@ class DGCModel(nn.Module):
             last = index == config.spectral_layers - 1
             channels_out = config.embed_dim if last else config.spectral_channels
             layers += [
-                nn.Conv1d(channels_in, channels_out, config.spectral_kernel,
-                          stride=config.spectral_stride, padding=config.spectral_kernel // 2),
+                nn.Conv1d(
+                    channels_in,
+                    channels_out,
+                    config.spectral_kernel,
+                    stride=config.spectral_stride,
+                    padding=config.spectral_kernel // 2,
+                ),
                 nn.ReLU(inplace=True),
             ]
             channels_in = channels_out
         self.spectral_convs = nn.Sequential(*layers)
 
         self.spatial_convs = nn.ModuleList(
-            nn.Conv2d(config.embed_dim, config.embed_dim, config.spatial_kernel,
-                      padding=config.spatial_kernel // 2)
+            nn.Conv2d(
+                config.embed_dim, config.embed_dim, config.spatial_kernel, padding=config.spatial_kernel // 2
+            )
             for _ in range(config.spatial_layers)
         )
         if config.spatial_init == "identity":
@@ -202,8 +206,11 @@ class DGCModel(nn.Module):
         batch, _, height, width = x.shape
         features = self.spectral_input(x.permute(0, 2, 3, 1).reshape(-1, self.n_bands)).unsqueeze(1)
         for module in self.spectral_convs:
-            features = _standardize_output(module, features, dims=(0, 2)) if isinstance(
-                module, nn.Conv1d) else module(features)
+            features = (
+                _standardize_output(module, features, dims=(0, 2))
+                if isinstance(module, nn.Conv1d)
+                else module(features)
+            )
         features = features.mean(dim=-1).reshape(batch, height, width, -1).permute(0, 3, 1, 2)
         last = len(self.spatial_convs) - 1
         for index, conv in enumerate(self.spatial_convs):
@@ -236,7 +243,8 @@ class DGCModel(nn.Module):
         band_index = None
         if band_shift:
             band_index = (torch.arange(self.n_bands, device=raw_pixels.device) + band_shift).clamp(
-                0, self.n_bands - 1)
+                0, self.n_bands - 1
+            )
         if self.resampling is None:
             normalized = self.normalize_pixels(raw_pixels)
             return normalized if band_index is None else normalized[:, band_index]
@@ -251,9 +259,15 @@ class DGCModel(nn.Module):
 
             windows = bin_windows(matrix.numpy())
             if windows is not None:
-                return torch.from_numpy(spectral_input_cpu(
-                    raw_pixels.contiguous().numpy(), windows, offset.numpy(),
-                    float(self.brightness_floor), self.config.brightness_norm))
+                return torch.from_numpy(
+                    spectral_input_cpu(
+                        raw_pixels.contiguous().numpy(),
+                        windows,
+                        offset.numpy(),
+                        float(self.brightness_floor),
+                        self.config.brightness_norm,
+                    )
+                )
         if not self.config.brightness_norm:
             return torch.addmm(-offset, raw_pixels, matrix)
         band_mean = torch.full_like(matrix[:, :1], 1.0 / self.n_bands)
@@ -267,7 +281,8 @@ class DGCModel(nn.Module):
         The pixels go through in chunks (each pixel is independent, so the result is the same)
         of :data:`SPECTRAL_CHUNK_PIXELS`, or :data:`SPECTRAL_GRAD_CHUNK_PIXELS` when gradients
         are recorded. Short sequences (every convolution a :func:`banded_matrix` product) with
-        gradients go through :class:`~napari_dgc.model.band_convolution.BandedStack`: a hand-written backward pass, and the
+        gradients go through :class:`~napari_dgc.model.band_convolution.BandedStack`: a hand-written
+        backward pass, and the
         chunks on worker threads forward and backward when torch may use several threads.
         Without gradients they go through :func:`position_blocks` products, which skip most of
         the banded matrices' zeros (same result up to float rounding).
@@ -283,15 +298,21 @@ class DGCModel(nn.Module):
             lengths.append((lengths[-1] + 2 * padding - kernel) // stride + 1)
         if max(lengths[:-1]) <= BANDED_MATRIX_MAX_LENGTH:
             if needs_grad:
-                layers = [tensor for conv, length in zip(convs, lengths)
-                          for tensor in banded_matrix(conv, length)]
+                layers = [
+                    tensor for conv, length in zip(convs, lengths) for tensor in banded_matrix(conv, length)
+                ]
                 return BandedStack.apply(sequences, lengths[-1], chunk, *layers)
-            blocks = [position_blocks(conv, length, INFERENCE_POSITION_BLOCKS)
-                      for conv, length in zip(convs, lengths)]
+            blocks = [
+                position_blocks(conv, length, INFERENCE_POSITION_BLOCKS)
+                for conv, length in zip(convs, lengths)
+            ]
             return position_blocked_features(sequences, blocks, lengths[-1], chunk)
         # Banded matrices built once for all chunks (None: the sequence is long, use conv1d).
-        banded = {conv: banded_matrix(conv, length)
-                  for conv, length in zip(convs, lengths) if length <= BANDED_MATRIX_MAX_LENGTH}
+        banded = {
+            conv: banded_matrix(conv, length)
+            for conv, length in zip(convs, lengths)
+            if length <= BANDED_MATRIX_MAX_LENGTH
+        }
         outputs = []
         for start in range(0, sequences.shape[0], chunk):
             features = sequences[start : start + chunk].unsqueeze(1)
@@ -327,8 +348,7 @@ class DGCModel(nn.Module):
             if index < last:
                 features = F.relu(features)
         radius = self.config.meanshift_window // 2
-        return mean_shift(features, self.bandwidth, self.config.meanshift_iters, radius, mask,
-                          normalize=True)
+        return mean_shift(features, self.bandwidth, self.config.meanshift_iters, radius, mask, normalize=True)
 
     def embed(self, x: torch.Tensor, valid_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Raw cube tensor ``(B, bands, H, W)`` -> unit-norm embeddings ``(B, D, H, W)``."""
@@ -351,7 +371,8 @@ class DGCModel(nn.Module):
         valid_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """:meth:`embed` from the spectral input ``(batch * height * width, L)`` (the output of
-        :meth:`spectral_input`, pixels row-major per image) -> ``(B, D, H, W)``."""
+        :meth:`spectral_input`, pixels row-major per image) -> ``(B, D, H, W)``.
+        """
         features = self.band_features(sequences)
         features = features.reshape(batch, height, width, -1).permute(0, 3, 1, 2)
         return self.spatial(features, valid_mask)
@@ -369,13 +390,15 @@ class DGCModel(nn.Module):
         if torch.is_grad_enabled():
             cosine = torch.einsum("bdhw,kd->bkhw", z, self.centroids)
             return torch.softmax(cosine / self.config.temperature, dim=1)
-        cosine = torch.stack([torch.linalg.vecdot(z, centroid[:, None, None], dim=1)
-                              for centroid in self.centroids], dim=-1)
+        cosine = torch.stack(
+            [torch.linalg.vecdot(z, centroid[:, None, None], dim=1) for centroid in self.centroids], dim=-1
+        )
         return torch.softmax(cosine / self.config.temperature, dim=-1).permute(0, 3, 1, 2)
 
     def log_assign(self, z: torch.Tensor) -> torch.Tensor:
         """Log-probabilities of the soft assignment ``(B, D, H, W)`` -> ``(B * H * W, K)``, pixels
-        in row-major order: what the training losses take (differentiable)."""
+        in row-major order: what the training losses take (differentiable).
+        """
         logits = torch.einsum("bdhw,kd->bhwk", z, self.centroids) / self.config.temperature
         return torch.log_softmax(logits.reshape(-1, logits.shape[-1]), dim=1)
 
@@ -392,6 +415,4 @@ class DGCModel(nn.Module):
 
     def _check_bands(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.n_bands:
-            raise ConfigError(
-                f"expected a (batch, {self.n_bands}, rows, cols) tensor, got {tuple(x.shape)}"
-            )
+            raise ConfigError(f"expected a (batch, {self.n_bands}, rows, cols) tensor, got {tuple(x.shape)}")

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     import torch
 
 
-def encode(value: Any, name: str, tensors: dict[str, "torch.Tensor"]) -> Any:
+def encode(value: Any, name: str, tensors: dict[str, torch.Tensor]) -> Any:
     """Turn a nested structure into JSON, moving tensors into ``tensors`` under path names.
 
     Tensors become ``{"__tensor__": name}``, tuples ``{"__tuple__": [...]}`` and dicts with
@@ -60,7 +60,10 @@ def encode(value: Any, name: str, tensors: dict[str, "torch.Tensor"]) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} at {name!r} in a checkpoint")
 
 
-def decode(value: Any, tensors: dict[str, "torch.Tensor"], source: Path) -> Any:
+def decode(value: Any, tensors: dict[str, torch.Tensor], source: Path) -> Any:
+    """Restore the structure :func:`encode` stored, its tensors taken from ``tensors``; ``source``
+    names the file in errors.
+    """
     if isinstance(value, list):
         return [decode(item, tensors, source) for item in value]
     if not isinstance(value, dict):
@@ -76,8 +79,7 @@ def decode(value: Any, tensors: dict[str, "torch.Tensor"], source: Path) -> Any:
         return tuple(decode(item, tensors, source) for item in value["__tuple__"])
     if set(value) == {"__items__"}:
         return {
-            decode(key, tensors, source): decode(item, tensors, source)
-            for key, item in value["__items__"]
+            decode(key, tensors, source): decode(item, tensors, source) for key, item in value["__items__"]
         }
     return {key: decode(item, tensors, source) for key, item in value.items()}
 
@@ -134,21 +136,29 @@ def load_tensors(file: Path) -> tuple[dict, dict[str, str]]:
         raise CheckpointError(f"{file}: not a readable safetensors file ({error})") from error
 
 
-def check_model_tensors(file: Path, expected: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]) -> None:
+def check_model_tensors(
+    file: Path, expected: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]
+) -> None:
     """Refuse ``loaded`` tensors whose names or shapes differ from the model's ``expected``."""
     missing = sorted(expected.keys() - loaded.keys())
     unexpected = sorted(loaded.keys() - expected.keys())
     if missing or unexpected:
-        raise CheckpointError(f"{file}: tensors do not match the model (missing {missing}, unexpected {unexpected})")
+        raise CheckpointError(
+            f"{file}: tensors do not match the model (missing {missing}, unexpected {unexpected})"
+        )
     for name, tensor in expected.items():
         if tuple(loaded[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(f"{file}: tensor {name} has shape {tuple(loaded[name].shape)}, the "
-                                  f"run's configuration needs {tuple(tensor.shape)}")
+            raise CheckpointError(
+                f"{file}: tensor {name} has shape {tuple(loaded[name].shape)}, the "
+                f"run's configuration needs {tuple(tensor.shape)}"
+            )
 
 
 def read_checkpoint_state(folder: Path, digests: dict[str, str]) -> tuple[dict, dict, dict]:
     """Model state, optimizer state and training state of the checkpoint in ``folder``, every
-    file verified against ``digests`` first (see :meth:`RunDirectory.load_checkpoint_state`)."""
+    file verified against ``digests`` first (see :meth:`RunDirectory.load_checkpoint_state`).
+    """
+
     def tensors_of(name: str) -> dict:
         return load_tensors(verified_file(folder / name, digests.get(name)))[0]
 
@@ -159,5 +169,8 @@ def read_checkpoint_state(folder: Path, digests: dict[str, str]) -> tuple[dict, 
     state = read_json(state_file)
     if not isinstance(state, dict) or not {"optimizer", "training"} <= state.keys():
         raise CheckpointError(f"{state_file}: optimizer or training state is missing")
-    return (model_state, decode(state["optimizer"], optimizer_tensors, state_file),
-            decode(state["training"], training_tensors, state_file))
+    return (
+        model_state,
+        decode(state["optimizer"], optimizer_tensors, state_file),
+        decode(state["training"], training_tensors, state_file),
+    )

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -39,7 +40,6 @@ if TYPE_CHECKING:
     import torch
 
     from napari_dgc.model.network import DGCModel
-
 
 
 class RunDirectory:
@@ -75,7 +75,7 @@ class RunDirectory:
         wavelengths: np.ndarray | Sequence[float] | None,
         dataset_files: Sequence[str | os.PathLike],
         seed: int,
-    ) -> "RunDirectory":
+    ) -> RunDirectory:
         """Start a new run folder and write its ``run.json``.
 
         The folder may not exist yet or be empty of runs. A folder that already holds a
@@ -108,8 +108,7 @@ class RunDirectory:
             raise CheckpointError(f"{path}: is a file, not a run folder")
         if manifest_path.exists():
             raise CheckpointError(
-                f"{manifest_path}: a run already exists here; open it to resume or choose "
-                "another folder"
+                f"{manifest_path}: a run already exists here; open it to resume or choose another folder"
             )
         manifest = new_manifest(path, config, n_bands, wavelengths, dataset_files, seed)
         path.mkdir(parents=True, exist_ok=True)
@@ -117,7 +116,7 @@ class RunDirectory:
         return cls(path, manifest, config)
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> "RunDirectory":
+    def open(cls, path: str | os.PathLike) -> RunDirectory:
         """Open an existing run folder (or its ``run.json``), validating the manifest.
 
         Raises
@@ -144,8 +143,7 @@ class RunDirectory:
         """
         if int(n_bands) != self.n_bands:
             raise CheckpointError(
-                f"{self.manifest_path}: the run was trained on {self.n_bands} bands, "
-                f"not {n_bands}"
+                f"{self.manifest_path}: the run was trained on {self.n_bands} bands, not {n_bands}"
             )
         if config.model.to_dict() != self.config.model.to_dict():
             raise CheckpointError(
@@ -162,22 +160,26 @@ class RunDirectory:
 
     def checkpoints(self, start: int | None = None) -> list[CheckpointInfo]:
         """Listed checkpoints in training order (re-reads ``run.json``, so a live run is seen
-        growing); only those of start ``start`` if given."""
+        growing); only those of start ``start`` if given.
+        """
         return [
-            info_from_entry(entry) for entry in read_manifest(self.manifest_path)["checkpoints"]
+            info_from_entry(entry)
+            for entry in read_manifest(self.manifest_path)["checkpoints"]
             if start is None or entry.get("start", 0) == start
         ]
 
     def latest_checkpoint(self) -> CheckpointInfo | None:
         """The selected start's last checkpoint (:attr:`selected_start`), or while no start is
-        selected the last one written; ``None`` before the first one."""
+        selected the last one written; ``None`` before the first one.
+        """
         entry = latest_entry(read_manifest(self.manifest_path))
         return None if entry is None else info_from_entry(entry)
 
     @property
     def selected_start(self) -> int | None:
         """The start that continued after the selection (:meth:`record_selection`), or
-        ``None`` (a single-start run, or a run still training its starts)."""
+        ``None`` (a single-start run, or a run still training its starts).
+        """
         return read_manifest(self.manifest_path).get("selected_start")
 
     @property
@@ -206,9 +208,7 @@ class RunDirectory:
             if entry["id"] == checkpoint_id:
                 return entry
         known = ", ".join(entry["id"] for entry in manifest["checkpoints"]) or "none"
-        raise CheckpointError(
-            f"{self.manifest_path}: no checkpoint {checkpoint_id!r} (listed: {known})"
-        )
+        raise CheckpointError(f"{self.manifest_path}: no checkpoint {checkpoint_id!r} (listed: {known})")
 
     # ------------------------------------------------------------------ writing
 
@@ -218,7 +218,7 @@ class RunDirectory:
     def save_checkpoint(
         self,
         step: int,
-        model_state: dict[str, "torch.Tensor"],
+        model_state: dict[str, torch.Tensor],
         optimizer_state: dict,
         training_state: dict,
         stats: dict,
@@ -261,9 +261,7 @@ class RunDirectory:
         checkpoint_id = checkpoint_id_for(step, start)
         run_step = int(step if run_step is None else run_step)
         if any(info.checkpoint_id == checkpoint_id for info in self.checkpoints()):
-            raise CheckpointError(
-                f"{self.manifest_path}: checkpoint {checkpoint_id} already exists"
-            )
+            raise CheckpointError(f"{self.manifest_path}: checkpoint {checkpoint_id} already exists")
         folder = self.path / CHECKPOINT_DIR / checkpoint_id
         metadata = {
             "format": "napari-dgc-model",
@@ -273,9 +271,16 @@ class RunDirectory:
         }
         try:
             stored_stats, digests = write_checkpoint_files(
-                folder, step, model_state, optimizer_state, training_state, stats, metadata)
-            entry = {"id": checkpoint_id, "step": int(step), "stats": stored_stats,
-                     "files": digests, "start": int(start), "run_step": run_step}
+                folder, step, model_state, optimizer_state, training_state, stats, metadata
+            )
+            entry = {
+                "id": checkpoint_id,
+                "step": int(step),
+                "stats": stored_stats,
+                "files": digests,
+                "start": int(start),
+                "run_step": run_step,
+            }
             with self._locked():
                 manifest = read_manifest(self.manifest_path)
                 manifest["checkpoints"] = sorted(
@@ -354,7 +359,7 @@ class RunDirectory:
         entry = self._entry(read_manifest(self.manifest_path), checkpoint_id)
         return read_checkpoint_state(self.path / CHECKPOINT_DIR / entry["id"], entry["files"])
 
-    def load_model(self, checkpoint_id: str | None = None, device: str = "cpu") -> "DGCModel":
+    def load_model(self, checkpoint_id: str | None = None, device: str = "cpu") -> DGCModel:
         """Build the model of a checkpoint in evaluation mode.
 
         Parameters

@@ -10,11 +10,12 @@ import json
 import os
 import platform
 import re
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,21 +71,29 @@ class CheckpointInfo:
 
 def checkpoint_id_for(step: int, start: int = 0) -> str:
     """Return the checkpoint id of ``step`` of start ``start`` (``step-000100``,
-    ``start1-step-000100``)."""
+    ``start1-step-000100``).
+    """
     prefix = f"start{int(start)}-" if start else ""
     return f"{prefix}step-{int(step):06d}"
 
 
 def info_from_entry(entry: dict) -> CheckpointInfo:
-    return CheckpointInfo(entry["id"], entry["step"], entry["stats"], entry.get("start", 0),
-                          entry.get("run_step", entry["step"]))
+    """The :class:`CheckpointInfo` of one ``run.json`` checkpoint entry."""
+    return CheckpointInfo(
+        entry["id"],
+        entry["step"],
+        entry["stats"],
+        entry.get("start", 0),
+        entry.get("run_step", entry["step"]),
+    )
 
 
 def latest_entry(manifest: dict) -> dict | None:
     """The last checkpoint of the selected start, or of the run while no start is selected."""
     selected = manifest.get("selected_start")
-    entries = [entry for entry in manifest["checkpoints"]
-               if selected is None or entry.get("start", 0) == selected]
+    entries = [
+        entry for entry in manifest["checkpoints"] if selected is None or entry.get("start", 0) == selected
+    ]
     return entries[-1] if entries else None
 
 
@@ -102,6 +111,7 @@ def to_json(value: Any) -> Any:
 
 
 def package_versions() -> dict[str, str]:
+    """Versions recorded with a new run (Python, torch, numpy, napari-dgc)."""
     import torch
 
     return {
@@ -113,6 +123,7 @@ def package_versions() -> dict[str, str]:
 
 
 def dataset_entries(dataset_files: Sequence[str | os.PathLike]) -> list[dict]:
+    """Absolute path and size of each training cube, as recorded in ``run.json``."""
     entries = []
     for file in dataset_files:
         path = Path(file).expanduser().resolve()
@@ -122,6 +133,7 @@ def dataset_entries(dataset_files: Sequence[str | os.PathLike]) -> list[dict]:
 
 
 def read_json(file: Path) -> Any:
+    """Parsed JSON of ``file``; CheckpointError naming it if missing, unreadable or corrupt."""
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -146,10 +158,10 @@ def read_manifest(file: Path) -> dict:
     checks = {
         "config": lambda v: isinstance(v, dict),
         "n_bands": lambda v: isinstance(v, int) and v > 0,
-        "wavelengths": lambda v: v is None
-        or (isinstance(v, list) and len(v) == manifest.get("n_bands")),
-        "dataset_files": lambda v: isinstance(v, list)
-        and all(isinstance(e, dict) and isinstance(e.get("path"), str) for e in v),
+        "wavelengths": lambda v: v is None or (isinstance(v, list) and len(v) == manifest.get("n_bands")),
+        "dataset_files": lambda v: (
+            isinstance(v, list) and all(isinstance(e, dict) and isinstance(e.get("path"), str) for e in v)
+        ),
         "seed": lambda v: isinstance(v, int),
         "created": lambda v: isinstance(v, str),
         "versions": lambda v: isinstance(v, dict),
@@ -170,6 +182,7 @@ def read_manifest(file: Path) -> dict:
 
 
 def valid_entry(entry: Any) -> bool:
+    """Whether a checkpoint entry has every field, of the right type, and a safe id."""
     return (
         isinstance(entry, dict)
         and isinstance(entry.get("id"), str)
@@ -183,14 +196,21 @@ def valid_entry(entry: Any) -> bool:
 
 
 def parse_config(data: dict, file: Path) -> TrainConfig:
+    """The run's :class:`TrainConfig`; CheckpointError naming ``file`` if it is invalid."""
     try:
         return TrainConfig.from_dict(data)
     except (TypeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{file}: invalid training configuration ({error})") from error
 
 
-def new_manifest(path: Path, config: TrainConfig, n_bands: int, wavelengths: Any,
-                 dataset_files: Sequence[str | os.PathLike], seed: int) -> dict:
+def new_manifest(
+    path: Path,
+    config: TrainConfig,
+    n_bands: int,
+    wavelengths: Any,
+    dataset_files: Sequence[str | os.PathLike],
+    seed: int,
+) -> dict:
     """The ``run.json`` of a new run (no checkpoints yet); CheckpointError if the arguments disagree."""
     n_bands = int(n_bands)
     if n_bands < 1:

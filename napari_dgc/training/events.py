@@ -48,7 +48,8 @@ class ProgressEvent:
 @dataclass(frozen=True)
 class CheckpointEvent:
     """A checkpoint was fully written and listed in ``run.json`` (``start`` and ``run_step`` as
-    in :class:`ProgressEvent`)."""
+    in :class:`ProgressEvent`).
+    """
 
     step: int
     checkpoint_id: str
@@ -60,7 +61,8 @@ class CheckpointEvent:
 @dataclass(frozen=True)
 class StartSelectedEvent:
     """Every start has trained to the selection step; ``start`` continues (the highest of
-    ``separations``, one per start) and is recorded in ``run.json``."""
+    ``separations``, one per start) and is recorded in ``run.json``.
+    """
 
     start: int
     separations: list[float]

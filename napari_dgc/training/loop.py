@@ -12,9 +12,9 @@ The optimiser step itself is :class:`~napari_dgc.training.trainer.Trainer`'s.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -103,8 +103,9 @@ def train(
     if written:
         normalization, elapsed = _resumed_normalization(run, written[-1].checkpoint_id)
     else:
-        statistics = compute_band_statistics(sources, config.model.brightness_norm,
-                                             config.data.normalization_pixels)
+        statistics = compute_band_statistics(
+            sources, config.model.brightness_norm, config.data.normalization_pixels
+        )
         normalization = (statistics.offset, statistics.scale, statistics.brightness_floor)
         elapsed = 0.0
     if not resume:
@@ -117,8 +118,9 @@ def _check_resumable(run: RunDirectory, config: TrainConfig) -> None:
     """Refuse settings that differ from the run's beyond what a resume may change."""
     refused = [key for key in differing_settings(run.config, config) if key not in RESUMABLE_SETTINGS]
     if refused:
-        raise ConfigError(f"{run.manifest_path}: a resumed run keeps its own settings; these differ: "
-                          f"{', '.join(refused)}")
+        raise ConfigError(
+            f"{run.manifest_path}: a resumed run keeps its own settings; these differ: {', '.join(refused)}"
+        )
 
 
 def _resumed_normalization(run: RunDirectory, last_written: str) -> tuple[tuple, float]:
@@ -135,8 +137,9 @@ def _resumed_normalization(run: RunDirectory, last_written: str) -> tuple[tuple,
 class _RunTraining:
     """The starts of one run, trained in turn, written to its folder as they go."""
 
-    def __init__(self, run: RunDirectory, sources: list, config: TrainConfig, normalization: tuple,
-                 elapsed: float) -> None:
+    def __init__(
+        self, run: RunDirectory, sources: list, config: TrainConfig, normalization: tuple, elapsed: float
+    ) -> None:
         self.run = run
         self.sources = sources
         self.config = config
@@ -154,16 +157,20 @@ class _RunTraining:
         if plan.starts > 1 and run.selected_start is None:
             # Each start trains to the selection step in turn, its checkpoints written as it
             # goes (a person sees each start ignite or not); then the best-separated continues.
-            windows = selection_windows(self.sources, config.starts.selection_windows,
-                                        config.data.crop_size + 2 * config.model.receptive_radius,
-                                        config.seed)
+            windows = selection_windows(
+                self.sources,
+                config.starts.selection_windows,
+                config.data.crop_size + 2 * config.model.receptive_radius,
+                config.seed,
+            )
             first = 0 if latest is None else latest.start + int(latest.step >= plan.selection_step)
             for start in range(first, plan.starts):
                 resumed = latest is not None and latest.start == start
                 trainer = self._trainer(start, latest.checkpoint_id if resumed else None)
                 yield from self._train_to(trainer, plan.selection_step, windows)
-            separations = [recorded_separation(run, start, plan.selection_step)
-                           for start in range(plan.starts)]
+            separations = [
+                recorded_separation(run, start, plan.selection_step) for start in range(plan.starts)
+            ]
             winner = selected_start(separations)
             run.record_selection(winner, separations)
             yield StartSelectedEvent(winner, separations, Path(run.path))
@@ -187,13 +194,24 @@ class _RunTraining:
             trainer.load_training_state(training_state)
         return trainer
 
-    def _train_to(self, trainer: Trainer, until: int, windows: list[np.ndarray] | None = None,
-                  ) -> Iterator[ProgressEvent | CheckpointEvent]:
+    def _train_to(
+        self,
+        trainer: Trainer,
+        until: int,
+        windows: list[np.ndarray] | None = None,
+    ) -> Iterator[ProgressEvent | CheckpointEvent]:
         """Step ``trainer`` to ``until``, writing its checkpoints; with selection ``windows``,
-        also one at ``until`` that records the start's score."""
+        also one at ``until`` that records the start's score.
+        """
         offset = self.plan.run_step_offset(trainer.start, selecting=windows is not None)
-        steps = _train_steps(trainer, until, self.elapsed, self.plan.total_run_steps, offset,
-                             checkpoint_at=until if windows is not None else None)
+        steps = _train_steps(
+            trainer,
+            until,
+            self.elapsed,
+            self.plan.total_run_steps,
+            offset,
+            checkpoint_at=until if windows is not None else None,
+        )
         for event, checkpoint in steps:
             self.elapsed = event.elapsed_s
             info = None
@@ -201,13 +219,19 @@ class _RunTraining:
                 if windows is not None and checkpoint.step == until:
                     checkpoint.stats["separation"] = spectral_separation(trainer.model, windows)
                 info = self.run.save_checkpoint(
-                    checkpoint.step, checkpoint.model_state, checkpoint.optimizer_state,
-                    checkpoint.training_state, checkpoint.stats, start=trainer.start,
-                    run_step=offset + checkpoint.step)
+                    checkpoint.step,
+                    checkpoint.model_state,
+                    checkpoint.optimizer_state,
+                    checkpoint.training_state,
+                    checkpoint.stats,
+                    start=trainer.start,
+                    run_step=offset + checkpoint.step,
+                )
             yield event
             if info is not None:
-                yield CheckpointEvent(info.step, info.checkpoint_id, Path(self.run.path), info.start,
-                                      info.run_step)
+                yield CheckpointEvent(
+                    info.step, info.checkpoint_id, Path(self.run.path), info.start, info.run_step
+                )
 
 
 def _describe_sources(cubes: Sequence) -> tuple[list[str], np.ndarray | None]:
@@ -237,21 +261,34 @@ def _window_stats(results: list[StepResult]) -> dict:
 
 def _new_trainer(sources: list, config: TrainConfig, device: torch.device, start: int) -> Trainer:
     """A fresh model and trainer for start ``start`` (0: the run's seed; others: initial weights
-    and centroids from a seed derived from it, the same crop pairs)."""
+    and centroids from a seed derived from it, the same crop pairs).
+    """
     if start == 0:
         torch.manual_seed(config.seed)
     else:
         torch.manual_seed(int(np.random.SeedSequence([config.seed, start]).generate_state(1)[0]))
     model = DGCModel(sources[0].n_bands, config.model)
     data = config.data
-    stream = PairStream(sources, data.crop_size, (data.overlap_min, data.overlap_max),
-                        data.pairs_per_cube, config.seed, data.augment, data.max_spectral_shift)
+    stream = PairStream(
+        sources,
+        data.crop_size,
+        (data.overlap_min, data.overlap_max),
+        data.pairs_per_cube,
+        config.seed,
+        data.augment,
+        data.max_spectral_shift,
+    )
     return Trainer(model, stream, config, device, start)
 
 
-def _train_steps(trainer: Trainer, until: int, elapsed: float, run_total_steps: int,
-                 run_step_offset: int, checkpoint_at: int | None = None,
-                 ) -> Iterator[tuple[ProgressEvent, _Checkpoint | None]]:
+def _train_steps(
+    trainer: Trainer,
+    until: int,
+    elapsed: float,
+    run_total_steps: int,
+    run_step_offset: int,
+    checkpoint_at: int | None = None,
+) -> Iterator[tuple[ProgressEvent, _Checkpoint | None]]:
     """Step ``trainer`` up to step ``until``, yielding ``(event, checkpoint)`` per step.
 
     ``checkpoint`` is ``None`` or, every ``checkpoint_every`` steps, at the last step and at
@@ -273,7 +310,15 @@ def _train_steps(trainer: Trainer, until: int, elapsed: float, run_total_steps: 
             stats["bandwidth"] = float(model.bandwidth.detach())
             checkpoint = _Checkpoint(step, model.state_dict(), trainer.optimizer.state_dict(), state, stats)
             window = []
-        event = ProgressEvent(step, config.steps, result.losses, result.active_clusters,
-                              float(trainer.optimizer.param_groups[0]["lr"]), elapsed,
-                              trainer.start, run_step_offset + step, run_total_steps)
+        event = ProgressEvent(
+            step,
+            config.steps,
+            result.losses,
+            result.active_clusters,
+            float(trainer.optimizer.param_groups[0]["lr"]),
+            elapsed,
+            trainer.start,
+            run_step_offset + step,
+            run_total_steps,
+        )
         yield event, checkpoint

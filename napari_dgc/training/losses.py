@@ -110,7 +110,8 @@ def balanced_pseudo_labels(scores: torch.Tensor, target: torch.Tensor | None = N
 
 def uniform_assignment_loss(log_p: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of the predictions against pseudo-labels with the cluster shares
-    ``target`` (exactly N/K each without it, as in the papers)."""
+    ``target`` (exactly N/K each without it, as in the papers).
+    """
     return F.nll_loss(log_p, balanced_pseudo_labels(log_p.detach(), target))
 
 
@@ -137,8 +138,11 @@ def floored_usage_target(usage: torch.Tensor, floor: float) -> torch.Tensor:
             break
         fixed |= below
         free_mass = shares[~fixed].sum()
-        shares = torch.where(fixed, torch.full_like(shares, minimum),
-                             shares * (1.0 - minimum * int(fixed.sum())) / free_mass.clamp_min(1e-12))
+        shares = torch.where(
+            fixed,
+            torch.full_like(shares, minimum),
+            shares * (1.0 - minimum * int(fixed.sum())) / free_mass.clamp_min(1e-12),
+        )
     return shares
 
 

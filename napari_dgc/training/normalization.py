@@ -4,7 +4,8 @@ One per-band offset (mean) and scale (standard deviation) for the whole dataset,
 crop or per cube: a material must get the same features in a scene full of leaves and in a
 scene full of background. Each cube contributes an equal share of a pixel budget, read as a
 few full-width row blocks spread over its height and subsampled, so only one block of one
-cube and the small sample are in memory at a time. With ``brightness_norm`` the statistics are those of brightness-normalised pixels
+cube and the small sample are in memory at a time. With ``brightness_norm`` the statistics are
+those of brightness-normalised pixels
 (each spectrum divided by its mean over the bands), matching :meth:`DGCModel.normalize_pixels`.
 """
 

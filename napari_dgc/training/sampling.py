@@ -18,9 +18,9 @@ is JSON-serialisable (:meth:`PairStream.state_dict`), so a resumed run draws the
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from scipy.stats import qmc
@@ -29,7 +29,7 @@ from napari_dgc.errors import ConfigError, CubeFormatError
 
 
 class SampledCube:
-    """A cube that crop pairs are sampled from: an in-memory band-last array or a lazy :class:`~napari_dgc.io.Cube`.
+    """A cube that crop pairs are sampled from: a band-last array or a lazy :class:`~napari_dgc.io.Cube`.
 
     Parameters
     ----------
@@ -311,7 +311,9 @@ class PairStream:
 
     def _position(self, cube_index: int) -> tuple[float, float]:
         if self._halton_cube != cube_index:
-            self._halton = qmc.Halton(d=2, scramble=True, seed=np.random.default_rng([self.seed, 3, cube_index]))
+            self._halton = qmc.Halton(
+                d=2, scramble=True, seed=np.random.default_rng([self.seed, 3, cube_index])
+            )
             self._halton.fast_forward(self.halton_counts[cube_index])
             self._halton_cube = cube_index
         self.halton_counts[cube_index] += 1

@@ -8,7 +8,7 @@ k-means' ``n_init`` does.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -21,10 +21,12 @@ from napari_dgc.run_folder import RunDirectory
 
 def selected_start(separations: Sequence[float]) -> int:
     """The start that continues: the highest separation; starts that reached the same partition
-    score the same up to rounding, and then the first of them wins."""
+    score the same up to rounding, and then the first of them wins.
+    """
     best = max(separations)
-    return next(start for start, value in enumerate(separations)
-                if np.isclose(value, best, rtol=1e-9, atol=0.0))
+    return next(
+        start for start, value in enumerate(separations) if np.isclose(value, best, rtol=1e-9, atol=0.0)
+    )
 
 
 def recorded_separation(run: RunDirectory, start: int, selection_step: int) -> float:
@@ -37,7 +39,8 @@ def recorded_separation(run: RunDirectory, start: int, selection_step: int) -> f
 
 def selection_windows(sources: Sequence, count: int, size: int, seed: int) -> list[np.ndarray]:
     """``count`` windows ``(h, w, bands)`` of at most ``size`` x ``size`` pixels at random
-    positions of random cubes (seeded), on which :func:`spectral_separation` scores a model."""
+    positions of random cubes (seeded), on which :func:`spectral_separation` scores a model.
+    """
     rng = np.random.default_rng([seed, 6])
     windows = []
     for _ in range(count):
@@ -52,7 +55,8 @@ def selection_windows(sources: Sequence, count: int, size: int, seed: int) -> li
 def spectral_separation(model: DGCModel, windows: Sequence[np.ndarray]) -> float:
     """Calinski–Harabasz index of the model's hard labels of the windows' pixels on their
     normalised spectral inputs (what the spectral stage reads): how well the clusters separate
-    the spectra, the k-means criterion on the inputs. Higher is better."""
+    the spectra, the k-means criterion on the inputs. Higher is better.
+    """
     device = model.centroids.device
     features, labels = [], []
     model.eval()

@@ -62,8 +62,9 @@ class Trainer:
     directly.
     """
 
-    def __init__(self, model: DGCModel, stream: PairStream, config: TrainConfig,
-                 device: torch.device, start: int = 0) -> None:
+    def __init__(
+        self, model: DGCModel, stream: PairStream, config: TrainConfig, device: torch.device, start: int = 0
+    ) -> None:
         self.model = model.to(device)
         self.stream = stream
         self.config = config
@@ -135,7 +136,8 @@ class Trainer:
 
     def _forward(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor, tuple]:
         """Flat embeddings ``(N, D)``, log-probabilities ``(N, K)``, and ``(sequences, index)``
-        from :meth:`_crop_features` (the spectral input of row ``i`` is ``sequences[index[i]]``)."""
+        from :meth:`_crop_features` (the spectral input of row ``i`` is ``sequences[index[i]]``).
+        """
         features, sequences, index = self._crop_features(pairs)
         z = self.model.spatial(features)
         z_flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
@@ -145,8 +147,10 @@ class Trainer:
         crop_pixels = self.config.data.crop_size**2
         rows_a = [pair.match_a + (2 * j) * crop_pixels for j, pair in enumerate(pairs)]
         rows_b = [pair.match_b + (2 * j + 1) * crop_pixels for j, pair in enumerate(pairs)]
-        return (torch.from_numpy(np.concatenate(rows_a)).to(self.device),
-                torch.from_numpy(np.concatenate(rows_b)).to(self.device))
+        return (
+            torch.from_numpy(np.concatenate(rows_a)).to(self.device),
+            torch.from_numpy(np.concatenate(rows_b)).to(self.device),
+        )
 
     def step(self) -> StepResult:
         """Draw a batch of pairs, take one optimiser step and update the centroids."""
@@ -163,12 +167,20 @@ class Trainer:
         p = log_p.exp()
         centroids = model.centroids
         rows_a, rows_b = self._matched_rows(pairs)
-        uniform_weight = schedule_value(config.losses.weight_uniform, config.losses.uniform_schedule,
-                                        config.losses.uniform_final_fraction, self.step_count,
-                                        self._schedule_length)
-        balance_weight = schedule_value(config.losses.weight_balance, config.losses.balance_schedule,
-                                        config.losses.balance_final_fraction, self.step_count,
-                                        self._schedule_length)
+        uniform_weight = schedule_value(
+            config.losses.weight_uniform,
+            config.losses.uniform_schedule,
+            config.losses.uniform_final_fraction,
+            self.step_count,
+            self._schedule_length,
+        )
+        balance_weight = schedule_value(
+            config.losses.weight_balance,
+            config.losses.balance_schedule,
+            config.losses.balance_final_fraction,
+            self.step_count,
+            self._schedule_length,
+        )
         terms = {
             "compact": config.losses.weight_compact * losses.compactness_loss(z, p, centroids),
             "orth": config.losses.weight_orth * losses.orthogonality_loss(centroids),
@@ -188,30 +200,38 @@ class Trainer:
         with torch.no_grad():
             z, p = z.detach(), p.detach()
             self._update_centroids(z, p)
-            self.usage_ema = (config.losses.usage_ema_decay * self.usage_ema
-                              + (1 - config.losses.usage_ema_decay) * p.mean(dim=0).double().cpu().numpy())
+            self.usage_ema = (
+                config.losses.usage_ema_decay * self.usage_ema
+                + (1 - config.losses.usage_ema_decay) * p.mean(dim=0).double().cpu().numpy()
+            )
             usage = torch.bincount(p.argmax(dim=1), minlength=model.n_clusters).double() / p.shape[0]
         self.step_count += 1
         reported = {name: float(value.detach()) for name, value in terms.items()}
         reported["total"] = float(total.detach())
         usage_np = usage.cpu().numpy()
-        return StepResult(reported, int((usage_np >= max(config.centroids.dead_threshold, 1e-9)).sum()), usage_np)
+        return StepResult(
+            reported, int((usage_np >= max(config.centroids.dead_threshold, 1e-9)).sum()), usage_np
+        )
 
     def _fit_centroids(self, pairs: list[CropPair], inits: int, max_pixels: int = 4096) -> None:
         """Set the centroids to the best of ``inits`` spherical k-means fits (lowest ``1 - cos``
         inertia) of the pairs' embeddings, on at most ``max_pixels`` rows drawn with the kick
-        generator (saved in checkpoints, so resuming stays exact)."""
+        generator (saved in checkpoints, so resuming stays exact).
+        """
         with torch.no_grad():
             z, _, _ = self._forward(pairs)
             if z.shape[0] > max_pixels:
-                z = z[torch.from_numpy(self.kick_rng.choice(z.shape[0], max_pixels, replace=False)).to(z.device)]
+                z = z[
+                    torch.from_numpy(self.kick_rng.choice(z.shape[0], max_pixels, replace=False)).to(z.device)
+                ]
             fits = [spherical_kmeans(z, self.model.n_clusters, self.kick_rng) for _ in range(inits)]
             inertia = [float((1.0 - (z @ c.T).max(dim=1).values).sum()) for c in fits]
             self.model.centroids.copy_(fits[int(np.argmin(inertia))])
 
     def _fidelity_term(self, z: torch.Tensor, sequences: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Weighted fidelity loss on ``fidelity_pixels`` rows of ``z`` drawn at random; row
-        ``i``'s spectral input is ``sequences[index[i]]``."""
+        ``i``'s spectral input is ``sequences[index[i]]``.
+        """
         weight = self.config.losses.weight_fidelity
         if weight == 0:
             return z.new_zeros(())
@@ -228,13 +248,17 @@ class Trainer:
 
     def _update_centroids(self, z: torch.Tensor, p: torch.Tensor) -> None:
         """EMA toward the probability-weighted mean embeddings; kick or re-seed clusters with
-        too little mass."""
+        too little mass.
+        """
         config, centroids = self.config, self.model.centroids
         mass = p.sum(dim=0)
         means = F.normalize(p.T @ z, dim=1)
         has_mass = (mass > 0).unsqueeze(1)
-        updated = torch.where(has_mass, config.centroids.ema_decay * centroids + (1 - config.centroids.ema_decay) * means,
-                              centroids)
+        updated = torch.where(
+            has_mass,
+            config.centroids.ema_decay * centroids + (1 - config.centroids.ema_decay) * means,
+            centroids,
+        )
         dead = (mass / p.shape[0]) < config.centroids.dead_threshold
         if bool(dead.any()) and config.centroids.dead_policy == "reseed":
             updated = F.normalize(updated, dim=1)
@@ -250,7 +274,8 @@ class Trainer:
 
 def _draw_far_embedding(z: torch.Tensor, centroids: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
     """One row of ``z`` drawn with probability proportional to ``(1 - cos)^2`` to its nearest
-    row of ``centroids`` (uniformly when there are none or all distances are zero)."""
+    row of ``centroids`` (uniformly when there are none or all distances are zero).
+    """
     if centroids.shape[0] == 0:
         weights = torch.ones(z.shape[0], dtype=torch.float64)
     else:
@@ -264,11 +289,13 @@ def _draw_far_embedding(z: torch.Tensor, centroids: torch.Tensor, rng: np.random
     return z[min(index, z.shape[0] - 1)]
 
 
-def spherical_kmeans(z: torch.Tensor, n_clusters: int, rng: np.random.Generator,
-                     iterations: int = 10, max_pixels: int = 4096) -> torch.Tensor:
+def spherical_kmeans(
+    z: torch.Tensor, n_clusters: int, rng: np.random.Generator, iterations: int = 10, max_pixels: int = 4096
+) -> torch.Tensor:
     """Unit-norm centroids ``(K, D)`` of the unit embeddings ``z`` ``(N, D)``: k-means++
     seeding with the distance ``1 - cos``, then Lloyd iterations on the sphere, on at most
-    ``max_pixels`` rows drawn with ``rng``."""
+    ``max_pixels`` rows drawn with ``rng``.
+    """
     if z.shape[0] > max_pixels:
         z = z[torch.from_numpy(rng.choice(z.shape[0], max_pixels, replace=False)).to(z.device)]
     centroids = z.new_zeros((0, z.shape[1]))
