@@ -84,8 +84,8 @@ def test_train_by_default_tries_three_starts_and_continues_the_best_separated(cu
     scores = opened.start_separations
     assert len(scores) == 3 and scores[selected] == max(scores)
     assert opened.latest_checkpoint().checkpoint_id.endswith("step-000003")
-    assert f"step 7/7  start {selected + 1}/3" in err  # the throttled line shows the last step
-    assert f"start {selected + 1} of 3 continues" in err
+    assert f"step 7/7  start {selected} (starts 0–2)" in err  # the throttled line shows the last step
+    assert f"start {selected} continues (spectral separation of starts 0–2" in err
     code = main(["train", "--resume", str(run), "--starts", "1", *FAST])
     assert code == 2 and "new runs only" in _error_line(capsys)
 

@@ -124,7 +124,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from napari_dgc.run_folder import RunDirectory
-    from napari_dgc.training.events import CheckpointEvent, FinishedEvent, ProgressEvent, StartSelectedEvent
+    from napari_dgc.training.events import (
+        CheckpointEvent,
+        FinishedEvent,
+        ProgressEvent,
+        StartSelectedEvent,
+        start_name,
+    )
     from napari_dgc.training.loop import train
 
     if args.threads is not None:
@@ -150,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             if now - last_line >= 0.5 or event.run_step == event.run_total_steps:
                 last_line = now
                 rate = event.run_step / event.elapsed_s if event.elapsed_s > 0 else 0.0
-                where = f"start {event.start + 1}/{starts}  " if starts > 1 else ""
+                where = f"{start_name(event.start, starts)}  " if starts > 1 else ""
                 print(
                     f"\rstep {event.run_step}/{event.run_total_steps}  {where}"
                     f"loss {event.losses['total']:+.4f}  active {event.active_clusters}  "
@@ -164,8 +170,8 @@ def run(args: argparse.Namespace) -> int:
         elif isinstance(event, StartSelectedEvent) and not args.quiet:
             scores = ", ".join(f"{value:.4g}" for value in event.separations)
             print(
-                f"\nstart {event.start + 1} of {len(event.separations)} continues "
-                f"(spectral separation per start: {scores})",
+                f"\n{start_name(event.start)} continues (spectral separation of starts "
+                f"0–{len(event.separations) - 1}: {scores})",
                 file=sys.stderr,
                 flush=True,
             )

@@ -11,6 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+
+def start_name(start: int, count: int | None = None) -> str:
+    """How a start is named to a person: ``"start 1"``, with ``count`` ``"start 1 (starts 0–2)"``.
+
+    0-based, like the checkpoint ids (``start1-step-000100``) and ``run.json``, so a label never
+    disagrees with the id next to it; the CLI and the panels use this one name.
+    """
+    return f"start {start}" + (f" (starts 0–{count - 1})" if count and count > 1 else "")
+
+
 #: Names of the weighted loss terms a :class:`ProgressEvent` reports, and their sum.
 LOSS_TERMS = ("total", "compact", "orth", "balance", "uniform", "consistency", "fidelity")
 
