@@ -159,6 +159,12 @@ def test_documented_command_lines_run(item: DocLines, template_run, tmp_path):
             report.append(f"{where}  [names of sub-commands: not run]")
             continue
         for variant in variants:
+            if variant in (["--help"], ["--version"]):  # the top-level options need no fixtures
+                outcome = run_cli(variant, tmp_path)
+                report.append(f"{where}\n  {outcome.describe().splitlines()[0]}")
+                if outcome.code != 0:
+                    failures.append(f"{where}\n  {outcome.describe()}")
+                continue
             if not variant or variant[0] not in SUBCOMMANDS:
                 failures.append(f"{where}\n  variant {variant}: not a napari-dgc sub-command")
                 continue
