@@ -159,8 +159,9 @@ def test_documented_command_lines_run(item: DocLines, template_run, tmp_path):
             report.append(f"{where}  [names of sub-commands: not run]")
             continue
         for variant in variants:
-            if variant in (["--help"], ["--version"]):  # the top-level options need no fixtures
-                outcome = run_cli(variant, tmp_path)
+            top_level = text.split()[1:]
+            if top_level in (["--help"], ["--version"]):  # the top-level options need no fixtures
+                outcome = run_cli(top_level, tmp_path)
                 report.append(f"{where}\n  {outcome.describe().splitlines()[0]}")
                 if outcome.code != 0:
                     failures.append(f"{where}\n  {outcome.describe()}")
