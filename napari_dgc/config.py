@@ -12,6 +12,9 @@ default is written twice. Settings are addressed by dotted keys (``"optim.learni
 ``"model.n_clusters"``, ``"steps"``): :meth:`TrainConfig.with_settings` applies them and
 :func:`parse_setting` reads ``KEY=VALUE`` text. :func:`resumed_config` is the one rule of what
 a resumed run may change. Run folders store :meth:`TrainConfig.to_dict` as JSON.
+
+Longer than the ~500 lines a module usually gets, on purpose: every setting with its bounds and
+help is in this one file, so none is defined twice.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ of each pixel's area.
 
 The same arguments always give the same bytes. Only numpy and scipy are used, and the cube is
 assembled in blocks of rows, so large scenes need no temporaries of the cube's size.
+
+Longer than the ~500 lines a module usually gets: the spectra, the leaf and lesion geometry and
+the rendering are one model of a scene, tuned together against the baselines' scores
+(tests/test_synthetic.py); split, each part would only make sense next to the others.
 """
 
 from __future__ import annotations
