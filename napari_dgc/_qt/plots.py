@@ -104,7 +104,8 @@ class SparklinePlot(pg.PlotWidget):
         font = QFont()
         font.setPointSize(7)
         axis = item.getAxis("left")
-        axis.setStyle(tickFont=font, tickLength=-3, maxTickLevel=0)
+        axis.setStyle(tickFont=font, tickLength=-3, maxTickLevel=0, maxTextLevel=0)
+        axis.setTickDensity(0.5)  # two or three labels: the plots are 60 px high
         axis.setWidth(34)
         axis.setPen(NEUTRAL)
         axis.setTextPen(NEUTRAL)
@@ -192,7 +193,7 @@ class SparklinePlot(pg.PlotWidget):
         html = f'<span style="color:{NEUTRAL}">{self.title}</span> ' + " ".join(shown)
         if html != self._title_html:  # a new title re-lays the plot out: only when it changed
             self._title_html = html
-            self.getPlotItem().setTitle(html, size="8pt")
+            self.getPlotItem().setTitle(html, size="8pt", justify="left")
 
     def _on_click(self, event) -> None:
         box = self.getPlotItem().vb
