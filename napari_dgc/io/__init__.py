@@ -76,11 +76,16 @@ def open_cube(
         ``path`` is not a format napari-dgc reads (the napari reader declines it).
     CubeFormatError
         A file of a supported format that is missing, empty, unreadable, broken or holds no
-        usable cube. Every message names the file and the problem.
+        usable cube, or a path that is neither a regular file nor a folder (a FIFO would block
+        forever). Every message names the file and the problem.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise CubeFormatError(f"{path}: no such file or folder")
+    if not (path.is_file() or path.is_dir()):
+        # A FIFO would block the reader forever and a device never ends: only regular files
+        # (and folders, for PNG bands) are cubes.
+        raise CubeFormatError(f"{path}: not a regular file or folder (a FIFO, socket or device); not read")
     kind = format_for_path(path)
     if kind is None:
         raise UnsupportedFormatError(f"{path}: not a hyperspectral cube format napari-dgc reads")

@@ -39,6 +39,7 @@ def to_nanometres(values: Sequence[float] | np.ndarray, unit: str | None) -> tup
     unit : str or None
         The file's unit ("Nanometers", "Micrometers", "um", "µm", "wavenumber", ...).
         Missing or "Unknown": values all below 30 are taken as micrometres, others as nm.
+        Anything that is not a string (a list from a malformed file) is not a wavelength unit.
 
     Returns
     -------
@@ -48,6 +49,12 @@ def to_nanometres(values: Sequence[float] | np.ndarray, unit: str | None) -> tup
         How the unit was interpreted (for provenance).
     """
     array = np.asarray(values, dtype=np.float64).reshape(-1)
+    if unit is not None and not isinstance(unit, str):
+        # Files are untrusted: an ENVI "{...}" list or a JSON list/number is not a unit.
+        return (
+            None,
+            f"a {type(unit).__name__} given as the unit is not a wavelength unit: wavelengths ignored",
+        )
     key = (unit or "").strip().lower()
     if key in _NANOMETRE:
         return array, f"unit {unit!r}: nm"

@@ -1,13 +1,13 @@
 """ENVI cubes: a text ``.hdr`` header plus a raw data file, memory-mapped.
 
-The header is parsed with :func:`spectral.io.envi.read_envi_header` (multi-line ``{...}``
-lists, comments); the data file is located, checked against the header's size and mapped
-here, so every problem gets a message naming the file.
+The header is parsed here as :func:`spectral.io.envi.read_envi_header` does (multi-line
+``{...}`` lists, comments), but bounded in size and tolerant of Latin-1 text; the data file is
+located, checked against the header's size and mapped here, so every problem gets a message
+naming the file.
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,26 +60,94 @@ def find_data_file(header: Path) -> tuple[Path | None, list[Path]]:
     return found, tried
 
 
+# ENVI headers are short text files (a 10,000-band wavelength list is ~100 KB); larger files
+# are refused before they are read.
+MAX_HEADER_BYTES = 16 * 2**20
+
+
 def read_header(header: Path) -> dict:
-    """Parse an ENVI header into a dict of lower-case keys (values as strings or lists).
+    """Parse an ENVI header file into a dict of lower-case keys (values as strings or lists).
+
+    The text is decoded as UTF-8, or as Latin-1 when it is not valid UTF-8 (headers written
+    on Windows often hold a ``µ`` as the single byte 0xB5).
 
     Raises
     ------
     UnsupportedFormatError
         The file is not an ENVI header (no ``ENVI`` first line, or binary).
     CubeFormatError
-        The header starts like ENVI but cannot be parsed (e.g. an unclosed ``{``).
+        The header starts like ENVI but cannot be parsed (e.g. an unclosed ``{``), is larger
+        than :data:`MAX_HEADER_BYTES`, or is not a regular file.
     """
-    from spectral.io import envi
-
+    if not header.is_file():
+        raise CubeFormatError(f"{header}: not a regular file, so it is not read as an ENVI header")
+    with open(header, "rb") as handle:
+        raw = handle.read(MAX_HEADER_BYTES + 1)
+    if len(raw) > MAX_HEADER_BYTES:
+        raise CubeFormatError(f"{header}: larger than {MAX_HEADER_BYTES} bytes; not an ENVI header")
+    if b"\0" in raw:
+        raise UnsupportedFormatError(f"{header}: not an ENVI header (a binary file)")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # spectral warns about mixed-case keys
-            return envi.read_envi_header(str(header))
-    except envi.FileNotAnEnviHeader as error:
-        raise UnsupportedFormatError(f"{header}: not an ENVI header (first line is not 'ENVI')") from error
-    except envi.EnviHeaderParsingError as error:
-        raise CubeFormatError(f"{header}: the ENVI header cannot be parsed (unclosed '{{' list?)") from error
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # every byte sequence decodes as Latin-1
+    return parse_header_text(text, header)
+
+
+def parse_header_text(text: str, source: str | Path = "ENVI header") -> dict:
+    """Parse the text of an ENVI header, as :func:`spectral.io.envi.read_envi_header` does.
+
+    Keys are lower-cased; a ``{...}`` value (possibly spanning lines) becomes a list of
+    stripped strings split at commas, except ``description``, which stays one string; lines
+    starting with ``;`` and lines without ``=`` are skipped.
+
+    Parameters
+    ----------
+    text : str
+        The whole header.
+    source : str or path-like
+        Named in error messages.
+
+    Returns
+    -------
+    dict
+        Lower-case key to string or list of strings.
+
+    Raises
+    ------
+    UnsupportedFormatError
+        The first line does not start with ``ENVI``.
+    CubeFormatError
+        A ``{`` list is never closed.
+    """
+    lines = text.splitlines()
+    if not lines or not lines[0].strip().startswith("ENVI"):
+        raise UnsupportedFormatError(f"{source}: not an ENVI header (first line is not 'ENVI')")
+    fields: dict = {}
+    remaining = iter(lines[1:])
+    for line in remaining:
+        if "=" not in line or line.startswith(";"):
+            continue
+        key, _, value = line.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not value.startswith("{"):
+            fields[key] = value
+            continue
+        parts = [value]
+        while not parts[-1].endswith("}"):
+            following = next(remaining, None)
+            if following is None:
+                raise CubeFormatError(
+                    f"{source}: the ENVI header cannot be parsed (unclosed '{{' list in {key!r})"
+                )
+            if not following.startswith(";"):
+                parts.append(following.strip())
+        joined = "\n".join(parts)
+        if key == "description":
+            fields[key] = joined.strip("{}").strip()
+        else:
+            fields[key] = [item.strip() for item in joined[1:-1].split(",")]
+    return fields
 
 
 def _integer_field(header: dict, key: str, path: Path, default: int | None = None) -> int:

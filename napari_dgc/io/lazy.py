@@ -209,3 +209,40 @@ class BandStack(LazyArray):
                 (0, _selected_length(rows, self.shape[1]), _selected_length(cols, self.shape[2])), self.dtype
             )
         return np.stack(planes)
+
+
+class Deferred(LazyArray):
+    """An array of known shape and dtype that is read in full on first access, then kept.
+
+    For storages that can only be decoded as a whole (a compressed single TIFF page, a
+    MATLAB v5 variable): opening the cube (and ``napari-dgc info``) reads nothing, and the
+    values are decoded once, when something first indexes them.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of the array ``load`` returns.
+    dtype : numpy dtype
+        Its data type.
+    load : callable
+        ``load()`` returns the whole array (it may raise a
+        :class:`~napari_dgc.errors.DGCError` naming the file).
+    """
+
+    def __init__(self, shape: Sequence[int], dtype: Any, load: Callable[[], np.ndarray]):
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self._load = load
+        self._values: np.ndarray | None = None
+
+    def values(self) -> np.ndarray:
+        """The whole array, decoded on the first call."""
+        if self._values is None:
+            values = np.asarray(self._load())
+            if values.shape != self.shape:
+                raise ValueError(f"decoded shape {values.shape} differs from the stated {self.shape}")
+            self._values = values.astype(self.dtype, copy=False)
+        return self._values
+
+    def _read(self, selection: tuple) -> np.ndarray:
+        return _apply(self.values(), selection)

@@ -9,7 +9,11 @@ matches a wavelength vector stored next to the cube, else the shortest axis.
 
 from __future__ import annotations
 
+import math
 import re
+import struct
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ import numpy as np
 from napari_dgc.errors import CubeFormatError
 from napari_dgc.io.bands import choose_band_axis, to_nanometres
 from napari_dgc.io.cube import Cube
-from napari_dgc.io.lazy import AxisPermuted
+from napari_dgc.io.lazy import AxisPermuted, Deferred
 
 _WAVELENGTH_NAME = re.compile(r"^(wave.*|wl|wls|wvl|lambda.*|bands?_?(nm|wavelengths?))$", re.IGNORECASE)
 _ROWS_NAME = re.compile(r"^(lines|rows|nrows?|height)$", re.IGNORECASE)
@@ -140,7 +144,7 @@ def open_mat(
 
 
 def _read_variables(path: Path) -> tuple[dict[str, _Variable], str]:
-    """All numeric variables of the file (v7.3 ones lazy), and ``"mat"`` or ``"mat-v7.3"``."""
+    """All numeric variables of the file, read lazily, and ``"mat"`` or ``"mat-v7.3"``."""
     import h5py
 
     if h5py.is_hdf5(path):
@@ -149,16 +153,11 @@ def _read_variables(path: Path) -> tuple[dict[str, _Variable], str]:
         head = handle.read(128)
     if b"7.3 MAT-file" in head:
         raise CubeFormatError(f"{path}: a MATLAB v7.3 file whose HDF5 part is missing or truncated")
-    import scipy.io
-
-    try:
-        contents = scipy.io.loadmat(path, squeeze_me=False, mat_dtype=False)
-    except PermissionError:
-        raise
-    except Exception as error:  # SciPy signals corrupt files with many exception types
-        raise CubeFormatError(
-            f"{path}: not a readable MATLAB file ({type(error).__name__}: {error})"
-        ) from error
+    if len(head) == 128 and head[126:128] in (b"IM", b"MI"):
+        return _v5_variables(path, "<" if head[126:128] == b"IM" else ">"), "mat"
+    # No MATLAB 5 header: perhaps a MATLAB v4 file, which has no compression, so reading it
+    # whole costs no more memory than its size on disk.
+    contents = _loadmat(path)
     variables = {
         name: _Variable(name, tuple(value.shape), value)
         for name, value in contents.items()
@@ -167,7 +166,169 @@ def _read_variables(path: Path) -> tuple[dict[str, _Variable], str]:
     return variables, "mat"
 
 
+def _loadmat(path: Path, **kwargs: Any) -> dict:
+    import scipy.io
+
+    try:
+        return scipy.io.loadmat(path, squeeze_me=False, mat_dtype=False, **kwargs)
+    except PermissionError:
+        raise
+    except Exception as error:  # SciPy signals corrupt files with many exception types
+        raise CubeFormatError(
+            f"{path}: not a readable MATLAB file ({type(error).__name__}: {error})"
+        ) from error
+
+
+# ---------------------------------------------------------------------- MATLAB v5 headers
+#: MATLAB v5/v7 files cannot store a variable of more than 2^31 - 1 bytes; one that claims
+#: more is corrupt or hostile and is refused before anything is decompressed.
+MAX_V5_VARIABLE_BYTES = 2**31 - 1
+# Decompressed bytes that always hold a variable's array header (flags, dims, name, data tag).
+_V5_HEADER_BYTES = 64 * 1024
+# Compressed bytes read to find that header (zlib expands at most ~1000x, so this is plenty).
+_V5_COMPRESSED_HEAD = 256 * 1024
+_MI_COMPRESSED, _MI_MATRIX, _MI_INT8, _MI_INT32, _MI_UINT32 = 15, 14, 1, 5, 6
+# Storage types of numeric data (what SciPy returns with mat_dtype=False).
+_MI_DTYPES = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8"}
+# mxCLASS codes of numeric arrays (double .. uint64); sparse, cell, struct, char are not cubes.
+_MX_NUMERIC = range(6, 16)
+_MX_COMPLEX_FLAG = 0x800
+
+
+def _v5_variables(path: Path, endian: str) -> dict[str, _Variable]:
+    """The numeric variables of a MATLAB v5/v7 file, from their headers only.
+
+    Each compressed variable is inflated only as far as its array header; its values are
+    decompressed (by SciPy, that variable alone) when the cube is first read, after its stated
+    size has been checked against :data:`MAX_V5_VARIABLE_BYTES`.
+    """
+    size = path.stat().st_size
+    variables: dict[str, _Variable] = {}
+    with open(path, "rb") as handle:
+        position = 128
+        while position + 8 <= size:
+            handle.seek(position)
+            mdtype, nbytes = struct.unpack(endian + "II", handle.read(8))
+            if mdtype >> 16:  # "small data element": its bytes are in the tag itself
+                position += 8
+                continue
+            end = position + 8 + nbytes
+            if end > size:
+                raise CubeFormatError(
+                    f"{path}: not a readable MATLAB file (truncated: the element at byte {position} "
+                    f"needs {end} bytes, the file has {size})"
+                )
+            if mdtype == _MI_COMPRESSED:
+                body = _inflate_head(handle.read(min(nbytes, _V5_COMPRESSED_HEAD)), path, position)
+                header = _v5_matrix_header(body, endian, path, position)
+            elif mdtype == _MI_MATRIX:
+                tag = struct.pack(endian + "II", mdtype, nbytes)
+                header = _v5_matrix_header(
+                    tag + handle.read(min(nbytes, _V5_HEADER_BYTES)), endian, path, position
+                )
+            else:
+                header = None
+            if header is not None and not header[0].startswith("__"):
+                name, shape, dtype = header
+                variables[name] = _Variable(
+                    name, shape, Deferred(shape, dtype, _v5_loader(path, name, shape))
+                )
+            position = end
+    return variables
+
+
+def _inflate_head(compressed: bytes, path: Path, position: int) -> bytes:
+    try:
+        return zlib.decompressobj().decompress(compressed, _V5_HEADER_BYTES)
+    except zlib.error as error:
+        raise CubeFormatError(
+            f"{path}: not a readable MATLAB file (compressed variable at byte {position}: {error})"
+        ) from None
+
+
+def _v5_matrix_header(
+    body: bytes, endian: str, path: Path, position: int
+) -> tuple[str, tuple[int, ...], np.dtype] | None:
+    """``(name, shape, stored dtype)`` of a numeric real array element, else None.
+
+    ``body`` starts with the miMATRIX tag. The data's stated byte count must equal the shape
+    times the item size, and the size must stay within :data:`MAX_V5_VARIABLE_BYTES`.
+    """
+
+    def broken(problem: str) -> CubeFormatError:
+        return CubeFormatError(f"{path}: not a readable MATLAB file (variable at byte {position}: {problem})")
+
+    def element(offset: int) -> tuple[int, bytes, int]:
+        if offset + 8 > len(body):
+            raise broken("its header is cut short")
+        first, second = struct.unpack_from(endian + "II", body, offset)
+        if first >> 16:  # small data element
+            count = first >> 16
+            if count > 4:
+                raise broken("a malformed small data element")
+            return first & 0xFFFF, body[offset + 4 : offset + 4 + count], offset + 8
+        if offset + 8 + second > len(body):
+            raise broken("its header is cut short or too long")
+        return first, body[offset + 8 : offset + 8 + second], offset + 8 + (second + 7) // 8 * 8
+
+    if len(body) < 8 or struct.unpack_from(endian + "I", body, 0)[0] != _MI_MATRIX:
+        raise broken("no array element")
+    flags_type, flags, offset = element(8)
+    if flags_type != _MI_UINT32 or len(flags) != 8:
+        raise broken("malformed array flags")
+    word = struct.unpack_from(endian + "I", flags, 0)[0]
+    if (word & 0xFF) not in _MX_NUMERIC or word & _MX_COMPLEX_FLAG:
+        return None  # not a real numeric array: not a cube, skipped as SciPy's result was
+    dims_type, dims, offset = element(offset)
+    if dims_type != _MI_INT32 or len(dims) % 4 or not 8 <= len(dims) <= 4 * 32:
+        raise broken("malformed dimensions")
+    shape = struct.unpack(endian + f"{len(dims) // 4}i", dims)
+    if min(shape) < 0:
+        raise broken(f"negative dimension in {shape}")
+    name_type, name_bytes, offset = element(offset)
+    if name_type != _MI_INT8:
+        raise broken("malformed name")
+    name = name_bytes.decode("latin-1")
+    if offset + 8 > len(body):
+        if 0 in shape:
+            return None  # an empty array may have no data element; it is no cube anyway
+        raise broken(f"variable {name!r} has no data")
+    first, second = struct.unpack_from(endian + "II", body, offset)
+    data_type, stated = (first & 0xFFFF, first >> 16) if first >> 16 else (first, second)
+    if data_type not in _MI_DTYPES:
+        raise broken(f"variable {name!r} has no numeric data (storage type {data_type})")
+    dtype = np.dtype(_MI_DTYPES[data_type])  # SciPy returns the storage type, in native order
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > MAX_V5_VARIABLE_BYTES:
+        raise CubeFormatError(
+            f"{path}: variable {name!r} claims {'x'.join(map(str, shape))} values of {dtype.itemsize} "
+            f"bytes ({needed} bytes); a MATLAB v5/v7 file holds at most {MAX_V5_VARIABLE_BYTES} bytes "
+            "per variable, so the file is corrupt or hostile and is not decompressed"
+        )
+    if stated != needed:
+        raise broken(f"variable {name!r} states {stated} data bytes for shape {shape}, not {needed}")
+    return name, tuple(shape), dtype
+
+
+def _v5_loader(path: Path, name: str, shape: tuple[int, ...]) -> Callable[[], np.ndarray]:
+    """Read one variable with SciPy (which skips the others without decompressing them)."""
+
+    def load() -> np.ndarray:
+        value = _loadmat(path, variable_names=[name]).get(name)
+        if not isinstance(value, np.ndarray) or tuple(value.shape) != shape:
+            raise CubeFormatError(f"{path}: variable {name!r} cannot be read as its header describes")
+        return value
+
+    return load
+
+
 def _hdf5_variables(path: Path) -> dict[str, _Variable]:
+    """The numeric top-level datasets of a v7.3 file, read lazily through h5py.
+
+    A user's file must not make napari-dgc read other files: a top-level external link, or a
+    dataset whose values live in external files or are a virtual dataset (a view of other
+    files), is refused with an error naming the variable.
+    """
     import h5py
 
     try:
@@ -175,9 +336,26 @@ def _hdf5_variables(path: Path) -> dict[str, _Variable]:
     except OSError as error:
         raise CubeFormatError(f"{path}: corrupt or truncated MATLAB v7.3 (HDF5) file ({error})") from error
     variables = {}
-    for name, item in handle.items():
-        if not isinstance(item, h5py.Dataset) or name.startswith("#"):
+    for name in handle:
+        if name.startswith("#"):
             continue
+        link = handle.get(name, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise CubeFormatError(
+                f"{path}: variable {name!r} is an HDF5 external link to {link.filename!r}; "
+                "links to other files are not followed"
+            )
+        try:
+            item = handle[name]
+        except (KeyError, OSError, RuntimeError) as error:  # e.g. a dangling soft link
+            raise CubeFormatError(f"{path}: variable {name!r} cannot be opened ({error})") from error
+        if not isinstance(item, h5py.Dataset):
+            continue
+        if item.is_virtual or item.external:
+            kind = "a virtual dataset" if item.is_virtual else "stored in external files"
+            raise CubeFormatError(
+                f"{path}: variable {name!r} is {kind}; values outside the file are not read"
+            )
         matlab_class = item.attrs.get("MATLAB_class", b"double")
         matlab_class = matlab_class.decode() if isinstance(matlab_class, bytes) else str(matlab_class)
         if (
@@ -233,8 +411,12 @@ def _shape_hint(variables: dict[str, _Variable]) -> str:
     cols = next((v for name, v in scalars.items() if _COLS_NAME.match(name)), None)
     if rows is None or cols is None:
         return ""
-    r, c = int(rows.load().ravel()[0]), int(cols.load().ravel()[0])
-    return f" -- the file's {rows.name!r} and {cols.name!r} say ({r}, {c})"
+    r, c = (float(v.load().ravel()[0]) for v in (rows, cols))
+    # Only a hint: a stored count that is not a whole positive number (Inf, NaN, -3, 2.5)
+    # is left out rather than turned into an error about the hint.
+    if not all(np.isfinite(n) and n >= 1 and n == int(n) for n in (r, c)):
+        return ""
+    return f" -- the file's {rows.name!r} and {cols.name!r} say ({int(r)}, {int(c)})"
 
 
 def _reshape_matrix(matrix: _Variable, shape: tuple[int, int] | None, path: Path) -> np.ndarray:

@@ -26,9 +26,14 @@ def open_png_folder(folder: Path) -> Cube:
     UnsupportedFormatError
         No PNG in the folder has a wavelength in its name.
     CubeFormatError
-        Unreadable PNG, colour PNGs, bands of different sizes or types, repeated wavelengths.
+        Unreadable PNG, colour PNGs, bands of different sizes or types, repeated wavelengths,
+        or a PNG whose header claims more pixels than Pillow's decompression-bomb limit.
     """
     from PIL import Image, UnidentifiedImageError
+
+    # A PNG header can claim 10^10 pixels in a few bytes; Pillow refuses such files when it
+    # opens them, and the refusal becomes a one-line error naming the file.
+    unreadable = (UnidentifiedImageError, OSError, Image.DecompressionBombError, ValueError)
 
     pngs = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
     bands = [(wavelength_in_name(p.stem), p) for p in pngs]
@@ -49,7 +54,7 @@ def open_png_folder(folder: Path) -> Cube:
         try:
             with Image.open(png) as image:
                 headers.append((image.mode, image.size))
-        except (UnidentifiedImageError, OSError) as error:
+        except unreadable as error:
             raise CubeFormatError(f"{png}: not a readable PNG ({error})") from error
     mode, (width, height) = headers[0]
     for (band_mode, size), (_, png) in zip(headers, bands):
@@ -66,7 +71,7 @@ def open_png_folder(folder: Path) -> Cube:
         try:
             with Image.open(files[index]) as image:
                 return np.asarray(image)
-        except (UnidentifiedImageError, OSError) as error:
+        except unreadable as error:
             raise CubeFormatError(f"{files[index]}: cannot be decoded ({error})") from error
 
     data = BandStack(len(files), (height, width), _GRAYSCALE_MODES[mode], read_band)
