@@ -382,3 +382,27 @@ def test_short_number_keeps_large_figures_narrow():
     assert short_number(0.974) == "0.974" and short_number(31.0, 2) == "31"
     assert short_number(120_400.0, 2) == "120k"  # never "1.2e+02k"
     assert short_number(412_345.0) == "412k"
+
+
+def test_click_on_a_plot_gives_the_step_under_it(qtbot):
+    import pyqtgraph as pg
+    from qtpy.QtCore import Qt
+    from qtpy.QtTest import QTest
+
+    from napari_dgc._qt.plots import SparklinePlot
+
+    plot = SparklinePlot("loss")
+    qtbot.addWidget(plot)
+    plot.resize(300, 100)
+    plot.show()
+    plot.set_series([("total", np.arange(101), np.linspace(1.0, 0.0, 101))])
+    plot.set_x_range(0, 100)
+    plot.set_markers([(40, None, "dash"), (60, "#ffd700", "solid")])
+    qtbot.waitExposed(plot)
+    box = plot.getPlotItem().vb
+    where = plot.mapFromScene(box.mapViewToScene(pg.Point(75, 0.5)))
+    with qtbot.waitSignal(plot.clicked) as blocker:
+        QTest.mouseClick(plot.viewport(), Qt.LeftButton, pos=where)
+    assert blocker.args[0] == pytest.approx(75, abs=1)
+    assert plot.markers() == [(40.0, None, "dash"), (60.0, "#ffd700", "solid")]
+    assert plot.latest_values() == [0.0]
