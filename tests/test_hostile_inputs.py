@@ -334,3 +334,227 @@ def test_npy_sidecar_odd_documents_are_noted_not_fatal(tmp_path, content):
 
 def test_error_classes_are_dgc_errors():
     assert issubclass(CubeFormatError, DGCError)
+
+
+# ---------------------------------------------------------------------- LabelMe masks
+def _labelme(path: Path, shapes, height=4, width=4) -> Path:
+    path.write_text(json.dumps({"imageHeight": height, "imageWidth": width, "shapes": shapes}))
+    return path
+
+
+@pytest.mark.parametrize(
+    "points",
+    [
+        [["a", "b"], [1, 2], [3, 4]],
+        [[1], [2], [3]],
+        [[True, 1], [2, 2], [3, 1]],
+        [[[1, 2], [3, 4]], [1, 1], [2, 2]],
+        "1,2,3",
+        [[1e999, 1], [2, 2], [3, 1]],
+        [[10**400, 1], [2, 2], [3, 1]],
+        None,
+    ],
+    ids=["strings", "singles", "bool", "nested", "string", "infinite", "huge-int", "null"],
+)
+def test_labelme_with_non_numeric_points(tmp_path, points):
+    from napari_dgc.analysis.masks import read_mask
+    from napari_dgc.errors import MaskError
+
+    path = _labelme(tmp_path / "leaf.json", [{"label": "tissue", "points": points}])
+    with pytest.raises(MaskError, match="leaf.json: shape 0"):
+        read_mask(path)
+
+
+@pytest.mark.parametrize(
+    "shapes", ["polygon", ["polygon"], [5], {"a": 1}], ids=["string", "list-of-strings", "int", "dict"]
+)
+def test_labelme_whose_shapes_are_strings(tmp_path, shapes):
+    from napari_dgc.analysis.masks import read_mask
+    from napari_dgc.errors import MaskError
+
+    path = _labelme(tmp_path / "leaf.json", shapes)
+    with pytest.raises(MaskError, match="leaf.json: "):
+        read_mask(path)
+
+
+@pytest.mark.parametrize(
+    "size", [(10**6, 10**6), (-4, 4), (0, 4), ("4", 4), (1e999, 4), (True, 4), (2.5, 4)], ids=str
+)
+def test_labelme_image_size_is_checked_before_allocating(tmp_path, size):
+    from napari_dgc.analysis.masks import rasterize_labelme
+    from napari_dgc.errors import MaskError
+
+    path = _labelme(tmp_path / "leaf.json", [], *size)
+    with pytest.raises(MaskError, match="leaf.json: "):
+        rasterize_labelme(path)  # no cube shape to compare with: the size alone is checked
+
+
+def test_labelme_nested_100000_deep(tmp_path):
+    from napari_dgc.analysis.masks import read_mask
+    from napari_dgc.errors import MaskError
+
+    path = tmp_path / "leaf.json"
+    path.write_text('{"shapes": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(MaskError, match="leaf.json: JSON nested 100001 levels deep"):
+        read_mask(path)
+
+
+def test_label_image_npy_with_a_hostile_header(tmp_path):
+    from napari_dgc.analysis.masks import read_label_image
+    from napari_dgc.errors import MaskError
+
+    path = tmp_path / "mask.npy"
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(
+            handle, {"descr": "|u1", "fortran_order": False, "shape": (-1, 2**62)}
+        )
+        handle.write(b"\0" * 16)
+    with pytest.raises(MaskError, match="mask.npy: not a valid"):
+        read_label_image(path)
+
+
+def test_label_image_png_decompression_bomb(tmp_path):
+    from napari_dgc.analysis.masks import read_label_image
+    from napari_dgc.errors import MaskError
+
+    path = _png_claiming(tmp_path / "mask.png", 100_000, 100_000)
+    with pytest.raises(MaskError, match="mask.png: cannot read the image"):
+        read_label_image(path)
+
+
+# ---------------------------------------------------------------------- class mappings
+@pytest.mark.parametrize(
+    "document",
+    [
+        {"format": "napari-dgc-class-mapping", "version": 1, "n_clusters": "abc", "classes": []},
+        {"format": "napari-dgc-class-mapping", "version": 1, "n_clusters": 10**12, "classes": []},
+        {"format": "napari-dgc-class-mapping", "version": 1, "n_clusters": 1e300, "classes": []},
+        {"format": "napari-dgc-class-mapping", "version": 1, "n_clusters": 4, "classes": "background"},
+        {"format": "napari-dgc-class-mapping", "version": 1, "n_clusters": 4, "classes": ["background"]},
+        {
+            "format": "napari-dgc-class-mapping",
+            "version": 1,
+            "n_clusters": 4,
+            "classes": [{"name": "a", "color": "#000000", "clusters": "0123"}],
+        },
+        {
+            "format": "napari-dgc-class-mapping",
+            "version": 1,
+            "n_clusters": 4,
+            "classes": [{"name": "a", "color": "#000000", "clusters": [0.5, "1"]}],
+        },
+        {"0": "0,3", "1": [1, 2]},
+        {"0": [[0]], "1": [1, 2]},
+        {str(i): [] for i in range(300)},
+    ],
+    ids=[
+        "count-text",
+        "count-1e12",
+        "count-float",
+        "classes-string",
+        "class-string",
+        "clusters-string",
+        "clusters-not-ints",
+        "reference-string",
+        "reference-nested",
+        "300-classes",
+    ],
+)
+def test_mapping_json_with_malformed_content(tmp_path, document):
+    from napari_dgc.analysis.classes import ClassMapping
+    from napari_dgc.errors import MappingError
+
+    path = tmp_path / "merge.json"
+    path.write_text(json.dumps(document))
+    with pytest.raises(MappingError, match="merge.json: "):
+        ClassMapping.load(path, n_clusters=4)
+
+
+def test_mapping_json_nested_100000_deep(tmp_path):
+    from napari_dgc.analysis.classes import ClassMapping
+    from napari_dgc.errors import MappingError
+
+    path = tmp_path / "merge.json"
+    path.write_text('{"0": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(MappingError, match="merge.json: JSON nested"):
+        ClassMapping.load(path, n_clusters=4)
+
+
+def test_suggest_mapping_refuses_a_huge_cluster_count_before_allocating():
+    from napari_dgc.analysis.evaluation import suggest_mapping
+    from napari_dgc.analysis.masks import Mask
+    from napari_dgc.errors import MappingError
+
+    clusters = {"leaf": np.zeros((2, 2), np.int64)}
+    masks = {"leaf": Mask(np.zeros((2, 2), np.int32))}
+    with pytest.raises(MappingError, match="between 1 and 64"):
+        suggest_mapping(clusters, masks, 10**9)
+
+
+# ---------------------------------------------------------------------- napari-dgc evaluate
+@pytest.fixture
+def evaluate_files(tmp_path):
+    from PIL import Image
+
+    labels = tmp_path / "leaf_labels.npy"
+    np.save(labels, np.array([[0, 1], [1, 0]], np.int64))
+    mask = tmp_path / "leaf_mask.png"
+    Image.fromarray(np.array([[0, 1], [1, 0]], np.uint8)).save(mask)
+    return labels, mask
+
+
+def test_evaluate_label_map_holding_id_1e12(tmp_path, run_cli, evaluate_files):
+    labels, mask = evaluate_files
+    np.save(labels, np.array([[0, 10**12], [1, 0]], np.int64))
+    before = _snapshot(tmp_path)
+    assert_one_line_error(run_cli("evaluate", labels, mask), labels, "holds cluster id 1000000000000")
+    assert _snapshot(tmp_path) == before
+
+
+def test_evaluate_n_clusters_1e9(tmp_path, run_cli, evaluate_files):
+    labels, mask = evaluate_files
+    code, _, err = run_cli("evaluate", labels, mask, "--n-clusters", "1000000000")
+    assert code == 2 and err.count("\n") == 1 and "--n-clusters" in err and "between 1 and 64" in err, err
+
+
+def test_evaluate_json_into_a_missing_folder_creates_nothing(tmp_path, run_cli, evaluate_files):
+    labels, mask = evaluate_files
+    target = tmp_path / "no" / "such" / "dir" / "x.json"
+    before = _snapshot(tmp_path)
+    code, out, err = run_cli("evaluate", labels, mask, "--json", target)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "x.json" in err and "does not exist" in err
+    assert not (tmp_path / "no").exists()
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"0": "zero"}',
+        '{"0": [' * 50_000 + "]" * 50_000 + "}",
+        '{"format": "napari-dgc-class-mapping"}',
+        "\xb5",
+    ],
+    ids=["string-ids", "deep", "no-version", "latin-1"],
+)
+def test_evaluate_with_a_malformed_mapping(tmp_path, run_cli, evaluate_files, content):
+    labels, mask = evaluate_files
+    mapping = tmp_path / "merge.json"
+    mapping.write_bytes(content.encode("latin-1"))
+    assert_one_line_error(run_cli("evaluate", labels, mask, "--mapping", mapping), mapping, "merge.json")
+
+
+def test_evaluate_with_a_labelme_mask_whose_shapes_are_strings(tmp_path, run_cli, evaluate_files):
+    labels, _ = evaluate_files
+    mask = _labelme(tmp_path / "leaf.json", ["polygon", "rectangle"], 2, 2)
+    assert_one_line_error(run_cli("evaluate", labels, mask), mask, "shape 0 is a str")
+
+
+@pytest.mark.parametrize("which", ["labels", "mask"])
+def test_evaluate_on_a_fifo_is_refused_not_a_hang(tmp_path, run_cli, evaluate_files, no_hang, which):
+    labels, mask = evaluate_files
+    fifo = tmp_path / ("fifo_labels.npy" if which == "labels" else "fifo_mask.png")
+    os.mkfifo(fifo)
+    args = (fifo, mask) if which == "labels" else (labels, fifo)
+    assert_one_line_error(run_cli("evaluate", *args), fifo, "not a regular file")

@@ -4,12 +4,17 @@
 by name stem (``leaf_labels.tif`` with ``leaf_mask.png`` or ``leaf.json``; see
 :mod:`napari_dgc.analysis.masks`). Cluster maps hold cluster ids ``0..K-1`` (as ``napari-dgc segment``
 writes them). Without ``--mapping`` the best automatic mapping is used and the output says so.
+
+Every input is checked before anything is allocated or written: cluster ids and
+``--n-clusters`` must lie within :data:`~napari_dgc.config.MAX_CLUSTERS`, inputs must be
+regular files or folders, and ``--json``/``--csv`` must go into an existing folder (no folder
+is created).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +65,8 @@ def _files(argument: str, suffixes: tuple[str, ...], what: str) -> list[Path]:
         raise FileNotFoundError(f"{path}: no such {what} file or folder")
     if path.is_file():
         return [path]
+    if not path.is_dir():
+        raise DGCError(f"{path}: not a regular file or folder (a FIFO, socket or device); not read")
     files = sorted(
         p
         for p in path.iterdir()
@@ -87,26 +94,51 @@ def _pair(label_files: list[Path], mask_files: list[Path]) -> dict[str, tuple[Pa
 
 def _read_cluster_map(path: Path) -> np.ndarray:
     from napari_dgc.analysis.masks import read_label_image
+    from napari_dgc.config import MAX_CLUSTERS
 
     labels = read_label_image(path)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer) or (labels.size and labels.min() < 0):
         raise DGCError(f"{path}: a cluster map must be a 2-D image of non-negative integer ids")
+    # Every table and matrix is sized by the largest id: refuse ids no model produces before
+    # one is allocated (an id of 10^12 would ask for terabytes).
+    if labels.size and labels.max() >= MAX_CLUSTERS:
+        raise MappingError(
+            f"{path}: holds cluster id {int(labels.max())}; cluster maps hold ids 0..{MAX_CLUSTERS - 1}"
+        )
     return labels.astype(np.int64)
 
 
 def _cluster_count(args: argparse.Namespace, cluster_maps: dict[str, np.ndarray]) -> int:
+    from napari_dgc.analysis.classes import check_cluster_count
+    from napari_dgc.safe_json import read_json
+
     if args.n_clusters is not None:
-        if args.n_clusters < 1:
-            raise DGCError(f"--n-clusters must be positive, got {args.n_clusters}")
+        check_cluster_count(args.n_clusters, "--n-clusters: ")
         return args.n_clusters
     if args.mapping:
-        try:
-            document = json.loads(Path(args.mapping).read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise MappingError(f"{args.mapping}: not valid JSON") from None
+        document = read_json(args.mapping, error=MappingError, what="class mapping")
+        # A reference-form mapping ({label: [ids]}) may even have a label "n_clusters".
         if isinstance(document, dict) and isinstance(document.get("n_clusters"), int):
+            check_cluster_count(document["n_clusters"], f"{args.mapping}: ")
             return document["n_clusters"]
-    return max(int(labels.max()) for labels in cluster_maps.values()) + 1
+    return max(int(labels.max()) for labels in cluster_maps.values() if labels.size) + 1
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse unwritable report paths before any work: nothing is created, not even a folder."""
+    for option, output in (("--json", args.json), ("--csv", args.csv)):
+        if not output:
+            continue
+        path = Path(output)
+        folder = path.parent
+        if not folder.is_dir():
+            raise DGCError(f"{option} {path}: the folder {folder} does not exist (it is not created)")
+        if path.is_dir():
+            raise DGCError(f"{option} {path}: is a folder, not a file")
+        if path.exists() and not args.overwrite:
+            raise DGCError(f"{output} exists; pass --overwrite to replace it")
+        if path.exists() and not stat.S_ISREG(path.stat().st_mode):
+            raise DGCError(f"{option} {path}: not a regular file; not replaced")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -115,9 +147,7 @@ def _run(args: argparse.Namespace) -> int:
     from napari_dgc.analysis.export import LABEL_MAP_SUFFIXES
     from napari_dgc.analysis.masks import MASK_SUFFIXES, parse_legend, read_mask
 
-    for output in (args.json, args.csv):
-        if output and Path(output).exists() and not args.overwrite:
-            raise DGCError(f"{output} exists; pass --overwrite to replace it")
+    _check_outputs(args)
     legend = parse_legend(args.mask_classes) if args.mask_classes else None
     pairs = _pair(
         _files(args.labels, LABEL_MAP_SUFFIXES, "label map"), _files(args.mask, MASK_SUFFIXES, "mask")

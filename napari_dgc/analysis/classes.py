@@ -14,12 +14,14 @@ Mapping files are JSON, either this project's form::
 or the reference implementation's ``{label: [cluster ids]}`` form, e.g.
 ``{"0": [0, 3], "1": [1, 2]}``, whose integer labels are mask values (0 background,
 1 tissue, 2 lesion) and become classes named after :data:`DEFAULT_CLASS_NAMES`.
-A mapping file must assign every cluster exactly once.
+A mapping file must assign every cluster exactly once. Mapping files are read with
+:func:`napari_dgc.safe_json.read_json` (bounded size and depth); a mapping may have at most
+:data:`~napari_dgc.config.MAX_CLUSTERS` clusters (the most a model can learn) and
+:data:`MAX_CLASSES` classes, so a hostile count is refused before anything is allocated.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -30,10 +32,16 @@ from typing import Any
 import numpy as np
 
 from napari_dgc.atomic import atomic_write_json
+from napari_dgc.config import MAX_CLUSTERS
 from napari_dgc.errors import MappingError
+from napari_dgc.safe_json import read_json
 
 MAPPING_FORMAT = "napari-dgc-class-mapping"
 MAPPING_VERSION = 1
+
+#: Most classes a mapping may have: class-map values 1..254 fit one byte next to 0
+#: ("unassigned") and 255 (the masks' "ignore" value).
+MAX_CLASSES = 254
 
 #: Class names of the mask values 0, 1, 2 (the leaf data's convention).
 DEFAULT_CLASS_NAMES = ("background", "tissue", "lesion")
@@ -110,13 +118,17 @@ class ClassMapping:
         Raises
         ------
         MappingError
-            For an empty or repeated class name, a malformed colour, a cluster id outside
+            For a cluster count outside ``1..MAX_CLUSTERS``, more than :data:`MAX_CLASSES`
+            classes, an empty or repeated class name, a malformed colour, a cluster id outside
             ``0..n_clusters-1``, a cluster in two classes, or (with ``complete``) clusters
             left out.
         """
         where = f"{source}: " if source is not None else ""
-        if self.n_clusters < 1:
-            raise MappingError(f"{where}a mapping needs at least one cluster, got {self.n_clusters}")
+        check_cluster_count(self.n_clusters, where)
+        if len(self.classes) > MAX_CLASSES:
+            raise MappingError(
+                f"{where}{len(self.classes)} classes; a mapping may have at most {MAX_CLASSES}"
+            )
         names = [c.name.strip().lower() for c in self.classes]
         for cls, name in zip(self.classes, names):
             if not name:
@@ -257,6 +269,7 @@ class ClassMapping:
                     f"{where}a {{label: [cluster ids]}} mapping does not store the cluster count; "
                     "give the model's number of clusters"
                 )
+            check_cluster_count(n_clusters, where)
             mapping = cls(classes=_classes_from_reference_form(document, where), n_clusters=int(n_clusters))
         mapping.validate(complete=complete, source=source)
         return mapping
@@ -267,16 +280,20 @@ class ClassMapping:
     ) -> ClassMapping:
         version = document.get("version")
         if version != MAPPING_VERSION:
-            raise MappingError(f"{where}unsupported class-mapping version {version!r}")
+            raise MappingError(f"{where}unsupported class-mapping version {_short(version)}")
+        stored = document.get("n_clusters")
+        check_cluster_count(stored, where)
+        classes_entry = document.get("classes")
+        if not isinstance(classes_entry, list) or len(classes_entry) > MAX_CLASSES:
+            raise MappingError(f"{where}'classes' must be a list of at most {MAX_CLASSES} class objects")
         try:
-            stored = int(document["n_clusters"])
             classes = [
                 SemanticClass(
                     name=str(entry["name"]),
                     color=str(entry["color"]),
                     clusters=[_cluster_id(c, where) for c in entry["clusters"]],
                 )
-                for entry in document["classes"]
+                for entry in classes_entry
             ]
         except (KeyError, TypeError) as error:
             raise MappingError(f"{where}malformed class mapping ({error!r} missing or wrong)") from None
@@ -288,12 +305,7 @@ class ClassMapping:
     def load(cls, path: str | os.PathLike, n_clusters: int | None = None) -> ClassMapping:
         """Read a mapping file (either form); see :meth:`from_json`."""
         path = Path(path)
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise MappingError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-        except UnicodeDecodeError:
-            raise MappingError(f"{path}: not a UTF-8 text file") from None
+        document = read_json(path, error=MappingError, what="class mapping")
         return cls.from_json(document, n_clusters, source=path)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -314,13 +326,48 @@ class ClassMapping:
         return path
 
 
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters: values from files can be huge."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_cluster_count(n_clusters: Any, where: str = "") -> None:
+    """Refuse a cluster count that is not an integer in ``1..MAX_CLUSTERS``.
+
+    Checked before anything is sized by the count (a lookup table, a confusion matrix), so a
+    hostile file or option cannot make napari-dgc allocate terabytes.
+
+    Parameters
+    ----------
+    n_clusters : Any
+        The count, as read from a file or given by a caller.
+    where : str
+        Prefix of the message, e.g. ``"mapping.json: "``.
+
+    Raises
+    ------
+    MappingError
+        Naming the count and the valid range.
+    """
+    if isinstance(n_clusters, bool) or not isinstance(n_clusters, (int, np.integer)):
+        raise MappingError(f"{where}the number of clusters must be an integer, got {_short(n_clusters)}")
+    if not 1 <= n_clusters <= MAX_CLUSTERS:
+        raise MappingError(
+            f"{where}the number of clusters must be between 1 and {MAX_CLUSTERS} (the most a model "
+            f"learns), got {n_clusters}"
+        )
+
+
 def _cluster_id(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise MappingError(f"{where}cluster ids must be integers, got {value!r}")
+        raise MappingError(f"{where}cluster ids must be integers, got {_short(value)}")
     return int(value)
 
 
 def _classes_from_reference_form(document: Mapping[str, Any], where: str) -> list[SemanticClass]:
+    if len(document) > MAX_CLASSES:
+        raise MappingError(f"{where}{len(document)} labels; a mapping may have at most {MAX_CLASSES} classes")
     entries = []
     for key, clusters in document.items():
         if not isinstance(clusters, list):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_dgc import metrics
-from napari_dgc.analysis.classes import ClassMapping, SemanticClass, default_class_color
+from napari_dgc.analysis.classes import ClassMapping, SemanticClass, check_cluster_count, default_class_color
 from napari_dgc.analysis.masks import IGNORE_VALUE, Mask
 from napari_dgc.atomic import atomic_write_json, atomic_write_text
 from napari_dgc.errors import MappingError, MaskError
@@ -315,9 +315,19 @@ def suggest_mapping(
         The method used.
     notes : list of str
         Clusters left unassigned and why.
+
+    Raises
+    ------
+    MappingError
+        For an unknown method, ``n_clusters`` outside ``1..MAX_CLUSTERS`` (checked before
+        anything is allocated), or cluster ids beyond ``n_clusters``.
+    MaskError
+        If no cube has a mask, or a mask's shape differs from its cluster map.
     """
     if method not in SUGGESTION_METHODS:
         raise MappingError(f"unknown suggestion method {method!r}; use one of {SUGGESTION_METHODS}")
+    # Before the (classes x n_clusters) confusion matrix is allocated.
+    check_cluster_count(n_clusters)
     notes: list[str] = []
     cubes = _paired_cubes(cluster_maps, masks, notes)
     names = _class_names([masks[c] for c in cubes], None)

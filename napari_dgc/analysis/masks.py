@@ -19,14 +19,20 @@ LabelMe JSON files hold ``imageHeight``, ``imageWidth`` and ``shapes`` (``label`
 background (value 0); shapes are painted in file order, so a lesion drawn after its leaf wins.
 A label must be a legend name (case-insensitive) or ``"ignore"``.
 
+Mask files come from users, so their size is bounded before anything is decoded: a label
+image or LabelMe canvas may have at most :data:`MAX_MASK_PIXELS` pixels and a LabelMe file at
+most :data:`MAX_LABELME_POINTS` points in all (JSON is read with
+:func:`napari_dgc.safe_json.read_json`).
+
 Masks are matched to cubes by file-name stem: ``leaf_01.png``, ``leaf_01_mask.png``,
 ``leaf_01-gt.tif`` or ``leaf_01.json`` all belong to the cube ``leaf_01.hdr``.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import os
+import stat
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +41,7 @@ import numpy as np
 
 from napari_dgc.analysis.classes import DEFAULT_CLASS_NAMES
 from napari_dgc.errors import MaskError
+from napari_dgc.safe_json import read_json
 
 IGNORE_VALUE = 255
 DEFAULT_LEGEND: dict[int, str] = dict(enumerate(DEFAULT_CLASS_NAMES))
@@ -42,6 +49,12 @@ RASTER_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 MASK_SUFFIXES = RASTER_SUFFIXES + (".json",)
 #: Stem endings that mark a mask of the cube with the remaining stem.
 MASK_STEM_SUFFIXES = ("_mask", "-mask", ".mask", "_gt", "-gt", "_labels", "-labels", "_label", "-label")
+#: Largest label image or LabelMe canvas, in pixels (16384 x 16384); larger ones are refused
+#: before they are decoded or allocated.
+MAX_MASK_PIXELS = 2**28
+#: Most polygon/rectangle points a LabelMe file may hold in all (filling a polygon costs
+#: pixels x points; hand-drawn files hold a few thousand).
+MAX_LABELME_POINTS = 100_000
 
 
 @dataclass
@@ -131,25 +144,21 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".npy":
-            array = np.load(path, allow_pickle=False)
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
+    require_regular_file(path, MaskError)
+    if suffix == ".npy":
+        from napari_dgc.io.npy import read_npy_header
 
-            array = tifffile.imread(path)
-        elif suffix == ".png":
-            from PIL import Image
-
-            with Image.open(path) as image:
-                # Palette PNGs hold indices; convert nothing so the indices are the values.
-                array = np.asarray(image)
-        else:
-            raise MaskError(f"{path}: unsupported label image type {suffix!r}; use PNG, TIFF or NPY")
-    except (OSError, ValueError) as error:
-        if isinstance(error, MaskError):
-            raise
-        raise MaskError(f"{path}: cannot read the image ({error})") from None
+        # The header is checked against the file first, so np.load allocates no more than
+        # the file holds (a hostile shape would otherwise overflow or exhaust memory).
+        header = read_npy_header(path, error=MaskError)
+        _check_pixels(path, header.shape)
+        array = np.load(path, allow_pickle=False)
+    elif suffix in (".tif", ".tiff"):
+        array = _read_tiff(path)
+    elif suffix == ".png":
+        array = _read_png(path)
+    else:
+        raise MaskError(f"{path}: unsupported label image type {suffix!r}; use PNG, TIFF or NPY")
     # Single-channel images may carry a length-1 channel axis (first or last).
     if array.ndim == 3 and array.shape[-1] == 1:
         array = array[..., 0]
@@ -163,6 +172,62 @@ def read_label_image(path: str | os.PathLike) -> np.ndarray:
             raise MaskError(f"{path}: a colour image is not a label map; save one integer value per pixel")
         array = colour[..., 0]
     return array
+
+
+def require_regular_file(path: Path, error: type[MaskError] = MaskError) -> None:
+    """Refuse a path that is missing or not a regular file (a FIFO would block the reader).
+
+    Raises
+    ------
+    MaskError
+        Or ``error``: naming the file.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise error(f"{path}: no such file") from None
+    except OSError as failure:
+        raise error(f"{path}: cannot be read ({failure.strerror or failure})") from None
+    if not stat.S_ISREG(mode):
+        raise error(f"{path}: not a regular file (a folder, FIFO, socket or device); not read")
+
+
+def _check_pixels(path: Path, shape: Sequence[int]) -> None:
+    pixels = math.prod(int(n) for n in shape[:2]) if len(shape) >= 2 else math.prod(shape)
+    if pixels > MAX_MASK_PIXELS or math.prod(shape) > 4 * MAX_MASK_PIXELS:
+        raise MaskError(
+            f"{path}: a {'x'.join(map(str, shape))} image is larger than the {MAX_MASK_PIXELS} pixels "
+            "a label image may have"
+        )
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            _check_pixels(path, series.shape)
+            return series.asarray()
+    except MaskError:
+        raise
+    except (ValueError, OSError, IndexError, KeyError, EOFError) as error:  # TiffFileError is a ValueError
+        raise MaskError(f"{path}: cannot read the image ({error})") from None
+
+
+def _read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        # Pillow refuses a header claiming more than ~179M pixels (DecompressionBombError).
+        with Image.open(path) as image:
+            _check_pixels(path, (image.height, image.width))
+            # Palette PNGs hold indices; convert nothing so the indices are the values.
+            return np.asarray(image)
+    except MaskError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
+        raise MaskError(f"{path}: cannot read the image ({error})") from None
 
 
 def read_mask(
@@ -193,8 +258,9 @@ def read_mask(
     """
     path = Path(path)
     legend = dict(DEFAULT_LEGEND if legend is None else legend)
-    if not path.is_file():
+    if not path.exists():
         raise MaskError(f"{path}: no such mask file")
+    require_regular_file(path)
     if path.suffix.lower() == ".json":
         values = rasterize_labelme(path, legend=legend, shape=shape)
     else:
@@ -231,45 +297,90 @@ def rasterize_labelme(
         For a file that is not LabelMe JSON, an image size different from ``shape``, an
         unknown label or an unsupported shape type.
     """
-    from skimage.draw import polygon as fill_polygon
-
     path = Path(path)
     legend = dict(DEFAULT_LEGEND if legend is None else legend)
+    document = read_json(path, error=MaskError, what="LabelMe file")
+    not_labelme = MaskError(f"{path}: not a LabelMe file (needs imageHeight, imageWidth and shapes)")
+    if not isinstance(document, dict):
+        raise not_labelme
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        height, width = int(document["imageHeight"]), int(document["imageWidth"])
-        shapes = list(document["shapes"])
-    except json.JSONDecodeError as error:
-        raise MaskError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
-    except (KeyError, TypeError, ValueError, UnicodeDecodeError):
-        raise MaskError(f"{path}: not a LabelMe file (needs imageHeight, imageWidth and shapes)") from None
+        height, width = _whole_number(document["imageHeight"]), _whole_number(document["imageWidth"])
+        shapes = document["shapes"]
+    except (KeyError, TypeError, ValueError, OverflowError):
+        raise not_labelme from None
+    if not isinstance(shapes, list):
+        raise not_labelme
+    if height < 1 or width < 1 or height * width > MAX_MASK_PIXELS:
+        raise MaskError(
+            f"{path}: the LabelMe image size {height}x{width} is not between 1x1 and {MAX_MASK_PIXELS} pixels"
+        )
     if shape is not None and (height, width) != tuple(shape):
         raise MaskError(
             f"{path}: the LabelMe file is for a {height}x{width} image, but the cube is {shape[0]}x{shape[1]}"
         )
     value_of = {name.strip().lower(): value for value, name in legend.items()}
     value_of.setdefault("ignore", IGNORE_VALUE)
+    polygons = [_labelme_polygon(path, number, entry, value_of) for number, entry in enumerate(shapes)]
+    n_points = sum(len(points) for points, _ in polygons)
+    if n_points > MAX_LABELME_POINTS:
+        raise MaskError(f"{path}: {n_points} points in all; at most {MAX_LABELME_POINTS} are rasterized")
+    from skimage.draw import polygon as fill_polygon
+
     mask = np.zeros((height, width), dtype=np.int32)
-    for number, entry in enumerate(shapes):
-        label = str(entry.get("label", "")).strip().lower()
-        if label not in value_of:
-            raise MaskError(
-                f"{path}: shape {number} has label {entry.get('label')!r}; known labels are "
-                f"{', '.join(sorted(value_of))}"
-            )
-        kind = entry.get("shape_type") or "polygon"
-        points = np.asarray(entry.get("points", []), dtype=np.float64).reshape(-1, 2)
-        if kind == "rectangle" and len(points) == 2:
-            (x0, y0), (x1, y1) = points
-            points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
-        elif kind != "polygon" or len(points) < 3:
-            raise MaskError(
-                f"{path}: shape {number} ({entry.get('label')!r}) is a {kind} with {len(points)} "
-                "points; only polygons (3+ points) and rectangles are supported"
-            )
+    for points, value in polygons:
         rows, cols = fill_polygon(points[:, 1], points[:, 0], shape=(height, width))
-        mask[rows, cols] = value_of[label]
+        mask[rows, cols] = value
     return mask
+
+
+def _whole_number(value: object) -> int:
+    """An image size from JSON: an integer (or a float with no fraction), never a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(value)
+
+
+def _is_xy(point: object) -> bool:
+    return (
+        isinstance(point, list)
+        and len(point) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in point)
+    )
+
+
+def _labelme_polygon(
+    path: Path, number: int, entry: object, value_of: Mapping[str, int]
+) -> tuple[np.ndarray, int]:
+    """One LabelMe shape as ``(points (n, 2) float64 x/y, mask value)``, checked."""
+    if not isinstance(entry, dict):
+        raise MaskError(f"{path}: shape {number} is a {type(entry).__name__}, not a LabelMe shape object")
+    label = str(entry.get("label", "")).strip().lower()
+    if label not in value_of:
+        raise MaskError(
+            f"{path}: shape {number} has label {entry.get('label')!r}; known labels are "
+            f"{', '.join(sorted(value_of))}"
+        )
+    kind = entry.get("shape_type") or "polygon"
+    raw_points = entry.get("points", [])
+    if not isinstance(raw_points, list) or not all(_is_xy(point) for point in raw_points):
+        raise MaskError(
+            f"{path}: shape {number} ({entry.get('label')!r}) has points that are not [x, y] number pairs"
+        )
+    try:
+        points = np.asarray(raw_points, dtype=np.float64).reshape(-1, 2)
+    except OverflowError:  # an integer beyond float range
+        raise MaskError(f"{path}: shape {number} ({entry.get('label')!r}) has a point out of range") from None
+    if not np.isfinite(points).all():
+        raise MaskError(f"{path}: shape {number} ({entry.get('label')!r}) has a NaN or infinite point")
+    if kind == "rectangle" and len(points) == 2:
+        (x0, y0), (x1, y1) = points
+        points = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])
+    elif kind != "polygon" or len(points) < 3:
+        raise MaskError(
+            f"{path}: shape {number} ({entry.get('label')!r}) is a {kind} with {len(points)} "
+            "points; only polygons (3+ points) and rectangles are supported"
+        )
+    return points, value_of[label]
 
 
 def cube_stem(name: str | os.PathLike) -> str:
