@@ -163,18 +163,25 @@ class GuiTracer:
         by_name: dict[str, list[float]] = collections.defaultdict(list)
         for start, stop, name in self.callbacks:
             by_name[name].append(1000 * (stop - start))
-        print(f"GUI-thread callbacks >= {1000 * self._min_callback_s:.0f} ms, slowest 25 by max "
-              "(count, total ms, median ms, max ms):")
+        print(
+            f"GUI-thread callbacks >= {1000 * self._min_callback_s:.0f} ms, slowest 25 by max "
+            "(count, total ms, median ms, max ms):"
+        )
         for name, values in sorted(by_name.items(), key=lambda item: -max(item[1]))[:25]:
-            print(f"  {len(values):6d} {sum(values):9.0f} {np.median(values):8.1f} "
-                  f"{max(values):8.1f}  {name}")
+            print(
+                f"  {len(values):6d} {sum(values):9.0f} {np.median(values):8.1f} {max(values):8.1f}  {name}"
+            )
         long_gc = [c for c in self.collections if c[1] - c[0] > 0.005]
-        print(f"garbage collections: {len(self.collections)}, over 5 ms: "
-              + ", ".join(f"gen{g} {1000 * (b - a):.0f} ms ({t})" for a, b, g, t in long_gc))
+        print(
+            f"garbage collections: {len(self.collections)}, over 5 ms: "
+            + ", ".join(f"gen{g} {1000 * (b - a):.0f} ms ({t})" for a, b, g, t in long_gc)
+        )
         lateness = np.array([late for _, late, _ in self.samples]) * 1000
         if lateness.size:
-            print(f"sampler lateness (GIL/CPU waits), p50 / p95 / max: {np.percentile(lateness, 50):.1f} / "
-                  f"{np.percentile(lateness, 95):.1f} / {lateness.max():.1f} ms")
+            print(
+                f"sampler lateness (GIL/CPU waits), p50 / p95 / max: {np.percentile(lateness, 50):.1f} / "
+                f"{np.percentile(lateness, 95):.1f} / {lateness.max():.1f} ms"
+            )
         for before, after in zip(ticks[:-1], ticks[1:]):
             if 1000 * (after - before) < gap_ms:
                 continue
@@ -201,8 +208,9 @@ def bench_responsiveness(
     layer = add_scene(viewer, size, size, bands, "leaf")
     widget = TrainWidget(viewer)
     viewer.window.add_dock_widget(widget, name="DGC: Train")
-    config = TrainConfig(model=ModelConfig(n_clusters=4), steps=1_000_000, checkpoint_every=20,
-                         device="cpu").with_settings({"data.crop_size": 32, "data.batch_size": 2})
+    config = TrainConfig(
+        model=ModelConfig(n_clusters=4), steps=1_000_000, checkpoint_every=20, device="cpu"
+    ).with_settings({"data.crop_size": 32, "data.batch_size": 2})
 
     ticks: list[float] = []
     timer = QTimer()
@@ -248,9 +256,9 @@ def bench_timeline(run_root: Path) -> dict:
     bands = 301
     scene = make_leaf_scene(rows, cols, bands, seed=0)
     run_dir = run_root / "timeline-run"
-    config = TrainConfig(model=ModelConfig(n_clusters=4), steps=6, checkpoint_every=1,
-                         device="cpu").with_settings(
-        {"data.crop_size": 32, "data.batch_size": 1, "starts.count": 1})
+    config = TrainConfig(
+        model=ModelConfig(n_clusters=4), steps=6, checkpoint_every=1, device="cpu"
+    ).with_settings({"data.crop_size": 32, "data.batch_size": 1, "starts.count": 1})
     for _ in train([scene.cube], config, run_dir):
         pass
 
@@ -297,20 +305,30 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128, help="side of the training cube")
     parser.add_argument("--bands", type=int, default=64)
     parser.add_argument("--skip-timeline", action="store_true")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (napari's own default: all cores)")
-    parser.add_argument("--trace", action="store_true",
-                        help="explain long gaps (slows the GUI thread a little)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (napari's own default: all cores)"
+    )
+    parser.add_argument(
+        "--trace", action="store_true", help="explain long gaps (slows the GUI thread a little)"
+    )
     parser.add_argument("--trace-gap-ms", type=float, default=100.0, help="gaps listed by --trace")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"torch {torch.__version__}, napari {napari.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        f"torch {torch.__version__}, napari {napari.__version__}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        print("responsiveness:", bench_responsiveness(
-            args.seconds, Path(tmp) / "run", args.size, args.bands,
-            trace_gap_ms=args.trace_gap_ms if args.trace else None,
-        ))
+        print(
+            "responsiveness:",
+            bench_responsiveness(
+                args.seconds,
+                Path(tmp) / "run",
+                args.size,
+                args.bands,
+                trace_gap_ms=args.trace_gap_ms if args.trace else None,
+            ),
+        )
         if not args.skip_timeline:
             print("timeline:", bench_timeline(Path(tmp)))
 

@@ -376,21 +376,26 @@ class LossConfig(_Settings):
 
     _key = "losses"
 
-    weight_compact: float = setting(1.0, "weight of the compactness term", minimum=0, label="Compactness")
+    weight_compact: float = setting(
+        1.0, "weight of the compactness term", minimum=0, label="Weight: compactness"
+    )
     weight_orth: float = setting(
-        0.001, "weight of the centroid orthogonality term", minimum=0, label="Orthogonality"
+        0.001, "weight of the centroid orthogonality term", minimum=0, label="Weight: orthogonality"
     )
     weight_balance: float = setting(
-        2.0, "weight of the balance term (-H of cluster usage)", minimum=0, label="Balance"
+        2.0, "weight of the balance term (-H of cluster usage)", minimum=0, label="Weight: balance"
     )
     weight_uniform: float = setting(
-        2.0, "weight of the uniform-assignment term", minimum=0, label="Uniform assignment"
+        2.0, "weight of the uniform-assignment term", minimum=0, label="Weight: uniform assignment"
     )
     weight_consistency: float = setting(
-        1.0, "weight of the overlap consistency term", minimum=0, label="Consistency"
+        1.0, "weight of the overlap consistency term", minimum=0, label="Weight: consistency"
     )
     weight_fidelity: float = setting(
-        0.3, "weight of the spectral-fidelity term (deviation; 0: off)", minimum=0, label="Spectral fidelity"
+        0.3,
+        "weight of the spectral-fidelity term (deviation; 0: off)",
+        minimum=0,
+        label="Weight: spectral fidelity",
     )
     fidelity_pixels: int = setting(1024, "pixels drawn per step for the fidelity term", minimum=2)
     balance_sign: BalanceSign = setting(

@@ -15,8 +15,20 @@ from skimage.io import imread
 def test_demo_saves_a_screenshot_of_the_window_with_training(tmp_path):
     screenshot = tmp_path / "demo.png"
     result = subprocess.run(
-        [sys.executable, "-m", "napari_dgc.cli", "demo", "--screenshot", str(screenshot),
-         "--size", "64", "--train-steps", "4", "--checkpoints-before-screenshot", "1"],
+        [
+            sys.executable,
+            "-m",
+            "napari_dgc.cli",
+            "demo",
+            "--screenshot",
+            str(screenshot),
+            "--size",
+            "64",
+            "--train-steps",
+            "4",
+            "--checkpoints-before-screenshot",
+            "1",
+        ],
         capture_output=True,
         text=True,
         timeout=300,

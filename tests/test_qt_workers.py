@@ -73,8 +73,11 @@ def test_review_worker_uses_every_core_without_training(four_cores):
     requests = queue.SimpleQueue()
     requests.put("step-000001")
     list(workers.review_events(review, requests, sweep=True))
-    assert review.calls == [("labels", "step-000001", 4), ("figures", "step-000001", 4),
-                            ("figures", "step-000002", 4)]
+    assert review.calls == [
+        ("labels", "step-000001", 4),
+        ("figures", "step-000001", 4),
+        ("figures", "step-000002", 4),
+    ]
 
 
 def test_one_core_still_gets_one_worker(monkeypatch, tmp_path):

@@ -42,8 +42,9 @@ def make_panel(viewer, qtbot, run_dir, **config) -> TrainWidget:
 
 
 def wait_idle(qtbot, widget: TrainWidget) -> None:
-    qtbot.waitUntil(lambda: widget.session.status is TrainStatus.IDLE and widget.worker is None,
-                    timeout=TIMEOUT_MS)
+    qtbot.waitUntil(
+        lambda: widget.session.status is TrainStatus.IDLE and widget.worker is None, timeout=TIMEOUT_MS
+    )
 
 
 def test_train_pause_resume_timeline_choose_and_reopen(make_napari_viewer, qtbot, tmp_path, notifications):
@@ -149,13 +150,15 @@ def test_stop_then_resume_continues_the_run(make_napari_viewer, qtbot, tmp_path,
 
 
 def test_several_starts_show_on_the_progress_bar_timeline_and_notification(
-        make_napari_viewer, qtbot, tmp_path, notifications, monkeypatch):
+    make_napari_viewer, qtbot, tmp_path, notifications, monkeypatch
+):
     infos: list[str] = []
     monkeypatch.setattr(train_widget_module, "show_info", infos.append)
     viewer = make_napari_viewer()
     add_cube_layer(viewer, "leaf")
-    widget = make_panel(viewer, qtbot, tmp_path / "run", steps=6, checkpoint_every=2,
-                        starts__count=2, starts__steps=4)
+    widget = make_panel(
+        viewer, qtbot, tmp_path / "run", steps=6, checkpoint_every=2, starts__count=2, starts__steps=4
+    )
     assert widget.train_config().starts.count == 2 and widget.train_config().starts.steps == 4
     assert widget.start_training()
     assert widget.progress_bar.maximum() == 10  # 2 starts x 4 steps, then steps 5-6 of the winner
@@ -183,8 +186,9 @@ def test_several_starts_show_on_the_progress_bar_timeline_and_notification(
     assert nmi[0] is None and nmi[2] is None and nmi[4] is not None
 
 
-def test_training_error_is_notified_and_panel_returns_to_idle(make_napari_viewer, qtbot, tmp_path,
-                                                              notifications):
+def test_training_error_is_notified_and_panel_returns_to_idle(
+    make_napari_viewer, qtbot, tmp_path, notifications
+):
     viewer = make_napari_viewer()
     add_cube_layer(viewer, "small", rows=12, cols=12)
     widget = make_panel(viewer, qtbot, tmp_path / "run", data__crop_size=16)
@@ -279,8 +283,10 @@ def test_form_is_generated_from_the_configuration(make_napari_viewer):
         elif info.kind is float:
             assert isinstance(field, ScientificFloatSpinBox)
     assert isinstance(widget.form.fields["device"], ComboBox)
-    assert widget.train_config().to_dict() == TrainConfig().with_settings(
-        {"device": widget.form.fields["device"].choices[0]}).to_dict()
+    assert (
+        widget.train_config().to_dict()
+        == TrainConfig().with_settings({"device": widget.form.fields["device"].choices[0]}).to_dict()
+    )
 
 
 def test_resume_a_cli_run_made_with_other_model_settings(make_napari_viewer, qtbot, tmp_path, notifications):
@@ -289,9 +295,36 @@ def test_resume_a_cli_run_made_with_other_model_settings(make_napari_viewer, qtb
     cube_file = tmp_path / "leaf.npy"
     np.save(cube_file, tiny_cube(seed=1).astype(np.float32))
     run = tmp_path / "run"
-    assert main(["train", str(cube_file), "--out", str(run), "--clusters", str(N_CLUSTERS), "--steps", "4",
-                 "--checkpoint-every", "2", "--starts", "1", "--crop-size", "16", "--batch-size", "1",
-                 "--device", "cpu", "--threads", "1", "--quiet", "--set", "model.spectral_channels=8"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(cube_file),
+                "--out",
+                str(run),
+                "--clusters",
+                str(N_CLUSTERS),
+                "--steps",
+                "4",
+                "--checkpoint-every",
+                "2",
+                "--starts",
+                "1",
+                "--crop-size",
+                "16",
+                "--batch-size",
+                "1",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--quiet",
+                "--set",
+                "model.spectral_channels=8",
+            ]
+        )
+        == 0
+    )
 
     viewer = make_napari_viewer()
     widget = TrainWidget(viewer)

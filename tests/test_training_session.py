@@ -13,8 +13,14 @@ from _training_helpers import tiny_config, tiny_cube
 
 from napari_dgc.errors import DGCError
 from napari_dgc.state.review import ReviewModel
-from napari_dgc.state.training import StartRequest, TrainingSession, TrainStatus, start_name
-from napari_dgc.training.events import CheckpointEvent, FinishedEvent, ProgressEvent, StartSelectedEvent
+from napari_dgc.state.training import StartRequest, TrainingSession, TrainStatus
+from napari_dgc.training.events import (
+    CheckpointEvent,
+    FinishedEvent,
+    ProgressEvent,
+    StartSelectedEvent,
+    start_name,
+)
 from napari_dgc.training.loop import train
 
 
@@ -37,8 +43,10 @@ def headless_run(tmp_path_factory):
 
 def test_models_import_no_gui_package():
     gui = "{'qtpy', 'napari', 'magicgui', 'pyqtgraph'}"
-    probe = ("import sys, napari_dgc.state.training, napari_dgc.state.review; "
-             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {gui}))")
+    probe = (
+        "import sys, napari_dgc.state.training, napari_dgc.state.review; "
+        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & {gui}))"
+    )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

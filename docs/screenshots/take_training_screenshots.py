@@ -1,6 +1,6 @@
 """Take the screenshots of docs/training-panel.md (real training on the synthetic leaf sample).
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/screenshots/take_training_screenshots.py
+xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/screenshots/take_training_screenshots.py
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def main() -> None:
     widget = TrainWidget(viewer)
     viewer.window.add_dock_widget(widget, name="DGC: Train", area="right")
     # Three starts of 100 steps, then the selected one goes on: the timeline plots each start.
-    config = TrainConfig(model=ModelConfig(n_clusters=4), steps=300, checkpoint_every=20,
-                         device="cpu").with_settings(
-        {"data.crop_size": 48, "data.batch_size": 2, "starts.count": 3, "starts.steps": 100})
+    config = TrainConfig(
+        model=ModelConfig(n_clusters=4), steps=300, checkpoint_every=20, device="cpu"
+    ).with_settings({"data.crop_size": 48, "data.batch_size": 2, "starts.count": 3, "starts.steps": 100})
     session, review, timeline = widget.session, widget.review, widget.timeline
     with tempfile.TemporaryDirectory() as tmp:
         # Scripted through the panel's models: the form shows the settings the session trains.

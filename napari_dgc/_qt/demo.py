@@ -62,11 +62,13 @@ def run_demo(
         # Scripted through the panel's training session, not its fields (the form shows the
         # settings of the run the session trains).
         defaults = TrainConfig()
-        config = defaults.with_settings({
-            "steps": train_steps,
-            "checkpoint_every": max(1, train_steps // 8),
-            "model.n_clusters": min(defaults.model.n_clusters, 3),
-        })
+        config = defaults.with_settings(
+            {
+                "steps": train_steps,
+                "checkpoint_every": max(1, train_steps // 8),
+                "model.n_clusters": min(defaults.model.n_clusters, 3),
+            }
+        )
         run_dir = tempfile.mkdtemp(prefix="napari-dgc-demo-")
         panel.session.start(config, run_dir, [cube_source(viewer.layers[SCENE_LAYER_NAME])])
 

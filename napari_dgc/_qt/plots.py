@@ -79,8 +79,14 @@ class SparklinePlot(pg.PlotWidget):
     #: The x value (run step) under a click.
     clicked = Signal(float)
 
-    def __init__(self, title: str, *, y_range: tuple[float, float] | None = None, tooltip: str = "",
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        title: str,
+        *,
+        y_range: tuple[float, float] | None = None,
+        tooltip: str = "",
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__(parent, background=None)
         self.title = title
         self.fixed_y_range = y_range
@@ -119,14 +125,16 @@ class SparklinePlot(pg.PlotWidget):
         return QSize(220, 84)
 
     # ------------------------------------------------------------------ data
-    def set_series(self, series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *,
-                   points: bool = False) -> None:
+    def set_series(
+        self, series: Sequence[tuple[str, Sequence[float], Sequence[float]]], *, points: bool = False
+    ) -> None:
         """Replace the plotted series: ``(name, x, y)`` triples; NaN/None values are gaps.
 
         ``points`` draws a dot at every value (for sparse data such as checkpoints).
         """
-        self._series = [(name, np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64))
-                        for name, x, y in series]  # None becomes NaN
+        self._series = [
+            (name, np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)) for name, x, y in series
+        ]  # None becomes NaN
         if points != self._points:
             for curve in self._curves:
                 self.removeItem(curve)
@@ -168,8 +176,12 @@ class SparklinePlot(pg.PlotWidget):
         self._markers = markers
         self._marker_lines = []
         for x, color, style in markers:
-            line = pg.InfiniteLine(x, angle=90, movable=False,
-                                   pen=pg.mkPen(color or NEUTRAL, width=1.5, style=_MARKER_STYLES[style]))
+            line = pg.InfiniteLine(
+                x,
+                angle=90,
+                movable=False,
+                pen=pg.mkPen(color or NEUTRAL, width=1.5, style=_MARKER_STYLES[style]),
+            )
             self.addItem(line, ignoreBounds=True)
             self._marker_lines.append(line)
 

@@ -51,7 +51,7 @@ class ScientificSpinBox(QDoubleSpinBox):
 
     def stepBy(self, steps: int) -> None:
         # Multiply/divide by ~2 per step: additive steps make no sense across decades.
-        self.setValue(self.value() * (2.0 ** steps))
+        self.setValue(self.value() * (2.0**steps))
 
 
 def _with_scientific_spin_box(backend: type) -> type:

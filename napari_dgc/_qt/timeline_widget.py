@@ -41,11 +41,17 @@ CHOSEN_MARKER = "#ffd700"
 
 #: The timeline's plots: title → (fixed y range, tooltip).
 PLOTS = {
-    "NMI to previous checkpoint": ((0.0, 1.05), "NMI between this checkpoint's cluster maps and the "
-                                   "previous checkpoint's of the same start (1: unchanged)"),
-    "active in cubes": (None, f"Clusters holding more than {ACTIVE_MIN_FRACTION:.1%} of the reviewed "
-                        "cubes' pixels at the checkpoint (the loss panel's 'active in step' counts a "
-                        "training step instead)"),
+    "NMI to previous checkpoint": (
+        (0.0, 1.05),
+        "NMI between this checkpoint's cluster maps and the "
+        "previous checkpoint's of the same start (1: unchanged)",
+    ),
+    "active in cubes": (
+        None,
+        f"Clusters holding more than {ACTIVE_MIN_FRACTION:.1%} of the reviewed "
+        "cubes' pixels at the checkpoint (the loss panel's 'active in step' counts a "
+        "training step instead)",
+    ),
     "usage entropy (normalised)": ((0.0, 1.05), "Entropy of the cluster sizes / log K (1: equal sizes)"),
     "loss at checkpoint": (None, "Total loss recorded with the checkpoint"),
     "spectral separation": (None, "Calinski–Harabasz index of the clusters on the normalised spectra"),
@@ -73,8 +79,9 @@ class TimelineWidget(QWidget):
     checkpoint_shown = Signal(str)
     checkpoint_chosen = Signal(str)
 
-    def __init__(self, napari_viewer: napari.Viewer, model: ReviewModel | None = None,
-                 parent: QWidget | None = None):
+    def __init__(
+        self, napari_viewer: napari.Viewer, model: ReviewModel | None = None, parent: QWidget | None = None
+    ):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.model = ReviewModel() if model is None else model
@@ -132,7 +139,8 @@ class TimelineWidget(QWidget):
 
         self.use_button = QPushButton("Use this checkpoint")
         self.use_button.setToolTip(
-            "Record this checkpoint as the run's chosen model: segmentation and export use it")
+            "Record this checkpoint as the run's chosen model: segmentation and export use it"
+        )
         self.use_button.clicked.connect(self.use_current_checkpoint)
         layout.addWidget(self.use_button)
 
@@ -162,8 +170,10 @@ class TimelineWidget(QWidget):
             run = RunDirectory.open(run_dir)
             if sources is None:
                 sources = [
-                    cube_source(layer) for layer in self.viewer.layers
-                    if is_cube_layer(layer) and (is_reader_cube(layer) or "wavelengths" in layer.metadata)
+                    cube_source(layer)
+                    for layer in self.viewer.layers
+                    if is_cube_layer(layer)
+                    and (is_reader_cube(layer) or "wavelengths" in layer.metadata)
                     and layer.data.shape[0] == run.n_bands
                 ] or self._open_training_files(run)
             self.model.open_run(run.path, sources)
@@ -198,7 +208,10 @@ class TimelineWidget(QWidget):
             # Creating a Labels layer blocks the GUI ~0.5 s: do it now, before training starts.
             for key, source in self.model.sources.items():
                 self.labels_layers[key] = clusters_layer(
-                    self.viewer, source, run_dir=path, n_clusters=self.model.n_clusters,
+                    self.viewer,
+                    source,
+                    run_dir=path,
+                    n_clusters=self.model.n_clusters,
                     layer=self.labels_layers.get(key),
                 )
 
@@ -237,8 +250,13 @@ class TimelineWidget(QWidget):
             if source is None or source.layer not in self.viewer.layers:
                 continue  # the cube layer was removed meanwhile
             self.labels_layers[key] = show_clusters(
-                self.viewer, source, label_map, run_dir=model.run_path, checkpoint_id=checkpoint_id,
-                n_clusters=model.n_clusters, layer=self.labels_layers.get(key),
+                self.viewer,
+                source,
+                label_map,
+                run_dir=model.run_path,
+                checkpoint_id=checkpoint_id,
+                n_clusters=model.n_clusters,
+                layer=self.labels_layers.get(key),
             )
         self.shown_checkpoint = checkpoint_id
         self.status_label.setText("")
@@ -271,9 +289,14 @@ class TimelineWidget(QWidget):
         if model.live and model.requests.empty():
             return  # the training worker computes figures while live
         self._review_worker = start_review_worker(
-            {"yielded": self._on_review_result, "errored": self._on_review_error,
-             "finished": self._on_review_finished},
-            model.review, model.requests, sweep=not model.live,
+            {
+                "yielded": self._on_review_result,
+                "errored": self._on_review_error,
+                "finished": self._on_review_finished,
+            },
+            model.review,
+            model.requests,
+            sweep=not model.live,
         )
 
     def _stop_review_worker(self) -> None:
@@ -309,7 +332,8 @@ class TimelineWidget(QWidget):
         model = self.model
         current, chosen = model.marker_steps()
         markers = ([(chosen, CHOSEN_MARKER, "solid")] if chosen is not None else []) + (
-            [(current, CURRENT_MARKER, "dash")] if current is not None else [])
+            [(current, CURRENT_MARKER, "dash")] if current is not None else []
+        )
         last = model.checkpoints[-1].run_step if model.checkpoints else 1
         for title, plot in self.plots.plots.items():
             plot.set_series(model.figure_series(title), points=True)

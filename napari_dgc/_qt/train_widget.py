@@ -41,7 +41,8 @@ from napari_dgc.config import TrainConfig
 from napari_dgc.errors import DGCError
 from napari_dgc.run_folder import RunDirectory
 from napari_dgc.state.review import ReviewModel
-from napari_dgc.state.training import TrainingSession, TrainStatus, error_message, start_name
+from napari_dgc.state.training import TrainingSession, TrainStatus, error_message
+from napari_dgc.training.events import start_name
 
 from .collapsible import CollapsibleSection
 from .cube_layers import CubeSource
@@ -62,8 +63,10 @@ REDRAW_INTERVAL_MS = 100
 
 #: The loss panel's plot of ``ProgressEvent.active_clusters`` and what it counts.
 ACTIVE_IN_STEP = "active in step"
-ACTIVE_IN_STEP_HELP = ("Clusters holding at least centroids.dead_threshold (1 %) of a training step's "
-                       "pixels; the timeline's 'active in cubes' counts the reviewed cubes instead")
+ACTIVE_IN_STEP_HELP = (
+    "Clusters holding at least centroids.dead_threshold (1 %) of a training step's "
+    "pixels; the timeline's 'active in cubes' counts the reviewed cubes instead"
+)
 
 
 def available_devices() -> list[str]:
@@ -189,7 +192,8 @@ class TrainWidget(QWidget):
         run_row.addWidget(browse)
         form.addRow("Run folder", run_row)
         self.advanced_section = CollapsibleSection(
-            "Advanced options", self.form.advanced.native, expanded=False)
+            "Advanced options", self.form.advanced.native, expanded=False
+        )
         form.addRow(self.advanced_section)
         return box
 
@@ -245,7 +249,8 @@ class TrainWidget(QWidget):
             return False
         sources = self._sources_or_notify()
         return bool(sources) and self.session.start(
-            config, Path(text).expanduser() if text else default_run_folder(), sources)
+            config, Path(text).expanduser() if text else default_run_folder(), sources
+        )
 
     def resume_training(self) -> bool:
         """Resume a paused worker, or continue the session's run from its latest checkpoint

@@ -166,9 +166,7 @@ def start_training_worker(
     )
 
 
-def review_events(
-    review: CheckpointReview, requests: queue.SimpleQueue, *, sweep: bool
-) -> Generator:
+def review_events(review: CheckpointReview, requests: queue.SimpleQueue, *, sweep: bool) -> Generator:
     """Serve checkpoint requests of the timeline, then (if ``sweep``) fill in missing figures.
 
     Only the newest queued request is served (the user dragging the slider queues many).

@@ -24,7 +24,8 @@ from napari_dgc.config import StartPlan, TrainConfig
 from napari_dgc.errors import DGCError
 from napari_dgc.inference.checkpoint_review import CheckpointFigures, CheckpointReview, recorded_losses
 from napari_dgc.run_folder import CheckpointInfo
-from napari_dgc.state.training import CubeSourceLike, start_name
+from napari_dgc.state.training import CubeSourceLike
+from napari_dgc.training.events import start_name
 
 #: Per-checkpoint figures the timeline plots: title → (series name, value of a checkpoint).
 FIGURE_PLOTS: dict[str, tuple[str, Callable[[CheckpointFigures], float | None]]] = {
@@ -121,16 +122,26 @@ class ReviewModel:
 
         The review (and its caches) is kept when the same run is resumed on the same cubes.
         """
-        same = (self.review is not None and same_folder(self.review.path, run_dir)
-                and set(self.sources) == {source.key for source in sources})
+        same = (
+            self.review is not None
+            and same_folder(self.review.path, run_dir)
+            and set(self.sources) == {source.key for source in sources}
+        )
         if not same:
             with self._lock:
                 self.review = None
         self._reset(Path(run_dir), sources, config, live=True, keep=same)
         self.refresh()
 
-    def _reset(self, path: Path, sources: Sequence[CubeSourceLike], config: TrainConfig, *, live: bool,
-               keep: bool = False) -> None:
+    def _reset(
+        self,
+        path: Path,
+        sources: Sequence[CubeSourceLike],
+        config: TrainConfig,
+        *,
+        live: bool,
+        keep: bool = False,
+    ) -> None:
         self.run_path = path
         self.sources = {source.key: source for source in sources}
         self.n_clusters = config.model.n_clusters
@@ -172,8 +183,13 @@ class ReviewModel:
             self.sweep_requested.emit()
 
     # ------------------------------------------------------------------ results
-    def add_segmented(self, run_dir: str | Path, checkpoint_id: str, labels: Mapping[str, np.ndarray],
-                      figures: CheckpointFigures | None) -> None:
+    def add_segmented(
+        self,
+        run_dir: str | Path,
+        checkpoint_id: str,
+        labels: Mapping[str, np.ndarray],
+        figures: CheckpointFigures | None,
+    ) -> None:
         """Take a checkpoint segmented by the training worker; follow it while the current
         checkpoint is the newest (the user did not move back).
         """
@@ -191,8 +207,9 @@ class ReviewModel:
         if self.current == checkpoint_id:
             self.labels_ready.emit(checkpoint_id, dict(labels))
 
-    def labels_computed(self, run_dir: str | Path, checkpoint_id: str,
-                        labels: Mapping[str, np.ndarray]) -> None:
+    def labels_computed(
+        self, run_dir: str | Path, checkpoint_id: str, labels: Mapping[str, np.ndarray]
+    ) -> None:
         """Take labels the review worker computed; shown if still the current checkpoint."""
         if same_folder(run_dir, self.run_path) and checkpoint_id == self.current:
             self.labels_ready.emit(checkpoint_id, dict(labels))
@@ -271,8 +288,9 @@ class ReviewModel:
             return "no checkpoint yet"
         index = self.checkpoint_ids().index(info.checkpoint_id)
         if self.total_run_steps != self.total_steps:  # several starts
-            where = (f"{start_name(info.start)}, step {info.step}; "
-                     f"run step {info.run_step}/{self.total_run_steps}")
+            where = (
+                f"{start_name(info.start)}, step {info.step}; run step {info.run_step}/{self.total_run_steps}"
+            )
         else:
             where = f"step {info.step}/{self.total_steps}"
         text = f"{info.checkpoint_id}  ({index + 1}/{len(self.checkpoints)}, {where})"
@@ -281,8 +299,10 @@ class ReviewModel:
         figures = self.figures.get(info.checkpoint_id)
         if figures is not None:
             nmi = "–" if figures.nmi_to_previous is None else f"{figures.nmi_to_previous:.2f}"
-            text += (f"\nNMI to previous {nmi} · active in cubes {figures.active_clusters} · "
-                     f"entropy {figures.usage_entropy:.2f}")
+            text += (
+                f"\nNMI to previous {nmi} · active in cubes {figures.active_clusters} · "
+                f"entropy {figures.usage_entropy:.2f}"
+            )
             if figures.spectral_separation is not None:
                 text += f" · separation {short_number(figures.spectral_separation)}"
         return text

@@ -29,7 +29,13 @@ from psygnal import Signal
 from napari_dgc.config import RESUMABLE_SETTINGS, StartPlan, TrainConfig, get_setting, resumed_config
 from napari_dgc.errors import DGCError
 from napari_dgc.run_folder import RunDirectory
-from napari_dgc.training.events import CheckpointEvent, FinishedEvent, ProgressEvent, StartSelectedEvent
+from napari_dgc.training.events import (
+    CheckpointEvent,
+    FinishedEvent,
+    ProgressEvent,
+    StartSelectedEvent,
+    start_name,
+)
 
 
 class TrainStatus(enum.Enum):
@@ -52,15 +58,6 @@ class CubeSourceLike(Protocol):
 def error_message(error: BaseException) -> str:
     """One line for a notification: a user error's own message, else its type and message."""
     return str(error) if isinstance(error, DGCError) else f"{type(error).__name__}: {error}"
-
-
-def start_name(start: int, count: int | None = None) -> str:
-    """How a start is named in the GUI: ``"start 1"``, with ``count`` ``"start 1 (starts 0–2)"``.
-
-    0-based, like the checkpoint ids and ``run.json``, so a label never disagrees with the id
-    next to it.
-    """
-    return f"start {start}" + (f" (starts 0–{count - 1})" if count and count > 1 else "")
 
 
 class GrowingColumn:
@@ -230,8 +227,14 @@ class TrainingSession:
             self.status_changed.emit(value)
 
     # ------------------------------------------------------------------ requests
-    def start(self, config: TrainConfig, run_dir: str | Path, sources: Sequence[CubeSourceLike],
-              *, resume: bool = False) -> bool:
+    def start(
+        self,
+        config: TrainConfig,
+        run_dir: str | Path,
+        sources: Sequence[CubeSourceLike],
+        *,
+        resume: bool = False,
+    ) -> bool:
         """Ask for a training of ``sources`` into ``run_dir``; return whether it runs now.
 
         Refused (``False``) unless idle; a failure to launch is emitted as :attr:`failed`.
@@ -300,10 +303,14 @@ class TrainingSession:
                 self.set_run(event.run_dir, self.config)
         elif isinstance(event, StartSelectedEvent):
             self.selected_start = event.start
-            scores = ", ".join(f"{name}: {value:,.0f}" for name, value in
-                               ((start_name(i), v) for i, v in enumerate(event.separations)))
-            self.message.emit(f"Start {event.start} continues: its clusters separate the spectra best "
-                              f"(Calinski–Harabasz per start: {scores})")
+            scores = ", ".join(
+                f"{name}: {value:,.0f}"
+                for name, value in ((start_name(i), v) for i, v in enumerate(event.separations))
+            )
+            self.message.emit(
+                f"Start {event.start} continues: its clusters separate the spectra best "
+                f"(Calinski–Harabasz per start: {scores})"
+            )
         elif isinstance(event, FinishedEvent):
             self.message.emit(f"Training finished after {event.step} steps: {event.run_dir}")
 
