@@ -7,6 +7,7 @@ Wavelengths come from an optional JSON sidecar ``<stem>.json`` with ``"wavelengt
 from __future__ import annotations
 
 import math
+import tokenize
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,18 @@ from napari_dgc.io.bands import to_nanometres
 from napari_dgc.io.cube import Cube
 from napari_dgc.safe_json import read_json
 
-# What numpy's header parser raises for a malformed header (it evaluates a Python literal).
-_HEADER_ERRORS = (ValueError, SyntaxError, TypeError, OverflowError, MemoryError, RecursionError, EOFError)
+# What numpy's header parser raises for a malformed header (it tokenizes and evaluates a
+# Python literal; tokenize.TokenError found by tests/test_fuzz_parsers.py).
+_HEADER_ERRORS = (
+    ValueError,
+    SyntaxError,
+    TypeError,
+    OverflowError,
+    MemoryError,
+    RecursionError,
+    EOFError,
+    tokenize.TokenError,
+)
 
 
 @dataclass(frozen=True)
