@@ -203,3 +203,64 @@ def test_bad_input_exits_with_one_line(run, cubes, tmp_path, capsys):
             main(["segment", str(run.path), str(cubes[0]), "--out", str(out), option, "0"])
         assert exit_info.value.code == 2
         assert f"argument {option}: must be a positive integer" in capsys.readouterr().err
+
+
+def _list_digest(run: RunDirectory, checkpoint_id: str, name: str) -> None:
+    from napari_dgc.atomic import file_sha256
+
+    manifest = json.loads(run.manifest_path.read_text())
+    for entry in manifest["checkpoints"]:
+        if entry["id"] == checkpoint_id:
+            entry["files"][name] = file_sha256(run.path / "checkpoints" / checkpoint_id / name)
+    run.manifest_path.write_text(json.dumps(manifest))
+
+
+def test_nan_weights_absurd_sizes_and_bad_pixels_exit_with_one_line(run, cubes, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "out"
+    weights = run.path / "checkpoints" / "step-000020" / "model.safetensors"
+    tensors = load_file(weights)
+    tensors["centroids"].fill_(float("nan"))
+    save_file(tensors, weights, {"n_bands": str(N_BANDS)})
+    _list_digest(run, "step-000020", "model.safetensors")
+    assert "model.safetensors: tensor centroids holds NaN or infinite values" in fail(
+        ["segment", str(run.path), str(cubes[0]), "--out", str(out)], capsys
+    )
+    # A run.json asking for a model of petabytes is refused before anything is allocated.
+    manifest = json.loads(run.manifest_path.read_text())
+    manifest["config"]["model"]["embed_dim"] = 10**7
+    run.manifest_path.write_text(json.dumps(manifest))
+    assert "model.safetensors: tensor" in fail(
+        ["segment", str(run.path), str(cubes[0]), "--out", str(out), "--checkpoint", "step-000010"], capsys
+    )
+    manifest["config"]["model"]["embed_dim"] = 8
+    run.manifest_path.write_text(json.dumps(manifest))
+    nan_cube, empty_cube = tmp_path / "nan.npy", tmp_path / "empty.npy"
+    pixels = np.load(cubes[0])
+    pixels[3, 4, 5] = np.nan
+    np.save(nan_cube, pixels)
+    np.save(empty_cube, np.zeros((0, 26, N_BANDS), np.float32))
+    segment = ["segment", str(run.path), "--checkpoint", "step-000010", "--out", str(out)]
+    assert "nan.npy: NaN or infinite value at pixel (row 3, col 4), band 5" in fail(
+        [*segment, str(nan_cube)], capsys
+    )
+    error = fail([*segment, str(empty_cube)], capsys)  # refused by the reader or by segment_cube
+    assert "empty.npy" in error and ("no pixels" in error or "holds no values" in error)
+    assert not out.exists()
+
+
+def test_full_disk_under_out_is_one_line_and_leaves_no_empty_folder(
+    run, cubes, tmp_path, capsys, monkeypatch
+):
+    import errno
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr("napari_dgc.analysis.export.atomic_write_bytes", full)
+    out = tmp_path / "new" / "out"
+    assert "No space left on device" in fail(
+        ["segment", str(run.path), str(cubes[0]), "--out", str(out)], capsys
+    )
+    assert not (tmp_path / "new").exists()

@@ -210,10 +210,16 @@ def test_open_rejects_missing_corrupt_and_truncated_manifest(run, tmp_path):
     with pytest.raises(CheckpointError, match="run.json: corrupt or truncated"):
         RunDirectory.open(run.path)
     manifest = json.loads(text)
-    for key, bad in [("n_bands", "12"), ("wavelengths", [1.0]), ("checkpoints", [{"id": "../x"}])]:
+    for key, bad in [("n_bands", "12"), ("wavelengths", [1.0]), ("checkpoints", {"id": "step-000001"})]:
         run.manifest_path.write_text(json.dumps({**manifest, key: bad}))
         with pytest.raises(CheckpointError, match=f"run.json: field '{key}'"):
             RunDirectory.open(run.path)
+    # A bad entry (an id that would become a path outside the run) is set aside, never used.
+    run.manifest_path.write_text(json.dumps({**manifest, "checkpoints": [{"id": "../x"}]}))
+    reopened = RunDirectory.open(run.path)
+    assert reopened.checkpoints() == [] and len(reopened.rejected_checkpoints()) == 1
+    with pytest.raises(CheckpointError, match="no checkpoint '../x'"):
+        reopened.load_model("../x")
     run.manifest_path.write_text(json.dumps({**manifest, "config": {"steps": "many"}}))
     with pytest.raises(CheckpointError, match="run.json: invalid training configuration"):
         RunDirectory.open(run.path)

@@ -266,3 +266,28 @@ def test_the_next_tiles_rows_are_prefetched(model, cube_array, tmp_path, monkeyp
         (rows.start, rows.stop) for rows, _, _, _ in windows[1:]
     }
     assert np.array_equal(result.labels, segment_cube(model, cube_array, tile=32).labels)
+
+
+@pytest.mark.parametrize("where", ["one pixel", "every pixel", "infinite"])
+def test_non_finite_pixels_are_refused_as_training_refuses_them(model, cube_array, where):
+    from napari_dgc.errors import CubeFormatError
+
+    cube = cube_array.copy()
+    if where == "one pixel":
+        cube[33, 41, 2] = np.nan
+    elif where == "every pixel":
+        cube[:] = np.nan
+    else:
+        cube[33, 41, 2] = -np.inf
+    match = r"NaN or infinite value at pixel \(row 33, col 41\), band 2" if where != "every pixel" else "NaN"
+    for workers in (1, 3):
+        with pytest.raises(CubeFormatError, match=match):
+            segment_cube(model, cube, tile=32, workers=workers)
+
+
+@pytest.mark.parametrize("shape", [(0, 9), (9, 0)])
+def test_a_cube_without_pixels_is_refused(model, shape):
+    from napari_dgc.errors import CubeFormatError
+
+    with pytest.raises(CubeFormatError, match="the cube has no pixels"):
+        segment_cube(model, np.zeros((*shape, N_BANDS), np.float32))

@@ -462,3 +462,107 @@ def test_new_run_never_overwrites_an_existing_one(cubes, tmp_path):
     with pytest.raises(CheckpointError, match="already"):
         list(train(cubes, tiny_config(), tmp_path / "run"))
     assert [c.step for c in RunDirectory.open(tmp_path / "run").checkpoints()] == [3]
+
+
+# ---------------------------------------------------------------- resume validates as load does
+def _damage(run_path, checkpoint_id: str, file_name: str, change) -> None:
+    """Apply ``change`` to one file of a checkpoint and list its new checksum, as if genuine."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from napari_dgc.atomic import file_sha256
+
+    file = run_path / "checkpoints" / checkpoint_id / file_name
+    if file_name.endswith(".safetensors"):
+        with safe_open(file, framework="pt") as handle:
+            metadata = handle.metadata()
+        tensors = load_file(file)
+        change(tensors)
+        save_file(tensors, file, metadata)
+    else:
+        state = json.loads(file.read_text())
+        change(state)
+        file.write_text(json.dumps(state))
+    manifest = json.loads((run_path / "run.json").read_text())
+    for entry in manifest["checkpoints"]:
+        if entry["id"] == checkpoint_id:
+            entry["files"][file_name] = file_sha256(file)
+    (run_path / "run.json").write_text(json.dumps(manifest))
+
+
+def _split_groups(state):
+    group = state["optimizer"]["param_groups"][0]
+    params = group["params"]
+    state["optimizer"]["param_groups"] = [{**group, "params": params[:2]}, {**group, "params": params[2:]}]
+
+
+RESUME_DAMAGE = {
+    "wrong shape": ("model.safetensors", lambda t: t.update(centroids=torch.zeros(5, 3)), "tensor centroids"),
+    "missing tensor": ("model.safetensors", lambda t: t.pop("centroids"), "missing \\['centroids'\\]"),
+    "extra tensor": (
+        "model.safetensors",
+        lambda t: t.update(extra=torch.zeros(2)),
+        "unexpected \\['extra'\\]",
+    ),
+    "other dtype": ("model.safetensors", lambda t: t.update(centroids=t["centroids"].double()), "float64"),
+    "NaN weights": ("model.safetensors", lambda t: t["centroids"].fill_(float("nan")), "NaN or infinite"),
+    "optimizer shape": (
+        "optimizer.safetensors",
+        lambda t: t.update({"optimizer.state.0.exp_avg": torch.zeros(7, 7)}),
+        "optimizer.safetensors: optimizer state 'exp_avg'",
+    ),
+    "optimizer NaN": (
+        "optimizer.safetensors",
+        lambda t: t["optimizer.state.1.exp_avg_sq"].fill_(float("inf")),
+        "optimizer.safetensors: tensor .* NaN or infinite",
+    ),
+    "group count": ("state.json", _split_groups, "optimizer.safetensors: 2 parameter groups"),
+    "garbage sampler": (
+        "state.json",
+        lambda s: s["training"]["sampler"].update(rng="garbage"),
+        "state.json: training state 'sampler.rng'",
+    ),
+    "sampler position": (
+        "state.json",
+        lambda s: s["training"]["sampler"].update(order_position=99),
+        "state.json: training state 'sampler.order_position'",
+    ),
+    "garbage RNG": (
+        "state.json",
+        lambda s: s["training"].update(kick_rng={"bit_generator": "PCG64", "state": 5}),
+        "state.json: training state 'kick_rng'",
+    ),
+    "usage shape": ("state.json", lambda s: s["training"].update(usage_ema=[0.5]), "state.json: .*usage_ema"),
+    "negative step": (
+        "state.json",
+        lambda s: (s.update(step=-50), s["training"].update(step=-50)),
+        "state.json: step -50 differs",
+    ),
+    "training step": (
+        "state.json",
+        lambda s: s["training"].update(step=-50),
+        "state.json: training step -50",
+    ),
+    "elapsed": ("state.json", lambda s: s["training"].update(elapsed_s="x"), "state.json: training time"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(RESUME_DAMAGE))
+def test_resume_refuses_a_damaged_checkpoint_naming_the_file(cubes, tmp_path, damage):
+    """Resume checks what load_model checks and more; a clean CheckpointError, never a traceback,
+    nothing written, and the run still usable from its other checkpoints."""
+    run_path = tmp_path / "run"
+    list(train(cubes, tiny_config(), run_path))
+    file_name, change, match = RESUME_DAMAGE[damage]
+    _damage(run_path, "step-000006", file_name, change)
+    manifest = (run_path / "run.json").read_bytes()
+    with pytest.raises(CheckpointError, match=match):
+        list(train(cubes, tiny_config(steps=9), run_path, resume=True))
+    assert (run_path / "run.json").read_bytes() == manifest
+    run = RunDirectory.open(run_path)
+    assert [c.step for c in run.checkpoints()] == [3, 6]
+    run.load_model("step-000003")
+    if file_name == "model.safetensors":  # segment / export / timeline refuse it as well
+        with pytest.raises(CheckpointError, match=match):
+            run.load_model("step-000006")
+    assert not run.is_busy()  # the failed resume released the run lock

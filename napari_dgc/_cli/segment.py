@@ -19,10 +19,15 @@ import argparse
 import io
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_dgc.errors import ConfigError
+from napari_dgc.errors import ConfigError, DGCError
+
+if TYPE_CHECKING:
+    from napari_dgc.analysis.classes import ClassMapping
+    from napari_dgc.model.network import DGCModel
 
 
 def _positive_int(text: str) -> int:
@@ -122,9 +127,7 @@ def _load_model(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
-    from napari_dgc.analysis.export import cluster_legend, legend_path, write_class_map, write_label_map
-    from napari_dgc.atomic import atomic_write_bytes
-    from napari_dgc.inference.segmentation import segment_cube
+    from napari_dgc.analysis.export import legend_path
     from napari_dgc.io import open_cube
 
     model, mapping, cube_arguments = _load_model(args)
@@ -156,7 +159,36 @@ def _run(args: argparse.Namespace) -> int:
             for target in targets:
                 if target is not None and target.exists():
                     raise ConfigError(f"{target}: exists; pass --overwrite to replace it")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = [folder for folder in [out_dir, *out_dir.parents] if not folder.exists()]
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _segment_all(args, model, mapping, cubes, planned, probability_format)
+    except BaseException as error:
+        # A full disk, a bad pixel found while reading, Ctrl-C: no empty folder left behind.
+        for folder in created:
+            try:
+                folder.rmdir()  # only if still empty: maps already written stay
+            except OSError:
+                break
+        if isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError)):
+            target = error.filename or out_dir
+            raise DGCError(f"{target}: could not write the output: {error.strerror or error}") from error
+        raise
+    return 0
+
+
+def _segment_all(
+    args: argparse.Namespace,
+    model: DGCModel,
+    mapping: ClassMapping | None,
+    cubes: list,
+    planned: list[tuple[dict[str, Path], Path | None]],
+    probability_format: str,
+) -> None:
+    """Segment every cube and write its maps (files written atomically, one cube at a time)."""
+    from napari_dgc.analysis.export import cluster_legend, write_class_map, write_label_map
+    from napari_dgc.atomic import atomic_write_bytes
+    from napari_dgc.inference.segmentation import segment_cube
 
     legend = cluster_legend(model.config.n_clusters)
     for cube, (maps, probability_file) in zip(cubes, planned):
@@ -179,4 +211,3 @@ def _run(args: argparse.Namespace) -> int:
             f"{cube.path} ({rows}x{cols}) -> {', '.join(p.name for p in written)} "
             f"[{time.perf_counter() - started:.1f} s]"
         )
-    return 0

@@ -313,8 +313,9 @@ def load_model_folder(path: str | os.PathLike, device: str = "cpu") -> tuple[DGC
     Raises
     ------
     CheckpointError
-        For a missing, corrupt or inconsistent folder (weights checksum, tensor names and
-        shapes are checked; nothing is unpickled).
+        For a missing, corrupt or inconsistent folder (weights checksum, tensor names, shapes,
+        dtypes and finite values are checked as for a run's checkpoints, before a model of the
+        described size is built; nothing is unpickled).
     MappingError
         If ``classes.json`` is invalid or for another cluster count.
     """
@@ -323,6 +324,8 @@ def load_model_folder(path: str | os.PathLike, device: str = "cpu") -> tuple[DGC
 
     from napari_dgc.config import ModelConfig
     from napari_dgc.model.network import DGCModel
+    from napari_dgc.run_folder.checkpoint_files import meta_model_state
+    from napari_dgc.run_folder.validation import check_model_tensors
 
     folder = Path(path)
     info = read_model_info(folder)
@@ -331,20 +334,21 @@ def load_model_folder(path: str | os.PathLike, device: str = "cpu") -> tuple[DGC
         raise CheckpointError(f"{weights}: not found")
     if file_sha256(weights) != info["weights_sha256"]:
         raise CheckpointError(f"{weights}: checksum differs from {MODEL_INFO_FILE}; the file is corrupt")
+    n_bands = info["n_bands"]
+    if not isinstance(n_bands, int) or isinstance(n_bands, bool) or n_bands < 1:
+        raise CheckpointError(f"{folder / MODEL_INFO_FILE}: invalid band count {n_bands!r}")
     try:
         config = ModelConfig.from_dict(info["model_config"])
-        model = DGCModel(int(info["n_bands"]), config)
-    except (TypeError, ValueError, KeyError) as error:
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
         raise CheckpointError(f"{folder / MODEL_INFO_FILE}: invalid model settings ({error})") from None
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as error:
         raise CheckpointError(f"{weights}: cannot read the weights ({error})") from None
-    expected = model.state_dict()
-    if state.keys() != expected.keys() or any(
-        tuple(state[name].shape) != tuple(tensor.shape) for name, tensor in expected.items()
-    ):
-        raise CheckpointError(f"{weights}: tensors do not match the model described in {MODEL_INFO_FILE}")
+    # Shapes from a model on the meta device: a model.json asking for an absurd size is
+    # refused here, before a model of that size is allocated.
+    check_model_tensors(weights, meta_model_state(n_bands, config, folder / MODEL_INFO_FILE)[0], state)
+    model = DGCModel(n_bands, config)
     model.load_state_dict(state)
     mapping = ClassMapping.load(folder / CLASSES_FILE, n_clusters=config.n_clusters)
     return model.to(device).eval(), mapping

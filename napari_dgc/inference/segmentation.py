@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_dgc.errors import ConfigError
+from napari_dgc.errors import ConfigError, CubeFormatError
 
 if TYPE_CHECKING:
     import torch
@@ -217,6 +217,9 @@ def segment_cube(
         If ``tile`` or ``workers`` is not positive, the cube's band count differs from the
         model's, the model is not on ``device``, or a :class:`SpectralInput` comes from a model
         with another normalisation.
+    CubeFormatError
+        If the cube has no pixels, or a pixel is NaN or infinite (refused as training refuses
+        it: such a pixel would change the labels of every pixel that sees it, silently).
     """
     import torch
 
@@ -239,6 +242,8 @@ def segment_cube(
             f"{source}: the cube has {cube_bands(cube)} bands, the model was trained on {model.n_bands}"
         )
     n_rows, n_cols = shape_hw
+    if n_rows < 1 or n_cols < 1:
+        raise CubeFormatError(f"{source}: the cube has no pixels ({n_rows} x {n_cols}); nothing to segment")
     labels = np.empty(shape_hw, dtype=np.int32)
     probabilities = (
         np.empty((model.config.n_clusters, n_rows, n_cols), np.float32) if return_probabilities else None
@@ -260,7 +265,7 @@ def segment_cube(
                 strip = max(1, STRIP_BYTES // (4 * width * model.n_bands))
                 for top in range(rows.start, rows.stop, strip):
                     bottom = min(top + strip, rows.stop)
-                    raw = _tensor(read_window(slice(top, bottom), cols), device)
+                    raw = _tensor(_finite(read_window(slice(top, bottom), cols), top, cols, source), device)
                     sequences[(top - rows.start) * width : (bottom - rows.start) * width] = (
                         model.spectral_input(raw.reshape(-1, model.n_bands))
                     )
@@ -292,6 +297,19 @@ def segment_cube(
         spectral.flags.writeable = False  # shared between segmentations, e.g. in a cache
         spectral_input = SpectralInput(spectral, spectral_input_fingerprint(model))
     return Segmentation(labels, probabilities, embeddings, spectral_input)
+
+
+def _finite(window: np.ndarray, top: int, cols: slice, source: str) -> np.ndarray:
+    """``window`` (read at row ``top``, columns ``cols``) if every value is finite; else the
+    error training gives for the same pixel.
+    """
+    if not np.isfinite(window).all():
+        bad = np.argwhere(~np.isfinite(window))[0]
+        raise CubeFormatError(
+            f"{source}: NaN or infinite value at pixel (row {top + bad[0]}, col {cols.start + bad[1]}), "
+            f"band {bad[2]}; replace or mask such pixels first"
+        )
+    return window
 
 
 def _tensor(window: np.ndarray, device: torch.device) -> torch.Tensor:

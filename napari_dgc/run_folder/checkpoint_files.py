@@ -15,14 +15,20 @@ import numpy as np
 
 from napari_dgc import atomic
 from napari_dgc.errors import CheckpointError
-from napari_dgc.run_folder.manifest import (
+from napari_dgc.run_folder.manifest import read_json, to_json
+from napari_dgc.run_folder.paths import inside_run
+from napari_dgc.run_folder.validation import (
     MODEL_FILE,
     OPTIMIZER_FILE,
     STATE_FILE,
     TRAINING_TENSOR_FILE,
-    read_json,
-    to_json,
+    check_finite,
+    check_model_tensors,
+    check_optimizer_state,
+    check_state_step,
 )
+
+__all__ = ["check_model_tensors", "decode", "encode", "read_checkpoint_state", "write_checkpoint_files"]
 
 if TYPE_CHECKING:
     import torch
@@ -115,11 +121,24 @@ def write_checkpoint_files(
     return state["stats"], {name: atomic.file_sha256(folder / name) for name in [*files, STATE_FILE]}
 
 
-def verified_file(file: Path, expected_sha256: str | None) -> Path:
-    """``file`` if it exists and matches its recorded checksum; else CheckpointError."""
+def verified_file(file: Path, expected_sha256: str | None, run_path: Path | None = None) -> Path:
+    """``file`` if it exists, stays inside ``run_path`` and matches its recorded checksum.
+
+    A checksum is required: a listing without one (``"files": {}`` in ``run.json``) must not
+    switch the check off, so ``None`` is refused too.
+
+    Raises
+    ------
+    CheckpointError
+        Naming the file.
+    """
+    if run_path is not None:
+        inside_run(run_path, file, "read")
     if not file.is_file():
         raise CheckpointError(f"{file}: checkpoint file is missing")
-    if expected_sha256 is not None and atomic.file_sha256(file) != expected_sha256:
+    if expected_sha256 is None:
+        raise CheckpointError(f"{file}: the run lists no checksum for this file; refusing to trust it")
+    if atomic.file_sha256(file) != expected_sha256:
         raise CheckpointError(f"{file}: checksum mismatch, the file is corrupt or truncated")
     return file
 
@@ -136,41 +155,78 @@ def load_tensors(file: Path) -> tuple[dict, dict[str, str]]:
         raise CheckpointError(f"{file}: not a readable safetensors file ({error})") from error
 
 
-def check_model_tensors(
-    file: Path, expected: dict[str, torch.Tensor], loaded: dict[str, torch.Tensor]
-) -> None:
-    """Refuse ``loaded`` tensors whose names or shapes differ from the model's ``expected``."""
-    missing = sorted(expected.keys() - loaded.keys())
-    unexpected = sorted(loaded.keys() - expected.keys())
-    if missing or unexpected:
-        raise CheckpointError(
-            f"{file}: tensors do not match the model (missing {missing}, unexpected {unexpected})"
-        )
-    for name, tensor in expected.items():
-        if tuple(loaded[name].shape) != tuple(tensor.shape):
-            raise CheckpointError(
-                f"{file}: tensor {name} has shape {tuple(loaded[name].shape)}, the "
-                f"run's configuration needs {tuple(tensor.shape)}"
-            )
+def meta_model_state(n_bands: int, model_config: Any, file: Path) -> tuple[dict, list]:
+    """The state dict and parameters a model of ``model_config`` has, without allocating them.
 
-
-def read_checkpoint_state(folder: Path, digests: dict[str, str]) -> tuple[dict, dict, dict]:
-    """Model state, optimizer state and training state of the checkpoint in ``folder``, every
-    file verified against ``digests`` first (see :meth:`RunDirectory.load_checkpoint_state`).
+    The model is built on torch's ``meta`` device (shapes and dtypes only), so a ``run.json``
+    asking for an absurd size (``embed_dim`` = 10**7: petabytes) is compared with the stored
+    weights, and refused, before anything of that size exists.
     """
+    import torch
 
-    def tensors_of(name: str) -> dict:
-        return load_tensors(verified_file(folder / name, digests.get(name)))[0]
+    from napari_dgc.model.network import DGCModel
 
-    model_state = tensors_of(MODEL_FILE)
-    optimizer_tensors = tensors_of(OPTIMIZER_FILE)
-    training_tensors = tensors_of(TRAINING_TENSOR_FILE) if TRAINING_TENSOR_FILE in digests else {}
-    state_file = verified_file(folder / STATE_FILE, digests.get(STATE_FILE))
+    try:
+        with torch.device("meta"):
+            model = DGCModel(int(n_bands), model_config)
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise CheckpointError(f"{file}: the run's model settings cannot be built ({error})") from error
+    return model.state_dict(), list(model.parameters())
+
+
+def read_model_weights(
+    folder: Path, entry: dict, run_path: Path, n_bands: int, model_config: Any
+) -> tuple[dict, list]:
+    """The verified weights of the checkpoint in ``folder`` and the model's parameters (meta).
+
+    The one check of weights for segmenting, exporting, reviewing and resuming: checksum, inside
+    the run folder, band count of the file's metadata, then :func:`check_model_tensors` against
+    a model of ``n_bands`` and ``model_config`` built on the meta device.
+    """
+    file = verified_file(folder / MODEL_FILE, entry["files"].get(MODEL_FILE), run_path)
+    model_state, metadata = load_tensors(file)
+    if metadata.get("n_bands") not in (None, str(n_bands)):
+        raise CheckpointError(f"{file}: weights for {metadata['n_bands']} bands, but the run has {n_bands}")
+    expected, parameters = meta_model_state(n_bands, model_config, file)
+    check_model_tensors(file, expected, model_state)
+    return model_state, parameters
+
+
+def read_checkpoint_state(
+    folder: Path, entry: dict, run_path: Path, n_bands: int, model_config: Any
+) -> tuple[dict, dict, dict]:
+    """Model state, optimizer state and training state of the checkpoint in ``folder``.
+
+    Every file is checked against the checksums of ``entry`` (its ``run.json`` entry) and must
+    stay inside ``run_path``; the weights must fit a model of ``n_bands`` and ``model_config``
+    (:func:`check_model_tensors`), the optimizer state its parameters
+    (:func:`check_optimizer_state`), every tensor must be finite and ``state.json`` must record
+    the entry's step (see :meth:`RunDirectory.load_checkpoint_state`).
+    """
+    digests = entry["files"]
+
+    def tensors_of(name: str) -> tuple[Path, dict]:
+        file = verified_file(folder / name, digests.get(name), run_path)
+        return file, load_tensors(file)[0]
+
+    model_state, parameters = read_model_weights(folder, entry, run_path, n_bands, model_config)
+    optimizer_file, optimizer_tensors = tensors_of(OPTIMIZER_FILE)
+    check_finite(optimizer_file, optimizer_tensors)
+    training_tensors = {}
+    if TRAINING_TENSOR_FILE in digests:
+        training_file, training_tensors = tensors_of(TRAINING_TENSOR_FILE)
+        check_finite(training_file, training_tensors)
+    state_file = verified_file(folder / STATE_FILE, digests.get(STATE_FILE), run_path)
     state = read_json(state_file)
     if not isinstance(state, dict) or not {"optimizer", "training"} <= state.keys():
         raise CheckpointError(f"{state_file}: optimizer or training state is missing")
-    return (
-        model_state,
-        decode(state["optimizer"], optimizer_tensors, state_file),
-        decode(state["training"], training_tensors, state_file),
-    )
+    check_state_step(state_file, state, entry)
+    try:
+        optimizer_state = decode(state["optimizer"], optimizer_tensors, state_file)
+        training_state = decode(state["training"], training_tensors, state_file)
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        if isinstance(error, CheckpointError):
+            raise
+        raise CheckpointError(f"{state_file}: malformed state ({error!r})") from error
+    check_optimizer_state(optimizer_file, optimizer_state, parameters)
+    return model_state, optimizer_state, training_state

@@ -2,39 +2,35 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from napari_dgc import atomic
 from napari_dgc.config import TrainConfig
 from napari_dgc.errors import CheckpointError
 from napari_dgc.run_folder.checkpoint_files import (
-    check_model_tensors,
-    load_tensors,
     read_checkpoint_state,
-    verified_file,
-    write_checkpoint_files,
+    read_model_weights,
 )
+from napari_dgc.run_folder.lock import LockHolder, RunLock, manifest_lock, run_lock_holder
 from napari_dgc.run_folder.manifest import (
     CHECKPOINT_DIR,
     MANIFEST_NAME,
-    MODEL_FILE,
     CheckpointInfo,
-    checkpoint_id_for,
     info_from_entry,
     latest_entry,
-    manifest_lock,
     new_manifest,
     parse_config,
     read_manifest,
-    to_json,
+    rejected_entries,
+    write_manifest,
 )
+from napari_dgc.run_folder.paths import inside_run
+from napari_dgc.run_folder.validation import check_step
+from napari_dgc.run_folder.writing import create_locked, lock_for_writing, write_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -49,10 +45,15 @@ class RunDirectory:
     internal. ``config``, ``n_bands``, ``wavelengths``, ``dataset_files`` and ``seed`` are fixed
     at creation; :meth:`checkpoints` and :attr:`chosen_checkpoint` re-read ``run.json`` so they
     follow a run that is still training.
+
+    A writer holds the run's lock for its lifetime (:meth:`create` / :meth:`open` with
+    ``lock=True``, released by :meth:`release`); :meth:`holder` tells anyone whether the run is
+    busy and with whom.
     """
 
-    def __init__(self, path: Path, manifest: dict, config: TrainConfig) -> None:
+    def __init__(self, path: Path, manifest: dict, config: TrainConfig, lock: RunLock | None = None) -> None:
         self.path = path
+        self._lock = lock
         self.config = config
         self.n_bands: int = manifest["n_bands"]
         wavelengths = manifest["wavelengths"]
@@ -75,8 +76,10 @@ class RunDirectory:
         wavelengths: np.ndarray | Sequence[float] | None,
         dataset_files: Sequence[str | os.PathLike],
         seed: int,
+        *,
+        lock: bool = False,
     ) -> RunDirectory:
-        """Start a new run folder and write its ``run.json``.
+        """Start a new run folder and write its ``run.json``, holding the run lock meanwhile.
 
         The folder may not exist yet or be empty of runs. A folder that already holds a
         ``run.json`` is never overwritten: to continue a run, :meth:`open` it and resume from
@@ -96,39 +99,80 @@ class RunDirectory:
             Training cubes; their absolute paths and sizes are recorded.
         seed : int
             Random seed of the run.
+        lock : bool
+            Keep holding the run lock (training does, until :meth:`release`).
 
         Raises
         ------
         CheckpointError
-            If the folder already holds a run, ``path`` is a file, or the arguments disagree.
+            If the folder already holds a run or is busy, ``path`` is a file, the arguments
+            disagree, or it cannot be written (a full disk: nothing is left behind).
         """
         path = Path(path).expanduser()
-        manifest_path = path / MANIFEST_NAME
         if path.exists() and not path.is_dir():
             raise CheckpointError(f"{path}: is a file, not a run folder")
-        if manifest_path.exists():
-            raise CheckpointError(
-                f"{manifest_path}: a run already exists here; open it to resume or choose another folder"
-            )
         manifest = new_manifest(path, config, n_bands, wavelengths, dataset_files, seed)
-        path.mkdir(parents=True, exist_ok=True)
-        atomic.atomic_write_json(manifest_path, manifest)
-        return cls(path, manifest, config)
+        held = create_locked(path, manifest, "trained")
+        if not lock:
+            held.release()
+        return cls(path, manifest, config, held if lock else None)
 
     @classmethod
-    def open(cls, path: str | os.PathLike) -> RunDirectory:
+    def open(cls, path: str | os.PathLike, *, lock: bool = False) -> RunDirectory:
         """Open an existing run folder (or its ``run.json``), validating the manifest.
+
+        Parameters
+        ----------
+        path : path-like
+            The run folder or its ``run.json``.
+        lock : bool
+            Open it for writing: take the run lock *before* reading anything (held until
+            :meth:`release`) and remove the temporary files a killed writer left.
 
         Raises
         ------
         CheckpointError
-            If ``run.json`` is missing, unreadable, truncated or inconsistent.
+            If ``run.json`` is missing, unreadable, truncated or inconsistent; with ``lock``,
+            if the run is busy ("run RUN is busy: trained by pid ... on host ... since ...").
         """
         path = Path(path).expanduser()
         if path.name == MANIFEST_NAME and path.is_file():
             path = path.parent
-        manifest = read_manifest(path / MANIFEST_NAME)
-        return cls(path, manifest, parse_config(manifest["config"], path / MANIFEST_NAME))
+        held = lock_for_writing(path, "trained") if lock else None
+        try:
+            manifest = read_manifest(path / MANIFEST_NAME)
+            return cls(path, manifest, parse_config(manifest["config"], path / MANIFEST_NAME), held)
+        except BaseException:
+            if held is not None:
+                held.release()
+            raise
+
+    def release(self) -> None:
+        """Release the run lock this object holds (nothing if it holds none)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def holder(self) -> LockHolder | None:
+        """Who is writing this run now (training or resuming it), or ``None``.
+
+        For a GUI to say "busy" before it tries: ``holder().describe()`` reads e.g.
+        ``"trained by pid 1234 on host lab-3 since 2024-05-01T10:00:00+00:00"``. It is a
+        snapshot: a writer may start or end right after.
+        """
+        return run_lock_holder(self.path)
+
+    def is_busy(self) -> bool:
+        """Whether another writer holds the run lock now (see :meth:`holder`); ``False`` when
+        this object holds it itself.
+        """
+        return self._lock is None and self.holder() is not None
+
+    def rejected_checkpoints(self) -> list[str]:
+        """Why each unusable ``run.json`` checkpoint entry is unusable (they are not listed by
+        :meth:`checkpoints`; the others stay usable). Empty for a healthy run.
+        """
+        return rejected_entries(read_manifest(self.manifest_path))
 
     def ensure_compatible(self, config: TrainConfig, n_bands: int) -> None:
         """Check that training with ``config`` on ``n_bands`` bands may resume this run.
@@ -201,19 +245,27 @@ class RunDirectory:
             If the run lists no checkpoint of that id.
         """
         self._entry(read_manifest(self.manifest_path), checkpoint_id)
-        return self.path / CHECKPOINT_DIR / checkpoint_id
+        return inside_run(self.path, self.path / CHECKPOINT_DIR / checkpoint_id, "read")
 
     def _entry(self, manifest: dict, checkpoint_id: str) -> dict:
         for entry in manifest["checkpoints"]:
             if entry["id"] == checkpoint_id:
                 return entry
         known = ", ".join(entry["id"] for entry in manifest["checkpoints"]) or "none"
-        raise CheckpointError(f"{self.manifest_path}: no checkpoint {checkpoint_id!r} (listed: {known})")
+        unusable = [problem for problem in rejected_entries(manifest) if repr(checkpoint_id) in problem]
+        reason = f"; {unusable[0]}" if unusable else ""
+        raise CheckpointError(
+            f"{self.manifest_path}: no checkpoint {checkpoint_id!r} (listed: {known}){reason}"
+        )
 
     # ------------------------------------------------------------------ writing
 
     def _locked(self):
         return manifest_lock(self.path)
+
+    def _writing(self) -> RunLock | None:
+        """The run lock taken for one write by an object that does not hold it for its lifetime."""
+        return None if self._lock is not None else RunLock(self.path, "written").acquire()
 
     def save_checkpoint(
         self,
@@ -255,46 +307,26 @@ class RunDirectory:
         Raises
         ------
         CheckpointError
-            If the id is already listed, or a file cannot be written (e.g. the disk is full);
-            in that case the run folder still lists only complete checkpoints.
+            If the id is already listed, the step is not positive, another writer holds the
+            run lock, a folder on the way is a link leaving the run folder, or a file cannot be
+            written (e.g. the disk is full); then the run still lists only complete checkpoints.
         """
-        checkpoint_id = checkpoint_id_for(step, start)
-        run_step = int(step if run_step is None else run_step)
-        if any(info.checkpoint_id == checkpoint_id for info in self.checkpoints()):
-            raise CheckpointError(f"{self.manifest_path}: checkpoint {checkpoint_id} already exists")
-        folder = self.path / CHECKPOINT_DIR / checkpoint_id
-        metadata = {
-            "format": "napari-dgc-model",
-            "n_bands": str(self.n_bands),
-            "model_config": json.dumps(to_json(self.config.model.to_dict())),
-            "step": str(int(step)),
-        }
+        check_step(step, start)
+        held = self._writing()
         try:
-            stored_stats, digests = write_checkpoint_files(
-                folder, step, model_state, optimizer_state, training_state, stats, metadata
+            entry = write_checkpoint(
+                self.path,
+                self.n_bands,
+                self.config.model,
+                step,
+                start,
+                run_step,
+                (model_state, optimizer_state, training_state, stats),
             )
-            entry = {
-                "id": checkpoint_id,
-                "step": int(step),
-                "stats": stored_stats,
-                "files": digests,
-                "start": int(start),
-                "run_step": run_step,
-            }
-            with self._locked():
-                manifest = read_manifest(self.manifest_path)
-                manifest["checkpoints"] = sorted(
-                    [*manifest["checkpoints"], entry],
-                    key=lambda item: item.get("run_step", item["step"]),
-                )
-                atomic.atomic_write_json(self.manifest_path, manifest)
-        except OSError as error:
-            # Not listed, so nothing refers to the partial folder: free its space.
-            shutil.rmtree(folder, ignore_errors=True)
-            raise CheckpointError(
-                f"{folder}: could not write checkpoint {checkpoint_id}: {error.strerror or error}"
-            ) from error
-        return info_from_entry(entry)
+            return info_from_entry(entry)
+        finally:
+            if held is not None:
+                held.release()
 
     def record_selection(self, start: int, separations: Sequence[float]) -> None:
         """Record in ``run.json`` (atomically) that start ``start`` continues after the
@@ -311,7 +343,7 @@ class RunDirectory:
                 raise CheckpointError(f"{self.manifest_path}: start {start} has no checkpoint")
             manifest["selected_start"] = int(start)
             manifest["start_separations"] = [float(value) for value in separations]
-            atomic.atomic_write_json(self.manifest_path, manifest)
+            write_manifest(self.manifest_path, manifest)
 
     def choose(self, checkpoint_id: str) -> None:
         """Record ``checkpoint_id`` as the chosen checkpoint in ``run.json`` (atomically).
@@ -325,7 +357,7 @@ class RunDirectory:
             manifest = read_manifest(self.manifest_path)
             self._entry(manifest, checkpoint_id)
             manifest["chosen_checkpoint"] = checkpoint_id
-            atomic.atomic_write_json(self.manifest_path, manifest)
+            write_manifest(self.manifest_path, manifest)
 
     # ------------------------------------------------------------------ loading
 
@@ -354,10 +386,15 @@ class RunDirectory:
         Raises
         ------
         CheckpointError
-            If the checkpoint is not listed or one of its files is missing or corrupt.
+            If the checkpoint is not listed or one of its files is missing, corrupt, outside
+            the run folder or does not fit the run: the same checks as :meth:`load_model`
+            (tensor names, shapes, dtypes, finite values), plus the optimizer state against
+            the model's parameters and the step of ``state.json`` against ``run.json``.
         """
         entry = self._entry(read_manifest(self.manifest_path), checkpoint_id)
-        return read_checkpoint_state(self.path / CHECKPOINT_DIR / entry["id"], entry["files"])
+        return read_checkpoint_state(
+            self.path / CHECKPOINT_DIR / entry["id"], entry, self.path, self.n_bands, self.config.model
+        )
 
     def load_model(self, checkpoint_id: str | None = None, device: str = "cpu") -> DGCModel:
         """Build the model of a checkpoint in evaluation mode.
@@ -372,19 +409,16 @@ class RunDirectory:
         Raises
         ------
         CheckpointError
-            If there is no such checkpoint, its file is corrupt, or its tensors do not fit the
-            run's band count and model configuration.
+            If there is no such checkpoint, its file is corrupt or outside the run folder, or
+            its tensors do not fit the run's band count and model configuration or hold NaN or
+            infinite values (checked before the model is built, so a ``run.json`` asking for
+            an absurd size cannot make it allocate).
         """
         from napari_dgc.model.network import DGCModel
 
         entry = self._resolve(checkpoint_id)
-        file = self.path / CHECKPOINT_DIR / entry["id"] / MODEL_FILE
-        model_state, metadata = load_tensors(verified_file(file, entry["files"].get(MODEL_FILE)))
-        if metadata.get("n_bands") not in (None, str(self.n_bands)):
-            raise CheckpointError(
-                f"{file}: weights for {metadata['n_bands']} bands, but the run has {self.n_bands}"
-            )
+        folder = self.path / CHECKPOINT_DIR / entry["id"]
+        model_state, _ = read_model_weights(folder, entry, self.path, self.n_bands, self.config.model)
         model = DGCModel(self.n_bands, self.config.model)
-        check_model_tensors(file, model.state_dict(), model_state)
         model.load_state_dict(model_state)
         return model.to(device).eval()

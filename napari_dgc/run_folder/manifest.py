@@ -1,7 +1,10 @@
 """The run manifest ``run.json``: its constants, validation, and the checkpoint entries it lists.
 
 Every reader of a run folder goes through :func:`read_manifest`, which refuses a manifest whose
-fields are missing or of the wrong type, naming the file and the field.
+fields are missing or of the wrong type, naming the file and the field. A bad checkpoint entry
+is the exception: it is set aside (:func:`rejected_entries`) and only that checkpoint is
+unusable, so one damaged entry never makes the other checkpoints unreachable;
+:func:`write_manifest` keeps it in the file, untouched, for a person to look at.
 """
 
 from __future__ import annotations
@@ -9,9 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,23 +21,26 @@ from typing import Any
 import numpy as np
 
 from napari_dgc import __version__
+from napari_dgc.atomic import atomic_write_json
 from napari_dgc.config import TrainConfig
 from napari_dgc.errors import CheckpointError
+from napari_dgc.run_folder.validation import (
+    MODEL_FILE,
+    OPTIMIZER_FILE,
+    STATE_FILE,
+    TRAINING_TENSOR_FILE,
+    checkpoint_id_for,
+    entry_problem,
+)
 
-try:  # advisory locking is POSIX-only; without it concurrent updates rely on atomic replace
-    import fcntl
-except ImportError:  # pragma: no cover - Windows
-    fcntl = None
+__all__ = ["MODEL_FILE", "OPTIMIZER_FILE", "STATE_FILE", "TRAINING_TENSOR_FILE", "checkpoint_id_for"]
 
 RUN_FORMAT = "napari-dgc-run"
 RUN_FORMAT_VERSION = 1
 MANIFEST_NAME = "run.json"
 CHECKPOINT_DIR = "checkpoints"
-MODEL_FILE = "model.safetensors"
-OPTIMIZER_FILE = "optimizer.safetensors"
-TRAINING_TENSOR_FILE = "training.safetensors"
-STATE_FILE = "state.json"
-CHECKPOINT_ID_PATTERN = re.compile(r"^(start\d+-)?step-\d{6,}$")
+#: Key of the entries :func:`read_manifest` set aside; never written to ``run.json``.
+_REJECTED = "__rejected__"
 
 
 @dataclass(frozen=True)
@@ -67,14 +71,6 @@ class CheckpointInfo:
     def __post_init__(self) -> None:
         if self.run_step is None:
             object.__setattr__(self, "run_step", self.step)
-
-
-def checkpoint_id_for(step: int, start: int = 0) -> str:
-    """Return the checkpoint id of ``step`` of start ``start`` (``step-000100``,
-    ``start1-step-000100``).
-    """
-    prefix = f"start{int(start)}-" if start else ""
-    return f"{prefix}step-{int(step):06d}"
 
 
 def info_from_entry(entry: dict) -> CheckpointInfo:
@@ -144,6 +140,8 @@ def read_json(file: Path) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise CheckpointError(f"{file}: corrupt or truncated JSON ({error})") from error
+    except RecursionError:  # nesting deeper than any file of ours
+        raise CheckpointError(f"{file}: JSON nested too deeply") from None
 
 
 def read_manifest(file: Path) -> dict:
@@ -166,7 +164,7 @@ def read_manifest(file: Path) -> dict:
         "created": lambda v: isinstance(v, str),
         "versions": lambda v: isinstance(v, dict),
         "chosen_checkpoint": lambda v: v is None or isinstance(v, str),
-        "checkpoints": lambda v: isinstance(v, list) and all(map(valid_entry, v)),
+        "checkpoints": lambda v: isinstance(v, list),
     }
     for key, check in checks.items():
         if key not in manifest or not check(manifest[key]):
@@ -178,21 +176,45 @@ def read_manifest(file: Path) -> dict:
     for key, check in optional.items():
         if not check(manifest.get(key)):
             raise CheckpointError(f"{file}: field {key!r} is invalid")
+    _set_aside_bad_entries(manifest)
     return manifest
 
 
-def valid_entry(entry: Any) -> bool:
-    """Whether a checkpoint entry has every field, of the right type, and a safe id."""
-    return (
-        isinstance(entry, dict)
-        and isinstance(entry.get("id"), str)
-        and CHECKPOINT_ID_PATTERN.match(entry["id"]) is not None  # ids become paths: no "../"
-        and isinstance(entry.get("step"), int)
-        and isinstance(entry.get("stats"), dict)
-        and isinstance(entry.get("files"), dict)
-        and isinstance(entry.get("start", 0), int)
-        and isinstance(entry.get("run_step", 0), int)
-    )
+def _set_aside_bad_entries(manifest: dict) -> None:
+    """Keep the usable checkpoint entries in ``manifest["checkpoints"]``; set the others aside.
+
+    An entry is set aside if :func:`~napari_dgc.run_folder.validation.entry_problem` finds
+    something wrong or if its id was listed before (two trainings of one run before the run
+    lock existed); the first listing of an id is kept.
+    """
+    kept, rejected, seen = [], [], set()
+    for entry in manifest["checkpoints"]:
+        problem = entry_problem(entry)
+        if problem is None and entry["id"] in seen:
+            problem = f"checkpoint {entry['id']!r} is listed twice"
+        if problem is None:
+            seen.add(entry["id"])
+            kept.append(entry)
+        else:
+            rejected.append((entry, problem))
+    manifest["checkpoints"] = kept
+    manifest[_REJECTED] = rejected
+
+
+def rejected_entries(manifest: dict) -> list[str]:
+    """Why each checkpoint entry :func:`read_manifest` set aside is unusable (empty if none)."""
+    return [problem for _, problem in manifest.get(_REJECTED, [])]
+
+
+def write_manifest(file: Path, manifest: dict) -> None:
+    """Replace ``run.json`` atomically with ``manifest`` (as returned by :func:`read_manifest`).
+
+    The entries set aside are written back unchanged after the usable ones: an update never
+    destroys what a person may still want to repair.
+    """
+    data = {key: value for key, value in manifest.items() if key != _REJECTED}
+    data["checkpoints"] = [*manifest["checkpoints"], *(entry for entry, _ in manifest.get(_REJECTED, []))]
+    atomic_write_json(file, data)
 
 
 def parse_config(data: dict, file: Path) -> TrainConfig:
@@ -232,17 +254,3 @@ def new_manifest(
         "chosen_checkpoint": None,
         "checkpoints": [],
     }
-
-
-@contextmanager
-def manifest_lock(run_path: Path) -> Iterator[None]:
-    """Hold the advisory lock of a run's read-modify-write updates of ``run.json``."""
-    if fcntl is None:  # pragma: no cover - Windows
-        yield
-        return
-    with open(run_path / ".run.lock", "a+b") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)

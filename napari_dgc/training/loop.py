@@ -20,11 +20,12 @@ import numpy as np
 import torch
 
 from napari_dgc.config import RESUMABLE_SETTINGS, StartPlan, TrainConfig, differing_settings
-from napari_dgc.errors import ConfigError
+from napari_dgc.errors import CheckpointError, ConfigError
 from napari_dgc.metrics import usage_entropy
 from napari_dgc.model.device import resolve_device
 from napari_dgc.model.network import DGCModel
 from napari_dgc.run_folder import RunDirectory
+from napari_dgc.run_folder.manifest import OPTIMIZER_FILE, STATE_FILE
 from napari_dgc.training.events import (
     LOSS_TERMS,
     CheckpointEvent,
@@ -94,24 +95,30 @@ def train(
     config.validate()
     sources = open_sources(cubes)
     n_bands = sources[0].n_bands
-    if resume:
-        run = RunDirectory.open(run_dir)
-        run.ensure_compatible(config, n_bands)
-        _check_resumable(run, config)
-    check_crop_fits(sources, config.data.crop_size)
-    written = run.checkpoints() if resume else []
-    if written:
-        normalization, elapsed = _resumed_normalization(run, written[-1].checkpoint_id)
-    else:
-        statistics = compute_band_statistics(
-            sources, config.model.brightness_norm, config.data.normalization_pixels
-        )
-        normalization = (statistics.offset, statistics.scale, statistics.brightness_floor)
-        elapsed = 0.0
-    if not resume:
-        names, wavelengths = _describe_sources(cubes)
-        run = RunDirectory.create(run_dir, config, n_bands, wavelengths, names, config.seed)
-    yield from _RunTraining(run, sources, config, normalization, elapsed).events()
+    # A resumed run is locked before anything in it is looked at, a new one by its creation,
+    # and stays locked until the generator ends or is closed: two trainings never interleave.
+    run = RunDirectory.open(run_dir, lock=True) if resume else None
+    try:
+        if resume:
+            run.ensure_compatible(config, n_bands)
+            _check_resumable(run, config)
+        check_crop_fits(sources, config.data.crop_size)
+        written = run.checkpoints() if resume else []
+        if written:
+            normalization, elapsed = _resumed_normalization(run, written[-1].checkpoint_id)
+        else:
+            statistics = compute_band_statistics(
+                sources, config.model.brightness_norm, config.data.normalization_pixels
+            )
+            normalization = (statistics.offset, statistics.scale, statistics.brightness_floor)
+            elapsed = 0.0
+        if not resume:
+            names, wavelengths = _describe_sources(cubes)
+            run = RunDirectory.create(run_dir, config, n_bands, wavelengths, names, config.seed, lock=True)
+        yield from _RunTraining(run, sources, config, normalization, elapsed).events()
+    finally:
+        if run is not None:
+            run.release()
 
 
 def _check_resumable(run: RunDirectory, config: TrainConfig) -> None:
@@ -131,7 +138,12 @@ def _resumed_normalization(run: RunDirectory, last_written: str) -> tuple[tuple,
     """
     weights, _, state = run.load_checkpoint_state(last_written)
     normalization = (weights["band_offset"], weights["band_scale"], float(weights["brightness_floor"]))
-    return normalization, float(state.get("elapsed_s", 0.0))
+    elapsed = state.get("elapsed_s", 0.0) if isinstance(state, dict) else None
+    if not isinstance(elapsed, (int, float)) or isinstance(elapsed, bool) or not 0 <= elapsed < float("inf"):
+        raise CheckpointError(
+            f"{run.checkpoint_dir(last_written) / STATE_FILE}: training time {elapsed!r} is invalid"
+        )
+    return normalization, float(elapsed)
 
 
 class _RunTraining:
@@ -188,10 +200,26 @@ class _RunTraining:
         if checkpoint_id is None:
             trainer.model.set_normalization(*self.normalization)
         else:
+            # The run folder has checked every tensor, the optimizer state against the model's
+            # parameters and the step; what remains is specific to this trainer.
             model_state, optimizer_state, training_state = self.run.load_checkpoint_state(checkpoint_id)
+            folder = self.run.checkpoint_dir(checkpoint_id)
             trainer.model.load_state_dict(model_state)
-            trainer.optimizer.load_state_dict(optimizer_state)
-            trainer.load_training_state(training_state)
+            if len(optimizer_state["param_groups"]) != len(trainer.optimizer.param_groups):
+                raise CheckpointError(
+                    f"{folder / OPTIMIZER_FILE}: {len(optimizer_state['param_groups'])} parameter groups, "
+                    f"the trainer has {len(trainer.optimizer.param_groups)}"
+                )
+            try:
+                trainer.optimizer.load_state_dict(optimizer_state)
+            except (ValueError, KeyError, TypeError, RuntimeError) as error:
+                raise CheckpointError(f"{folder / OPTIMIZER_FILE}: cannot be restored ({error})") from error
+            try:
+                trainer.load_training_state(training_state)
+            except ConfigError:
+                raise
+            except (ValueError, TypeError, KeyError) as error:
+                raise CheckpointError(f"{folder / STATE_FILE}: {error}") from error
         return trainer
 
     def _train_to(

@@ -98,13 +98,68 @@ class Trainer:
         }
 
     def load_training_state(self, state: dict) -> None:
-        """Restore :meth:`training_state` output."""
-        self.step_count = int(state["step"])
-        self.stream.load_state_dict(state["sampler"])
-        self.kick_rng.bit_generator.state = state["kick_rng"]
-        self.start = int(state["start"])
-        self.fidelity_rng.bit_generator.state = state["fidelity_rng"]
-        self.usage_ema = np.asarray(state["usage_ema"], dtype=np.float64)
+        """Restore :meth:`training_state` output, every field checked before anything changes.
+
+        Raises
+        ------
+        ValueError
+            Naming the first field that is missing, of the wrong type or out of range (a
+            damaged ``state.json``); the trainer is left as it was. ``ConfigError`` (a
+            ``ValueError``) if the sampler was saved for another number of cubes.
+        """
+
+        def count(key: str, value, low: int = 0, high: int = 2**53) -> int:
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+                raise ValueError(f"training state {key!r} = {value!r} is not a whole number in {low}..{high}")
+            return value
+
+        def generator_state(key: str, value) -> dict:
+            try:  # a fresh generator refuses any state that is not a valid PCG64 one
+                np.random.PCG64().state = value
+            except (TypeError, ValueError, KeyError, OverflowError) as error:
+                raise ValueError(
+                    f"training state {key!r} is not a random generator state ({error})"
+                ) from None
+            return value
+
+        if not isinstance(state, dict):
+            raise ValueError("the training state is not an object")
+        missing = sorted({"step", "sampler", "kick_rng", "fidelity_rng", "usage_ema", "start"} - state.keys())
+        if missing:
+            raise ValueError(f"training state fields missing: {', '.join(missing)}")
+        sampler = state["sampler"]
+        if not isinstance(sampler, dict) or not isinstance(sampler.get("halton_counts"), list):
+            raise ValueError("training state 'sampler' is invalid")
+        generator_state("sampler.rng", sampler.get("rng"))
+        count("sampler.epoch", sampler.get("epoch"))
+        count(
+            "sampler.order_position", sampler.get("order_position"), 0, max(len(self.stream.sources) - 1, 0)
+        )
+        count("sampler.pairs_from_current", sampler.get("pairs_from_current"), 0, self.stream.pairs_per_cube)
+        for value in sampler["halton_counts"]:
+            count("sampler.halton_counts", value)
+        usage = state["usage_ema"]
+        n_clusters = len(self.usage_ema)
+        if (
+            not isinstance(usage, list)
+            or len(usage) != n_clusters
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in usage)
+            or not np.all(np.isfinite(usage))
+            or min(usage) < 0
+        ):
+            raise ValueError(f"training state 'usage_ema' is not {n_clusters} finite non-negative numbers")
+        step = count("step", state["step"], 0, 10**9)
+        start = count("start", state["start"], 0, 10**6)
+        kick, fidelity = (
+            generator_state("kick_rng", state["kick_rng"]),
+            generator_state("fidelity_rng", state["fidelity_rng"]),
+        )
+        self.stream.load_state_dict(sampler)  # checks the number of cubes before changing anything
+        self.step_count = step
+        self.kick_rng.bit_generator.state = kick
+        self.start = start
+        self.fidelity_rng.bit_generator.state = fidelity
+        self.usage_ema = np.asarray(usage, dtype=np.float64)
 
     # -- one step --------------------------------------------------------------------------
     def _crop_features(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
