@@ -16,9 +16,18 @@ order with the SHA-256 of each of their files. A checkpoint is added to that lis
 
 after all its files are on disk, and ``run.json`` is replaced atomically, so a process killed at
 any moment (or a full disk) leaves every listed checkpoint loadable, and a reader (the GUI
-timeline) sees either the old or the new list, never a partial file. Read-modify-write updates
-of ``run.json`` (a new checkpoint from training, the chosen checkpoint from the GUI) hold an
-advisory lock on ``RUN/.run.lock`` where the platform has ``fcntl``.
+timeline) sees either the old or the new list, never a partial file.
+
+One writer at a time: training (new or resumed) holds the run lock ``RUN/.run.lock`` for its
+whole lifetime, released by the kernel if the process dies; another writer is refused with
+"run RUN is busy: trained by pid ... on host ... since ...", and a GUI can ask first with
+:meth:`RunDirectory.holder` / :meth:`RunDirectory.is_busy`. Read-modify-write updates of
+``run.json`` (a new checkpoint, the chosen checkpoint, chosen while training runs) hold the brief
+``RUN/.manifest.lock`` (see :mod:`napari_dgc.run_folder.lock`). A damaged checkpoint entry
+costs only that checkpoint (:meth:`RunDirectory.rejected_checkpoints`); every checkpoint, for
+segmenting or resuming, is checked the same way (:mod:`napari_dgc.run_folder.validation`); no
+path read from ``run.json`` or written by training leaves the folder
+(:mod:`napari_dgc.run_folder.paths`).
 
 Nothing here unpickles: tensors are read with safetensors, everything else is JSON.
 """
