@@ -7,7 +7,8 @@ same command with the old and the new tree, then::
 
 It compares every tensor of ``model.safetensors`` and ``optimizer.safetensors`` with
 ``numpy.array_equal``, every ``state.json`` except the measured ``elapsed_s``, and the start
-selection recorded in ``run.json``; it exits non-zero at the first difference.
+selection recorded in ``run.json`` (keys renamed since, :data:`RENAMED_KEYS`, by their new
+names); it exits non-zero at the first difference.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ import numpy as np
 from safetensors.numpy import load_file
 
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors")
+#: Keys renamed since a run may have been written (old name -> new): compared under the new name.
+RENAMED_KEYS = {"separation": "selection_score", "start_separations": "start_scores"}
+
+
+def _renamed(mapping: dict) -> dict:
+    return {RENAMED_KEYS.get(key, key): value for key, value in mapping.items()}
 
 
 def compare(first: Path, second: Path) -> str:
@@ -44,9 +51,10 @@ def compare(first: Path, second: Path) -> str:
         ]
         for state in states:
             state["training"].pop("elapsed_s")
+            state["stats"] = _renamed(state["stats"])
         assert states[0] == states[1], f"{checkpoint}/state.json differs"
-    manifests = [json.loads((run / "run.json").read_text()) for run in (first, second)]
-    for key in ("selected_start", "start_separations"):
+    manifests = [_renamed(json.loads((run / "run.json").read_text())) for run in (first, second)]
+    for key in ("selected_start", "start_scores"):
         assert manifests[0].get(key) == manifests[1].get(key), f"run.json: {key} differs"
     return f"{len(ids)} checkpoints, {tensors} tensors bit-identical, states and start selection equal"
 

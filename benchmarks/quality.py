@@ -198,7 +198,7 @@ def run_dgc(dataset: Dataset, k: int, seed: int, args, scratch: Path) -> dict:
         per_checkpoint.append((info.step, scores))
     best_step, best = max(per_checkpoint, key=lambda item: item[1][key])
     final_step, final = per_checkpoint[-1]
-    start, separations = run.selected_start or 0, run.start_separations
+    start, scores = run.selected_start or 0, run.start_scores
     return {
         "best": best,
         "best_step": best_step,
@@ -206,7 +206,7 @@ def run_dgc(dataset: Dataset, k: int, seed: int, args, scratch: Path) -> dict:
         "final_step": final_step,
         "train_seconds": train_seconds,
         "start": start,
-        "separations": separations,
+        "selection_scores": scores,
         "curve": [(step, s[key], s["active"]) for step, s in per_checkpoint],
     }
 
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "final_step",
                                     "train_seconds",
                                     "start",
-                                    "separations",
+                                    "selection_scores",
                                     "curve",
                                 )
                             }
@@ -310,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
                         print(
                             f"# {dataset.name} K={k} seed={seed}: best step "
                             f"{dgc['best_step']}, trained {dgc['train_seconds']:.0f} s, "
-                            f"selected start {dgc['start']} (separations "
-                            f"{dgc['separations']}), "
+                            f"selected start {dgc['start']} (selection scores "
+                            f"{dgc['selection_scores']}), "
                             f"curve (step, score, active) {dgc['curve']}",
                             flush=True,
                         )

@@ -81,11 +81,11 @@ def test_train_by_default_tries_three_starts_and_continues_the_best_separated(cu
         "start2-step-000002",
     ]
     selected = opened.selected_start
-    scores = opened.start_separations
+    scores = opened.start_scores
     assert len(scores) == 3 and scores[selected] == max(scores)
     assert opened.latest_checkpoint().checkpoint_id.endswith("step-000003")
     assert f"step 7/7  start {selected} (starts 0–2)" in err  # the throttled line shows the last step
-    assert f"start {selected} continues (spectral separation of starts 0–2" in err
+    assert f"start {selected} continues (selection score of starts 0–2" in err
     code = main(["train", "--resume", str(run), "--starts", "1", *FAST])
     assert code == 2 and "new runs only" in _error_line(capsys)
 

@@ -175,11 +175,11 @@ def test_starts_are_listed_in_training_order_and_the_selected_one_is_the_latest(
         ("start2-step-000002", 2, 6),
     ]
     assert reopened.latest_checkpoint().checkpoint_id == "start2-step-000002"
-    assert reopened.selected_start is None and reopened.start_separations is None
+    assert reopened.selected_start is None and reopened.start_scores is None
     with pytest.raises(CheckpointError, match="start 3 has no checkpoint"):
         reopened.record_selection(3, [1.0, 2.0, 3.0, 4.0])
     reopened.record_selection(1, [1.0, np.float64(5.0), 2.0])
-    assert (reopened.selected_start, reopened.start_separations) == (1, [1.0, 5.0, 2.0])
+    assert (reopened.selected_start, reopened.start_scores) == (1, [1.0, 5.0, 2.0])
     # The selected start's checkpoints are the run's from now on, though listed before others.
     assert reopened.latest_checkpoint().checkpoint_id == "start1-step-000002"
     x = torch.rand(1, N_BANDS, 7, 7)
@@ -191,7 +191,7 @@ def test_starts_are_listed_in_training_order_and_the_selected_one_is_the_latest(
     ]
     assert reopened.latest_checkpoint().checkpoint_id == "start1-step-000003"
     manifest = json.loads(run.manifest_path.read_text())
-    for key, bad in [("selected_start", "1"), ("start_separations", 3.0)]:
+    for key, bad in [("selected_start", "1"), ("start_scores", 3.0)]:
         run.manifest_path.write_text(json.dumps({**manifest, key: bad}))
         with pytest.raises(CheckpointError, match=f"run.json: field '{key}' is invalid"):
             RunDirectory.open(run.path)

@@ -210,16 +210,16 @@ def test_centroid_fit_keeps_the_seeding_of_lowest_inertia(cubes, monkeypatch):
     torch.testing.assert_close(trainer.model.centroids, good)
 
 
-def _scripted_separation(monkeypatch, scores):
+def _scripted_selection_scores(monkeypatch, scores):
     """Make the start selection see ``scores`` (one per start, in order)."""
     import napari_dgc.training.loop as training
 
     queue = iter(scores * 4)
-    monkeypatch.setattr(training, "spectral_separation", lambda model, windows: next(queue))
+    monkeypatch.setattr(training, "selection_score", lambda model, windows: next(queue))
 
 
 def test_restarts_continue_the_start_that_separates_the_spectra_best(cubes, tmp_path, monkeypatch):
-    _scripted_separation(monkeypatch, [1.0, 5.0, 2.0])
+    _scripted_selection_scores(monkeypatch, [1.0, 5.0, 2.0])
     config = tiny_config(starts__count=3, starts__steps=4, checkpoint_every=3)
     events = list(train(cubes, config, tmp_path / "run"))
     progress = [
@@ -246,8 +246,8 @@ def test_restarts_continue_the_start_that_separates_the_spectra_best(cubes, tmp_
     assert [run.load_checkpoint_state(c.checkpoint_id)[2]["start"] for c in run.checkpoints()] == [
         s[0] for s in saved
     ]
-    assert [c.stats.get("separation") for c in run.checkpoints() if c.step == 4] == [1.0, 5.0, 2.0]
-    assert (run.selected_start, run.start_separations) == (1, [1.0, 5.0, 2.0])
+    assert [c.stats.get("selection_score") for c in run.checkpoints() if c.step == 4] == [1.0, 5.0, 2.0]
+    assert (run.selected_start, run.start_scores) == (1, [1.0, 5.0, 2.0])
     assert run.latest_checkpoint().checkpoint_id == "start1-step-000006"
     assert [c.step for c in run.checkpoints(start=1)] == [3, 4, 6]
     # Start 0 is the single-start run of the seed; start 1 is not.
@@ -262,7 +262,7 @@ def test_restarts_continue_the_start_that_separates_the_spectra_best(cubes, tmp_
 
 def test_starts_that_tie_up_to_rounding_keep_the_first(cubes, tmp_path, monkeypatch):
     # Identical label maps give Calinski–Harabasz indices that differ in the last bits.
-    _scripted_separation(monkeypatch, [1.0, 35293.25448314758, 35293.25448314759])
+    _scripted_selection_scores(monkeypatch, [1.0, 35293.25448314758, 35293.25448314759])
     list(train(cubes, tiny_config(starts__count=3, starts__steps=2, steps=2), tmp_path / "run"))
     assert RunDirectory.open(tmp_path / "run").selected_start == 1
 
@@ -291,7 +291,7 @@ def _stop_at(events, condition) -> None:
 )
 def test_restarted_run_resumes_exactly(cubes, tmp_path, monkeypatch, stop):
     """Stopped during a start, between the last start and the selection, or after it."""
-    _scripted_separation(monkeypatch, [3.0, 1.0])
+    _scripted_selection_scores(monkeypatch, [3.0, 1.0])
     config = tiny_config(starts__count=2, starts__steps=4)
     list(train(cubes, config, tmp_path / "straight"))
     _stop_at(train(cubes, config, tmp_path / "stopped"), stop)
@@ -308,7 +308,7 @@ def test_restarted_run_resumes_exactly(cubes, tmp_path, monkeypatch, stop):
 
 
 def test_extending_a_restarted_run_keeps_its_selection_step(cubes, tmp_path, monkeypatch):
-    _scripted_separation(monkeypatch, [1.0, 3.0])
+    _scripted_selection_scores(monkeypatch, [1.0, 3.0])
     run_dir = tmp_path / "run"
     list(train(cubes, tiny_config(starts__count=2, starts__steps=8, steps=4), run_dir))
     assert RunDirectory.open(run_dir).selected_start == 1
@@ -317,8 +317,8 @@ def test_extending_a_restarted_run_keeps_its_selection_step(cubes, tmp_path, mon
     assert progress == [(1, step, step + 4) for step in range(5, 9)]
 
 
-def test_spectral_separation_prefers_labels_that_follow_the_materials(cubes, monkeypatch):
-    from napari_dgc.training.starts import selection_windows, spectral_separation
+def test_selection_score_prefers_labels_that_follow_the_materials(cubes, monkeypatch):
+    from napari_dgc.training.starts import selection_score, selection_windows
 
     trainer = _trainer(cubes)
     trainer.model.set_normalization(np.zeros(10), np.ones(10), 1e-6)
@@ -327,10 +327,10 @@ def test_spectral_separation_prefers_labels_that_follow_the_materials(cubes, mon
     materials = [torch.from_numpy((w[..., 0] < w[..., -1]).astype(np.int64))[None] for w in windows]
     follows = iter(materials)
     monkeypatch.setattr(trainer.model, "predict", lambda x: next(follows))
-    separated = spectral_separation(trainer.model, windows)
+    separated = selection_score(trainer.model, windows)
     stripes = iter([torch.arange(16).repeat(16, 1)[None] % 2] * 3)
     monkeypatch.setattr(trainer.model, "predict", lambda x: next(stripes))
-    assert separated > 10 * spectral_separation(trainer.model, windows)
+    assert separated > 10 * selection_score(trainer.model, windows)
 
 
 def test_selection_windows_are_seeded_and_clipped_to_small_cubes(cubes):

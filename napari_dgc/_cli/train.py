@@ -168,10 +168,10 @@ def run(args: argparse.Namespace) -> int:
         elif isinstance(event, CheckpointEvent) and not args.quiet:
             print(f"\ncheckpoint {event.checkpoint_id} written", file=sys.stderr, flush=True)
         elif isinstance(event, StartSelectedEvent) and not args.quiet:
-            scores = ", ".join(f"{value:.4g}" for value in event.separations)
+            scores = ", ".join(f"{value:.4g}" for value in event.scores)
             print(
-                f"\n{start_name(event.start)} continues (spectral separation of starts "
-                f"0–{len(event.separations) - 1}: {scores})",
+                f"\n{start_name(event.start)} continues (selection score of starts "
+                f"0–{len(event.scores) - 1}: {scores})",
                 file=sys.stderr,
                 flush=True,
             )

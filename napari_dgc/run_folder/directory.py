@@ -227,9 +227,9 @@ class RunDirectory:
         return read_manifest(self.manifest_path).get("selected_start")
 
     @property
-    def start_separations(self) -> list[float] | None:
+    def start_scores(self) -> list[float] | None:
         """Each start's score at the selection (:meth:`record_selection`), or ``None``."""
-        return read_manifest(self.manifest_path).get("start_separations")
+        return read_manifest(self.manifest_path).get("start_scores")
 
     @property
     def chosen_checkpoint(self) -> str | None:
@@ -328,7 +328,7 @@ class RunDirectory:
             if held is not None:
                 held.release()
 
-    def record_selection(self, start: int, separations: Sequence[float]) -> None:
+    def record_selection(self, start: int, scores: Sequence[float]) -> None:
         """Record in ``run.json`` (atomically) that start ``start`` continues after the
         selection, and every start's score; from then on :meth:`latest_checkpoint` follows it.
 
@@ -342,7 +342,7 @@ class RunDirectory:
             if not any(entry.get("start", 0) == start for entry in manifest["checkpoints"]):
                 raise CheckpointError(f"{self.manifest_path}: start {start} has no checkpoint")
             manifest["selected_start"] = int(start)
-            manifest["start_separations"] = [float(value) for value in separations]
+            manifest["start_scores"] = [float(value) for value in scores]
             write_manifest(self.manifest_path, manifest)
 
     def choose(self, checkpoint_id: str) -> None:

@@ -171,7 +171,7 @@ def read_manifest(file: Path) -> dict:
             raise CheckpointError(f"{file}: field {key!r} is missing or invalid")
     optional = {  # absent in runs of a single start and runs written before several starts
         "selected_start": lambda v: v is None or isinstance(v, int),
-        "start_separations": lambda v: v is None or isinstance(v, list),
+        "start_scores": lambda v: v is None or isinstance(v, list),
     }
     for key, check in optional.items():
         if not check(manifest.get(key)):

@@ -71,11 +71,12 @@ class CheckpointEvent:
 @dataclass(frozen=True)
 class StartSelectedEvent:
     """Every start has trained to the selection step; ``start`` continues (the highest of
-    ``separations``, one per start) and is recorded in ``run.json``.
+    ``scores``, one per start: :func:`~napari_dgc.training.starts.selection_score`) and is
+    recorded in ``run.json``.
     """
 
     start: int
-    separations: list[float]
+    scores: list[float]
     run_dir: Path
 
 

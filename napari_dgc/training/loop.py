@@ -36,10 +36,10 @@ from napari_dgc.training.events import (
 from napari_dgc.training.normalization import compute_band_statistics
 from napari_dgc.training.sampling import PairStream, check_crop_fits, open_sources
 from napari_dgc.training.starts import (
-    recorded_separation,
+    recorded_selection_score,
     selected_start,
+    selection_score,
     selection_windows,
-    spectral_separation,
 )
 from napari_dgc.training.trainer import StepResult, Trainer
 
@@ -180,12 +180,12 @@ class _RunTraining:
                 resumed = latest is not None and latest.start == start
                 trainer = self._trainer(start, latest.checkpoint_id if resumed else None)
                 yield from self._train_to(trainer, plan.selection_step, windows)
-            separations = [
-                recorded_separation(run, start, plan.selection_step) for start in range(plan.starts)
+            scores = [
+                recorded_selection_score(run, start, plan.selection_step) for start in range(plan.starts)
             ]
-            winner = selected_start(separations)
-            run.record_selection(winner, separations)
-            yield StartSelectedEvent(winner, separations, Path(run.path))
+            winner = selected_start(scores)
+            run.record_selection(winner, scores)
+            yield StartSelectedEvent(winner, scores, Path(run.path))
             latest = run.latest_checkpoint()
         if latest is None:
             trainer = self._trainer(0, None)
@@ -245,7 +245,7 @@ class _RunTraining:
             info = None
             if checkpoint is not None:
                 if windows is not None and checkpoint.step == until:
-                    checkpoint.stats["separation"] = spectral_separation(trainer.model, windows)
+                    checkpoint.stats["selection_score"] = selection_score(trainer.model, windows)
                 info = self.run.save_checkpoint(
                     checkpoint.step,
                     checkpoint.model_state,

@@ -2,7 +2,7 @@
 
 A new run with ``starts.count`` > 1 trains each start to the selection step in turn (same crop
 pairs, other initial weights and centroids), then keeps the start whose hard labels separate
-the *spectra* best (:func:`spectral_separation`, the k-means criterion on the inputs), as
+the *spectra* best (:func:`selection_score`, the k-means criterion on the inputs), as
 k-means' ``n_init`` does.
 """
 
@@ -19,27 +19,25 @@ from napari_dgc.model.network import DGCModel
 from napari_dgc.run_folder import RunDirectory
 
 
-def selected_start(separations: Sequence[float]) -> int:
+def selected_start(scores: Sequence[float]) -> int:
     """The start that continues: the highest separation; starts that reached the same partition
     score the same up to rounding, and then the first of them wins.
     """
-    best = max(separations)
-    return next(
-        start for start, value in enumerate(separations) if np.isclose(value, best, rtol=1e-9, atol=0.0)
-    )
+    best = max(scores)
+    return next(start for start, value in enumerate(scores) if np.isclose(value, best, rtol=1e-9, atol=0.0))
 
 
-def recorded_separation(run: RunDirectory, start: int, selection_step: int) -> float:
+def recorded_selection_score(run: RunDirectory, start: int, selection_step: int) -> float:
     """The score start ``start`` recorded in its checkpoint at the selection step."""
     for info in run.checkpoints(start):
-        if info.step == selection_step and "separation" in info.stats:
-            return float(info.stats["separation"])
+        if info.step == selection_step and "selection_score" in info.stats:
+            return float(info.stats["selection_score"])
     raise CheckpointError(f"{run.manifest_path}: start {start} has no selection score")
 
 
 def selection_windows(sources: Sequence, count: int, size: int, seed: int) -> list[np.ndarray]:
     """``count`` windows ``(h, w, bands)`` of at most ``size`` x ``size`` pixels at random
-    positions of random cubes (seeded), on which :func:`spectral_separation` scores a model.
+    positions of random cubes (seeded), on which :func:`selection_score` scores a model.
     """
     rng = np.random.default_rng([seed, 6])
     windows = []
@@ -52,10 +50,13 @@ def selection_windows(sources: Sequence, count: int, size: int, seed: int) -> li
     return windows
 
 
-def spectral_separation(model: DGCModel, windows: Sequence[np.ndarray]) -> float:
-    """Calinski–Harabasz index of the model's hard labels of the windows' pixels on their
-    normalised spectral inputs (what the spectral stage reads): how well the clusters separate
-    the spectra, the k-means criterion on the inputs. Higher is better.
+def selection_score(model: DGCModel, windows: Sequence[np.ndarray]) -> float:
+    """The *selection score* of a start: Calinski–Harabasz index of the model's hard labels of the
+    windows' pixels on their normalised spectral inputs (what the spectral stage reads): how well
+    the clusters separate the spectra, the k-means criterion on the inputs. Higher is better.
+
+    Not comparable with the timeline's "spectral separation" (the same index on the review
+    cubes' pixels): the index grows with the number of pixels, so each keeps its own name.
     """
     device = model.centroids.device
     features, labels = [], []
