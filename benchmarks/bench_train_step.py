@@ -61,15 +61,7 @@ def time_variant(
     thread the CPU time is what the step costs on an idle core.
     """
     source = SampledCube(cube, "synthetic")
-    data = config.data
-    stream = PairStream(
-        [source],
-        data.crop_size,
-        (data.overlap_min, data.overlap_max),
-        data.pairs_per_cube,
-        config.seed,
-        data.augment,
-    )
+    stream = PairStream.for_config([source], config.data, config.seed)
     torch.manual_seed(config.seed)
     model = DGCModel(cube.shape[-1], config.model)
     stats = compute_band_statistics([source], config.model.brightness_norm)

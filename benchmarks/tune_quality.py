@@ -120,16 +120,7 @@ def main() -> None:
                 "script drives one Trainer (use benchmarks/quality.py --set starts.count=N)"
             )
         sources = [SampledCube(cube, f"cube {i}") for i, cube in enumerate(cubes)]
-        data = config.data
-        stream = PairStream(
-            sources,
-            data.crop_size,
-            (data.overlap_min, data.overlap_max),
-            data.pairs_per_cube,
-            seed,
-            data.augment,
-            data.max_spectral_shift,
-        )
+        stream = PairStream.for_config(sources, config.data, seed)
         torch.manual_seed(seed)
         model = DGCModel(cubes[0].shape[-1], config.model)
         stats = compute_band_statistics(sources, config.model.brightness_norm)

@@ -296,16 +296,7 @@ def _new_trainer(sources: list, config: TrainConfig, device: torch.device, start
     else:
         torch.manual_seed(int(np.random.SeedSequence([config.seed, start]).generate_state(1)[0]))
     model = DGCModel(sources[0].n_bands, config.model)
-    data = config.data
-    stream = PairStream(
-        sources,
-        data.crop_size,
-        (data.overlap_min, data.overlap_max),
-        data.pairs_per_cube,
-        config.seed,
-        data.augment,
-        data.max_spectral_shift,
-    )
+    stream = PairStream.for_config(sources, config.data, config.seed)
     return Trainer(model, stream, config, device, start)
 
 

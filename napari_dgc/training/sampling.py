@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import qmc
 
+from napari_dgc.config import DataConfig
 from napari_dgc.errors import ConfigError, CubeFormatError
 
 
@@ -305,6 +306,19 @@ class PairStream:
         self._order = self._epoch_order(0)
         self._halton: qmc.Halton | None = None
         self._halton_cube = -1
+
+    @classmethod
+    def for_config(cls, sources: list[SampledCube], data: DataConfig, seed: int) -> PairStream:
+        """The stream a run's ``data`` settings describe (crop size, overlaps, augmentation)."""
+        return cls(
+            sources,
+            data.crop_size,
+            (data.overlap_min, data.overlap_max),
+            data.pairs_per_cube,
+            seed,
+            data.augment,
+            data.max_spectral_shift,
+        )
 
     def _epoch_order(self, epoch: int) -> list[int]:
         return np.random.default_rng([self.seed, 2, epoch]).permutation(len(self.sources)).tolist()
