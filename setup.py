@@ -50,6 +50,7 @@ setup(
             "pytest-qt>=4.2",
             "pytest-xvfb>=3.0",
             "scikit-learn>=1.3",
+            "hypothesis>=6",
             "import-linter>=2.1",
             "ruff>=0.6",
         ],
