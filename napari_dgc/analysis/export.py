@@ -17,7 +17,6 @@ caller passes ``overwrite=True``.
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ import numpy as np
 from napari_dgc.analysis.classes import ClassMapping, color_to_rgb
 from napari_dgc.atomic import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, file_sha256
 from napari_dgc.errors import CheckpointError, DGCError, MappingError
+from napari_dgc.safe_json import read_json
 
 if TYPE_CHECKING:
     from napari_dgc.model.network import DGCModel
@@ -279,12 +279,9 @@ def read_model_info(folder: str | os.PathLike) -> dict:
         If the folder or file is missing, not JSON, or not a napari-dgc model description.
     """
     file = Path(folder) / MODEL_INFO_FILE
-    try:
-        info = json.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{file}: not found; {Path(folder)} is not a napari-dgc model folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointError(f"{file}: not valid JSON") from None
+    if not file.exists():
+        raise CheckpointError(f"{file}: not found; {Path(folder)} is not a napari-dgc model folder")
+    info = read_json(file, error=CheckpointError, what="model description")
     required = {"n_bands", "n_clusters", "model_config", "weights_sha256"}
     if not isinstance(info, dict) or info.get("format") != MODEL_FOLDER_FORMAT or not required <= info.keys():
         raise CheckpointError(f"{file}: not a napari-dgc model description")
