@@ -192,10 +192,12 @@ def test_training_error_is_notified_and_panel_returns_to_idle(
     viewer = make_napari_viewer()
     add_cube_layer(viewer, "small", rows=12, cols=12)
     widget = make_panel(viewer, qtbot, tmp_path / "run", data__crop_size=16)
-    assert widget.start_training()
+    # Refused before anything is created (issue 15, item 9; tests/test_gui_validation.py).
+    assert not widget.start_training()
     wait_idle(qtbot, widget)
     assert len(notifications) == 1
     assert "crop" in notifications[0].lower()
+    assert not any(isinstance(layer, Labels) for layer in viewer.layers)
     assert gc.get_freeze_count() == 0  # a failed start unfreezes too
     assert widget.start_button.isEnabled()
     assert widget.progress_label.text() == "idle"
@@ -213,7 +215,8 @@ def test_start_refuses_without_cube_and_on_existing_run(make_napari_viewer, qtbo
     assert widget.start_training()
     wait_idle(qtbot, widget)
     notifications.clear()
-    assert widget.start_training()  # same folder again: the engine refuses to overwrite a run
+    # Same folder again: refused before the worker starts (the engine would refuse too).
+    assert not widget.start_training()
     wait_idle(qtbot, widget)
     assert len(notifications) == 1 and "already" in notifications[0]
 

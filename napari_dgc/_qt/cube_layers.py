@@ -13,6 +13,7 @@ cluster is drawn in its own colour.
 from __future__ import annotations
 
 import colorsys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,6 +120,32 @@ def cube_source(layer: Image, band_axis: int = 0) -> CubeSource:
     else:
         cube = np.ascontiguousarray(np.moveaxis(np.asarray(layer.data), band_axis, -1), dtype=np.float32)
     return CubeSource(key=str(layer.unique_id), layer=layer, name=layer.name, cube=cube)
+
+
+_warm_up_lock = threading.Lock()
+_warm_up_started = False
+
+
+def warm_up_labels() -> threading.Thread | None:
+    """Build a small cluster Labels layer (not added to any viewer) once, in a background thread.
+
+    napari compiles its labels colour mapping with numba the first time a Labels layer is
+    drawn: about a second on the GUI thread, which made the first Start click freeze napari.
+    The panels call this when they dock, so the compilation has happened by the time Start
+    creates the cluster layers. Returns the thread the first time, else ``None``.
+    """
+    global _warm_up_started
+    with _warm_up_lock:
+        if _warm_up_started:
+            return None
+        _warm_up_started = True
+
+    def build() -> None:
+        Labels(np.zeros((2, 2), dtype=np.int32) + LABEL_OFFSET, colormap=cluster_colormap(3))
+
+    thread = threading.Thread(target=build, name="napari-dgc labels warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def labels_layer_name(cube_name: str) -> str:

@@ -30,7 +30,15 @@ from napari_dgc.run_folder import RunDirectory
 from napari_dgc.state.review import ReviewModel
 from napari_dgc.state.training import error_message
 
-from .cube_layers import CubeSource, clusters_layer, cube_source, is_cube_layer, is_reader_cube, show_clusters
+from .cube_layers import (
+    CubeSource,
+    clusters_layer,
+    cube_source,
+    is_cube_layer,
+    is_reader_cube,
+    show_clusters,
+    warm_up_labels,
+)
 from .plots import SparklineGrid
 from .workers import CheckpointSegmented, FiguresComputed, call_on_window_close, start_review_worker
 
@@ -101,6 +109,7 @@ class TimelineWidget(QWidget):
         model.error.connect(lambda text: show_error(text))
         self._render()
         call_on_window_close(self.viewer, self.shutdown, self)
+        warm_up_labels()  # the first cluster layer then appears without freezing napari
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:

@@ -16,11 +16,12 @@ folder consistent.
 
 from __future__ import annotations
 
+import shutil
+import sys
 from datetime import datetime
 from pathlib import Path
 
 import napari
-import torch
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
@@ -70,8 +71,18 @@ ACTIVE_IN_STEP_HELP = (
 
 
 def available_devices() -> list[str]:
-    """Devices offered in the panel: "auto", "cpu" and, when usable, "cuda"."""
-    return ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    """Devices offered in the panel: "auto", "cpu" and "cuda" where it may be usable.
+
+    Without importing PyTorch (seconds, which would freeze napari while the panel docks):
+    "cuda" is offered when torch is already imported and has CUDA, or, before that, when an
+    NVIDIA driver is installed. A CUDA device torch cannot use is refused when training starts.
+    """
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        cuda = torch.cuda.is_available()
+    else:
+        cuda = Path("/proc/driver/nvidia").exists() or shutil.which("nvidia-smi") is not None
+    return ["auto", "cpu"] + (["cuda"] if cuda else [])
 
 
 def default_run_folder() -> Path:
@@ -115,6 +126,7 @@ class TrainWidget(QWidget):
         # Looked up when called, so the notifications can be replaced (tests).
         session.message.connect(lambda text: show_info(text))
         session.failed.connect(lambda text: show_error(text))
+        session.failed.connect(self._show_error)
         self.review.run_changed.connect(self._on_review_run_changed)
         self._on_status_changed(session.status)
 
@@ -170,6 +182,13 @@ class TrainWidget(QWidget):
         self.progress_label = QLabel("idle")
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.progress_label)
+        # The whole of the last error (a notification may be cut short), until the next start.
+        self.error_label = QLabel()
+        self.error_label.setWordWrap(True)
+        self.error_label.setTextInteractionFlags(Qt.TextSelectableByMouse)
+        self.error_label.setStyleSheet("color: #e05555;")
+        self.error_label.hide()
+        layout.addWidget(self.error_label)
 
         self.loss_plots = SparklineGrid(columns=3)
         layout.addWidget(CollapsibleSection("Losses and clusters active in each step", self.loss_plots))
@@ -291,7 +310,14 @@ class TrainWidget(QWidget):
         return self.runner.worker
 
     # ------------------------------------------------------------------ model changes
+    def _show_error(self, text: str) -> None:
+        self.error_label.setText(text)
+        self.error_label.setToolTip(text)
+        self.error_label.show()
+
     def _on_started(self) -> None:
+        self.error_label.hide()
+        self.error_label.clear()
         self.loss_plots.clear()
         self.progress_bar.setRange(0, self.session.total_run_steps)
         self.progress_bar.setValue(0)
@@ -327,7 +353,9 @@ class TrainWidget(QWidget):
         self.layer_list.setEnabled(idle)
         if status is TrainStatus.RUNNING:
             self.settings_section.set_expanded(False)  # make room for the plots and the timeline
-        elif idle:
+        elif idle or status is TrainStatus.PAUSED:
+            # Paused: show the step reached now, not the one of the last 10 Hz redraw.
+            self._plots_dirty = True
             self._redraw()
         if status is not TrainStatus.RUNNING:
             self.progress_label.setText(self.session.progress_text())
@@ -353,7 +381,7 @@ class TrainWidget(QWidget):
         if event.run_total_steps != event.total_steps:  # several starts
             self.progress_bar.setFormat(f"step %v / %m · {start_name(event.start)}, its step {event.step}")
         self.progress_bar.setUpdatesEnabled(True)
-        if self.session.status is TrainStatus.RUNNING:
+        if self.session.status in (TrainStatus.RUNNING, TrainStatus.PAUSED):
             self.progress_label.setText(self.session.progress_text())
         for name, values in history.losses.items():
             plot = self.loss_plots.plot(name, tooltip=f"weighted loss term {name!r} at each step")

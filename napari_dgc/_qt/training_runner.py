@@ -13,7 +13,7 @@ import gc
 import logging
 import traceback
 
-from qtpy.QtCore import QEventLoop, QObject
+from qtpy.QtCore import QEventLoop, QObject, QTimer
 from qtpy.QtWidgets import QApplication
 
 from napari_dgc.errors import DGCError
@@ -42,20 +42,29 @@ class TrainingRunner(QObject):
         self.session = session
         self.review = review
         self.worker: ClosingGeneratorWorker | None = None
+        #: A started session whose worker is launched on the next turn of the event loop.
+        self._pending: StartRequest | None = None
         session.start_requested.connect(self._launch)
         session.pause_requested.connect(self._pause)
         session.resume_requested.connect(self._resume)
         session.stop_requested.connect(self._stop)
 
     def _launch(self, request: StartRequest) -> None:
-        try:
-            request.config.validate()
-        except DGCError as error:
-            self.session.fail(error_message(error))
-            return
-        # The timeline creates the cluster layers now (~0.5 s each), not in the middle of training.
-        self.review.begin_live(request.run_dir, request.sources, request.config)
+        """Answer the Start click at once: the session runs now (buttons, folded settings);
+        the cluster layers and the worker follow on the next turn of the event loop.
+
+        The inputs were checked by ``TrainingSession.start`` before this request.
+        """
         self.session.begin(request)  # the panel folds its settings to make room
+        self._pending = request
+        QTimer.singleShot(0, self._launch_worker)
+
+    def _launch_worker(self) -> None:
+        request, self._pending = self._pending, None
+        if request is None:  # stopped before it began
+            return
+        # The timeline creates the cluster layers now, not in the middle of training.
+        self.review.begin_live(request.run_dir, request.sources, request.config)
         # Paint the new layers and the folded settings now, before the worker competes for the
         # GIL and the CPU: painted alongside the worker's start-up, this first frame froze the
         # GUI for 200-250 ms. User input waits, so Start cannot be re-entered meanwhile.
@@ -66,28 +75,38 @@ class TrainingRunner(QObject):
         # since then to scan.
         gc.freeze()
         self.worker = start_training_worker(
-            {"yielded": self._on_event, "errored": self._on_error, "finished": self._on_finished},
+            {
+                "yielded": self._on_event,
+                "errored": self._on_error,
+                "finished": self._on_finished,
+                "paused": self._on_paused,
+            },
             [source.cube for source in request.sources],
             request.config,
             request.run_dir,
             resume=request.resume,
             open_review=self.review.review_for,
         )
+        if self.session.status is TrainStatus.PAUSED:  # paused while the layers were made
+            self.worker.pause()
 
     def _pause(self) -> None:
         if self.worker is not None:
             self.worker.pause()
-            self.session.status = TrainStatus.PAUSED
+        self.session.status = TrainStatus.PAUSED
 
     def _resume(self) -> None:
         if self.worker is not None:
             self.worker.resume()
-            self.session.status = TrainStatus.RUNNING
+        self.session.status = TrainStatus.RUNNING
 
     def _stop(self) -> None:
         if self.worker is not None:
             self.worker.quit()
             self.session.status = TrainStatus.STOPPING
+        elif self._pending is not None:  # the worker was not launched yet
+            self._pending = None
+            self.session.end()
 
     # ------------------------------------------------------------------ worker results
     def _on_event(self, event: object) -> None:
@@ -100,8 +119,15 @@ class TrainingRunner(QObject):
             gc.freeze()
         self.session.record(event)
 
+    def _on_paused(self) -> None:
+        """The worker stopped after the step it was computing: views show where it stopped."""
+        self.session.progress.emit()
+
     def _on_error(self, error: BaseException) -> None:
-        logger.error("training failed:\n%s", "".join(traceback.format_exception(error)))
+        if isinstance(error, DGCError):  # the user's input: the message says it all
+            logger.warning("training stopped: %s", error)
+        else:
+            logger.error("training failed:\n%s", "".join(traceback.format_exception(error)))
         self.session.fail(f"Training stopped: {error_message(error)}")
 
     def _on_finished(self) -> None:

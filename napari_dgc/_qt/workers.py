@@ -3,6 +3,9 @@
 Everything slow runs here, off the GUI thread: the training generator and the segmentation
 of cubes at checkpoints. The GUI thread only receives small results (label arrays keyed by
 cube-layer identity, figures, progress events) through the workers' ``yielded`` signal.
+
+PyTorch is imported by the worker, never by this module: importing it takes seconds, and the
+panels (which import this module) must dock at once (``tests/test_gui_responsiveness.py``).
 """
 
 from __future__ import annotations
@@ -14,16 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from napari.qt.threading import GeneratorWorker, create_worker
 from qtpy.QtCore import QEvent, QObject
 
 from napari_dgc.config import TrainConfig
 from napari_dgc.inference.checkpoint_review import CheckpointFigures, CheckpointReview, CubeInput
 from napari_dgc.inference.segmentation import usable_cores
-from napari_dgc.model.device import resolve_device
 from napari_dgc.training.events import CheckpointEvent
-from napari_dgc.training.loop import train
 
 #: Training generators running now (each napari window may run one), guarded by the lock.
 _running_trainings = 0
@@ -88,6 +88,13 @@ def call_on_window_close(viewer, callback: Callable[[], None], owner: QObject) -
         window.installEventFilter(_CloseWatcher(callback, owner))
 
 
+def train(cubes: Sequence, config: TrainConfig, run_dir: Path, *, resume: bool) -> Generator:
+    """:func:`napari_dgc.training.loop.train`, imported when first called (it imports torch)."""
+    from napari_dgc.training.loop import train as engine_train
+
+    return engine_train(cubes, config, run_dir, resume=resume)
+
+
 @dataclass(frozen=True)
 class CheckpointSegmented:
     """Label maps (by cube key) and figures of a checkpoint of the run in ``run_dir``,
@@ -125,6 +132,8 @@ def training_events(
     leaves a core to the GUI thread.
     """
     global _running_trainings
+    from napari_dgc.model.device import resolve_device  # imports torch: in the worker thread
+
     events = train(list(train_inputs), config, run_dir, resume=resume)
     review: CheckpointReview | None = None
     with _running_trainings_lock:
@@ -145,6 +154,17 @@ def training_events(
         events.close()
 
 
+def _training_in_worker(*args, **kwargs) -> Generator:
+    """:func:`training_events` after importing PyTorch (seconds) here, in the worker thread, and
+    limiting it to all cores but one: measured on the 2-core machine, two torch threads push the
+    GUI thread's p95 tick gap from 47 to 62 ms (docs/benchmarks.md).
+    """
+    import torch
+
+    torch.set_num_threads(max(1, usable_cores() - 1))
+    return (yield from training_events(*args, **kwargs))
+
+
 def start_training_worker(
     connect: Mapping[str, Callable],
     *args,
@@ -152,12 +172,10 @@ def start_training_worker(
 ) -> ClosingGeneratorWorker:
     """Start :func:`training_events` in a worker; errors go to ``connect["errored"]`` only.
 
-    PyTorch is limited to all cores but one first: measured on the 2-core machine, two torch
-    threads push the GUI thread's p95 tick gap from 47 to 62 ms (docs/benchmarks.md).
+    Returns at once: PyTorch is imported and limited to all cores but one in the worker.
     """
-    torch.set_num_threads(max(1, usable_cores() - 1))
     return create_worker(
-        training_events,
+        _training_in_worker,
         *args,
         _connect=dict(connect),
         _worker_class=ClosingGeneratorWorker,

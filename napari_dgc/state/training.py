@@ -17,6 +17,7 @@ checkpoint of start 1) and in ``run.json``.
 from __future__ import annotations
 
 import enum
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,8 +28,9 @@ import numpy as np
 from psygnal import Signal
 
 from napari_dgc.config import RESUMABLE_SETTINGS, StartPlan, TrainConfig, get_setting, resumed_config
-from napari_dgc.errors import DGCError
+from napari_dgc.errors import CheckpointError, ConfigError, DGCError
 from napari_dgc.run_folder import RunDirectory
+from napari_dgc.run_folder.manifest import MANIFEST_NAME
 from napari_dgc.training.events import (
     CheckpointEvent,
     FinishedEvent,
@@ -36,6 +38,7 @@ from napari_dgc.training.events import (
     StartSelectedEvent,
     start_name,
 )
+from napari_dgc.training.sampling import check_crop_fits, open_sources
 
 
 class TrainStatus(enum.Enum):
@@ -58,6 +61,57 @@ class CubeSourceLike(Protocol):
 def error_message(error: BaseException) -> str:
     """One line for a notification: a user error's own message, else its type and message."""
     return str(error) if isinstance(error, DGCError) else f"{type(error).__name__}: {error}"
+
+
+def check_start(
+    config: TrainConfig, run_dir: str | Path, sources: Sequence[CubeSourceLike], *, resume: bool = False
+) -> None:
+    """Check, before anything is created, that a training of ``sources`` into ``run_dir`` can start.
+
+    The engine's own checks, run up front: the settings (``TrainConfig.validate``), the cubes
+    (all with the same band count, none smaller than the crop: ``training.sampling``), and the
+    run folder (a new run: not a file, no run in it yet; a resumed run: readable, same bands and
+    model, not being trained by another process). Cubes are named by their layer names.
+
+    Raises
+    ------
+    DGCError
+        The first problem found, in one sentence.
+    """
+    if not sources:
+        raise ConfigError("tick at least one cube layer to train on")
+    config.validate()
+    path = Path(run_dir).expanduser()
+    try:
+        sampled = open_sources([source.cube for source in sources])
+        if resume:
+            run = RunDirectory.open(path)
+            run.ensure_compatible(config, sampled[0].n_bands)
+            holder = run.holder() if hasattr(run, "holder") else None
+            if holder is not None:
+                raise CheckpointError(f"run {path} is busy: {holder.describe()}")
+        check_crop_fits(sampled, config.data.crop_size)
+    except DGCError as error:
+        raise type(error)(_with_layer_names(str(error), sources)) from error
+    if not resume:
+        if path.exists() and not path.is_dir():
+            raise CheckpointError(f"{path}: is a file, not a run folder")
+        if (path / MANIFEST_NAME).exists():
+            raise CheckpointError(
+                f"{path / MANIFEST_NAME}: a run already exists here; "
+                "open it to resume or choose another folder"
+            )
+
+
+def _with_layer_names(message: str, sources: Sequence[CubeSourceLike]) -> str:
+    """``message`` with the engine's names of in-memory cubes ("array 1") replaced by layer names."""
+    names = [source.name for source in sources]
+
+    def layer(match: re.Match) -> str:
+        index = int(match.group(1))
+        return f'layer "{names[index]}"' if index < len(names) else match.group(0)
+
+    return re.sub(r"\barray (\d+)\b", layer, message)
 
 
 class GrowingColumn:
@@ -237,9 +291,16 @@ class TrainingSession:
     ) -> bool:
         """Ask for a training of ``sources`` into ``run_dir``; return whether it runs now.
 
-        Refused (``False``) unless idle; a failure to launch is emitted as :attr:`failed`.
+        Refused (``False``) unless idle. The inputs are checked first (:func:`check_start`): a
+        problem is emitted as :attr:`failed` and nothing is created. A failure to launch is
+        emitted as :attr:`failed` too.
         """
         if self._status is not TrainStatus.IDLE:
+            return False
+        try:
+            check_start(config, run_dir, sources, resume=resume)
+        except DGCError as error:
+            self.fail(f"Cannot start training: {error_message(error)}")
             return False
         self.start_requested.emit(StartRequest(config, Path(run_dir), tuple(sources), resume))
         return self._status is TrainStatus.RUNNING
@@ -305,11 +366,11 @@ class TrainingSession:
             self.selected_start = event.start
             scores = ", ".join(
                 f"{name}: {value:,.0f}"
-                for name, value in ((start_name(i), v) for i, v in enumerate(event.separations))
+                for name, value in ((start_name(i), v) for i, v in enumerate(event.scores))
             )
             self.message.emit(
                 f"Start {event.start} continues: its clusters separate the spectra best "
-                f"(Calinski–Harabasz per start: {scores})"
+                f"(selection score per start: {scores})"
             )
         elif isinstance(event, FinishedEvent):
             self.message.emit(f"Training finished after {event.step} steps: {event.run_dir}")
@@ -327,6 +388,8 @@ class TrainingSession:
     def progress_text(self) -> str:
         """One line: ETA, rate and the clusters active in the latest step (while running)."""
         event = self.history.latest
+        if self._status is TrainStatus.PAUSED and event is not None:
+            return f"paused after step {event.run_step} of {event.run_total_steps}"
         if self._status is not TrainStatus.RUNNING or event is None:
             return self._status.value if self._status is TrainStatus.IDLE else f"{self._status.value}…"
         eta, rate = self.history.eta_seconds(), self.history.steps_per_second()
