@@ -63,7 +63,8 @@ def selection_score(model: DGCModel, windows: Sequence[np.ndarray]) -> float:
     model.eval()
     with torch.no_grad():
         for window in windows:
-            pixels = torch.from_numpy(np.ascontiguousarray(window)).to(device)
+            # A window of a memory-mapped cube is read-only; torch wants a writable array.
+            pixels = torch.from_numpy(np.require(window, requirements=["C", "W"])).to(device)
             labels.append(model.predict(pixels.permute(2, 0, 1)[None]).reshape(-1).cpu().numpy())
             features.append(model.spectral_input(pixels.reshape(-1, pixels.shape[-1])).cpu().numpy())
     return calinski_harabasz(np.concatenate(features), np.concatenate(labels))
