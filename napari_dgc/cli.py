@@ -113,13 +113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 2 for bad input, 130 when interrupted.
+        0 on success, 2 for bad input or a failed read or write (e.g. a full disk), 130 when
+        interrupted.
     """
     args = parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except (DGCError, FileNotFoundError, PermissionError, IsADirectoryError) as error:
         print(f"napari-dgc {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the machine's side (a full disk, a lost mount): one line naming the file
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"napari-dgc {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"napari-dgc {args.command}: interrupted", file=sys.stderr)

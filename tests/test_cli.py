@@ -105,3 +105,17 @@ def test_bad_input_is_one_line_with_options_first(tmp_path, capsys):
     assert main(["info", "--key", "cube", str(tmp_path / "missing.mat")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("napari-dgc info: error: ") and err.count("\n") == 1, err
+
+
+def test_a_full_disk_while_writing_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import napari_dgc._cli.evaluate as evaluate_command
+
+    def full_disk(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "report.json"))
+
+    monkeypatch.setattr(evaluate_command, "_run", full_disk)
+    assert main(["evaluate", "labels.tif", "mask.png", "--json", str(tmp_path / "report.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"napari-dgc evaluate: error: {tmp_path / 'report.json'}: No space left on device"]
