@@ -44,7 +44,7 @@ class CubeLayerList(QGroupBox):
         self.layer_list.itemChanged.connect(lambda _item: self.ticks_changed.emit())
         layout.addWidget(self.layer_list)
         axis_row = QHBoxLayout()
-        axis_row.addWidget(QLabel("Band axis of other image layers:"))
+        axis_row.addWidget(QLabel("Band axis (other layers):"))
         self.band_axis_combo = QComboBox()
         self.band_axis_combo.addItem("first (bands, rows, cols)", 0)
         self.band_axis_combo.addItem("last (rows, cols, bands)", 2)
@@ -52,7 +52,7 @@ class CubeLayerList(QGroupBox):
             "Layers opened by the napari-dgc reader are band-first; for any other 3-D image "
             "layer, confirm where its bands are before ticking it"
         )
-        axis_row.addWidget(self.band_axis_combo)
+        axis_row.addWidget(self.band_axis_combo, 1)
         layout.addLayout(axis_row)
         events = viewer.layers.events
         for event in (events.inserted, events.removed, events.moved):

@@ -6,7 +6,7 @@ from qtpy.QtCore import Qt
 from qtpy.QtWidgets import QAbstractItemView, QTableWidget, QTableWidgetItem, QVBoxLayout
 
 from napari_dgc._qt.cube_layers import cluster_colors
-from napari_dgc._qt.merge_parts import MergeView, swatch
+from napari_dgc._qt.merge_parts import MergeView, show_rows, swatch
 from napari_dgc.state.merge import MergeModel
 
 
@@ -28,7 +28,7 @@ class MergeClustersView(MergeView):
         self.table.setDragEnabled(True)
         self.table.setDragDropMode(QAbstractItemView.DragOnly)
         self.table.verticalHeader().setVisible(False)
-        self.table.setMinimumHeight(120)  # a few rows stay visible when the dock is short
+        show_rows(self.table)  # five rows stay visible when the dock is short
         self.table.itemSelectionChanged.connect(self._on_rows_selected)
         layout.addWidget(self.table)
         model.mapping_changed.connect(self._render)

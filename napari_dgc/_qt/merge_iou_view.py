@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from napari_dgc._qt.merge_parts import MergeView
+from napari_dgc._qt.merge_parts import MergeView, show_rows
 from napari_dgc.analysis.classes import ClassMapping
 from napari_dgc.analysis.evaluation import POOLED, SUGGESTION_METHODS, EvaluationReport
 from napari_dgc.state.merge import MergeModel
@@ -52,8 +52,7 @@ class MergeIouView(MergeView):
         grid.addWidget(compute, 0, 2)
         self.table = QTableWidget()
         self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
-        self.table.setMinimumHeight(110)  # header, the classes and the mean stay readable in a short dock
-        self.table.setMaximumHeight(140)
+        show_rows(self.table)  # header, the classes and the mean stay readable in a short dock
         grid.addWidget(self.table, 1, 0, 1, 3)
         self.confusion_label = QLabel()
         self.confusion_label.setFont(QFont("monospace", 8))

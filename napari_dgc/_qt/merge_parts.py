@@ -12,7 +12,7 @@ import numpy as np
 import pyqtgraph as pg
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QColor, QFont, QIcon, QPixmap
-from qtpy.QtWidgets import QAbstractItemView, QListWidget, QSizePolicy, QWidget
+from qtpy.QtWidgets import QAbstractItemView, QListWidget, QSizePolicy, QTableWidget, QWidget
 
 from napari_dgc.errors import DGCError
 from napari_dgc.state.merge import MergeModel
@@ -28,6 +28,18 @@ def swatch(color: str, size: int = 12) -> QIcon:
     pixmap = QPixmap(size, size)
     pixmap.fill(QColor(color))
     return QIcon(pixmap)
+
+
+#: Rows a table of the panel shows at least, however short the dock.
+MIN_TABLE_ROWS = 5
+
+
+def show_rows(table: QTableWidget, rows: int = MIN_TABLE_ROWS) -> None:
+    """Make ``table`` at least tall enough for its header and ``rows`` rows (and a scroll bar)."""
+    header = table.horizontalHeader().sizeHint().height()
+    row = table.verticalHeader().defaultSectionSize()
+    scroll_bar = table.horizontalScrollBar().sizeHint().height()
+    table.setMinimumHeight(header + rows * row + scroll_bar + 2 * table.frameWidth())
 
 
 class MergeView(QWidget):

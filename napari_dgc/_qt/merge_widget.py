@@ -19,7 +19,17 @@ from pathlib import Path
 
 import numpy as np
 from napari.layers import Labels
-from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_dgc import layer_metadata as layer_keys
 from napari_dgc._qt.merge_classes_view import MergeClassesView
@@ -85,7 +95,9 @@ class MergeWidget(MergeView):
         self.refresh_layers()
 
     def _build_ui(self) -> None:
-        layout = QVBoxLayout(self)
+        # The views scroll (a short dock, or one under other docks, never grows the window);
+        # the clustering chooser and the status line stay in sight.
+        outer = QVBoxLayout(self)
         top = QHBoxLayout()
         self.clustering_combo = QComboBox()
         self.clustering_combo.currentIndexChanged.connect(lambda _: self._load_clustering())
@@ -94,7 +106,16 @@ class MergeWidget(MergeView):
         top.addWidget(QLabel("Clusters:"))
         top.addWidget(self.clustering_combo, 1)
         top.addWidget(refresh)
-        layout.addLayout(top)
+        outer.addLayout(top)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
+        body = QWidget()
+        scroll.setWidget(body)
+        outer.addWidget(scroll, 1)
+        layout = QVBoxLayout(body)
+        layout.setContentsMargins(0, 0, 0, 0)
 
         model = self.model
         self.classes_view = MergeClassesView(model)
@@ -120,7 +141,7 @@ class MergeWidget(MergeView):
 
         self.status_label = QLabel()
         self.status_label.setWordWrap(True)
-        layout.addWidget(self.status_label)
+        outer.addWidget(self.status_label)
 
     def show_status(self, message: str, *, error: bool = False) -> None:
         """Show a message (errors in red) at the bottom of the panel."""

@@ -114,7 +114,7 @@ class TimelineWidget(QWidget):
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setContentsMargins(4, 4, 4, 4)  # docked alone, the button must not touch the edge
         top = QHBoxLayout()
         self.run_label = QLabel("No run open")
         self.run_label.setWordWrap(True)

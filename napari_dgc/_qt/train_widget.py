@@ -23,10 +23,12 @@ from pathlib import Path
 
 import napari
 from napari.utils.notifications import show_error, show_info
-from qtpy.QtCore import Qt, QTimer
+from qtpy.QtCore import QSize, Qt, QTimer
 from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
+    QFrame,
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -142,10 +144,14 @@ class TrainWidget(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
+        # Scrolls vertically; as wide as its content needs (nothing clipped on the right), and a
+        # horizontal scroll bar only if the dock is made narrower still.
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAsNeeded)
+        scroll.setFrameShape(QFrame.NoFrame)
         outer.addWidget(scroll)
         body = QWidget()
         scroll.setWidget(body)
+        self._scroll, self._body = scroll, body
         layout = QVBoxLayout(body)
 
         settings = QWidget()
@@ -158,7 +164,7 @@ class TrainWidget(QWidget):
         self.settings_section = CollapsibleSection("Settings", settings, expanded=True)
         layout.addWidget(self.settings_section)
 
-        buttons = QHBoxLayout()
+        buttons = QGridLayout()  # two rows: the panel stays narrow enough for a 1280 px window
         self.start_button = QPushButton("Start")
         self.pause_button = QPushButton("Pause")
         self.resume_button = QPushButton("Resume")
@@ -173,8 +179,10 @@ class TrainWidget(QWidget):
         self.pause_button.clicked.connect(self.pause_training)
         self.resume_button.clicked.connect(self.resume_training)
         self.stop_button.clicked.connect(self.stop_training)
-        for button in (self.start_button, self.pause_button, self.resume_button, self.stop_button):
-            buttons.addWidget(button)
+        for index, button in enumerate(
+            (self.start_button, self.pause_button, self.resume_button, self.stop_button)
+        ):
+            buttons.addWidget(button, index // 2, index % 2)
         layout.addLayout(buttons)
 
         self.progress_bar = QProgressBar()
@@ -220,6 +228,14 @@ class TrainWidget(QWidget):
         folder = QFileDialog.getExistingDirectory(self, "Folder of the new run")
         if folder:
             self.run_folder_edit.setText(folder)
+
+    def minimumSizeHint(self) -> QSize:
+        """As wide as the content needs (measured now, once napari's style applies), any height.
+
+        The dock then never clips the buttons on the right; the content scrolls vertically.
+        """
+        width = self._body.minimumSizeHint().width() + self._scroll.verticalScrollBar().sizeHint().width()
+        return QSize(width + 2 * self._scroll.frameWidth(), super().minimumSizeHint().height())
 
     # ------------------------------------------------------------------ cube layers
     @property
