@@ -79,16 +79,45 @@ def test_2d_matrix_with_shape_is_column_major(tmp_path, rng, orientation):
     pixels_by_bands = expected.reshape(4 * 6, 5, order="F")  # MATLAB pixel order
     matrix = pixels_by_bands.T if orientation == "bands_x_pixels" else pixels_by_bands
     path = tmp_path / "unmixing.mat"
-    scipy.io.savemat(path, {"Y": matrix, "lines": 4, "cols": 6})
+    # Stored counts that do not fit the matrix are only named in the error, never used.
+    scipy.io.savemat(path, {"Y": matrix, "lines": 3, "cols": 6})
     with pytest.raises(
-        CubeFormatError, match=r"2-D .* matrix.*shape=\(rows, cols\).*'lines' and 'cols' say \(4, 6\)"
+        CubeFormatError, match=r"2-D .* matrix.*shape=\(rows, cols\).*'lines' and 'cols' say \(3, 6\)"
     ):
         open_cube(path)
     cube = open_cube(path, shape=(4, 6))
     assert "column-major" in cube.provenance["band_axis_reason"]
+    assert cube.provenance["shape_source"] == "given by the caller"
     np.testing.assert_array_equal(_whole(cube), expected)
     with pytest.raises(CubeFormatError, match="5 x 5 = 25 pixels"):
         open_cube(path, shape=(5, 5))
+
+
+@pytest.mark.parametrize("names", [("lines", "cols"), ("nRow", "nCol")])
+def test_2d_matrix_opens_with_the_row_and_column_counts_it_stores(tmp_path, rng, names):
+    """Issue 15 item 1: a Samson-like file stores its 95 x 95; no --shape is needed."""
+    expected = make_cube(rng, shape=(4, 6, 5))
+    matrix = expected.reshape(4 * 6, 5, order="F").T
+    path = tmp_path / "samson_like.mat"
+    scipy.io.savemat(path, {"V": matrix, names[0]: 4, names[1]: 6, "nBand": 5})
+    cube = open_cube(path)
+    assert (cube.shape_hw, cube.n_bands, cube.provenance["key"]) == ((4, 6), 5, "V")
+    assert cube.provenance["pixel_shape"] == [4, 6]
+    assert cube.provenance["shape_source"] == f"stored in the file as {names[0]!r} and {names[1]!r}"
+    np.testing.assert_array_equal(_whole(cube), expected)
+    # A given shape still wins, and must fit.
+    np.testing.assert_array_equal(_whole(open_cube(path, key="V", shape=(4, 6))), expected)
+    with pytest.raises(CubeFormatError, match="3 x 3 = 9 pixels"):
+        open_cube(path, shape=(3, 3))
+
+
+@pytest.mark.parametrize("rows", [0, -4, 2.5, np.inf, np.nan])
+def test_stored_counts_that_are_not_whole_positive_numbers_are_not_used(tmp_path, rng, rows):
+    matrix = make_cube(rng, shape=(4, 6, 5)).reshape(24, 5, order="F").T
+    path = tmp_path / "odd_counts.mat"
+    scipy.io.savemat(path, {"Y": matrix, "lines": rows, "cols": 6})
+    with pytest.raises(CubeFormatError, match=r"pass shape=\(rows, cols\)"):
+        open_cube(path)
 
 
 def test_shape_given_for_a_3d_variable_is_an_error(tmp_path, rng):
@@ -124,14 +153,16 @@ def test_v73_2d_matrix_with_shape(tmp_path, rng):
 
 
 @pytest.mark.skipif(not SAMSON.exists(), reason="shared data folder not present")
-def test_real_samson_needs_a_shape_and_is_column_major():
-    with pytest.raises(CubeFormatError, match=r"Samson\.mat.*'Y' is a 2-D 156 x 9025 matrix.*\(95, 95\)"):
-        open_cube(SAMSON)
-    cube = open_cube(SAMSON, shape=(95, 95))
+def test_real_samson_opens_with_its_stored_shape_and_is_column_major():
+    cube = open_cube(SAMSON)  # the file stores lines = cols = 95
     assert (cube.shape_hw, cube.n_bands) == ((95, 95), 156)
+    assert cube.provenance["shape_source"] == "stored in the file as 'lines' and 'cols'"
     y = scipy.io.loadmat(SAMSON)["Y"]
     reference = y.T.reshape(95, 95, 156, order="F")  # the data set's README
     np.testing.assert_allclose(_whole(cube), reference.astype(np.float32))
+    np.testing.assert_allclose(_whole(open_cube(SAMSON, shape=(95, 95))), reference.astype(np.float32))
+    with pytest.raises(CubeFormatError, match=r"Samson\.mat: no 2-D matrix has 90 x 95 = 8550 pixels"):
+        open_cube(SAMSON, shape=(90, 95))
 
 
 @pytest.mark.skipif(not MUUFL.exists(), reason="shared data folder not present")

@@ -4,13 +4,16 @@
 
     napari-dgc train CUBE... --out RUN --clusters K --steps N --checkpoint-every M
     napari-dgc train CUBE... --out RUN --set model.brightness_norm=false --set optim.learning_rate=3e-4
+    napari-dgc train Samson.mat --out RUN --shape 95 95 --key Y
     napari-dgc train --resume RUN --steps N
 
 The named options and ``--set KEY=VALUE`` come from :mod:`napari_dgc.config`, with their
-defaults and help. Cubes may be in any format :func:`napari_dgc.io.open_cube` reads; only the
-windows the crop pairs need are read. A progress line on stderr shows the step, losses, active
-clusters and speed; Ctrl-C stops after the last complete checkpoint, and ``--resume RUN``
-continues it (on the cubes listed in the run unless others are given).
+defaults and help. Cubes may be in any format :func:`napari_dgc.io.open_cube` reads (``--key``
+and ``--shape`` as for ``napari-dgc info``; the run records them, so a resume reopens the cubes
+the same way); only the windows the crop pairs need are read. A progress line on stderr counts
+the steps of all starts together (``run step N/T``) and names the start training and its own
+step; Ctrl-C stops after the last complete checkpoint, and ``--resume RUN`` continues it (on the
+cubes listed in the run unless others are given).
 """
 
 from __future__ import annotations
@@ -47,8 +50,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Train Deep Global Clustering on one or more cubes of the same bands. Checkpoints "
             "go to the run folder; browse them with napari-dgc segment or the napari plugin. "
-            f"A resumed run keeps its own settings; only {', '.join(RESUMABLE_SETTINGS)} may change "
-            "(more --steps extend a finished run)."
+            "--steps is the step the continuing start trains to; with several starts each start "
+            "first trains to the selection step (--set starts.steps=N), so the run trains "
+            "steps + (starts - 1) x starts.steps steps in all (the progress line's 'run step N/T'). "
+            f"A resumed run keeps its own settings; only {', '.join(RESUMABLE_SETTINGS)} may change: "
+            "--resume RUN --steps N trains the continuing start on to step N (a larger N extends a "
+            "finished run, one already reached trains nothing; without --steps the run's own "
+            "steps apply)."
         ),
     )
     parser.add_argument(
@@ -56,6 +64,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         nargs="*",
         metavar="CUBE",
         help="training cubes (any format); with --resume, default: the run's cubes",
+    )
+    parser.add_argument(
+        "--key",
+        metavar="K",
+        help="MATLAB variable holding the cube (as for napari-dgc info; recorded in the run)",
+    )
+    parser.add_argument(
+        "--shape",
+        nargs=2,
+        type=int,
+        metavar=("ROWS", "COLS"),
+        help="spatial shape of a MATLAB 2-D bands x pixels matrix (default: the row and column "
+        "counts the file stores, e.g. 'lines'/'cols' or 'nRow'/'nCol'); recorded in the run",
     )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", metavar="RUN", help="new run folder")
@@ -119,6 +140,52 @@ def _resumed_run_config(args: argparse.Namespace, created: TrainConfig) -> Train
     return resumed_config(created, changes)
 
 
+def _open_cubes(args: argparse.Namespace, run_folder: Any | None) -> list:
+    """The training cubes, opened with ``--key``/``--shape``, or as the resumed run recorded them."""
+    from napari_dgc.io import open_cube
+
+    given = {}
+    if args.key is not None:
+        given["key"] = args.key
+    if args.shape is not None:
+        given["shape"] = tuple(args.shape)
+    if args.cubes or run_folder is None:
+        return [open_cube(path, **given) for path in args.cubes]
+    return [
+        open_cube(path, **(given or options))
+        for path, options in zip(run_folder.dataset_files, run_folder.dataset_open_options)
+    ]
+
+
+def _progress_line(event: Any, starts: int) -> str:
+    """The progress line: run steps of all starts together, then the start and its own step."""
+    from napari_dgc.training.events import start_name
+
+    rate = event.run_step / event.elapsed_s if event.elapsed_s > 0 else 0.0
+    if starts > 1:
+        where = (
+            f"run step {event.run_step}/{event.run_total_steps} (all starts)  "
+            f"{start_name(event.start, starts)} at its step {event.step}  "
+        )
+    else:
+        where = f"step {event.run_step}/{event.run_total_steps}  "
+    return f"{where}loss {event.losses['total']:+.4f}  active {event.active_clusters}  {rate:.2f} steps/s "
+
+
+def _finished_line(run_dir: Any, starts: int, step: int) -> str:
+    """The last line: where the continuing start ended and how many steps the run has trained."""
+    from napari_dgc.run_folder import RunDirectory
+    from napari_dgc.training.events import start_name
+
+    latest = RunDirectory.open(run_dir).latest_checkpoint()
+    if starts > 1 and latest is not None:
+        return (
+            f"finished: {start_name(latest.start)} reached step {latest.step} "
+            f"({latest.run_step} run steps, all starts): {run_dir}"
+        )
+    return f"finished at step {step}: {run_dir}"
+
+
 def run(args: argparse.Namespace) -> int:
     """Train; return the exit code (bad input raises DGCError, reported by the dispatcher)."""
     import torch
@@ -138,15 +205,15 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     resume = args.resume is not None
-    cubes = list(args.cubes)
+    run_folder = None
     if resume:
         run_folder = RunDirectory.open(args.resume)
         config = _resumed_run_config(args, run_folder.config)
-        cubes = cubes or list(run_folder.dataset_files)
     else:
         config = _new_run_config(args)
-        if not cubes:
+        if not args.cubes:
             raise ConfigError("give at least one cube to train on")
+    cubes = _open_cubes(args, run_folder)
     run_dir = args.resume if resume else args.out
     starts = config.starts.count
     last_line = 0.0
@@ -155,16 +222,7 @@ def run(args: argparse.Namespace) -> int:
             now = time.monotonic()
             if now - last_line >= 0.5 or event.run_step == event.run_total_steps:
                 last_line = now
-                rate = event.run_step / event.elapsed_s if event.elapsed_s > 0 else 0.0
-                where = f"{start_name(event.start, starts)}  " if starts > 1 else ""
-                print(
-                    f"\rstep {event.run_step}/{event.run_total_steps}  {where}"
-                    f"loss {event.losses['total']:+.4f}  active {event.active_clusters}  "
-                    f"{rate:.2f} steps/s ",
-                    end="",
-                    file=sys.stderr,
-                    flush=True,
-                )
+                print(f"\r{_progress_line(event, starts)}", end="", file=sys.stderr, flush=True)
         elif isinstance(event, CheckpointEvent) and not args.quiet:
             print(f"\ncheckpoint {event.checkpoint_id} written", file=sys.stderr, flush=True)
         elif isinstance(event, StartSelectedEvent) and not args.quiet:
@@ -176,5 +234,7 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
         elif isinstance(event, FinishedEvent):
-            print(f"finished at step {event.step}: {event.run_dir}")
+            if not args.quiet:
+                print(file=sys.stderr, flush=True)
+            print(_finished_line(event.run_dir, starts, event.step))
     return 0

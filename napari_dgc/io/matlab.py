@@ -2,9 +2,11 @@
 
 The cube is the largest numeric 3-D variable, or the variable named by ``key``. A 2-D
 ``bands x pixels`` matrix (as in unmixing data sets such as Samson) needs the spatial shape:
-its pixels are reshaped in MATLAB's column-major order, ``matrix.reshape(rows, cols, bands,
-order="F")`` on the ``pixels x bands`` orientation. The band axis is the axis whose length
-matches a wavelength vector stored next to the cube, else the shortest axis.
+given by the caller, or stored in the file as whole-number scalars named like ``lines`` /
+``cols`` or ``nRow`` / ``nCol`` whose product is the matrix's pixel count. Its pixels are
+reshaped in MATLAB's column-major order, ``matrix.reshape(rows, cols, bands, order="F")`` on
+the ``pixels x bands`` orientation. The band axis is the axis whose length matches a
+wavelength vector stored next to the cube, else the shortest axis.
 """
 
 from __future__ import annotations
@@ -84,9 +86,19 @@ def open_mat(
     ------
     CubeFormatError
         Corrupt or truncated file, unknown ``key``, no 3-D variable (a 2-D matrix without
-        ``shape``), a ``shape`` that does not fit the matrix.
+        ``shape`` or stored row/column counts that fit it), a ``shape`` that does not fit the
+        matrix.
+
+    Notes
+    -----
+    A 2-D matrix opened without ``shape`` takes the row and column counts stored in the file
+    (``lines``/``cols``, ``nRow``/``nCol``, ...) when both are whole positive numbers whose
+    product is the matrix's pixel count; ``provenance["shape_source"]`` says so and
+    ``provenance["pixel_shape"]`` holds ``[rows, cols]`` of every reshaped matrix.
     """
     variables, fmt = _read_variables(path)
+    stored = _stored_shape(variables) if shape is None else None
+    shape_source = "given by the caller" if shape is not None else None
     if key is not None:
         if key not in variables:
             raise CubeFormatError(
@@ -94,7 +106,10 @@ def open_mat(
             )
         chosen = variables[key]
     else:
-        chosen = _largest(variables, path, shape)
+        chosen = _largest(variables, path, shape, stored)
+    if len(chosen.shape) == 2 and shape is None and stored is not None and _fits(chosen, stored[0]):
+        shape, (rows_name, cols_name) = stored
+        shape_source = f"stored in the file as {rows_name!r} and {cols_name!r}"
 
     wavelength_var = _wavelength_variable(variables, exclude=chosen.name)
     provenance: dict = {"key": chosen.name, "variables": _listing(variables)}
@@ -102,8 +117,10 @@ def open_mat(
         data, band_axis_found = _reshape_matrix(chosen, shape, path), 2
         provenance["band_axis_reason"] = (
             f"2-D matrix {chosen.shape[0]} x {chosen.shape[1]} reshaped to {shape[0]} x {shape[1]} "
-            "pixels in MATLAB column-major order"
+            f"pixels in MATLAB column-major order (shape {shape_source})"
         )
+        provenance["pixel_shape"] = [int(shape[0]), int(shape[1])]
+        provenance["shape_source"] = shape_source
     elif len(chosen.shape) == 3:
         if shape is not None:
             raise CubeFormatError(
@@ -378,10 +395,24 @@ def _listing(variables: dict[str, _Variable]) -> str:
     return ", ".join(f"{v.name} {'x'.join(map(str, v.shape))}" for v in variables.values()) or "none"
 
 
-def _largest(variables: dict[str, _Variable], path: Path, shape: tuple[int, int] | None) -> _Variable:
-    """The cube variable: the largest 3-D one, or with ``shape`` the matrix that fits it."""
+def _largest(
+    variables: dict[str, _Variable],
+    path: Path,
+    shape: tuple[int, int] | None,
+    stored: tuple[tuple[int, int], tuple[str, str]] | None = None,
+) -> _Variable:
+    """The cube variable: the largest 3-D one, or with ``shape`` the matrix that fits it.
+
+    Without ``shape``, the largest 2-D matrix is the cube when it is larger than every 3-D
+    variable and the ``stored`` row/column counts of the file fit it.
+    """
     cubes = [v for v in variables.values() if len(v.shape) == 3]
     matrices = [v for v in variables.values() if len(v.shape) == 2 and min(v.shape) > 1]
+    if shape is None and stored is not None:
+        fitting = [v for v in matrices if _fits(v, stored[0])]
+        largest_fitting = max(fitting, key=lambda v: v.size, default=None)
+        if largest_fitting is not None and all(largest_fitting.size > v.size for v in cubes):
+            return largest_fitting
     if shape is not None:
         fitting = [v for v in matrices if shape[0] * shape[1] in v.shape]
         if not fitting:
@@ -404,19 +435,35 @@ def _largest(variables: dict[str, _Variable], path: Path, shape: tuple[int, int]
     return largest_cube
 
 
-def _shape_hint(variables: dict[str, _Variable]) -> str:
-    """E.g. " -- the file's 'lines' and 'cols' say (95, 95)" when such scalars exist."""
+def _stored_shape(variables: dict[str, _Variable]) -> tuple[tuple[int, int], tuple[str, str]] | None:
+    """``((rows, cols), (rows variable, cols variable))`` stored in the file as scalars, or None.
+
+    A stored count that is not a whole positive number (Inf, NaN, -3, 2.5) counts as absent
+    rather than being turned into an error.
+    """
     scalars = {name: v for name, v in variables.items() if v.size == 1}
     rows = next((v for name, v in scalars.items() if _ROWS_NAME.match(name)), None)
     cols = next((v for name, v in scalars.items() if _COLS_NAME.match(name)), None)
     if rows is None or cols is None:
-        return ""
+        return None
     r, c = (float(v.load().ravel()[0]) for v in (rows, cols))
-    # Only a hint: a stored count that is not a whole positive number (Inf, NaN, -3, 2.5)
-    # is left out rather than turned into an error about the hint.
     if not all(np.isfinite(n) and n >= 1 and n == int(n) for n in (r, c)):
+        return None
+    return (int(r), int(c)), (rows.name, cols.name)
+
+
+def _fits(matrix: _Variable, shape: tuple[int, int]) -> bool:
+    """Whether a 2-D ``matrix`` has ``rows x cols`` pixels along one axis."""
+    return len(matrix.shape) == 2 and shape[0] * shape[1] in matrix.shape
+
+
+def _shape_hint(variables: dict[str, _Variable]) -> str:
+    """E.g. " -- the file's 'lines' and 'cols' say (95, 95)" when such scalars exist."""
+    stored = _stored_shape(variables)
+    if stored is None:
         return ""
-    return f" -- the file's {rows.name!r} and {cols.name!r} say ({int(r)}, {int(c)})"
+    (r, c), (rows_name, cols_name) = stored
+    return f" -- the file's {rows_name!r} and {cols_name!r} say ({r}, {c})"
 
 
 def _reshape_matrix(matrix: _Variable, shape: tuple[int, int] | None, path: Path) -> np.ndarray:

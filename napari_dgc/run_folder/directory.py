@@ -23,6 +23,7 @@ from napari_dgc.run_folder.manifest import (
     info_from_entry,
     latest_entry,
     new_manifest,
+    open_options_of,
     parse_config,
     read_manifest,
     rejected_entries,
@@ -61,6 +62,10 @@ class RunDirectory:
             None if wavelengths is None else np.asarray(wavelengths, dtype=np.float64)
         )
         self.dataset_files: list[str] = [entry["path"] for entry in manifest["dataset_files"]]
+        #: Per dataset file, the ``open_cube`` options it was trained with (``key``, ``shape``).
+        self.dataset_open_options: list[dict] = [
+            open_options_of(entry) for entry in manifest["dataset_files"]
+        ]
         self.seed: int = manifest["seed"]
         self.created: str = manifest["created"]
         self.versions: dict = manifest["versions"]
@@ -78,6 +83,7 @@ class RunDirectory:
         seed: int,
         *,
         lock: bool = False,
+        open_options: Sequence[dict | None] | None = None,
     ) -> RunDirectory:
         """Start a new run folder and write its ``run.json``, holding the run lock meanwhile.
 
@@ -101,6 +107,10 @@ class RunDirectory:
             Random seed of the run.
         lock : bool
             Keep holding the run lock (training does, until :meth:`release`).
+        open_options : sequence of dict or None, optional
+            Per dataset file, the :func:`napari_dgc.io.open_cube` options it was opened with
+            (MATLAB ``key``, 2-D matrix ``shape``), recorded so that it is reopened the same way
+            (:attr:`dataset_open_options`).
 
         Raises
         ------
@@ -111,7 +121,7 @@ class RunDirectory:
         path = Path(path).expanduser()
         if path.exists() and not path.is_dir():
             raise CheckpointError(f"{path}: is a file, not a run folder")
-        manifest = new_manifest(path, config, n_bands, wavelengths, dataset_files, seed)
+        manifest = new_manifest(path, config, n_bands, wavelengths, dataset_files, seed, open_options)
         held = create_locked(path, manifest, "trained")
         if not lock:
             held.release()

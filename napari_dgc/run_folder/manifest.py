@@ -118,14 +118,69 @@ def package_versions() -> dict[str, str]:
     }
 
 
-def dataset_entries(dataset_files: Sequence[str | os.PathLike]) -> list[dict]:
-    """Absolute path and size of each training cube, as recorded in ``run.json``."""
+#: Options of :func:`napari_dgc.io.open_cube` a dataset entry may record: the MATLAB variable
+#: (``key``) and the spatial shape of a 2-D MATLAB matrix (``shape``, ``[rows, cols]``).
+OPEN_OPTIONS = ("key", "shape")
+
+
+def dataset_entries(
+    dataset_files: Sequence[str | os.PathLike],
+    open_options: Sequence[dict | None] | None = None,
+) -> list[dict]:
+    """Absolute path and size of each training cube, as recorded in ``run.json``.
+
+    Parameters
+    ----------
+    dataset_files : sequence of path-like
+        The training cubes.
+    open_options : sequence of dict or None, optional
+        Per cube, the :data:`OPEN_OPTIONS` it was opened with (``{"key": "Y", "shape": [95,
+        95]}``), recorded so that a resume or ``segment`` reopens it the same way.
+    """
+    options = list(open_options) if open_options is not None else [None] * len(dataset_files)
+    if len(options) != len(dataset_files):
+        raise CheckpointError(f"{len(options)} sets of open options for {len(dataset_files)} cubes")
     entries = []
-    for file in dataset_files:
+    for file, given in zip(dataset_files, options):
         path = Path(file).expanduser().resolve()
         size = path.stat().st_size if path.is_file() else None
-        entries.append({"path": str(path), "size_bytes": size})
+        entry = {"path": str(path), "size_bytes": size}
+        for key, value in (given or {}).items():
+            if key not in OPEN_OPTIONS:
+                raise CheckpointError(f"{path}: {key!r} is not an open option ({', '.join(OPEN_OPTIONS)})")
+            if value is not None:
+                entry[key] = [int(n) for n in value] if key == "shape" else str(value)
+        if not _valid_dataset_entry(entry):
+            raise CheckpointError(f"{path}: invalid open options {given!r}")
+        entries.append(entry)
     return entries
+
+
+def _valid_dataset_entry(entry: Any) -> bool:
+    """A dataset entry: a ``path``, and optionally a MATLAB ``key`` and a ``[rows, cols]`` shape."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+        return False
+    if "key" in entry and not (isinstance(entry["key"], str) and entry["key"]):
+        return False
+    if "shape" in entry:
+        shape = entry["shape"]
+        if not (
+            isinstance(shape, list)
+            and len(shape) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in shape)
+        ):
+            return False
+    return True
+
+
+def open_options_of(entry: dict) -> dict:
+    """The :func:`napari_dgc.io.open_cube` keyword arguments a (validated) dataset entry records."""
+    options: dict[str, Any] = {}
+    if "key" in entry:
+        options["key"] = entry["key"]
+    if "shape" in entry:
+        options["shape"] = tuple(entry["shape"])
+    return options
 
 
 def read_json(file: Path) -> Any:
@@ -157,9 +212,7 @@ def read_manifest(file: Path) -> dict:
         "config": lambda v: isinstance(v, dict),
         "n_bands": lambda v: isinstance(v, int) and v > 0,
         "wavelengths": lambda v: v is None or (isinstance(v, list) and len(v) == manifest.get("n_bands")),
-        "dataset_files": lambda v: (
-            isinstance(v, list) and all(isinstance(e, dict) and isinstance(e.get("path"), str) for e in v)
-        ),
+        "dataset_files": lambda v: isinstance(v, list) and all(_valid_dataset_entry(e) for e in v),
         "seed": lambda v: isinstance(v, int),
         "created": lambda v: isinstance(v, str),
         "versions": lambda v: isinstance(v, dict),
@@ -232,8 +285,12 @@ def new_manifest(
     wavelengths: Any,
     dataset_files: Sequence[str | os.PathLike],
     seed: int,
+    open_options: Sequence[dict | None] | None = None,
 ) -> dict:
-    """The ``run.json`` of a new run (no checkpoints yet); CheckpointError if the arguments disagree."""
+    """The ``run.json`` of a new run (no checkpoints yet); CheckpointError if the arguments disagree.
+
+    ``open_options`` are recorded with the dataset entries (see :func:`dataset_entries`).
+    """
     n_bands = int(n_bands)
     if n_bands < 1:
         raise CheckpointError(f"{path}: n_bands must be positive, got {n_bands}")
@@ -248,7 +305,7 @@ def new_manifest(
         "config": to_json(config.to_dict()),
         "n_bands": n_bands,
         "wavelengths": None if wavelengths is None else wavelengths.tolist(),
-        "dataset_files": dataset_entries(dataset_files),
+        "dataset_files": dataset_entries(dataset_files, open_options),
         "seed": int(seed),
         "versions": package_versions(),
         "chosen_checkpoint": None,

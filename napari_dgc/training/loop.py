@@ -113,8 +113,17 @@ def train(
             normalization = (statistics.offset, statistics.scale, statistics.brightness_floor)
             elapsed = 0.0
         if not resume:
-            names, wavelengths = _describe_sources(cubes)
-            run = RunDirectory.create(run_dir, config, n_bands, wavelengths, names, config.seed, lock=True)
+            names, wavelengths, open_options = _describe_sources(cubes, sources)
+            run = RunDirectory.create(
+                run_dir,
+                config,
+                n_bands,
+                wavelengths,
+                names,
+                config.seed,
+                lock=True,
+                open_options=open_options,
+            )
         yield from _RunTraining(run, sources, config, normalization, elapsed).events()
     finally:
         if run is not None:
@@ -262,16 +271,36 @@ class _RunTraining:
                 )
 
 
-def _describe_sources(cubes: Sequence) -> tuple[list[str], np.ndarray | None]:
-    names, wavelengths = [], None
-    for cube in cubes:
+def _describe_sources(cubes: Sequence, sources: Sequence) -> tuple[list[str], np.ndarray | None, list[dict]]:
+    """What ``run.json`` records of the dataset: the cube files, the wavelengths, how to reopen.
+
+    The wavelengths are those of the first opened cube that has them, whether it was given as
+    a path (opened by :func:`~napari_dgc.training.sampling.open_sources`) or as a ``Cube``;
+    arrays have none. A MATLAB cube records its variable (``key``) and, for a reshaped 2-D
+    matrix, its ``shape``, so a resume or ``segment`` reopens it the same way.
+    """
+    names, wavelengths, open_options = [], None, []
+    for cube, source in zip(cubes, sources):
+        opened = cube if not isinstance(cube, (str, Path)) else getattr(source, "_cube", None)
         if isinstance(cube, (str, Path)):
             names.append(str(cube))
         elif hasattr(cube, "path"):
             names.append(str(cube.path))
-        if wavelengths is None and getattr(cube, "wavelengths", None) is not None:
-            wavelengths = np.asarray(cube.wavelengths, dtype=np.float64)
-    return names, wavelengths
+        else:
+            continue
+        provenance = getattr(opened, "provenance", None) or {}
+        options = {}
+        if str(getattr(opened, "format", "")).startswith("mat") and "key" in provenance:
+            options["key"] = provenance["key"]
+        if "pixel_shape" in provenance:
+            options["shape"] = list(provenance["pixel_shape"])
+        open_options.append(options)
+    for source in sources:
+        found = getattr(getattr(source, "_cube", None), "wavelengths", None)
+        if found is not None:
+            wavelengths = np.asarray(found, dtype=np.float64)
+            break
+    return names, wavelengths, open_options
 
 
 def _window_stats(results: list[StepResult]) -> dict:
