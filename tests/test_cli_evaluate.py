@@ -87,7 +87,10 @@ def test_bad_inputs_exit_non_zero_with_one_line(files, tmp_path, capsys):
     assert "differs from the cube's" in bad(capsys, ["evaluate", str(labels), str(wrong_shape)])
     unknown = tmp_path / "unknown.npy"
     np.save(unknown, np.full((4, 4), 7))
-    assert "unknown mask value(s) 7" in bad(capsys, ["evaluate", str(labels), str(unknown)])
+    named = ["--mask-classes", "background,tissue,lesion"]
+    assert "unknown mask value(s) 7" in bad(capsys, ["evaluate", str(labels), str(unknown), *named])
+    np.save(unknown, np.full((4, 4), 256))
+    assert "mask value(s) 256 out of range" in bad(capsys, ["evaluate", str(labels), str(unknown)])
     missing = tmp_path / "missing.json"
     missing.write_text(json.dumps({"0": [0], "1": [1, 2]}))
     assert "[3]" in bad(capsys, ["evaluate", str(labels), str(mask), "--mapping", str(missing)])
@@ -109,3 +112,50 @@ def test_existing_outputs_are_kept_without_overwrite(files, tmp_path, capsys):
     assert out_csv.read_text() == "mine"
     assert main(["evaluate", str(labels), str(mask), "--csv", str(out_csv), "--overwrite"]) == 0
     assert out_csv.read_text().startswith("cube,class,iou")
+
+
+def test_evaluate_scores_four_named_classes_and_a_class_map_as_mask(tmp_path, capsys):
+    """Issue 15 item 2: values 1-4 with names; a class map (segment --classes) reused as a mask."""
+    from napari_dgc.analysis.classes import ClassMapping, SemanticClass
+    from napari_dgc.analysis.export import write_class_map
+
+    truth = np.array([[0, 1, 2], [3, 4, 4], [0, 255, 1]], dtype=np.uint8)
+    clusters = np.array([[4, 0, 1], [2, 3, 3], [4, 0, 0]], dtype=np.int32)
+    np.save(tmp_path / "scene_labels.npy", clusters)
+    Image.fromarray(truth).save(tmp_path / "scene_mask.png")
+    names = "background,sugar,flour,salt,eraser"
+    code = main(
+        [
+            "evaluate",
+            str(tmp_path / "scene_labels.npy"),
+            str(tmp_path / "scene_mask.png"),
+            "--mask-classes",
+            names,
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    for name in names.split(","):
+        assert name in out
+    assert "1.0000" in out  # the suggested one-to-one mapping recovers every class
+
+    mapping = ClassMapping(
+        [
+            SemanticClass(name, "#000000", [cluster])
+            for name, cluster in zip(names.split(","), [4, 0, 1, 2, 3])
+        ],
+        n_clusters=5,
+    )
+    mapping.save(tmp_path / "merge.json")
+    write_class_map(tmp_path / "reference_classes.png", mapping.apply(clusters), mapping)
+    code = main(
+        [
+            "evaluate",
+            str(tmp_path / "scene_labels.npy"),
+            str(tmp_path / "reference_classes.png"),
+            "--mapping",
+            str(tmp_path / "merge.json"),
+        ]
+    )
+    assert code == 0
+    assert "mean IoU" in capsys.readouterr().out

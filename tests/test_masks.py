@@ -52,6 +52,10 @@ def test_unknown_mask_values_are_named(tmp_path):
     path = tmp_path / "leaf.npy"
     np.save(path, np.array([[0, 7], [9, 1]]))
     with pytest.raises(MaskError, match=r"unknown mask value\(s\) 7, 9") as info:
+        read_mask(path, legend={0: "background", 1: "tissue", 2: "lesion"})
+    assert str(path) in str(info.value)
+    np.save(path, np.array([[0, 256], [-1, 1]]))
+    with pytest.raises(MaskError, match=r"mask value\(s\) -1, 256 out of range") as info:
         read_mask(path)
     assert str(path) in str(info.value)
 
@@ -128,3 +132,91 @@ def test_parse_legend():
     assert parse_legend("belt, leaf") == {0: "belt", 1: "leaf"}
     with pytest.raises(MaskError):
         parse_legend("belt,,leaf")
+
+
+# ---------------------------------------------------------------------- issue 15, item 2
+SUGAR_SALT = np.array([[0, 1, 2], [3, 4, 255], [0, 0, 4]], dtype=np.uint8)
+
+
+def test_a_mask_of_any_number_of_classes_is_accepted(tmp_path):
+    """Sugar, flour, salt and eraser (values 1-4) are classes, not an error."""
+    path = tmp_path / "contamination_mask.png"
+    Image.fromarray(SUGAR_SALT).save(path)
+    mask = read_mask(path, shape=(3, 3))
+    np.testing.assert_array_equal(mask.values, SUGAR_SALT)
+    assert mask.legend == {0: "background", 1: "tissue", 2: "lesion", 3: "class 3", 4: "class 4"}
+    named = read_mask(path, legend=parse_legend("background,sugar,flour,salt,eraser"))
+    assert named.legend[4] == "eraser"
+    many = np.arange(255, dtype=np.uint8).reshape(15, 17)  # 255 classes: 0..254
+    assert len(Mask(many).legend) == 255
+
+
+def test_mask_names_and_colours_survive_save_and_load(tmp_path):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from napari_dgc._writer import write_class_map
+
+    names = ["background", "sugar", "flour", "salt", "eraser"]
+    colormap = DirectLabelColormap(
+        color_dict={None: "black", 0: "#808080", 1: "#ff0000", 2: "#00ff00", 3: "#0000ff", 4: "#ffff00"}
+    )
+    meta = {
+        "name": "mask",
+        "metadata": {"dgc_cube_layer": "scene", "class_names": names},
+        "colormap": colormap,
+    }
+    write_class_map(str(tmp_path / "scene_mask.png"), SUGAR_SALT, meta)
+    legend = json.loads((tmp_path / "scene_mask.legend.json").read_text())
+    assert legend["kind"] == "mask"
+    assert [(v["value"], v["name"]) for v in legend["values"]] == [
+        (0, "background"),
+        (1, "sugar"),
+        (2, "flour"),
+        (3, "salt"),
+        (4, "eraser"),
+        (255, "ignore"),
+    ]
+    mask = read_mask(tmp_path / "scene_mask.png", shape=(3, 3))
+    assert mask.legend == dict(enumerate(names))
+    assert mask.colors == {0: "#808080", 1: "#ff0000", 2: "#00ff00", 3: "#0000ff", 4: "#ffff00"}
+    np.testing.assert_array_equal(mask.values, SUGAR_SALT)
+
+
+def test_a_class_map_reads_as_a_mask_with_its_names_and_colours(tmp_path):
+    """One convention: class-map value 0 (unassigned) is no ground truth, classes keep 1, 2, ..."""
+    from napari_dgc.analysis.classes import ClassMapping, SemanticClass
+    from napari_dgc.analysis.export import write_class_map
+
+    mapping = ClassMapping(
+        [SemanticClass("sugar", "#ffffff", [0]), SemanticClass("salt", "#00ffff", [2])], n_clusters=3
+    )
+    class_map = mapping.apply(np.array([[0, 1], [2, 2]]))  # cluster 1 unassigned
+    write_class_map(tmp_path / "scene_classes.tif", class_map, mapping)
+    mask = read_mask(tmp_path / "scene_classes.tif", shape=(2, 2))
+    assert mask.legend == {1: "sugar", 2: "salt"}
+    assert mask.colors == {1: "#ffffff", 2: "#00ffff"}
+    np.testing.assert_array_equal(mask.values, [[1, 255], [2, 2]])
+
+
+def test_bad_legend_files_are_refused_naming_the_file(tmp_path):
+    from napari_dgc.analysis.export import cluster_legend, write_label_map
+
+    write_label_map(tmp_path / "scene_labels.npy", np.array([[0, 1]]), cluster_legend(2))
+    with pytest.raises(MaskError, match="scene_labels.legend.json: the legend of a cluster map"):
+        read_mask(tmp_path / "scene_labels.npy")
+    np.save(tmp_path / "odd.npy", np.array([[0, 1]]))
+    for values, problem in (
+        ([{"value": 300, "name": "x"}], "value 300"),
+        ([{"value": 1, "name": ""}], "has no name"),
+        ([{"value": 1, "name": "a", "color": "red"}], "colour 'red'"),
+        ([{"value": 0, "name": "a"}, {"value": 1, "name": "A"}], "repeats"),
+    ):
+        (tmp_path / "odd.legend.json").write_text(json.dumps({"kind": "mask", "values": values}))
+        with pytest.raises(MaskError, match=problem) as info:
+            read_mask(tmp_path / "odd.npy")
+        assert "odd.legend.json" in str(info.value)
+    (tmp_path / "odd.legend.json").write_text(
+        json.dumps({"kind": "mask", "values": [{"value": 0, "name": "a"}]})
+    )
+    with pytest.raises(MaskError, match="unknown mask value"):
+        read_mask(tmp_path / "odd.npy")

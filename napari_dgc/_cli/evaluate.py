@@ -31,9 +31,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="per-class IoU, mean IoU and confusion of merged clusters against masks",
         description=(
             "Merge cluster label maps into classes with a mapping file and score them against "
-            "ground-truth masks (PNG/TIFF/NPY: 0 background, 1 tissue, 2 lesion, 255 ignore; "
-            "or LabelMe JSON), per cube and pooled. Without --mapping, the best automatic "
-            "(Hungarian / many-to-one) mapping is suggested and used."
+            "ground-truth masks (PNG/TIFF/NPY: values 0..254 are classes, 0 background, 255 "
+            "ignore, named by the mask's .legend.json or --mask-classes; or LabelMe JSON), per "
+            "cube and pooled. A class map written by napari-dgc is a mask too (its unassigned "
+            "pixels are ignored). Without --mapping, the best automatic (Hungarian / many-to-one) "
+            "mapping is suggested and used."
         ),
     )
     parser.add_argument("labels", metavar="LABELS", help="cluster label map, or a folder of them")
@@ -51,7 +53,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--mask-classes",
         metavar="NAMES",
-        help="comma-separated class names of mask values 0, 1, ... (default: background,tissue,lesion)",
+        help="comma-separated class names of mask values 0, 1, ... (default: the mask's legend "
+        "file, else background,tissue,lesion then 'class N')",
     )
     parser.add_argument("--json", metavar="OUT", help="write the full report as JSON")
     parser.add_argument("--csv", metavar="OUT", help="write per-class IoU rows as CSV")

@@ -1,14 +1,20 @@
 """Ground-truth masks: reading PNG/TIFF/NPY rasters and LabelMe polygons, matching them to cubes.
 
-Mask convention
----------------
+Mask convention (the one of class maps too; ``docs/formats.md``, "Label maps")
+---------------------------------------------------------------------------
 A mask is a ``(rows, cols)`` integer map of the cube's pixels:
 
-* values ``0, 1, 2, ...`` are classes named by a *legend*; the default legend is
-  ``{0: "background", 1: "tissue", 2: "lesion"}`` (the leaf data's convention);
+* values ``0 .. 254`` are classes, any number of them, named by a *legend*: the legend file
+  ``<stem>.legend.json`` next to the mask (written by napari-dgc for masks and class maps, with
+  names and colours), else one given by the caller, else the default names
+  (``0 background, 1 tissue, 2 lesion``, the leaf data's convention, and ``class N`` beyond);
+* value ``0`` is the pixels of no named class: "background" in a mask, "unassigned" in a class
+  map. A class map read as a mask (its legend says ``"kind": "classes"``) therefore scores its
+  named classes ``1, 2, ...`` and leaves its unassigned pixels out (they become ignored);
 * :data:`IGNORE_VALUE` (255) marks unlabelled pixels, which every score leaves out;
-* any other value is an error (:class:`~napari_dgc.errors.MaskError` naming the file and the
-  values), never silently dropped.
+* with a legend (given or from a file), a value it does not name is an error
+  (:class:`~napari_dgc.errors.MaskError` naming the file and the values), never silently
+  dropped; so is any value outside ``0..255``.
 
 A binary 0/255 image therefore does *not* mean background/tissue: 255 means "ignore". Save such
 masks as 0/1, or pass a legend such as ``{0: "background", 255: "tissue"}`` (then pixels are
@@ -39,12 +45,16 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_dgc.analysis.classes import DEFAULT_CLASS_NAMES
+from napari_dgc.analysis.classes import DEFAULT_CLASS_NAMES, MAX_CLASSES, default_class_color
 from napari_dgc.errors import MaskError
 from napari_dgc.safe_json import read_json
 
 IGNORE_VALUE = 255
 DEFAULT_LEGEND: dict[int, str] = dict(enumerate(DEFAULT_CLASS_NAMES))
+#: Largest class value of a mask or class map (255 is "ignore").
+MAX_CLASS_VALUE = IGNORE_VALUE - 1
+#: Suffix of the legend file next to a label map: ``leaf_mask.png`` → ``leaf_mask.legend.json``.
+LEGEND_SUFFIX = ".legend.json"
 RASTER_SUFFIXES = (".png", ".tif", ".tiff", ".npy")
 MASK_SUFFIXES = RASTER_SUFFIXES + (".json",)
 #: Stem endings that mark a mask of the cube with the remaining stem.
@@ -72,13 +82,41 @@ class Mask:
     """
 
     values: np.ndarray
-    legend: dict[int, str] = field(default_factory=lambda: dict(DEFAULT_LEGEND))
+    legend: dict[int, str] | None = None
     source: Path | str | None = None
+    colors: dict[int, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.values = np.asarray(self.values)
+        if self.legend is None:
+            validate_mask_values(self.values, None, source=self.source)
+            self.legend = default_legend(np.unique(self.values))
         validate_mask_values(self.values, self.legend, source=self.source)
         self.values = self.values.astype(np.int32, copy=False)
+        self.colors = {int(v): c for v, c in self.colors.items() if int(v) in self.legend and c}
+
+
+def default_legend(values: Iterable[int]) -> dict[int, str]:
+    """Names of mask values without a legend: :data:`DEFAULT_LEGEND`, then ``class N``.
+
+    Every value ``0..254`` among ``values`` is a class (:data:`IGNORE_VALUE` is left out);
+    ``0, 1, 2`` are always named (``background``, ``tissue``, ``lesion``), present or not.
+    """
+    present = sorted({int(v) for v in values} - {IGNORE_VALUE} - set(DEFAULT_LEGEND))
+    return {**DEFAULT_LEGEND, **{v: f"class {v}" for v in present}}
+
+
+def legend_colors(legend: Mapping[int, str], colors: Mapping[int, str] | None = None) -> dict[int, str]:
+    """A ``"#rrggbb"`` colour for every legend value: ``colors`` where given, else by class name.
+
+    Named like the class colours of a mapping (:func:`~napari_dgc.analysis.classes.default_class_color`),
+    so a mask's "background" is grey in the merge panel, the mask layer and the saved legend.
+    """
+    colors = dict(colors or {})
+    return {
+        value: colors.get(value) or default_class_color(name, index)
+        for index, (value, name) in enumerate(sorted(legend.items()))
+    }
 
 
 def _describe(source: str | os.PathLike | None) -> str:
@@ -87,7 +125,7 @@ def _describe(source: str | os.PathLike | None) -> str:
 
 def validate_mask_values(
     values: np.ndarray,
-    legend: Mapping[int, str],
+    legend: Mapping[int, str] | None,
     *,
     shape: Sequence[int] | None = None,
     source: str | os.PathLike | None = None,
@@ -98,8 +136,8 @@ def validate_mask_values(
     ----------
     values : np.ndarray
         Candidate mask.
-    legend : mapping of int to str
-        Allowed class values.
+    legend : mapping of int to str or None
+        Allowed class values; ``None`` allows every class value ``0..254``.
     shape : sequence of int, optional
         The cube's ``(rows, cols)``; the mask must match it.
     source : path-like, optional
@@ -122,6 +160,15 @@ def validate_mask_values(
     if shape is not None and tuple(values.shape) != tuple(shape):
         raise MaskError(f"{where}: mask shape {tuple(values.shape)} differs from the cube's {tuple(shape)}")
     present = np.unique(values)
+    if legend is None:
+        outside = [v.item() for v in present if not 0 <= v.item() <= IGNORE_VALUE]
+        if outside:
+            shown = ", ".join(str(v) for v in outside[:10]) + (" ..." if len(outside) > 10 else "")
+            raise MaskError(
+                f"{where}: mask value(s) {shown} out of range; classes are 0..{MAX_CLASS_VALUE} "
+                f"and {IGNORE_VALUE} means ignore"
+            )
+        return
     allowed = set(legend) | {IGNORE_VALUE}
     unknown = [v.item() for v in present if v.item() not in allowed]
     if unknown:
@@ -245,7 +292,9 @@ def read_mask(
     shape : sequence of int, optional
         The cube's ``(rows, cols)``; a mask (or LabelMe image size) that differs is an error.
     legend : mapping of int to str, optional
-        Value → class name; default :data:`DEFAULT_LEGEND`.
+        Value → class name. Default: the legend file next to the mask
+        (:func:`read_label_legend`, which also gives the colours), else every value ``0..254``
+        present, named by :func:`default_legend` (LabelMe files: :data:`DEFAULT_LEGEND`).
 
     Returns
     -------
@@ -254,19 +303,104 @@ def read_mask(
     Raises
     ------
     MaskError
-        See :func:`validate_mask_values` and :func:`rasterize_labelme`.
+        See :func:`validate_mask_values`, :func:`read_label_legend` and
+        :func:`rasterize_labelme`.
     """
     path = Path(path)
-    legend = dict(DEFAULT_LEGEND if legend is None else legend)
     if not path.exists():
         raise MaskError(f"{path}: no such mask file")
     require_regular_file(path)
     if path.suffix.lower() == ".json":
+        legend = dict(DEFAULT_LEGEND if legend is None else legend)
         values = rasterize_labelme(path, legend=legend, shape=shape)
-    else:
-        values = read_label_image(path)
-        validate_mask_values(values, legend, shape=shape, source=path)
-    return Mask(values=values, legend=legend, source=path)
+        return Mask(values=values, legend=legend, source=path)
+    values = read_label_image(path)
+    colors: dict[int, str] = {}
+    legend_file = label_legend_path(path)
+    if legend_file.exists():
+        named, colors, unassigned = read_label_legend(legend_file)
+        if unassigned is not None:
+            # A class map: its unassigned pixels are no ground truth; they are left out.
+            values = np.where(values == unassigned, IGNORE_VALUE, values)
+        legend = dict(named if legend is None else legend)
+    elif legend is not None:
+        legend = dict(legend)
+    validate_mask_values(values, legend, shape=shape, source=path)
+    return Mask(values=values, legend=legend, source=path, colors=colors)
+
+
+def label_legend_path(path: str | os.PathLike) -> Path:
+    """The legend file of a label map: ``<stem>.legend.json`` next to it."""
+    path = Path(path)
+    return path.with_name(path.stem + LEGEND_SUFFIX)
+
+
+def read_label_legend(path: str | os.PathLike) -> tuple[dict[int, str], dict[int, str], int | None]:
+    """Read a legend file written with a mask or class map (``napari-dgc segment``, File ▸ Save).
+
+    Parameters
+    ----------
+    path : path-like
+        The ``<stem>.legend.json`` file: ``{"kind": ..., "values": [{"value", "name", "color"},
+        ...]}``.
+
+    Returns
+    -------
+    names : dict of int to str
+        Class name of each value (``0..254``).
+    colors : dict of int to str
+        ``"#rrggbb"`` of each value that has one.
+    unassigned : int or None
+        For a class map (``"kind": "classes"``), the value of its unassigned pixels (0), which
+        a mask leaves out; else ``None``.
+
+    Raises
+    ------
+    MaskError
+        For a file that is not such a legend, a cluster-map legend (not ground truth), values
+        outside ``0..254``, repeated values or names, or malformed names or colours.
+    """
+    import re
+
+    path = Path(path)
+    document = read_json(path, error=MaskError, what="legend file")
+    if not isinstance(document, dict) or not isinstance(document.get("values"), list):
+        raise MaskError(f"{path}: not a label-map legend (needs a 'values' list)")
+    kind = document.get("kind")
+    if kind == "clusters":
+        raise MaskError(
+            f"{path}: the legend of a cluster map; a mask needs classes (merge the clusters into "
+            "classes first, e.g. napari-dgc segment --classes)"
+        )
+    entries = document["values"]
+    if len(entries) > IGNORE_VALUE + 1:
+        raise MaskError(f"{path}: {len(entries)} legend entries; at most {MAX_CLASSES + 1} classes")
+    names: dict[int, str] = {}
+    colors: dict[int, str] = {}
+    unassigned = None
+    for number, entry in enumerate(entries):
+        value = entry.get("value") if isinstance(entry, dict) else None
+        name = entry.get("name") if isinstance(entry, dict) else None
+        color = entry.get("color") if isinstance(entry, dict) else None
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= IGNORE_VALUE:
+            raise MaskError(f"{path}: legend entry {number} has value {value!r}; use 0..{IGNORE_VALUE}")
+        if not isinstance(name, str) or not name.strip():
+            raise MaskError(f"{path}: legend entry {number} (value {value}) has no name")
+        if color is not None and not (isinstance(color, str) and re.fullmatch(r"#[0-9a-fA-F]{6}", color)):
+            raise MaskError(f"{path}: legend entry {number} has colour {color!r}; use '#rrggbb' or null")
+        if value == IGNORE_VALUE:
+            continue  # "ignore" is the convention's, whatever the file calls it
+        if kind == "classes" and value == 0:
+            unassigned = 0
+            continue
+        if value in names or name.strip().lower() in {n.lower() for n in names.values()}:
+            raise MaskError(f"{path}: legend entry {number} repeats value {value} or name {name!r}")
+        names[value] = name.strip()
+        if color is not None:
+            colors[value] = color
+    if not names:
+        raise MaskError(f"{path}: the legend names no class")
+    return names, colors, unassigned
 
 
 def rasterize_labelme(
