@@ -75,6 +75,8 @@ def cube_layer_data(cube: Cube, name: str | None = None) -> list[LayerDataTuple]
     cube_kwargs = {
         "name": name,
         "visible": False,
+        # napari's band slider is labelled "band" (not "-3"); the panels show its wavelength.
+        "axis_labels": ("band", "y", "x"),
         "contrast_limits": _contrast_limits(bands[3]),
         "metadata": {
             "wavelengths": wavelengths,

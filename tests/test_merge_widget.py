@@ -313,3 +313,19 @@ def test_class_maps_button_asks_before_replacing(panel, tmp_path, monkeypatch, r
         assert target.read_bytes() != b"old" and "Wrote 1 class map(s)" in widget.status_label.text()
     else:
         assert target.read_bytes() == b"old" and "refusing to overwrite" in widget.status_label.text()
+
+
+def test_clicked_pixel_text_follows_the_mapping(panel, scene):
+    """Issue 15, item 10: the clicked pixel's text is not stale after assigning a class."""
+    viewer, widget, clusters = panel
+    model = widget.model
+    row, col = map(int, np.argwhere(clusters == 1)[0])
+    text = widget.describe_pixel((float(row), float(col)))
+    assert text.endswith("cluster 1, class unassigned")
+    model.select_clusters([1])
+    model.assign_selected(1)
+    assert widget.spectra_view.pixel_label.text() == f"leaf, row {row}, col {col}: cluster 1, class tissue"
+    model.rename_class(1, "leaf tissue")
+    assert widget.spectra_view.pixel_label.text().endswith("cluster 1, class leaf tissue")
+    model.assign_selected(None)
+    assert widget.spectra_view.pixel_label.text().endswith("cluster 1, class unassigned")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import subprocess
 import sys
 from importlib import import_module
@@ -158,3 +159,62 @@ def test_viewer_opens_cube_and_survives_a_broken_one(make_napari_viewer, tmp_pat
     viewer.dims.set_current_step(0, 5)  # the viewer still works
     viewer.open(str(envi_header), plugin="napari-dgc")
     assert len(viewer.layers) == 4
+
+
+def _package_reader():
+    from npe2 import PluginManifest
+
+    import napari_dgc
+
+    manifest = PluginManifest.from_file(Path(napari_dgc.__file__).parent / "napari.yaml")
+    (reader,) = manifest.contributions.readers
+    return reader
+
+
+def test_reader_claims_only_the_formats_it_owns():
+    """Issue 15, item 10: specific patterns, no catch-all "*" (napari asks about every file then)."""
+    reader = _package_reader()
+    assert "*" not in reader.filename_patterns
+    assert all(pattern.startswith("*.") for pattern in reader.filename_patterns)
+    assert reader.accepts_directories  # folders of PNG bands
+    for name in (
+        "cube.hdr",
+        "cube.bil",
+        "cube.bsq",
+        "cube.bip",
+        "cube.dat",
+        "cube.mat",
+        "cube.npy",
+        "cube.tif",
+    ):
+        assert any(fnmatch.fnmatch(name, pattern) for pattern in reader.filename_patterns), name
+    for name in ("photo.png", "table.csv", "movie.mp4", "notes.txt"):
+        assert not any(fnmatch.fnmatch(name, pattern) for pattern in reader.filename_patterns), name
+
+
+def test_napari_uses_our_reader_where_no_other_claims_the_format(tmp_path):
+    from napari.plugins import _npe2
+
+    assert list(_npe2.get_readers(str(tmp_path / "cube.bil"))) == ["napari-dgc"]
+    assert list(_npe2.get_readers(str(tmp_path / "cube.mat"))) == ["napari-dgc"]
+    assert "napari-dgc" not in _npe2.get_readers(str(tmp_path / "photo.png"))
+    assert "napari-dgc" in _npe2.get_readers(str(tmp_path / "cube.hdr"))  # shared: napari asks
+
+
+def test_band_axis_is_labelled_and_its_wavelength_shown(make_napari_viewer, tmp_path, rng):
+    from napari_dgc._qt.band_wavelength import follow_band_wavelength
+
+    cube = rng.random((6, 5, 4), dtype=np.float32)
+    path = tmp_path / "cube.npy"
+    np.save(path, cube)
+    (tmp_path / "cube.json").write_text('{"wavelengths": [500, 510, 520, 530]}')
+    viewer = make_napari_viewer()
+    viewer.open(path, plugin="napari-dgc")
+    assert viewer.dims.axis_labels[0] == "band"
+    assert follow_band_wavelength(viewer)
+    assert not follow_band_wavelength(viewer)  # once per viewer
+    viewer.dims.set_current_step(0, 2)
+    assert viewer.text_overlay.visible
+    assert viewer.text_overlay.text == "band 2 of 4 · 520.0 nm"
+    viewer.dims.set_current_step(0, 3)
+    assert viewer.text_overlay.text == "band 3 of 4 · 530.0 nm"

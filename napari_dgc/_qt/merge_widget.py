@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_dgc import layer_metadata as layer_keys
+from napari_dgc._qt.band_wavelength import follow_band_wavelength
 from napari_dgc._qt.merge_classes_view import MergeClassesView
 from napari_dgc._qt.merge_clusters_view import MergeClustersView
 from napari_dgc._qt.merge_export_view import MergeExportView
@@ -92,6 +93,7 @@ class MergeWidget(MergeView):
         self.viewer.layers.selection.events.changed.connect(self._load_masks)
         self.viewer.mouse_drag_callbacks.append(self._on_click)
         self.destroyed.connect(self._disconnect)
+        follow_band_wavelength(self.viewer)  # the band slider gives only an index
         self.refresh_layers()
 
     def _build_ui(self) -> None:

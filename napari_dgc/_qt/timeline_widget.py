@@ -30,6 +30,7 @@ from napari_dgc.run_folder import RunDirectory
 from napari_dgc.state.review import ReviewModel
 from napari_dgc.state.training import error_message
 
+from .band_wavelength import follow_band_wavelength
 from .cube_layers import (
     CubeSource,
     clusters_layer,
@@ -110,6 +111,7 @@ class TimelineWidget(QWidget):
         self._render()
         call_on_window_close(self.viewer, self.shutdown, self)
         warm_up_labels()  # the first cluster layer then appears without freezing napari
+        follow_band_wavelength(self.viewer)  # the band slider gives only an index
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:

@@ -47,6 +47,7 @@ from napari_dgc.state.review import ReviewModel
 from napari_dgc.state.training import TrainingSession, TrainStatus, error_message
 from napari_dgc.training.events import start_name
 
+from .band_wavelength import follow_band_wavelength
 from .collapsible import CollapsibleSection
 from .cube_layers import CubeSource
 from .cube_list import CubeLayerList
@@ -137,6 +138,7 @@ class TrainWidget(QWidget):
         self._redraw_timer.timeout.connect(self._redraw)
         self._redraw_timer.start()
         call_on_window_close(self.viewer, self.shutdown, self)
+        follow_band_wavelength(self.viewer)  # the band slider gives only an index
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:

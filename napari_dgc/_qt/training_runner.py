@@ -87,6 +87,7 @@ class TrainingRunner(QObject):
             resume=request.resume,
             open_review=self.review.review_for,
         )
+        self.worker.track_delivery()  # a pause waits until every yielded event is recorded
         if self.session.status is TrainStatus.PAUSED:  # paused while the layers were made
             self.worker.pause()
 
@@ -110,6 +111,13 @@ class TrainingRunner(QObject):
 
     # ------------------------------------------------------------------ worker results
     def _on_event(self, event: object) -> None:
+        try:
+            self._record(event)
+        finally:
+            if self.worker is not None:
+                self.worker.acknowledge()
+
+    def _record(self, event: object) -> None:
         if isinstance(event, CheckpointSegmented):
             self.review.add_segmented(event.run_dir, event.checkpoint_id, event.labels, event.figures)
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,26 +43,87 @@ def segmentation_workers() -> int:
 
 
 class ClosingGeneratorWorker(GeneratorWorker):
-    """A :class:`GeneratorWorker` that closes its generator in the worker thread when it stops.
+    """A :class:`GeneratorWorker` that closes its generator in the worker thread when it stops,
+    and whose pause waits until the GUI has taken every event yielded before it.
 
     napari's worker only breaks out of its loop on ``quit()``; closing the generator here makes
     its ``finally`` blocks (the engine's clean stop) run at once, in the worker thread, instead
     of whenever the garbage collector gets to it. :attr:`done` is set once that has happened,
     so closing napari can wait for it without running the Qt event loop.
+
+    Pausing: the step being computed when Pause is clicked finishes and is yielded; then, if the
+    receiver calls :meth:`acknowledge` for every yielded value (:meth:`track_delivery`), the
+    worker waits until it has (at most :data:`PAUSE_DELIVERY_TIMEOUT_S`) before it reports
+    ``paused`` / :attr:`is_paused`. So nothing the worker yielded arrives after it is paused.
     """
+
+    #: Longest wait, on pausing, for the GUI to take the values already yielded.
+    PAUSE_DELIVERY_TIMEOUT_S = 2.0
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.done = threading.Event()
+        self._yielded_count = 0
+        self._acknowledged_count = 0
+        self._tracking = False
+
+    def track_delivery(self) -> None:
+        """The receiver will call :meth:`acknowledge` once per yielded value (GUI thread)."""
+        self._tracking = True
+
+    def acknowledge(self) -> None:
+        """One yielded value was taken by the receiver."""
+        self._acknowledged_count += 1
+
+    def _wait_for_delivery(self) -> None:
+        deadline = time.monotonic() + self.PAUSE_DELIVERY_TIMEOUT_S
+        while (
+            self._tracking
+            and self._acknowledged_count < self._yielded_count
+            and not self.abort_requested
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.005)
 
     def work(self):
         try:
-            return super().work()
+            return self._loop()
         finally:
             try:
                 self._gen.close()
             finally:
                 self.done.set()
+
+    def _loop(self):
+        # superqt's GeneratorWorker.work, waiting for delivery before it reports "paused".
+        while True:
+            if self.abort_requested:
+                self.aborted.emit()
+                break
+            if self._paused:
+                if self._resume_requested:
+                    self._paused = False
+                    self._resume_requested = False
+                    self.resumed.emit()
+                else:
+                    time.sleep(self._pause_interval)
+                    continue
+            elif self._pause_requested:
+                self._wait_for_delivery()
+                self._paused = True
+                self._pause_requested = False
+                self.paused.emit()
+                continue
+            try:
+                _input = self._next_value()
+                output = self._gen.send(_input)
+                self._yielded_count += 1
+                self.yielded.emit(output)
+            except StopIteration as exc:
+                return exc.value
+            except RuntimeError as exc:
+                return exc  # the worker was probably deleted (reported by WorkerBase.run)
+        return None
 
 
 class _CloseWatcher(QObject):

@@ -224,6 +224,10 @@ class MergeModel:
         self.selected_clusters: list[int] = []
         #: The last picked pixel: ``(label, spectrum)``.
         self.pixel: tuple[str, np.ndarray] | None = None
+        #: Where the last pixel was picked, ``(cube, row, col)``: described again when the
+        #: mapping changes, so its text never names a class it no longer has.
+        self._picked: tuple[str, int, int] | None = None
+        self.mapping_changed.connect(self._describe_picked_again)
         #: The masks to score against; its ``changed`` signal tells when they change.
         self.ground_truth = GroundTruth()
         self.report: EvaluationReport | None = None
@@ -298,15 +302,30 @@ class MergeModel:
 
     def pick_pixel(self, cube: str, row: int, col: int) -> str:
         """Describe a pixel's cluster and class and keep its spectrum in :attr:`pixel`."""
-        cluster = int(self.cluster_maps[cube][row, col])
-        owner = self._mapping.class_of_cluster(cluster)
-        class_name = "unassigned" if owner is None else self._mapping.classes[owner].name
-        text = f"{cube}, row {row}, col {col}: cluster {cluster}, class {class_name}"
+        text = self._describe_pixel(cube, row, col)
+        self._picked = (cube, row, col)
         pixels = self.clustering.cubes.get(cube)
         if pixels is not None:
             self.pixel = (f"pixel ({row}, {col})", np.asarray(pixels[:, row, col], dtype=float))
         self.pixel_changed.emit(text)
         return text
+
+    def _describe_pixel(self, cube: str, row: int, col: int) -> str:
+        cluster = int(self.cluster_maps[cube][row, col])
+        owner = self._mapping.class_of_cluster(cluster)
+        class_name = "unassigned" if owner is None else self._mapping.classes[owner].name
+        return f"{cube}, row {row}, col {col}: cluster {cluster}, class {class_name}"
+
+    def _describe_picked_again(self) -> None:
+        """The mapping changed: emit the picked pixel's new description (its class may differ)."""
+        if self._picked is None:
+            return
+        cube, row, col = self._picked
+        labels = self.cluster_maps.get(cube)
+        if labels is None or not (0 <= row < labels.shape[0] and 0 <= col < labels.shape[1]):
+            self._picked = None
+            return
+        self.pixel_changed.emit(self._describe_pixel(cube, row, col))
 
     # ------------------------------------------------------------------ mapping edits
     def _edit(self, change: Callable[[ClassMapping], None]) -> None:
