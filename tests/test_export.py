@@ -149,3 +149,25 @@ def test_label_map_refusals(tmp_path):
         write_label_map(tmp_path / "b.jpg", labels, cluster_legend(2))
     with pytest.raises(DGCError, match="non-negative"):
         write_label_map(tmp_path / "b.tif", labels - 1, cluster_legend(2))
+
+
+def test_spectra_csv_text_empty_groups_and_unknown_wavelengths():
+    """Issue 15 item 5: per-cluster and per-class mean ± std spectra as CSV."""
+    import csv
+    import io
+
+    from napari_dgc.analysis.classes import ClassMapping, SemanticClass, cluster_statistics
+    from napari_dgc.analysis.export import SPECTRA_CSV_COLUMNS, spectra_csv_text
+    from napari_dgc.errors import DGCError
+
+    cube = np.arange(2 * 2 * 3, dtype=np.float64).reshape(2, 2, 3)
+    statistics = cluster_statistics(cube, np.array([[0, 0], [2, 2]]), 3)  # cluster 1 is empty
+    mapping = ClassMapping([SemanticClass("a", "#000000", [0, 1]), SemanticClass("b", "#ffffff", [])], 3)
+    rows = list(csv.reader(io.StringIO(spectra_csv_text(statistics, None, mapping))))
+    assert tuple(rows[0]) == SPECTRA_CSV_COLUMNS and len(rows) == 1 + (3 + 2) * 3
+    empty = [r for r in rows[1:] if r[:2] in (["cluster", "1"], ["class", "2"])]
+    assert len(empty) == 6 and all(r[3] == "0" and r[5:] == ["", "", ""] for r in empty)
+    class_a = [r for r in rows[1:] if r[:2] == ["class", "1"]]
+    np.testing.assert_allclose([float(r[6]) for r in class_a], cube[0].mean(0))
+    with pytest.raises(DGCError, match="2 wavelengths for 3 bands"):
+        spectra_csv_text(statistics, [1.0, 2.0])

@@ -507,3 +507,32 @@ def cluster_statistics(
         sums[present] += np.add.reduceat(grouped, starts, axis=0)
         squares[present] += np.add.reduceat(grouped * grouped, starts, axis=0)
     return ClusterStatistics(counts.astype(np.int64), *_mean_std(counts, sums, squares))
+
+
+def class_statistics(statistics: ClusterStatistics, mapping: ClassMapping) -> ClusterStatistics:
+    """Pool the clusters of each class of ``mapping``: row ``i`` is class ``i`` (0-based).
+
+    Counts add up; mean and standard deviation are those of all the class's pixels together
+    (NaN for a class without pixels).
+
+    Raises
+    ------
+    MappingError
+        If ``mapping`` is for another number of clusters than ``statistics``.
+    """
+    if mapping.n_clusters != len(statistics.counts):
+        raise MappingError(
+            f"the mapping is for {mapping.n_clusters} clusters, the statistics have {len(statistics.counts)}"
+        )
+    parts = []
+    for cls in mapping.classes:
+        members = np.asarray(cls.clusters, dtype=np.int64)
+        counts = statistics.counts[members]
+        mean = np.nan_to_num(statistics.mean[members])
+        squares = np.nan_to_num(statistics.std[members] ** 2 + statistics.mean[members] ** 2)
+        parts.append((counts.sum(), (mean * counts[:, None]).sum(0), (squares * counts[:, None]).sum(0)))
+    n_bands = statistics.mean.shape[1]
+    counts = np.array([p[0] for p in parts], dtype=np.int64)
+    sums = np.array([p[1] for p in parts]).reshape(len(parts), n_bands)
+    squares = np.array([p[2] for p in parts]).reshape(len(parts), n_bands)
+    return ClusterStatistics(counts, *_mean_std(counts, sums, squares))

@@ -1,5 +1,7 @@
 """Exports: class and cluster maps with a legend, and self-contained model folders.
 
+Mean ± std spectra of clusters and classes go to CSV (:func:`write_spectra_csv`).
+
 Label maps are written as TIFF, PNG (palette PNG coloured like the classes; values are the
 palette indices) or NPY, each with a legend ``<stem>.legend.json`` naming every value.
 
@@ -16,6 +18,7 @@ caller passes ``overwrite=True``.
 
 from __future__ import annotations
 
+import csv
 import io
 import os
 import shutil
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_dgc.analysis.classes import ClassMapping, color_to_rgb
+from napari_dgc.analysis.classes import ClassMapping, ClusterStatistics, color_to_rgb
 from napari_dgc.atomic import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, file_sha256
 from napari_dgc.errors import CheckpointError, DGCError, MappingError
 from napari_dgc.safe_json import read_json
@@ -349,3 +352,93 @@ def load_model_folder(path: str | os.PathLike, device: str = "cpu") -> tuple[DGC
     model.load_state_dict(state)
     mapping = ClassMapping.load(folder / CLASSES_FILE, n_clusters=config.n_clusters)
     return model.to(device).eval(), mapping
+
+
+# ---------------------------------------------------------------------- mean spectra
+SPECTRA_CSV_COLUMNS = ("kind", "id", "name", "pixels", "band", "wavelength_nm", "mean", "std")
+
+
+def spectra_csv_text(
+    statistics: ClusterStatistics,
+    wavelengths: Any = None,
+    mapping: ClassMapping | None = None,
+) -> str:
+    """Mean ± std spectrum of every cluster (and class) as CSV text, one row per band.
+
+    Parameters
+    ----------
+    statistics : ClusterStatistics
+        Per-cluster statistics (:func:`~napari_dgc.analysis.classes.cluster_statistics`, or
+        pooled over cubes with :meth:`ClusterStatistics.pooled`).
+    wavelengths : array-like, optional
+        Band centres in nm (one per band); the column is empty where unknown.
+    mapping : ClassMapping, optional
+        Also the rows of each class (its clusters' pixels pooled).
+
+    Returns
+    -------
+    str
+        Columns :data:`SPECTRA_CSV_COLUMNS`: ``kind`` (``cluster`` or ``class``), ``id`` (cluster
+        id, or class value ``1..`` as in class maps), ``name``, ``pixels``, ``band`` (0-based),
+        ``wavelength_nm``, ``mean``, ``std`` (empty for groups without pixels).
+
+    Raises
+    ------
+    DGCError
+        If the wavelengths do not have one value per band.
+    """
+    from napari_dgc.analysis.classes import class_statistics
+
+    n_bands = statistics.mean.shape[1]
+    if wavelengths is not None:
+        wavelengths = np.asarray(wavelengths, dtype=np.float64).ravel()
+        if wavelengths.size != n_bands:
+            raise DGCError(f"{wavelengths.size} wavelengths for {n_bands} bands")
+    groups = [("cluster", k, f"cluster {k}", statistics, k) for k in range(len(statistics.counts))]
+    if mapping is not None:
+        classes = class_statistics(statistics, mapping)
+        groups += [
+            ("class", index + 1, cls.name, classes, index) for index, cls in enumerate(mapping.classes)
+        ]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(SPECTRA_CSV_COLUMNS)
+    for kind, ident, name, stats, row in groups:
+        for band in range(n_bands):
+            wavelength = "" if wavelengths is None else f"{wavelengths[band]:.6g}"
+            mean, std = stats.mean[row, band], stats.std[row, band]
+            writer.writerow(
+                [
+                    kind,
+                    ident,
+                    name,
+                    int(stats.counts[row]),
+                    band,
+                    wavelength,
+                    "" if np.isnan(mean) else f"{mean:.8g}",
+                    "" if np.isnan(std) else f"{std:.8g}",
+                ]
+            )
+    return out.getvalue()
+
+
+def write_spectra_csv(
+    path: str | os.PathLike,
+    statistics: ClusterStatistics,
+    wavelengths: Any = None,
+    mapping: ClassMapping | None = None,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write :func:`spectra_csv_text` to ``path`` atomically.
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is false.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; refusing to overwrite it")
+    atomic_write_bytes(path, spectra_csv_text(statistics, wavelengths, mapping).encode("utf-8"))
+    return path
