@@ -2,8 +2,8 @@
 
 :func:`follow_band_wavelength` keeps the viewer's text overlay (a public napari model, no Qt)
 showing e.g. ``band 57 of 301 · 612.3 nm`` for the cube layers opened by the napari-dgc reader,
-whose band axis the reader labels ``band``. The panels install it when they dock; once per
-viewer.
+whose band axis the reader labels ``band``, from the first move of the slider on. The panels
+install it when they dock; once per viewer.
 """
 
 from __future__ import annotations
@@ -55,8 +55,13 @@ def follow_band_wavelength(viewer) -> bool:
         overlay.text = text
         overlay.visible = True
 
+    def update_shown(event=None) -> None:
+        if shown["text"] is not None:
+            update()
+
+    # Shown from the first move of the slider on: drawing the overlay's text the first time
+    # costs napari ~0.5 s (glyphs), which docking a panel should not pay.
     viewer.dims.events.current_step.connect(update)
-    viewer.layers.events.inserted.connect(update)
-    viewer.layers.events.removed.connect(update)
-    update()
+    viewer.layers.events.inserted.connect(update_shown)
+    viewer.layers.events.removed.connect(update_shown)
     return True
