@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from napari_dgc import __version__
 from napari_dgc.errors import DGCError
 
-SUBCOMMANDS = ("info", "train", "segment", "evaluate", "demo")
+SUBCOMMANDS = ("info", "train", "segment", "evaluate", "spectra", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

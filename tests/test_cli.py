@@ -50,6 +50,7 @@ ANYWHERE_CASES = {
         [["--checkpoint", "step-000100"], ["--out", "maps"], ["--probabilities"]],
     ),
     "evaluate": (["labels.tif", "mask.png"], [["--mapping", "merge.json"], ["--json", "iou.json"]]),
+    "spectra": (["labels.tif", "cube.npy"], [["--out", "spectra.csv"], ["--mapping", "merge.json"]]),
     "demo": ([], [["--size", "64"], ["--screenshot", "x.png"]]),
 }
 

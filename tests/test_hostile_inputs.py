@@ -163,11 +163,13 @@ def test_mat_2d_matrix_whose_stored_row_count_is_not_a_count(tmp_path, stored):
     assert "say" not in str(caught.value)  # the unusable stored count is not offered as a hint
 
 
-def test_mat_2d_matrix_with_usable_counts_still_gets_the_hint(tmp_path):
+def test_mat_2d_matrix_with_usable_counts_opens_with_them(tmp_path):
+    # Usable stored counts (whole, positive, product = pixels) give the shape (issue 15 item 1);
+    # the unusable ones of the test above are still ignored.
     path = tmp_path / "matrix.mat"
     scipy.io.savemat(path, {"Y": np.zeros((12, 30)), "lines": 6.0, "cols": 5.0})
-    with pytest.raises(CubeFormatError, match=r"'lines' and 'cols' say \(6, 5\)"):
-        open_cube(path)
+    cube = open_cube(path)
+    assert (cube.shape_hw, cube.n_bands) == ((6, 5), 12)
 
 
 def _h5(path: Path):
