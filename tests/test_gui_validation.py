@@ -139,3 +139,27 @@ def test_a_good_start_after_a_refused_one_clears_the_error(
         lambda: widget.session.status is TrainStatus.IDLE and widget.worker is None, timeout=TIMEOUT_MS
     )
     assert len(notifications) == 1
+
+
+def test_a_training_that_fails_before_its_first_checkpoint_leaves_no_layer(
+    make_napari_viewer, qtbot, tmp_path, notifications, caplog
+):
+    """A problem only the worker can find (a NaN pixel in a crop): the empty cluster layer goes."""
+    viewer = make_napari_viewer()
+    layer = add_cube_layer(viewer, "leaf")
+    data = np.array(layer.data)
+    data[:, :, :] = np.nan  # every crop holds NaN: found when the first crop is read
+    layer.data = data
+    widget = make_panel(viewer, tmp_path / "run")
+    with caplog.at_level(logging.WARNING):
+        assert widget.start_training()
+        qtbot.waitUntil(
+            lambda: widget.session.status is TrainStatus.IDLE and widget.worker is None, timeout=TIMEOUT_MS
+        )
+    assert len(notifications) == 1 and "NaN" in notifications[0]
+    assert not any(isinstance(layer, Labels) for layer in viewer.layers)
+    assert "Traceback" not in caplog.text  # a user error: its message, no traceback
+    assert widget.error_label.text() == notifications[0]
+    assert widget.start_button.isEnabled()
+    assert not (tmp_path / "run" / "run.json").exists()
+    assert not widget.resume_button.isEnabled()  # no run to resume

@@ -23,6 +23,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget
 
+from napari_dgc import layer_metadata as layer_keys
 from napari_dgc.errors import DGCError
 from napari_dgc.inference.checkpoint_review import ACTIVE_MIN_FRACTION
 from napari_dgc.io import open_cube
@@ -236,8 +237,20 @@ class TimelineWidget(QWidget):
         self.slider.blockSignals(False)
         self.slider.setEnabled(bool(ids))
         self.use_button.setEnabled(bool(ids) and self.model.review is not None)
+        if not ids and not self.model.live:
+            self._drop_empty_layers()
         self._update_plots()
         self.checkpoint_label.setText(self.model.describe_current())
+
+    def _drop_empty_layers(self) -> None:
+        """Remove the cluster layers made for a training that ended before its first checkpoint
+        (it failed or was stopped at once): they never showed anything.
+        """
+        for key, layer in list(self.labels_layers.items()):
+            if layer.metadata.get(layer_keys.CHECKPOINT) is None:
+                if layer in self.viewer.layers:
+                    self.viewer.layers.remove(layer)
+                del self.labels_layers[key]
 
     def _on_current_changed(self, _checkpoint_id) -> None:
         self._render()

@@ -381,7 +381,11 @@ class TrainingSession:
         self.failed.emit(message)
 
     def end(self) -> None:
-        """The worker is gone."""
+        """The worker is gone. A run that was never created (training failed first) is
+        forgotten, so Resume does not offer it.
+        """
+        if self.run_dir is not None and not (self.run_dir / MANIFEST_NAME).exists():
+            self.set_run(None, None)
         self.status = TrainStatus.IDLE
 
     # ------------------------------------------------------------------ progress
