@@ -113,7 +113,10 @@ class SpectrumPlot(pg.PlotWidget):
         # White like the figures in the docs; the clicked pixel is drawn in black.
         super().__init__(parent, background="w")
         self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        # pyqtgraph asks for 480 px: in the panel's scroll area that pushed masks and IoU a
+        # screen down. 240 px keep the curves readable.
         self.setMinimumHeight(200)
+        self.setMaximumHeight(240)
         self.setMenuEnabled(False)
         tick_font = QFont()
         tick_font.setPointSize(7)
