@@ -231,10 +231,11 @@ def test_mask_import_matches_cubes_and_refuses_bad_files(panel, scene, tmp_path)
     assert "differs from the cube's" in widget.status_label.text()
     assert len(viewer.layers) == n_layers + 1  # nothing added
 
+    # Masks hold any number of classes, 0..254 (issue 15 item 2): a value past 255 is refused.
     unknown = tmp_path / "leaf-gt.npy"
-    np.save(unknown, np.full((ROWS, COLS), 9))
+    np.save(unknown, np.full((ROWS, COLS), 300))
     assert widget.import_masks([unknown]) is None
-    assert "unknown mask value(s) 9" in widget.status_label.text()
+    assert "mask value(s) 300 out of range" in widget.status_label.text()
 
     other_size = tmp_path / "leaf_labels.json"
     other_size.write_text(json.dumps({"imageHeight": 10, "imageWidth": 10, "shapes": []}))
