@@ -117,7 +117,15 @@ class SparklinePlot(pg.PlotWidget):
         axis.setTextPen(NEUTRAL)
         if y_range is not None:
             item.setYRange(*y_range, padding=0)
-        item.enableAutoRange(x=True, y=y_range is None)
+        # The y range is set by _fit_y_range with some slack, not fitted on every update: a new
+        # range regenerates the axis labels, and at 10 Hz over eight plots that was most of the
+        # GUI thread's time while training.
+        item.enableAutoRange(x=True, y=False)
+        self._y_range: tuple[float, float] | None = y_range
+        item.layout.setRowFixedHeight(0, 14)  # room for the title label, which floats above it
+        self._title_label = pg.LabelItem(justify="left", size="8pt")
+        self._title_label.setParentItem(item)
+        self._title_label.anchor(itemPos=(0, 0), parentPos=(0, 0), offset=(30, -2))
         self._set_title()
         self.scene().sigMouseClicked.connect(self._on_click)
 
@@ -151,7 +159,29 @@ class SparklinePlot(pg.PlotWidget):
             else:
                 xs, ys = _decimate(xs, ys, max_points)
             self._curves[index].setData(xs, ys)
+        self._fit_y_range()
         self._set_title()
+
+    def _fit_y_range(self) -> None:
+        """Keep every finite value in view; change the range only when the data leaves it or
+        fills less than a third of it, with 10 % slack each side.
+        """
+        if self.fixed_y_range is not None:
+            return
+        values = [y[np.isfinite(y)] for _, _, y in self._series]
+        values = [v for v in values if v.size]
+        if not values:
+            return
+        low = float(min(v.min() for v in values))
+        high = float(max(v.max() for v in values))
+        span = max(high - low, 1e-12 * max(abs(low), abs(high), 1.0))
+        if self._y_range is not None:
+            shown_low, shown_high = self._y_range
+            inside = shown_low <= low and high <= shown_high
+            if inside and span >= (shown_high - shown_low) / 3:
+                return
+        self._y_range = (low - 0.1 * span, high + 0.1 * span)
+        self.getPlotItem().setYRange(*self._y_range, padding=0)
 
     def _new_curve(self, color: str, points: bool) -> pg.PlotDataItem:
         symbol = {"symbol": "o", "symbolSize": 4, "symbolBrush": color, "symbolPen": None} if points else {}
@@ -203,9 +233,9 @@ class SparklinePlot(pg.PlotWidget):
         values = [(SERIES_COLORS[i % len(SERIES_COLORS)], v) for i, v in enumerate(self.latest_values())]
         shown = [f'<span style="color:{c}">{short_number(v)}</span>' for c, v in values if v is not None][-3:]
         html = f'<span style="color:{NEUTRAL}">{self.title}</span> ' + " ".join(shown)
-        if html != self._title_html:  # a new title re-lays the plot out: only when it changed
+        if html != self._title_html:
             self._title_html = html
-            self.getPlotItem().setTitle(html, size="8pt", justify="left")
+            self._title_label.setText(html)
 
     def _on_click(self, event) -> None:
         box = self.getPlotItem().vb
