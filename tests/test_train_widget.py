@@ -391,11 +391,12 @@ def test_decimation_keeps_spikes_gaps_and_order():
 
 
 def test_long_series_with_gaps_paints(qtbot):
-    from napari_dgc._qt.plots import SparklinePlot, _last_finite
+    from napari_dgc._qt.plots import SparklineGrid, _last_finite
 
-    plot = SparklinePlot("loss")
-    qtbot.addWidget(plot)
-    plot.resize(220, 80)
+    grid = SparklineGrid(columns=1)
+    qtbot.addWidget(grid)
+    grid.resize(220, 84)
+    plot = grid.plot("loss")
     steps = np.arange(1, 100_001)
     late = np.full(steps.size, np.nan)
     late[50_000:] = np.linspace(2.0, 1.0, 50_000)  # a term that appears half-way
@@ -403,7 +404,7 @@ def test_long_series_with_gaps_paints(qtbot):
     total[-3:] = np.nan  # the newest values not reported
     plot.set_series([("total", steps, total), ("late", steps, late)])
     plot.set_x_range(0, steps[-1])
-    assert not plot.grab().isNull()  # an exception in paintEvent would abort the test run
+    assert not grid.grab().isNull()  # an exception in a paint method would abort the test run
     assert _last_finite(total) == pytest.approx(np.cos(99_997 / 1000.0))
     assert _last_finite(late) == 1.0 and _last_finite(np.full(3, np.nan)) is None
 
@@ -425,20 +426,24 @@ def test_click_on_a_plot_gives_the_step_under_it(qtbot):
     from qtpy.QtCore import Qt
     from qtpy.QtTest import QTest
 
-    from napari_dgc._qt.plots import SparklinePlot
+    from napari_dgc._qt.plots import SparklineGrid
 
-    plot = SparklinePlot("loss")
-    qtbot.addWidget(plot)
-    plot.resize(300, 100)
-    plot.show()
+    grid = SparklineGrid(columns=2)
+    qtbot.addWidget(grid)
+    grid.resize(600, 100)
+    other = grid.plot("other")  # a click on one plot of a grid reaches that plot only
+    plot = grid.plot("loss")
+    grid.show()
     plot.set_series([("total", np.arange(101), np.linspace(1.0, 0.0, 101))])
     plot.set_x_range(0, 100)
     plot.set_markers([(40, None, "dash"), (60, "#ffd700", "solid")])
-    qtbot.waitExposed(plot)
-    box = plot.getPlotItem().vb
-    where = plot.mapFromScene(box.mapViewToScene(pg.Point(75, 0.5)))
+    qtbot.waitExposed(grid)
+    where = grid.mapFromScene(plot.vb.mapViewToScene(pg.Point(75, 0.5)))
+    other_clicks = []
+    other.clicked.connect(other_clicks.append)
     with qtbot.waitSignal(plot.clicked) as blocker:
-        QTest.mouseClick(plot.viewport(), Qt.LeftButton, pos=where)
+        QTest.mouseClick(grid.viewport(), Qt.LeftButton, pos=where)
+    assert other_clicks == []
     assert blocker.args[0] == pytest.approx(75, abs=1)
     assert plot.markers() == [(40.0, None, "dash"), (60.0, "#ffd700", "solid")]
     assert plot.latest_values() == [0.0]

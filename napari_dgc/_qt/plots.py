@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyqtgraph as pg
-from qtpy.QtCore import QSize, Qt, Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtGui import QFont
-from qtpy.QtWidgets import QGridLayout, QSizePolicy, QWidget
+from qtpy.QtWidgets import QSizePolicy, QWidget
 
 from napari_dgc.state.review import short_number
 
@@ -31,6 +31,9 @@ SERIES_COLORS = (
 NEUTRAL = "#a0a0a0"
 
 _MARKER_STYLES = {"solid": Qt.SolidLine, "dash": Qt.DashLine}
+
+#: Height of one row of plots in a grid (pixels).
+PLOT_HEIGHT = 84
 
 
 def _decimate(x: np.ndarray, y: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,8 +66,12 @@ def _last_finite(y: np.ndarray) -> float | None:
     return float(y[finite[-1]]) if finite.size else None
 
 
-class SparklinePlot(pg.PlotWidget):
+class SparklinePlot(pg.PlotItem):
     """A compact plot of one or more series against a shared x axis (run steps).
+
+    A plot item of a :class:`SparklineGrid`: all plots of a grid share one graphics view, so a
+    redraw of the grid is one repaint (docked in napari, eight separate views cost ~40 ms per
+    redraw of the GUI thread, one shared view ~18 ms).
 
     Parameters
     ----------
@@ -85,9 +92,8 @@ class SparklinePlot(pg.PlotWidget):
         *,
         y_range: tuple[float, float] | None = None,
         tooltip: str = "",
-        parent: QWidget | None = None,
     ) -> None:
-        super().__init__(parent, background=None)
+        super().__init__()
         self.title = title
         self.fixed_y_range = y_range
         self._series: list[tuple[str, np.ndarray, np.ndarray]] = []
@@ -97,40 +103,33 @@ class SparklinePlot(pg.PlotWidget):
         self._marker_lines: list[pg.InfiniteLine] = []
         self._title_html = ""
         self._x_range: tuple[float, float] | None = None
-        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
         self.setMinimumHeight(80)
         self.setMinimumWidth(120)
         self.setToolTip(tooltip)
-        item = self.getPlotItem()
-        item.setMenuEnabled(False)
-        item.hideButtons()
-        item.setMouseEnabled(x=False, y=False)
-        item.hideAxis("bottom")  # the x axis is the run's steps, shared by every plot
-        item.layout.setContentsMargins(0, 0, 2, 0)
+        self.setMenuEnabled(False)
+        self.hideButtons()
+        self.setMouseEnabled(x=False, y=False)
+        self.hideAxis("bottom")  # the x axis is the run's steps, shared by every plot
+        self.layout.setContentsMargins(0, 0, 2, 0)
         font = QFont()
         font.setPointSize(7)
-        axis = item.getAxis("left")
+        axis = self.getAxis("left")
         axis.setStyle(tickFont=font, tickLength=-3, maxTickLevel=0, maxTextLevel=0)
         axis.setTickDensity(0.5)  # two or three labels: the plots are 60 px high
         axis.setWidth(34)
         axis.setPen(NEUTRAL)
         axis.setTextPen(NEUTRAL)
         if y_range is not None:
-            item.setYRange(*y_range, padding=0)
+            self.setYRange(*y_range, padding=0)
         # The y range is set by _fit_y_range with some slack, not fitted on every update: a new
-        # range regenerates the axis labels, and at 10 Hz over eight plots that was most of the
-        # GUI thread's time while training.
-        item.enableAutoRange(x=True, y=False)
+        # range regenerates the axis labels, ten times a second on every plot.
+        self.enableAutoRange(x=True, y=False)
         self._y_range: tuple[float, float] | None = y_range
-        item.layout.setRowFixedHeight(0, 14)  # room for the title label, which floats above it
+        self.layout.setRowFixedHeight(0, 14)  # room for the title label, which floats above it
         self._title_label = pg.LabelItem(justify="left", size="8pt")
-        self._title_label.setParentItem(item)
+        self._title_label.setParentItem(self)
         self._title_label.anchor(itemPos=(0, 0), parentPos=(0, 0), offset=(30, -2))
         self._set_title()
-        self.scene().sigMouseClicked.connect(self._on_click)
-
-    def sizeHint(self) -> QSize:
-        return QSize(220, 84)
 
     # ------------------------------------------------------------------ data
     def set_series(
@@ -149,7 +148,7 @@ class SparklinePlot(pg.PlotWidget):
             self._curves, self._points = [], points
         while len(self._curves) > len(self._series):
             self.removeItem(self._curves.pop())
-        max_points = max(8, 2 * max(self.width(), 220))
+        max_points = max(8, int(2 * max(self.width(), 220)))
         for index, (_name, xs, ys) in enumerate(self._series):
             if index == len(self._curves):
                 self._curves.append(self._new_curve(SERIES_COLORS[index % len(SERIES_COLORS)], points))
@@ -181,7 +180,7 @@ class SparklinePlot(pg.PlotWidget):
             if inside and span >= (shown_high - shown_low) / 3:
                 return
         self._y_range = (low - 0.1 * span, high + 0.1 * span)
-        self.getPlotItem().setYRange(*self._y_range, padding=0)
+        self.setYRange(*self._y_range, padding=0)
 
     def _new_curve(self, color: str, points: bool) -> pg.PlotDataItem:
         symbol = {"symbol": "o", "symbolSize": 4, "symbolBrush": color, "symbolPen": None} if points else {}
@@ -194,7 +193,7 @@ class SparklinePlot(pg.PlotWidget):
         x_range = (float(start), float(max(stop, start + 1)))
         if x_range != self._x_range:
             self._x_range = x_range
-            self.getPlotItem().setXRange(*x_range, padding=0)
+            self.setXRange(*x_range, padding=0)
 
     def set_markers(self, markers: Sequence[tuple[float, str | None, str]]) -> None:
         """Vertical lines ``(x, colour, "solid" | "dash")``; colour ``None`` is the neutral grey."""
@@ -237,36 +236,48 @@ class SparklinePlot(pg.PlotWidget):
             self._title_html = html
             self._title_label.setText(html)
 
-    def _on_click(self, event) -> None:
-        box = self.getPlotItem().vb
-        x0, x1 = box.viewRange()[0]
-        x = box.mapSceneToView(event.scenePos()).x()
+    def click_at(self, scene_position) -> None:
+        """Emit :attr:`clicked` with the run step under ``scene_position`` (clipped to the view)."""
+        x0, x1 = self.vb.viewRange()[0]
+        x = self.vb.mapSceneToView(scene_position).x()
         self.clicked.emit(min(max(x, x0), x1))
 
 
-class SparklineGrid(QWidget):
-    """Several :class:`SparklinePlot` in a grid of ``columns`` columns, created by name."""
+class SparklineGrid(pg.GraphicsLayoutWidget):
+    """Several :class:`SparklinePlot` in a grid of ``columns`` columns, created by name, drawn
+    in one graphics view.
+    """
 
     def __init__(self, columns: int = 2, parent: QWidget | None = None) -> None:
         super().__init__(parent)
+        self.setBackground(None)
         self._columns = columns
-        self._layout = QGridLayout(self)
-        self._layout.setContentsMargins(0, 0, 0, 0)
-        self._layout.setSpacing(2)
+        self.ci.layout.setContentsMargins(0, 0, 0, 4)  # the last row's lowest values stay clear
+        self.ci.layout.setSpacing(2)
+        self.setSizePolicy(QSizePolicy.Expanding, QSizePolicy.Fixed)
+        self.setFixedHeight(0)
         self.plots: dict[str, SparklinePlot] = {}
+        self.scene().sigMouseClicked.connect(self._on_click)
 
     def plot(self, name: str, **kwargs) -> SparklinePlot:
         """The plot called ``name``, created (next grid cell) on first use."""
         if name not in self.plots:
             plot = SparklinePlot(name, **kwargs)
             index = len(self.plots)
-            self._layout.addWidget(plot, index // self._columns, index % self._columns)
+            self.addItem(plot, row=index // self._columns, col=index % self._columns)
             self.plots[name] = plot
+            rows = -(-len(self.plots) // self._columns)
+            self.setFixedHeight(rows * PLOT_HEIGHT + 4)
         return self.plots[name]
 
     def clear(self) -> None:
         """Remove every plot."""
-        for plot in self.plots.values():
-            self._layout.removeWidget(plot)
-            plot.deleteLater()
+        super().clear()
         self.plots.clear()
+        self.setFixedHeight(0)
+
+    def _on_click(self, event) -> None:
+        position = event.scenePos()
+        for plot in self.plots.values():
+            if plot.sceneBoundingRect().contains(position):
+                plot.click_at(position)

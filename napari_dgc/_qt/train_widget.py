@@ -65,12 +65,6 @@ DEFAULT_RUNS_ROOT = Path.home() / "napari-dgc-runs"
 #: Plots and the progress bar are redrawn at most this often (milliseconds).
 REDRAW_INTERVAL_MS = 100
 
-#: The loss plots are redrawn on every this-many-th redraw (about 3 Hz). Docked in napari, one
-#: repaint of the eight pyqtgraph plots costs the GUI thread ~40 ms (each plot is its own
-#: graphics view; 9 ms for the former hand-painted plots, 18 ms measured for one shared view):
-#: at 10 Hz that took the frame-gap p95 from 18 to 76 ms and starved the training worker.
-PLOT_REDRAW_EVERY = 3
-
 #: The loss panel's plot of ``ProgressEvent.active_clusters`` and what it counts.
 ACTIVE_IN_STEP = "active in step"
 ACTIVE_IN_STEP_HELP = (
@@ -125,7 +119,6 @@ class TrainWidget(QWidget):
         self.runner = TrainingRunner(self.session, self.review, self)
         self.form = SettingsForm(available_devices())
         self._plots_dirty = False
-        self._redraws = 0
         self._build()
 
         session = self.session
@@ -393,8 +386,7 @@ class TrainWidget(QWidget):
         """Progress bar, ETA and loss plots from the history (called by a 10 Hz timer)."""
         if not self._plots_dirty:
             return
-        self._redraws += 1
-        plots_due = self._redraws % PLOT_REDRAW_EVERY == 0 or self.session.status is not TrainStatus.RUNNING
+        self._plots_dirty = False
         history = self.session.history
         event = history.latest
         if event is None:
@@ -409,9 +401,6 @@ class TrainWidget(QWidget):
         self.progress_bar.setUpdatesEnabled(True)
         if self.session.status in (TrainStatus.RUNNING, TrainStatus.PAUSED):
             self.progress_label.setText(self.session.progress_text())
-        if not plots_due:
-            return
-        self._plots_dirty = False
         # One repaint for all plots, after every plot has its new data.
         self.loss_plots.setUpdatesEnabled(False)
         for name, values in history.losses.items():
