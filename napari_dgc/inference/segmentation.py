@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from napari_dgc.errors import ConfigError, CubeFormatError
+from napari_dgc.io.cube import require_finite
 
 if TYPE_CHECKING:
     import torch
@@ -300,16 +301,8 @@ def segment_cube(
 
 
 def _finite(window: np.ndarray, top: int, cols: slice, source: str) -> np.ndarray:
-    """``window`` (read at row ``top``, columns ``cols``) if every value is finite; else the
-    error training gives for the same pixel.
-    """
-    if not np.isfinite(window).all():
-        bad = np.argwhere(~np.isfinite(window))[0]
-        raise CubeFormatError(
-            f"{source}: NaN or infinite value at pixel (row {top + bad[0]}, col {cols.start + bad[1]}), "
-            f"band {bad[2]}; replace or mask such pixels first"
-        )
-    return window
+    """``window`` (read at row ``top``, columns ``cols``) if every value is finite."""
+    return require_finite(window, top, cols.start or 0, source)
 
 
 def _tensor(window: np.ndarray, device: torch.device) -> torch.Tensor:

@@ -238,3 +238,16 @@ class Cube:
         return np.memmap(
             data.filename, dtype=data.dtype, mode="r", offset=data.offset, shape=data.shape, order=order
         )
+
+
+def require_finite(window: np.ndarray, top: int, left: int, source: str) -> np.ndarray:
+    """Return ``window`` (band-last, read at row ``top``, column ``left`` of ``source``) if every
+    value is finite; else raise the one error training and segmentation give for such pixels.
+    """
+    if not np.isfinite(window).all():
+        bad = np.argwhere(~np.isfinite(window))[0]
+        raise CubeFormatError(
+            f"{source}: NaN or infinite value at pixel (row {top + bad[0]}, col {left + bad[1]}), "
+            f"band {bad[2]}; replace or mask such pixels first"
+        )
+    return window

@@ -27,6 +27,7 @@ from scipy.stats import qmc
 
 from napari_dgc.config import DataConfig
 from napari_dgc.errors import ConfigError, CubeFormatError
+from napari_dgc.io.cube import require_finite
 
 
 class SampledCube:
@@ -63,13 +64,7 @@ class SampledCube:
             window = np.asarray(self._array[rows, cols], dtype=np.float32)
         else:
             window = np.asarray(self._cube.read_window(rows, cols), dtype=np.float32)
-        if not np.isfinite(window).all():
-            bad = np.argwhere(~np.isfinite(window))[0]
-            raise CubeFormatError(
-                f"{self.name}: NaN or infinite value at pixel (row {rows.start + bad[0]}, "
-                f"col {cols.start + bad[1]}), band {bad[2]}; replace or mask such pixels first"
-            )
-        return window
+        return require_finite(window, rows.start or 0, cols.start or 0, self.name)
 
 
 def open_sources(cubes: Sequence) -> list[SampledCube]:
