@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from napari_dgc._cli import add_cube_open_options
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``info`` sub-command."""
@@ -16,14 +18,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("cube", metavar="CUBE", help="ENVI .hdr/data file, .mat, .npy, .tif or PNG folder")
-    parser.add_argument("--key", metavar="K", help="MATLAB variable holding the cube")
-    parser.add_argument(
-        "--shape",
-        nargs=2,
-        type=int,
-        metavar=("ROWS", "COLS"),
-        help="spatial shape of a MATLAB 2-D bands x pixels matrix (pixels in column-major order)",
-    )
+    add_cube_open_options(parser)
     parser.set_defaults(handler=_run)
 
 

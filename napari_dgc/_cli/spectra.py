@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from napari_dgc._cli import add_cube_open_options
 from napari_dgc.errors import DGCError
 
 
@@ -39,14 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--n-clusters", type=int, metavar="K", help="clusters of the model (default: from the mapping or map)"
     )
-    parser.add_argument("--key", metavar="K", help="MATLAB variable holding the cube")
-    parser.add_argument(
-        "--shape",
-        nargs=2,
-        type=int,
-        metavar=("ROWS", "COLS"),
-        help="spatial shape of a MATLAB 2-D bands x pixels matrix",
-    )
+    add_cube_open_options(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
     parser.set_defaults(handler=run)
 

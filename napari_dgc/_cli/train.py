@@ -23,6 +23,7 @@ import sys
 import time
 from typing import Any
 
+from napari_dgc._cli import add_cube_open_options
 from napari_dgc.config import (
     RESUMABLE_SETTINGS,
     SettingInfo,
@@ -65,19 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="CUBE",
         help="training cubes (any format); with --resume, default: the run's cubes",
     )
-    parser.add_argument(
-        "--key",
-        metavar="K",
-        help="MATLAB variable holding the cube (as for napari-dgc info; recorded in the run)",
-    )
-    parser.add_argument(
-        "--shape",
-        nargs=2,
-        type=int,
-        metavar=("ROWS", "COLS"),
-        help="spatial shape of a MATLAB 2-D bands x pixels matrix (default: the row and column "
-        "counts the file stores, e.g. 'lines'/'cols' or 'nRow'/'nCol'); recorded in the run",
-    )
+    add_cube_open_options(parser, "; recorded in the run")
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--out", metavar="RUN", help="new run folder")
     target.add_argument("--resume", metavar="RUN", help="continue this run from its latest checkpoint")
