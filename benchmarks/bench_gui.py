@@ -96,9 +96,7 @@ def dock_and_start_child(run_dir: Path, size: int, bands: int, after_s: float, t
     torch_at_dock = "torch" in sys.modules
     from napari_dgc._qt.cube_layers import cube_source
 
-    config = TrainConfig(
-        model=ModelConfig(n_clusters=4), steps=1_000_000, checkpoint_every=20, device="cpu"
-    ).with_settings({"data.crop_size": 32, "data.batch_size": 2})
+    config = endless_training()
     ticks: list[float] = []
     timer = QTimer()
     timer.setInterval(10)
@@ -126,6 +124,14 @@ def dock_and_start_child(run_dir: Path, size: int, bands: int, after_s: float, t
         f"gap_p95_ms_first_{after_s:g}_s": float(np.percentile(gaps, 95)) if gaps.size else None,
         "trained_a_step": first_step,
     }
+
+
+def endless_training() -> TrainConfig:
+    """The training the responsiveness benchmarks run: K=4, crop 32, batch 2, a checkpoint every
+    20 steps, until stopped."""
+    return TrainConfig(
+        model=ModelConfig(n_clusters=4), steps=1_000_000, checkpoint_every=20, device="cpu"
+    ).with_settings({"data.crop_size": 32, "data.batch_size": 2})
 
 
 def bench_dock_and_start(size: int, bands: int, after_s: float) -> dict:
@@ -311,9 +317,7 @@ def bench_responsiveness(
     layer = add_scene(viewer, size, size, bands, "leaf")
     widget = TrainWidget(viewer)
     viewer.window.add_dock_widget(widget, name="DGC: Train")
-    config = TrainConfig(
-        model=ModelConfig(n_clusters=4), steps=1_000_000, checkpoint_every=20, device="cpu"
-    ).with_settings({"data.crop_size": 32, "data.batch_size": 2})
+    config = endless_training()
 
     ticks: list[float] = []
     timer = QTimer()
