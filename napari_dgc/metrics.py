@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 from napari_dgc.errors import DGCError
 
@@ -199,6 +198,10 @@ def hungarian_mapping(confusion: np.ndarray) -> np.ndarray:
         more clusters than classes).
     """
     confusion = np.asarray(confusion)
+    # Imported here: scipy.optimize takes ~0.3 s to import, and every CLI command and panel
+    # imports this module while few of them match clusters to classes.
+    from scipy.optimize import linear_sum_assignment
+
     class_ids, cluster_ids = linear_sum_assignment(confusion, maximize=True)
     mapping = np.full(confusion.shape[1], -1, dtype=np.int64)
     mapping[cluster_ids] = class_ids
