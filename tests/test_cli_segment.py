@@ -264,3 +264,18 @@ def test_full_disk_under_out_is_one_line_and_leaves_no_empty_folder(
         ["segment", str(run.path), str(cubes[0]), "--out", str(out)], capsys
     )
     assert not (tmp_path / "new").exists()
+
+
+def test_segment_imports_no_compiler_or_optimiser_machinery(run, cubes, tmp_path):
+    """Start-up (issue 15 item 11): the weight check builds a shape-only model without importing
+    torch._dynamo (0.8 s), and nothing imports scipy.optimize (0.3 s) for a plain segmentation."""
+    import subprocess
+    import sys
+
+    argv = ["segment", str(run.path), str(cubes[0]), "--out", str(tmp_path / "maps")]
+    probe = (
+        f"import sys; from napari_dgc.cli import main; code = main({argv!r}); "
+        "print(code, 'torch._dynamo' in sys.modules, 'scipy.optimize' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1].split() == ["0", "False", "False"], result.stdout
