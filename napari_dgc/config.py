@@ -477,6 +477,113 @@ class StartsConfig(_Settings):
     selection_windows: int = setting(8, "windows of the cubes whose pixels score the starts", minimum=1)
 
 
+class ReferenceAveraging(Choice):
+    """How the rows of a white or dark reference become the reference (``prep.reference``)."""
+
+    COLUMNS = "columns"
+    SPECTRUM = "spectrum"
+
+
+def parse_span(text: str, key: str, *, integer: bool) -> tuple[float, float]:
+    """Read ``"START:STOP"`` (``"450:950"``; whole numbers when ``integer``) of the setting ``key``.
+
+    Raises
+    ------
+    ConfigError
+        Text that is not two numbers around a colon, or STOP not above START.
+    """
+    start_text, colon, stop_text = text.partition(":")
+    kind = int if integer else float
+    try:
+        start, stop = kind(start_text.strip()), kind(stop_text.strip())
+    except ValueError:
+        start = stop = None
+    what = "whole numbers" if integer else "numbers"
+    if not colon or start is None or not (math.isfinite(start) and math.isfinite(stop)):
+        raise ConfigError(f"{key} must look like START:STOP ({what}), got {text!r}")
+    if stop <= start or (integer and start < 0):
+        raise ConfigError(f"{key} must be START:STOP with 0 <= START < STOP, got {text!r}")
+    return start, stop
+
+
+@_group
+class PrepConfig(_Settings):
+    """Calibration and preparation of every cube: band crop, then white/dark reference
+    correction, then spatial binning (docs/user-guide.md, "Calibration and preparation").
+    """
+
+    _key = "prep"
+
+    white: str | None = setting(
+        None,
+        "white reference cube file: reflectance = (raw - dark) / (white - dark) (null: no correction)",
+        flag="--white",
+        label="White reference (file)",
+    )
+    white_rows: str | None = setting(
+        None,
+        "rows START:STOP (0-based, STOP excluded) of the white reference file averaged into the "
+        "reference (null: all its rows)",
+        label="White reference rows",
+    )
+    dark: str | None = setting(
+        None,
+        "dark reference cube file, subtracted from the cube and the white reference (null: none)",
+        flag="--dark",
+        label="Dark reference (file)",
+    )
+    dark_rows: str | None = setting(
+        None,
+        "rows START:STOP of the dark reference file averaged into it (null: all)",
+        label="Dark reference rows",
+    )
+    reference: ReferenceAveraging = setting(
+        ReferenceAveraging.COLUMNS,
+        "columns: one reference spectrum per column (push-broom cameras; the reference is as "
+        "wide as the cubes); spectrum: one spectrum, the mean of all its pixels",
+        label="Reference averaging",
+    )
+    bands: str | None = setting(
+        None,
+        "keep only the bands whose wavelength lies in LOW:HIGH nm, e.g. 450:950 (null: all bands)",
+        flag="--bands",
+        label="Band range (nm)",
+    )
+    band_indices: str | None = setting(
+        None,
+        "keep only bands FIRST:STOP by index (0-based, STOP excluded), for cubes without "
+        "wavelengths (null: all bands)",
+        label="Band range (indices)",
+    )
+    binning: int = setting(
+        1,
+        "average blocks of N x N pixels into one (1: no binning; partial blocks at the "
+        "bottom and right edges are dropped)",
+        minimum=1,
+        flag="--binning",
+        label="Spatial binning",
+    )
+
+    def _cross_field_errors(self) -> list[str]:
+        errors = []
+        spans = [("bands", False), ("band_indices", True), ("white_rows", True), ("dark_rows", True)]
+        for name, integer in spans:
+            text = getattr(self, name)
+            if text is not None:
+                try:
+                    parse_span(text, f"prep.{name}", integer=integer)
+                except ConfigError as error:
+                    errors.append(str(error))
+        if self.bands is not None and self.band_indices is not None:
+            errors.append("give prep.bands (nm) or prep.band_indices, not both")
+        for reference in ("white", "dark"):
+            if getattr(self, f"{reference}_rows") is not None and getattr(self, reference) is None:
+                errors.append(
+                    f"prep.{reference}_rows is given without a {reference} reference (prep.{reference})"
+                )
+        return errors
+
+
 @_group
 class TrainConfig(_Settings):
     """All settings of a training run: the groups above and the run's own length, seed and device."""
@@ -487,6 +594,7 @@ class TrainConfig(_Settings):
     losses: LossConfig = setting(LossConfig, "loss weights and schedules")
     centroids: CentroidConfig = setting(CentroidConfig, "the centroid update")
     starts: StartsConfig = setting(StartsConfig, "several starts and the selection")
+    prep: PrepConfig = setting(PrepConfig, "calibration and preparation of the cubes")
     steps: int = setting(
         2000,
         "total steps of the run (of the selected start)",

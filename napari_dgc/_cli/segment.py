@@ -154,12 +154,16 @@ class MapSegmenter:
         self._model: Any = None
         self._mapping: Any = None
         self._fingerprint: str | None = None
+        self._preparation: Any = None
+        self._open_options: dict[str, dict] = {}
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_model": None, "_mapping": None, "_fingerprint": None}
+        return {**self.__dict__, "_model": None, "_mapping": None, "_fingerprint": None, "_preparation": None}
 
     def prepare(self) -> None:
-        """Load the model (and class mapping) on its device."""
+        """Load the model (and class mapping) on its device; a run's also its preparation
+        (band crop, references, binning) and how it opened its training cubes (``--key``/``--shape``).
+        """
         from napari_dgc.model.device import resolve_device
 
         device = str(resolve_device(self.device))
@@ -169,18 +173,30 @@ class MapSegmenter:
             self._model, self._mapping = load_model_folder(self.classes, device=device)
         else:
             from napari_dgc.run_folder import RunDirectory
+            from napari_dgc.run_folder.preparation_file import run_preparation
 
-            self._model = RunDirectory.open(self.run).load_model(self.checkpoint, device=device)
+            run = RunDirectory.open(self.run)
+            self._model = run.load_model(self.checkpoint, device=device)
+            self._preparation = run_preparation(run)
+            self._open_options = {
+                str(Path(file).resolve()): options
+                for file, options in zip(run.dataset_files, run.dataset_open_options)
+            }
         self._fingerprint = model_fingerprint(self._model)
 
     def identity(self) -> dict[str, Any]:
-        """Model fingerprint and output options (what a reusable output must have been made with)."""
-        return {
+        """Model fingerprint, output options and any preparation (what a reusable output must
+        have been made with).
+        """
+        identity = {
             "model": self._fingerprint,
             "format": self.file_format,
             "probabilities": self.probabilities,
             "classes": self.classes is not None,
         }
+        if self._preparation is not None and not self._preparation.is_identity:
+            identity["preparation"] = self._preparation.describe()
+        return identity
 
     def class_names(self) -> list[str] | None:
         """``["unassigned", class 1, ...]`` with a model folder, else ``None``."""
@@ -202,11 +218,18 @@ class MapSegmenter:
             outputs["probabilities"] = self.out_dir / f"{name}_probabilities.{suffix}"
         return outputs
 
-    def check(self, cube: str) -> tuple[int, int]:
-        """Open ``cube`` and check its band count against the model's."""
+    def _open(self, cube: str) -> Any:
+        """Open ``cube`` as the run opened it if it is one of its training cubes, prepared as
+        the run's cubes were.
+        """
         from napari_dgc.io import open_cube
 
-        opened = open_cube(cube)
+        opened = open_cube(cube, **self._open_options.get(str(Path(cube).resolve()), {}))
+        return opened if self._preparation is None else self._preparation.apply(opened)
+
+    def check(self, cube: str) -> tuple[int, int]:
+        """Open ``cube`` (prepared) and check its band count against the model's."""
+        opened = self._open(cube)
         if opened.n_bands != self._model.n_bands:
             raise ConfigError(
                 f"{opened.path}: the cube has {opened.n_bands} bands, "
@@ -220,12 +243,11 @@ class MapSegmenter:
         from napari_dgc.atomic import atomic_write_bytes
         from napari_dgc.inference.batch import CubeResult
         from napari_dgc.inference.segmentation import segment_cube
-        from napari_dgc.io import open_cube
 
         outputs = self.planned_outputs(name)
         n_clusters = self._model.config.n_clusters
         try:
-            opened = open_cube(cube)
+            opened = self._open(cube)
             result = segment_cube(
                 self._model,
                 opened,

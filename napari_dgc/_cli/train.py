@@ -5,6 +5,7 @@
     napari-dgc train CUBE... --out RUN --clusters K --steps N --checkpoint-every M
     napari-dgc train CUBE... --out RUN --set model.brightness_norm=false --set optim.learning_rate=3e-4
     napari-dgc train Samson.mat --out RUN --shape 95 95 --key Y
+    napari-dgc train CUBE... --out RUN --white WHITE --dark DARK --bands 450:950 --binning 2
     napari-dgc train --resume RUN --steps N
 
 The named options and ``--set KEY=VALUE`` come from :mod:`napari_dgc.config`, with their
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from napari_dgc._cli import add_cube_open_options
@@ -37,6 +39,8 @@ from napari_dgc.errors import ConfigError
 
 #: The settings that have a named option, e.g. ``--clusters`` for ``model.n_clusters``.
 FLAGGED_SETTINGS = [info for info in settings_of() if info.flag]
+#: Settings naming reference files (recorded as absolute paths).
+REFERENCE_SETTINGS = ("prep.white", "prep.dark")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -110,6 +114,10 @@ def _given_settings(args: argparse.Namespace) -> dict[str, Any]:
 def _new_run_config(args: argparse.Namespace) -> TrainConfig:
     changes = _given_settings(args)
     changes.update(parse_setting(text) for text in args.overrides)
+    # The run records where its references came from; relative to here means nothing later.
+    for key in REFERENCE_SETTINGS:
+        if isinstance(changes.get(key), str):
+            changes[key] = str(Path(changes[key]).expanduser().resolve())
     return TrainConfig().with_settings(changes)
 
 

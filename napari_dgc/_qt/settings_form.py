@@ -132,8 +132,10 @@ class SettingsForm:
     def _read(self, key: str):
         value = self.fields[key].value
         info = self._infos[key]
+        if info.optional and not value.strip():
+            return None  # an empty field of a setting that may be null (a file not given)
         if info.optional and info.kind is not str:
-            return json.loads(value) if value.strip() else None
+            return json.loads(value)
         return value
 
     def set_config(self, config: TrainConfig) -> None:

@@ -55,6 +55,7 @@ from napari_dgc.metrics import (
     usage_entropy,
 )
 from napari_dgc.run_folder import CheckpointInfo, RunDirectory
+from napari_dgc.run_folder.preparation_file import run_preparation
 
 if TYPE_CHECKING:
     from napari_dgc.model.network import DGCModel
@@ -125,8 +126,10 @@ class CheckpointReview:
     run_dir : str or Path
         The run folder (it may still be growing: :meth:`checkpoints` re-reads it).
     cubes : Mapping[str, Cube or np.ndarray]
-        The cubes to segment, by a caller-chosen key (the GUI uses its layer identity).
-        Arrays are band-last ``(rows, cols, bands)``.
+        The raw cubes to segment, by a caller-chosen key (the GUI uses its layer identity).
+        Arrays are band-last ``(rows, cols, bands)``. They are prepared as the run's were
+        (:func:`~napari_dgc.run_folder.preparation_file.run_preparation`): with binning, the
+        label maps are smaller than the cubes.
     device : str
         Torch device the models run on.
     tile : int
@@ -154,6 +157,9 @@ class CheckpointReview:
         spectral_cache_bytes: int = 256 * 2**20,
     ) -> None:
         self.run = RunDirectory.open(run_dir)
+        # The cubes are seen as the run's cubes were in training (band crop, references, binning).
+        preparation = run_preparation(self.run)
+        cubes = {key: preparation.apply(cube, f"cube {key!r}") for key, cube in cubes.items()}
         for key, cube in cubes.items():
             if cube_bands(cube) != self.run.n_bands:
                 raise CheckpointError(

@@ -29,8 +29,10 @@ from psygnal import Signal
 
 from napari_dgc.config import RESUMABLE_SETTINGS, StartPlan, TrainConfig, get_setting, resumed_config
 from napari_dgc.errors import CheckpointError, ConfigError, DGCError
+from napari_dgc.io.preparation import Preparation
 from napari_dgc.run_folder import RunDirectory
 from napari_dgc.run_folder.manifest import MANIFEST_NAME
+from napari_dgc.run_folder.preparation_file import run_preparation
 from napari_dgc.training.events import (
     CheckpointEvent,
     FinishedEvent,
@@ -83,9 +85,11 @@ def check_start(
     config.validate()
     path = Path(run_dir).expanduser()
     try:
-        sampled = open_sources([source.cube for source in sources])
+        # The preparation's own checks (reference files, band range, binning) run here too.
+        run = RunDirectory.open(path) if resume else None
+        preparation = run_preparation(run) if resume else Preparation.from_settings(config.prep)
+        sampled = open_sources([source.cube for source in sources], preparation)
         if resume:
-            run = RunDirectory.open(path)
             run.ensure_compatible(config, sampled[0].n_bands)
             holder = run.holder() if hasattr(run, "holder") else None
             if holder is not None:

@@ -21,11 +21,13 @@ import torch
 
 from napari_dgc.config import RESUMABLE_SETTINGS, StartPlan, TrainConfig, differing_settings
 from napari_dgc.errors import CheckpointError, ConfigError
+from napari_dgc.io.preparation import Preparation
 from napari_dgc.metrics import usage_entropy
 from napari_dgc.model.device import resolve_device
 from napari_dgc.model.network import DGCModel
 from napari_dgc.run_folder import RunDirectory
 from napari_dgc.run_folder.manifest import OPTIMIZER_FILE, STATE_FILE
+from napari_dgc.run_folder.preparation_file import run_preparation, save_references
 from napari_dgc.training.events import (
     LOSS_TERMS,
     CheckpointEvent,
@@ -93,12 +95,15 @@ def train(
         resume may not change); raised before anything is written when detectable up front.
     """
     config.validate()
-    sources = open_sources(cubes)
-    n_bands = sources[0].n_bands
     # A resumed run is locked before anything in it is looked at, a new one by its creation,
     # and stays locked until the generator ends or is closed: two trainings never interleave.
     run = RunDirectory.open(run_dir, lock=True) if resume else None
     try:
+        # A new run reads its reference files (bad ones fail here, before anything is written);
+        # a resumed run uses the references it stored.
+        preparation = run_preparation(run) if resume else Preparation.from_settings(config.prep)
+        sources = open_sources(cubes, preparation)
+        n_bands = sources[0].n_bands
         if resume:
             run.ensure_compatible(config, n_bands)
             _check_resumable(run, config)
@@ -124,6 +129,7 @@ def train(
                 lock=True,
                 open_options=open_options,
             )
+            save_references(run.path, preparation)
         yield from _RunTraining(run, sources, config, normalization, elapsed).events()
     finally:
         if run is not None:

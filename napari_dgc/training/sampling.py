@@ -28,6 +28,7 @@ from scipy.stats import qmc
 from napari_dgc.config import DataConfig
 from napari_dgc.errors import ConfigError, CubeFormatError
 from napari_dgc.io.cube import require_finite
+from napari_dgc.io.preparation import Preparation
 
 
 class SampledCube:
@@ -67,24 +68,27 @@ class SampledCube:
         return require_finite(window, rows.start or 0, cols.start or 0, self.name)
 
 
-def open_sources(cubes: Sequence) -> list[SampledCube]:
+def open_sources(cubes: Sequence, preparation: Preparation | None = None) -> list[SampledCube]:
     """Wrap arrays, :class:`~napari_dgc.io.Cube` objects and paths as :class:`SampledCube`.
 
-    Paths are opened lazily with :func:`napari_dgc.io.open_cube` (metadata only). All cubes
-    must have the same band count.
+    Paths are opened lazily with :func:`napari_dgc.io.open_cube` (metadata only). With a
+    ``preparation`` (band crop, reference correction, binning) every cube is read prepared.
+    All cubes must have the same band count (after the preparation).
     """
     if len(cubes) == 0:
         raise ConfigError("the dataset is empty: give at least one cube")
+    prepare = (lambda cube, name: cube) if preparation is None else preparation.apply
     sources = []
     for index, cube in enumerate(cubes):
         if isinstance(cube, (str, Path)):
             from napari_dgc.io import open_cube
 
-            sources.append(SampledCube(open_cube(cube), str(cube)))
+            sources.append(SampledCube(prepare(open_cube(cube), str(cube)), str(cube)))
         elif isinstance(cube, np.ndarray):
-            sources.append(SampledCube(cube, f"array {index}"))
+            sources.append(SampledCube(prepare(cube, f"array {index}"), f"array {index}"))
         else:
-            sources.append(SampledCube(cube, str(getattr(cube, "path", f"cube {index}"))))
+            name = str(getattr(cube, "path", f"cube {index}"))
+            sources.append(SampledCube(prepare(cube, name), name))
     first = sources[0]
     for source in sources[1:]:
         if source.n_bands != first.n_bands:
