@@ -28,10 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from napari_dgc.analysis.classes import ClassMapping
+from napari_dgc.analysis.masks import Mask, read_mask
 from napari_dgc.atomic import atomic_write_json
 from napari_dgc.errors import DGCError
+from napari_dgc.io import Cube, open_cube
 from napari_dgc.run_folder import RunDirectory
 from napari_dgc.safe_json import read_json
+from napari_dgc.state.merge import MergeModel
 
 PROJECT_FORMAT = "napari-dgc-project"
 PROJECT_VERSION = 1
@@ -385,3 +388,90 @@ def project_path(path: str | os.PathLike) -> Path:
     """``path`` with :data:`PROJECT_SUFFIX` appended unless it ends in ``.json`` already."""
     path = Path(path)
     return path if path.name.lower().endswith(".json") else path.with_name(path.name + PROJECT_SUFFIX)
+
+
+# ---------------------------------------------------------------------- restoring
+@dataclass(frozen=True)
+class ProjectFiles:
+    """What a project's files hold, read before anything is shown.
+
+    Attributes
+    ----------
+    project : Project
+        The project.
+    cubes : dict of str to Cube
+        Cube name → the opened (lazy) cube.
+    masks : dict of str to Mask
+        Cube name → its checked mask.
+    """
+
+    project: Project
+    cubes: dict[str, Cube]
+    masks: dict[str, Mask]
+
+
+def read_project(path: str | os.PathLike) -> ProjectFiles:
+    """:func:`load_project`, then open every cube and read every mask (checked against its cube).
+
+    Slow for large PNG-band folders: the GUI calls it in a worker. Any problem raises before
+    anything is restored, so a project is reopened whole or not at all.
+
+    Raises
+    ------
+    ProjectError
+        As :func:`load_project`, or a cube or mask that cannot be read (naming the field).
+    """
+    path = Path(path).expanduser()
+    project = load_project(path)
+    cubes: dict[str, Cube] = {}
+    for i, entry in enumerate(project.cubes):
+        try:
+            cubes[entry.name] = open_cube(
+                entry.path, key=entry.key, shape=entry.shape, band_axis=entry.band_axis
+            )
+        except DGCError as error:
+            raise ProjectError(f"{path}: cubes[{i}]: {error}") from None
+    masks: dict[str, Mask] = {}
+    for i, entry in enumerate(project.masks):
+        try:
+            masks[entry.cube] = read_mask(entry.path, shape=cubes[entry.cube].shape_hw)
+        except DGCError as error:
+            raise ProjectError(f"{path}: masks[{i}]: {error}") from None
+    return ProjectFiles(project, cubes, masks)
+
+
+def apply_mapping(model: MergeModel, mapping: ClassMapping) -> None:
+    """Make ``model``'s mapping equal ``mapping`` (which may be partial) through its public edits.
+
+    ``load_mapping`` accepts only complete mapping files; a project keeps the mapping being
+    built. The model must show a clustering with ``mapping.n_clusters`` clusters.
+
+    Raises
+    ------
+    ProjectError
+        If the model's clustering has another number of clusters.
+    MappingError
+        If an edit is refused (the mapping is checked when the project is read, so only a
+        model changed meanwhile refuses one).
+    """
+    if model.n_clusters != mapping.n_clusters:
+        raise ProjectError(
+            f"the project's class mapping is for {mapping.n_clusters} clusters, "
+            f"the clusters shown have {model.n_clusters}"
+        )
+    current = model.mapping.classes
+    for index in range(len(current)):  # free every name first: the new names may swap
+        model.rename_class(index, f"\x00project {index}")
+    while len(model.mapping.classes) > len(mapping.classes):
+        model.remove_class(len(model.mapping.classes) - 1)
+    while len(model.mapping.classes) < len(mapping.classes):
+        model.add_class(f"\x00project {len(model.mapping.classes)}", "#000000")
+    for index, cls in enumerate(mapping.classes):
+        model.rename_class(index, cls.name)
+        model.set_class_color(index, cls.color)
+    assigned = [c for c in range(model.n_clusters) if model.mapping.class_of_cluster(c) is not None]
+    if assigned:
+        model.assign(assigned, None)
+    for index, cls in enumerate(mapping.classes):
+        if cls.clusters:
+            model.assign(cls.clusters, index)
