@@ -7,6 +7,7 @@
     napari-dgc train Samson.mat --out RUN --shape 95 95 --key Y
     napari-dgc train CUBE... --out RUN --white WHITE --dark DARK --bands 450:950 --binning 2
     napari-dgc train --resume RUN --steps N
+    torchrun --nproc-per-node 2 -m napari_dgc train CUBE... --out RUN --batch-size 4
 
 The named options and ``--set KEY=VALUE`` come from :mod:`napari_dgc.config`, with their
 defaults and help. Cubes may be in any format :func:`napari_dgc.io.open_cube` reads (``--key``
@@ -15,6 +16,11 @@ the same way); only the windows the crop pairs need are read. A progress line on
 the steps of all starts together (``run step N/T``) and names the start training and its own
 step; Ctrl-C stops after the last complete checkpoint, and ``--resume RUN`` continues it (on the
 cubes listed in the run unless others are given).
+
+Under ``torchrun`` every process runs this command and trains on its share of each batch
+(:mod:`napari_dgc.training.distributed`); rank 0 alone prints and writes the run folder. When
+torchrun restarts the group after a failure (``--max-restarts``), ``--out RUN`` continues the run
+from its latest checkpoint instead of refusing the existing folder.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +94,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--threads", type=int, default=None, help="CPU threads for PyTorch (default: PyTorch's choice)"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="under torchrun: how long a process waits for the others before it stops with an "
+        "error (default 300; must cover writing one checkpoint)",
+    )
     parser.add_argument(
         "--set",
         action="append",
@@ -187,20 +202,18 @@ def run(args: argparse.Namespace) -> int:
     """Train; return the exit code (bad input raises DGCError, reported by the dispatcher)."""
     import torch
 
+    from napari_dgc.model.device import resolve_device
     from napari_dgc.run_folder import RunDirectory
-    from napari_dgc.training.events import (
-        CheckpointEvent,
-        FinishedEvent,
-        ProgressEvent,
-        StartSelectedEvent,
-        start_name,
-    )
+    from napari_dgc.run_folder.manifest import MANIFEST_NAME
+    from napari_dgc.training import distributed
     from napari_dgc.training.loop import train
 
     if args.threads is not None:
         if args.threads < 1:
             raise ConfigError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.dist_timeout is not None and not args.dist_timeout > 0:
+        raise ConfigError(f"--dist-timeout must be positive, got {args.dist_timeout}")
     resume = args.resume is not None
     run_folder = None
     if resume:
@@ -210,19 +223,50 @@ def run(args: argparse.Namespace) -> int:
         config = _new_run_config(args)
         if not args.cubes:
             raise ConfigError("give at least one cube to train on")
+        # torchrun restarted the group after a failure: the run continues where it stopped
+        # (train() still refuses settings that differ from the run's).
+        resume = distributed.is_restart() and (Path(args.out) / MANIFEST_NAME).is_file()
     cubes = _open_cubes(args, run_folder)
-    run_dir = args.resume if resume else args.out
+    run_dir = args.resume or args.out
+    group = distributed.process_group(resolve_device(config.device), args.dist_timeout)
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            events = train(cubes, config, run_dir, resume=resume)
+            _report(events, config, args.quiet or not group.is_writer, group.is_writer)
+    finally:
+        distributed.leave()
+    return 0
+
+
+def _show_warning(message: Warning | str, *_: Any, **__: Any) -> None:
+    """Print a warning of the training (e.g. a resume on another number of processes) as one line."""
+    print(f"napari-dgc train: warning: {message}", file=sys.stderr, flush=True)
+
+
+def _report(events: Any, config: TrainConfig, quiet: bool, writer: bool) -> None:
+    """Print the progress of ``events`` on stderr (unless ``quiet``) and, on the process that
+    writes the run (``writer``), the finished line.
+    """
+    from napari_dgc.training.events import (
+        CheckpointEvent,
+        FinishedEvent,
+        ProgressEvent,
+        StartSelectedEvent,
+        start_name,
+    )
+
     starts = config.starts.count
     last_line = 0.0
-    for event in train(cubes, config, run_dir, resume=resume):
-        if isinstance(event, ProgressEvent) and not args.quiet:
+    for event in events:
+        if isinstance(event, ProgressEvent) and not quiet:
             now = time.monotonic()
             if now - last_line >= 0.5 or event.run_step == event.run_total_steps:
                 last_line = now
                 print(f"\r{_progress_line(event, starts)}", end="", file=sys.stderr, flush=True)
-        elif isinstance(event, CheckpointEvent) and not args.quiet:
+        elif isinstance(event, CheckpointEvent) and not quiet:
             print(f"\ncheckpoint {event.checkpoint_id} written", file=sys.stderr, flush=True)
-        elif isinstance(event, StartSelectedEvent) and not args.quiet:
+        elif isinstance(event, StartSelectedEvent) and not quiet:
             scores = ", ".join(f"{value:.4g}" for value in event.scores)
             print(
                 f"\n{start_name(event.start)} continues (selection score of starts "
@@ -231,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
                 flush=True,
             )
         elif isinstance(event, FinishedEvent):
-            if not args.quiet:
+            if not quiet:
                 print(file=sys.stderr, flush=True)
-            print(_finished_line(event.run_dir, starts, event.step))
-    return 0
+            if writer:
+                print(_finished_line(event.run_dir, starts, event.step))

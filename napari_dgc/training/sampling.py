@@ -257,6 +257,24 @@ def check_crop_fits(sources: Sequence[SampledCube], crop_size: int) -> None:
             )
 
 
+def batch_share(size: int, rank: int, world_size: int) -> slice:
+    """The pairs of a ``size``-pair batch that rank ``rank`` of ``world_size`` trains on.
+
+    Raises
+    ------
+    ConfigError
+        If ``size`` is not a multiple of ``world_size`` (equal shares keep every rank's random
+        draws, and so the checkpointed generator states, the same).
+    """
+    if size % world_size:
+        raise ConfigError(
+            f"the batch of {size} crop pairs cannot be split evenly over {world_size} processes; "
+            f"use a batch size that is a multiple of {world_size} (--batch-size)"
+        )
+    share = size // world_size
+    return slice(rank * share, (rank + 1) * share)
+
+
 class PairStream:
     """Endless, reproducible stream of :class:`CropPair` over a dataset of cubes.
 
@@ -335,6 +353,42 @@ class PairStream:
 
     def next_pair(self) -> CropPair:
         """Draw the next pair (reads one window of one cube)."""
+        return gather_pair(*self._plan_next())
+
+    def next_batch(
+        self, size: int, rank: int = 0, world_size: int = 1, *, whole: bool = False
+    ) -> list[CropPair]:
+        """The next ``size`` pairs of the stream, or rank ``rank``'s share of them.
+
+        Data-parallel training splits every batch of the one stream into ``world_size``
+        contiguous shares (rank ``r`` takes pairs ``r * size / world_size`` onwards): every rank
+        plans all ``size`` pairs, so the stream's state stays that of one process and is the same
+        on every rank, but reads only the windows of its own share (all of them with ``whole``).
+
+        Parameters
+        ----------
+        size : int
+            Pairs in the whole batch; a multiple of ``world_size``.
+        rank, world_size : int
+            This process's rank and the number of processes.
+        whole : bool
+            Return (and read) the whole batch instead of the share.
+
+        Returns
+        -------
+        list of CropPair
+            ``size`` pairs with ``whole`` (or in one process), else ``size // world_size``.
+        """
+        share = batch_share(size, rank, world_size)
+        pairs = []
+        for index in range(size):
+            planned = self._plan_next()
+            if whole or share.start <= index < share.stop:
+                pairs.append(gather_pair(*planned))
+        return pairs
+
+    def _plan_next(self) -> tuple[SampledCube, np.ndarray, np.ndarray, int, int]:
+        """Advance the stream by one pair and return what :func:`gather_pair` reads for it."""
         if self.pairs_from_current >= self.pairs_per_cube:
             self.pairs_from_current = 0
             self.order_position += 1
@@ -352,7 +406,7 @@ class PairStream:
         shift = 0
         if self.augment and self.max_spectral_shift > 0:
             shift = int(self.rng.integers(-self.max_spectral_shift, self.max_spectral_shift + 1))
-        return gather_pair(source, coords_a, coords_b, shift, cube_index)
+        return source, coords_a, coords_b, shift, cube_index
 
     def state_dict(self) -> dict:
         """JSON-serialisable state: continuing from it draws the same pairs."""

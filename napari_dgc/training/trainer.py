@@ -29,7 +29,8 @@ from napari_dgc.config import TrainConfig
 from napari_dgc.errors import ConfigError
 from napari_dgc.model.network import DGCModel
 from napari_dgc.training import losses
-from napari_dgc.training.sampling import CropPair, PairStream
+from napari_dgc.training.distributed import SINGLE_PROCESS, ProcessGroup
+from napari_dgc.training.sampling import CropPair, PairStream, batch_share
 
 
 def schedule_value(start: float, kind: str, final_fraction: float, step: int, total: int) -> float:
@@ -63,9 +64,18 @@ class Trainer:
     """
 
     def __init__(
-        self, model: DGCModel, stream: PairStream, config: TrainConfig, device: torch.device, start: int = 0
+        self,
+        model: DGCModel,
+        stream: PairStream,
+        config: TrainConfig,
+        device: torch.device,
+        start: int = 0,
+        group: ProcessGroup = SINGLE_PROCESS,
     ) -> None:
         self.model = model.to(device)
+        #: the data-parallel group (:mod:`~napari_dgc.training.distributed`): this rank trains on
+        #: its share of each batch, and every statistic below is formed over all ranks
+        self.group = group
         self.stream = stream
         self.config = config
         self.device = device
@@ -210,7 +220,10 @@ class Trainer:
     def step(self) -> StepResult:
         """Draw a batch of pairs, take one optimiser step and update the centroids."""
         config, model = self.config, self.model
-        pairs = [self.stream.next_pair() for _ in range(config.data.batch_size)]
+        rank, world_size = self.group.rank, self.group.world_size
+        # The data-dependent initialisations see the whole batch on every rank, as in one process.
+        whole = self.step_count == 0 or self.step_count == config.centroids.fit_step
+        pairs = self.stream.next_batch(config.data.batch_size, rank, world_size, whole=whole)
         model.train()
         if self.step_count == 0:
             model.initialize_from_data(self._raw_crops(pairs))
@@ -218,6 +231,10 @@ class Trainer:
             self._fit_centroids(pairs, inits=1)
         if config.centroids.fit_step and self.step_count == config.centroids.fit_step:
             self._fit_centroids(pairs, inits=config.centroids.fit_inits)
+        if whole and world_size > 1:  # rank 0's initialised model is everyone's, to the last bit
+            for tensor in model.state_dict().values():
+                tensor.copy_(self._broadcast(tensor))
+            pairs = pairs[batch_share(len(pairs), rank, world_size)]
         z, log_p, spectral_rows = self._forward(pairs)
         p = log_p.exp()
         centroids = model.centroids
@@ -248,6 +265,7 @@ class Trainer:
         total = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
+        self.group.average_gradients(model.parameters())  # before clipping: every rank steps alike
         if config.optim.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
         self.optimizer.step()
@@ -257,9 +275,11 @@ class Trainer:
             self._update_centroids(z, p)
             self.usage_ema = (
                 config.losses.usage_ema_decay * self.usage_ema
-                + (1 - config.losses.usage_ema_decay) * p.mean(dim=0).double().cpu().numpy()
+                + (1 - config.losses.usage_ema_decay)
+                * (self._all_reduce_sum(p.mean(dim=0)) / world_size).double().cpu().numpy()
             )
-            usage = torch.bincount(p.argmax(dim=1), minlength=model.n_clusters).double() / p.shape[0]
+            counts = torch.bincount(p.argmax(dim=1), minlength=model.n_clusters).double()
+            usage = self._all_reduce_sum(counts) / (p.shape[0] * world_size)
         self.step_count += 1
         reported = {name: float(value.detach()) for name, value in terms.items()}
         reported["total"] = float(total.detach())
@@ -295,6 +315,14 @@ class Trainer:
         rows = rows.to(z.device)
         return weight * losses.fidelity_loss(z[rows], sequences[index[rows]])
 
+    def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` summed over the data-parallel ranks (``tensor`` itself in one process)."""
+        return self.group.all_reduce_sum(tensor)
+
+    def _broadcast(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Rank 0's ``tensor`` on every rank (``tensor`` itself in one process)."""
+        return self.group.broadcast(tensor)
+
     def _uniform_target(self) -> torch.Tensor | None:
         """Cluster shares of the uniform-assignment pseudo-labels (``None``: exactly N/K)."""
         if self.config.losses.uniform_target == "uniform":
@@ -306,21 +334,23 @@ class Trainer:
         too little mass.
         """
         config, centroids = self.config, self.model.centroids
-        mass = p.sum(dim=0)
-        means = F.normalize(p.T @ z, dim=1)
+        mass = self._all_reduce_sum(p.sum(dim=0))
+        means = F.normalize(self._all_reduce_sum(p.T @ z), dim=1)
         has_mass = (mass > 0).unsqueeze(1)
         updated = torch.where(
             has_mass,
             config.centroids.ema_decay * centroids + (1 - config.centroids.ema_decay) * means,
             centroids,
         )
-        dead = (mass / p.shape[0]) < config.centroids.dead_threshold
+        dead = (mass / (p.shape[0] * self.group.world_size)) < config.centroids.dead_threshold
         if bool(dead.any()) and config.centroids.dead_policy == "reseed":
             updated = F.normalize(updated, dim=1)
             for cluster in torch.nonzero(dead).squeeze(1).tolist():
                 live = ~dead
                 updated[cluster] = _draw_far_embedding(z, updated[live], self.kick_rng)
                 dead[cluster] = False
+            # Each rank drew from its own embeddings (the kick generator in step); rank 0's win.
+            updated = self._broadcast(updated)
         elif bool(dead.any()):
             noise = torch.from_numpy(self.kick_rng.standard_normal(tuple(centroids.shape))).to(centroids)
             updated = torch.where(dead.unsqueeze(1), updated + config.centroids.kick * noise, updated)
