@@ -2,8 +2,10 @@
 
 :func:`follow_band_wavelength` keeps the viewer's text overlay (a public napari model, no Qt)
 showing e.g. ``band 57 of 301 · 612.3 nm`` for the cube layers opened by the napari-dgc reader,
-whose band axis the reader labels ``band``, from the first move of the slider on. The panels
-install it when they dock; once per viewer.
+whose band axis the reader labels ``band``, from the first move of the slider on, and appends
+the same to the status bar's coordinates while the pointer is over the canvas
+(``[57 120 80]: 0.34 · band 57 of 301 · 612.3 nm``). The panels install it when they dock;
+once per viewer.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def band_text(viewer) -> str | None:
 
 
 def follow_band_wavelength(viewer) -> bool:
-    """Show the current band's wavelength in the viewer's text overlay as the slider moves.
+    """Show the current band's wavelength in the text overlay and the status bar.
 
     Returns whether a follower was installed now (``False``: the viewer had one already).
     Text the user put in the overlay is left alone.
@@ -59,6 +61,20 @@ def follow_band_wavelength(viewer) -> bool:
         if shown["text"] is not None:
             update()
 
+    def add_to_status(event=None) -> None:
+        # napari sets ``viewer.status`` from the layer under the pointer (a dict whose
+        # "coordinates" the status bar shows, or one string for several selected layers).
+        status = viewer.status
+        text = band_text(viewer)
+        if text is None:
+            return
+        if isinstance(status, dict) and "coordinates" in status:
+            if text not in status["coordinates"]:
+                viewer.status = {**status, "coordinates": f"{status['coordinates']} · {text}"}
+        elif isinstance(status, str) and " » " in status and text not in status:
+            viewer.status = f"{status} · {text}"
+
+    viewer.events.status.connect(add_to_status)
     # Shown from the first move of the slider on: drawing the overlay's text the first time
     # costs napari ~0.5 s (glyphs), which docking a panel should not pay.
     viewer.dims.events.current_step.connect(update)
