@@ -122,3 +122,30 @@ def test_menu_items_are_in_file_io_utilities(make_napari_viewer):
     items = get_app_model().menus.get_menu("napari/file/io_utilities")
     commands = {item.command.id for item in items if hasattr(item, "command")}
     assert {"napari-dgc.save_project", "napari-dgc.open_project"} <= commands
+
+
+def test_a_run_without_matching_cubes_still_finishes_opening(
+    make_napari_viewer, qtbot, folder, tmp_path, errors
+):
+    mapping = {
+        "format": "napari-dgc-class-mapping",
+        "version": 1,
+        "n_clusters": 3,
+        "classes": [{"name": "soil", "color": "#112233", "clusters": [0]}],
+    }
+    document = {
+        "format": "napari-dgc-project",
+        "version": 1,
+        "run": str(folder / "runs" / "leaf"),
+        "checkpoint": CHECKPOINT,
+        "mapping": mapping,
+    }
+    path = tmp_path / "no-cubes.dgcproj.json"
+    path.write_text(json.dumps(document))
+    viewer = make_napari_viewer()
+    timeline, _ = panels(viewer)
+    with qtbot.waitSignal(timeline.project_view.restored, timeout=TIMEOUT_MS) as blocker:
+        timeline.project_view.open(path)
+    assert "no open cube has its bands" in blocker.args[0]
+    assert "Class mapping not restored" in blocker.args[0]
+    assert timeline.model.run_path is not None and not errors

@@ -283,16 +283,28 @@ class ProjectView(QWidget):
             self._finish(project, merge)
             return
 
+        waiting = [True]
+
+        def stop_waiting() -> None:
+            waiting[0] = False
+            self.timeline.checkpoint_shown.disconnect(shown)
+
         def shown(checkpoint_id: str) -> None:
-            if project.checkpoint is None or checkpoint_id == project.checkpoint:
-                self.timeline.checkpoint_shown.disconnect(shown)
+            if waiting[0] and (project.checkpoint is None or checkpoint_id == project.checkpoint):
+                stop_waiting()
                 self._finish(project, merge)
 
         self.timeline.checkpoint_shown.connect(shown)
         # The timeline segments every open cube layer with the run's band count.
         if not self.timeline.open_run(project.run):
-            self.timeline.checkpoint_shown.disconnect(shown)
+            stop_waiting()
             self.failed.emit(f"Project partly opened: the run {project.run} could not be shown.")
+            return
+        if waiting[0] and (not self.timeline.model.sources or not self.timeline.model.checkpoint_ids()):
+            # No clusters will be shown (no cube with the run's bands, or no checkpoint yet).
+            stop_waiting()
+            why = "it has no checkpoint yet" if self.timeline.model.sources else "no open cube has its bands"
+            self._finish(project, merge, [f"The run's clusters are not shown: {why}."])
             return
         if project.checkpoint is not None and self.timeline.current_checkpoint_id() != project.checkpoint:
             self.timeline.select_checkpoint(project.checkpoint)
@@ -326,9 +338,9 @@ class ProjectView(QWidget):
         )
         add_mask_layer(self.viewer, mask.values, mask.legend, cube, placement, mask_file=file)
 
-    def _finish(self, project: Project, merge: MergeWidget | None) -> None:
+    def _finish(self, project: Project, merge: MergeWidget | None, notes: list[str] | None = None) -> None:
         """The run's clusters are shown: hand the mapping to the merge panel, recompute the scores."""
-        notes = []
+        notes = list(notes or [])
         if merge is not None:
             merge.refresh_layers()  # the cluster layers now hold the saved checkpoint's clusters
         if merge is not None and project.mapping is not None:
