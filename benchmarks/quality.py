@@ -143,24 +143,54 @@ def standardised_pixels(cubes: list[np.ndarray]) -> list[np.ndarray]:
     return [(f - mean) / std for f in flat]
 
 
+def l2_normalised_pixels(cubes: list[np.ndarray]) -> list[np.ndarray]:
+    """Pixels of each cube as rows, each divided by its Euclidean norm (brightness removed)."""
+    flat = [c.reshape(-1, c.shape[-1]).astype(np.float64) for c in cubes]
+    return [f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12) for f in flat]
+
+
+BASELINES = ("k-means", "GMM (diag)", "k-means L2", "GMM (diag) L2")
+
+
 def run_baselines(dataset: Dataset, k: int, seed: int) -> dict[str, dict[str, float]]:
-    """k-means and diagonal GMM, fitted on all test pixels together."""
+    """k-means and diagonal GMM on standardised and on per-pixel L2-normalised spectra, fitted
+    on all test pixels together.
+    """
     from sklearn.cluster import KMeans
     from sklearn.mixture import GaussianMixture
 
-    pixels = standardised_pixels(dataset.test_cubes)
-    stacked = np.concatenate(pixels)
     shapes = [c.shape[:2] for c in dataset.test_cubes]
-    models = {
-        "k-means": KMeans(k, n_init=4, random_state=seed),
-        "GMM (diag)": GaussianMixture(k, covariance_type="diag", random_state=seed, n_init=2),
-    }
     results = {}
-    for name, model in models.items():
-        labels = model.fit_predict(stacked)
-        split = np.split(labels, np.cumsum([p.shape[0] for p in pixels])[:-1])
-        results[name] = score(dataset, k, [s.reshape(h) for s, h in zip(split, shapes)])
+    for suffix, pixels in (
+        ("", standardised_pixels(dataset.test_cubes)),
+        (" L2", l2_normalised_pixels(dataset.test_cubes)),
+    ):
+        stacked = np.concatenate(pixels)
+        models = {
+            "k-means": KMeans(k, n_init=4, random_state=seed),
+            "GMM (diag)": GaussianMixture(k, covariance_type="diag", random_state=seed, n_init=2),
+        }
+        for name, model in models.items():
+            labels = model.fit_predict(stacked)
+            split = np.split(labels, np.cumsum([p.shape[0] for p in pixels])[:-1])
+            results[name + suffix] = score(dataset, k, [s.reshape(h) for s, h in zip(split, shapes)])
     return results
+
+
+#: a checkpoint within this much of the run's best has ignited (docs/training.md)
+IGNITION_MARGIN = 0.05
+
+
+def trajectory(curve: list[float]) -> dict[str, float]:
+    """Stability figures of one run's checkpoint scores (in training order).
+
+    ``ignition``: index of the first checkpoint within :data:`IGNITION_MARGIN` of the best;
+    ``dip``: best minus the lowest score from ignition on (every checkpoint after ignition is
+    within ``dip`` of the best); ``last_gap``: best minus the last score.
+    """
+    best = max(curve)
+    ignition = next(i for i, value in enumerate(curve) if value >= best - IGNITION_MARGIN)
+    return {"ignition": ignition, "dip": best - min(curve[ignition:]), "last_gap": best - curve[-1]}
 
 
 def run_dgc(dataset: Dataset, k: int, seed: int, args, scratch: Path) -> dict:
@@ -195,19 +225,30 @@ def run_dgc(dataset: Dataset, k: int, seed: int, args, scratch: Path) -> dict:
         predictions = [segment_cube(model, cube).labels for cube in dataset.test_cubes]
         scores = score(dataset, k, predictions)
         scores["active"] = int(len(np.unique(np.concatenate([p.ravel() for p in predictions]))))
-        per_checkpoint.append((info.step, scores))
-    best_step, best = max(per_checkpoint, key=lambda item: item[1][key])
-    final_step, final = per_checkpoint[-1]
+        per_checkpoint.append((info, scores))
+    best_info, best = max(per_checkpoint, key=lambda item: item[1][key])
+    final_info, final = per_checkpoint[-1]
+    recommended_id = run.recommended_checkpoint.checkpoint_id
+    recommended_info, recommended = next(
+        item for item in per_checkpoint if item[0].checkpoint_id == recommended_id
+    )
     start, scores = run.selected_start or 0, run.start_scores
     return {
         "best": best,
-        "best_step": best_step,
+        "best_step": best_info.step,
         "final": final,
-        "final_step": final_step,
+        "final_step": final_info.step,
+        "recommended": recommended,
+        "recommended_step": recommended_info.step,
+        "trajectory": trajectory([s[key] for _, s in per_checkpoint]),
         "train_seconds": train_seconds,
         "start": start,
         "selection_scores": scores,
-        "curve": [(step, s[key], s["active"]) for step, s in per_checkpoint],
+        # (step, score, active clusters, selection score, agreement with the previous checkpoint)
+        "curve": [
+            (info.step, s[key], s["active"], info.stats.get("selection_score"), info.stats.get("agreement"))
+            for info, s in per_checkpoint
+        ],
     }
 
 
@@ -227,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samson-k", type=int, nargs="+", default=[3, 2])
     parser.add_argument("--leaf-k", type=int, nargs="+", default=[2, 3, 4])
     parser.add_argument("--microplastics-k", type=int, nargs="+", default=[4])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--checkpoint-every", type=int, default=50)
     parser.add_argument("--leaf-size", type=int, default=128, help="rows = cols of leaf scenes")
@@ -259,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(args.threads)
-    methods = ["k-means", "GMM (diag)"] + ([] if args.no_dgc else ["DGC best", "DGC final"])
+    methods = list(BASELINES) + ([] if args.no_dgc else ["DGC best", "DGC final", "DGC recommended"])
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="napari-dgc-quality-") as scratch_name:
         scratch = Path(scratch_name)
@@ -294,12 +335,15 @@ def main(argv: list[str] | None = None) -> int:
                         dgc = run_dgc(dataset, k, seed, args, scratch)
                         rows["DGC best"].append(dgc["best"])
                         rows["DGC final"].append(dgc["final"])
+                        rows["DGC recommended"].append(dgc["recommended"])
                         notes.append(
                             {
                                 key: dgc[key]
                                 for key in (
                                     "best_step",
                                     "final_step",
+                                    "recommended_step",
+                                    "trajectory",
                                     "train_seconds",
                                     "start",
                                     "selection_scores",
@@ -309,7 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                         )
                         print(
                             f"# {dataset.name} K={k} seed={seed}: best step "
-                            f"{dgc['best_step']}, trained {dgc['train_seconds']:.0f} s, "
+                            f"{dgc['best_step']}, recommended step {dgc['recommended_step']}, "
+                            f"trajectory {dgc['trajectory']}, trained {dgc['train_seconds']:.0f} s, "
                             f"selected start {dgc['start']} (selection scores "
                             f"{dgc['selection_scores']}), "
                             f"curve (step, score, active) {dgc['curve']}",
@@ -324,7 +369,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(results: dict) -> None:
-    """The markdown table of mean ± std over seeds of every dataset, K and method."""
+    """The markdown tables: mean ± std over seeds of every dataset, K and method; the lowest
+    seed of each; the trajectory figures of every DGC run.
+    """
     fields = ["nmi", "ari", "acc", "miou", "bt_miou", "iou_bg", "iou_tissue", "water_iou"]
     print(
         "\n| data | K | method | NMI | ARI | accuracy | mIoU | B–T mIoU | IoU bg | IoU tissue | water IoU |"
@@ -335,6 +382,30 @@ def print_table(results: dict) -> None:
         for method, rows in entry["scores"].items():
             cells = " | ".join(_mean_std(rows, f) for f in fields)
             print(f"| {name} | {k} | {method} | {cells} |")
+    print("\n| data | K | method | main score per seed | lowest |")
+    print("|---|---|---|---|---|")
+    for label, entry in results.items():
+        name, k = label.split(" K=")
+        key = "bt_miou" if name == "leaf" else "nmi"
+        for method, rows in entry["scores"].items():
+            values = [r[key] for r in rows if key in r]
+            if values:
+                listed = " / ".join(f"{v:.3f}" for v in values)
+                print(f"| {name} | {k} | {method} ({key}) | {listed} | {min(values):.3f} |")
+    print(
+        "\n| data | K | seed run | best step | recommended step | ignition (checkpoint) "
+        "| dip after ignition | last gap |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for label, entry in results.items():
+        name, k = label.split(" K=")
+        for index, note in enumerate(entry["dgc"]):
+            if "trajectory" in note:
+                t = note["trajectory"]
+                print(
+                    f"| {name} | {k} | {index} | {note['best_step']} | {note['recommended_step']} | "
+                    f"{t['ignition']} | {t['dip']:.3f} | {t['last_gap']:.3f} |"
+                )
 
 
 def merge(files: list[Path]) -> dict:

@@ -131,7 +131,7 @@ def main() -> None:
             result = trainer.step()
             history.append(result.active_clusters)
             if step % args.eval_every == 0 or step == args.steps:
-                scores = score(model, cubes, truths, args.dataset, args.embedding_kmeans)
+                scores = score(trainer.checkpoint_model, cubes, truths, args.dataset, args.embedding_kmeans)
                 key = "bt_iou" if "bt_iou" in scores else "nmi"
                 if best is None or scores[key] > best[1][key]:
                     best = (step, scores)

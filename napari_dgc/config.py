@@ -74,6 +74,13 @@ class UniformTarget(Choice):
     UNIFORM = "uniform"
 
 
+class PseudoLabels(Choice):
+    """How the uniform-assignment pseudo-labels are made from the predictions."""
+
+    QUOTAS = "quotas"
+    SINKHORN = "sinkhorn"
+
+
 class DeadPolicy(Choice):
     """What happens to a cluster whose share of a step's probability mass is too small."""
 
@@ -368,6 +375,13 @@ class OptimConfig(_Settings):
     )
     weight_decay: float = setting(0.01, "AdamW weight decay", minimum=0)
     grad_clip: float = setting(1.0, "gradient norm clipping", minimum=0)
+    average_decay: float = setting(
+        0.0,
+        "decay of the running average of the weights and centroids that checkpoints store "
+        "(0: the raw weights of the last step)",
+        minimum=0,
+        below=1,
+    )
 
 
 @_group
@@ -423,6 +437,11 @@ class LossConfig(_Settings):
     )
     usage_ema_decay: float = setting(
         0.9, "decay of the EMA of cluster usage behind the usage target", minimum=0, below=1
+    )
+    pseudo_labels: PseudoLabels = setting(
+        PseudoLabels.QUOTAS,
+        "quotas: hard labels filled greedily to the target shares; sinkhorn: soft labels by "
+        "Sinkhorn-Knopp scaling to the target shares",
     )
 
 

@@ -211,11 +211,12 @@ def test_centroid_fit_keeps_the_seeding_of_lowest_inertia(cubes, monkeypatch):
 
 
 def _scripted_selection_scores(monkeypatch, scores):
-    """Make the start selection see ``scores`` (one per start, in order)."""
+    """Make every checkpoint of start ``s`` score ``scores[s]``, so the selection sees ``scores``."""
     import napari_dgc.training.loop as training
 
-    queue = iter(scores * 4)
-    monkeypatch.setattr(training, "selection_score", lambda model, windows: next(queue))
+    monkeypatch.setattr(
+        training._RunTraining, "_signals", lambda self, trainer: {"selection_score": scores[trainer.start]}
+    )
 
 
 def test_restarts_continue_the_start_that_separates_the_spectra_best(cubes, tmp_path, monkeypatch):

@@ -282,8 +282,9 @@ class MapSegmenter:
         )
 
 
-def _sources(args: argparse.Namespace) -> tuple[str | None, str | None, list[str]]:
-    """Return ``(run folder, checkpoint id, cube arguments)``.
+def _sources(args: argparse.Namespace) -> tuple[str | None, str | None, str | None, list[str]]:
+    """Return ``(run folder, checkpoint id, why that checkpoint, cube arguments)``; the reason is
+    ``None`` when ``--checkpoint`` named it or a model folder is used.
 
     The checkpoint is resolved now, so every worker loads the same one even while the run
     trains on (shards started apart should name it: ``--checkpoint``).
@@ -291,27 +292,26 @@ def _sources(args: argparse.Namespace) -> tuple[str | None, str | None, list[str
     if args.classes is not None:
         if args.checkpoint is not None:
             raise ConfigError("--checkpoint selects a run's checkpoint; it cannot go with --classes")
-        return None, None, args.inputs
+        return None, None, None, args.inputs
     if len(args.inputs) < 2:
         raise ConfigError("give a run folder and at least one cube (or --classes MODEL_FOLDER)")
     from napari_dgc.run_folder import RunDirectory
 
     run = RunDirectory.open(args.inputs[0])
-    checkpoint = args.checkpoint or run.chosen_checkpoint
-    if checkpoint is None and run.latest_checkpoint() is not None:
-        checkpoint = run.latest_checkpoint().checkpoint_id
-        if run.is_busy() and not args.quiet:
-            print(
-                f"note: the run is being trained; using its latest checkpoint {checkpoint}", file=sys.stderr
-            )
-    return args.inputs[0], checkpoint, args.inputs[1:]
+    checkpoint, reason = args.checkpoint, None
+    default = None if checkpoint is not None else run.default_checkpoint()
+    if default is not None:
+        checkpoint, reason = default[0].checkpoint_id, default[1]
+        if run.is_busy():
+            reason += " (the run is still being trained)"
+    return args.inputs[0], checkpoint, reason, args.inputs[1:]
 
 
 def _run(args: argparse.Namespace) -> int:
     from napari_dgc.inference import batch
     from napari_dgc.inference.batch_manifest import manifest_path, read_entries, shard_suffix
 
-    run, checkpoint, patterns = _sources(args)
+    run, checkpoint, reason, patterns = _sources(args)
     shard = batch.parse_shard(args.shard) if args.shard else batch.shard_from_environment()
     cubes = batch.shard_of(batch.expand_inputs(patterns), shard)
     stems = [_output_stem(name) for name in cubes]
@@ -334,6 +334,8 @@ def _run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         keep_going=args.keep_going,
     )
+    if reason is not None and not args.quiet:
+        print(f"using checkpoint {checkpoint}, {reason}")
     # A shard's part lists only its own cubes; the whole manifest keeps other cubes' entries.
     kept = {} if shard is not None else {name: e for name, e in previous.items() if name not in stems}
     header = {

@@ -237,12 +237,10 @@ def export_model_folder(
         raise FileExistsError(f"{folder} exists; refusing to overwrite it")
     run = run if isinstance(run, RunDirectory) else RunDirectory.open(run)
     if checkpoint_id is None:
-        checkpoint_id = run.chosen_checkpoint
-    if checkpoint_id is None:
-        latest = run.latest_checkpoint()
-        if latest is None:
+        default = run.default_checkpoint()
+        if default is None:
             raise CheckpointError(f"{run.path}: the run has no checkpoints yet")
-        checkpoint_id = latest.checkpoint_id
+        checkpoint_id = default[0].checkpoint_id
     model = run.load_model(checkpoint_id)
     n_clusters = model.config.n_clusters
     if mapping.n_clusters != n_clusters:

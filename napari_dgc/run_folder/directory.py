@@ -20,6 +20,7 @@ from napari_dgc.run_folder.manifest import (
     CHECKPOINT_DIR,
     MANIFEST_NAME,
     CheckpointInfo,
+    Recommendation,
     info_from_entry,
     latest_entry,
     new_manifest,
@@ -246,6 +247,33 @@ class RunDirectory:
         """Id of the checkpoint a person chose (:meth:`choose`), or ``None``."""
         return read_manifest(self.manifest_path)["chosen_checkpoint"]
 
+    @property
+    def recommended_checkpoint(self) -> Recommendation | None:
+        """The checkpoint training recommends (:meth:`recommend`), or ``None``."""
+        value = read_manifest(self.manifest_path).get("recommended_checkpoint")
+        return None if value is None else Recommendation(value["checkpoint_id"], value["reason"])
+
+    def default_checkpoint(self) -> tuple[CheckpointInfo, str] | None:
+        """The checkpoint used when none is named, and why: the one a person chose, else the
+        one training recommends, else the latest; ``None`` before the first checkpoint.
+
+        Raises
+        ------
+        CheckpointError
+            If the chosen checkpoint is no longer listed.
+        """
+        manifest = read_manifest(self.manifest_path)
+        if manifest["chosen_checkpoint"] is not None:  # a chosen one that is gone is an error
+            return info_from_entry(self._entry(manifest, manifest["chosen_checkpoint"])), "chosen by a person"
+        listed = {entry["id"]: entry for entry in manifest["checkpoints"]}
+        recommended = manifest.get("recommended_checkpoint")
+        if recommended is not None and recommended["checkpoint_id"] in listed:
+            return info_from_entry(
+                listed[recommended["checkpoint_id"]]
+            ), f"recommended: {recommended['reason']}"
+        latest = latest_entry(manifest)
+        return None if latest is None else (info_from_entry(latest), "the latest checkpoint")
+
     def checkpoint_dir(self, checkpoint_id: str) -> Path:
         """Folder of a listed checkpoint.
 
@@ -355,6 +383,20 @@ class RunDirectory:
             manifest["start_scores"] = [float(value) for value in scores]
             write_manifest(self.manifest_path, manifest)
 
+    def recommend(self, checkpoint_id: str, reason: str) -> None:
+        """Record ``checkpoint_id`` as the recommended checkpoint in ``run.json`` (atomically).
+
+        Raises
+        ------
+        CheckpointError
+            If the run lists no such checkpoint.
+        """
+        with self._locked():
+            manifest = read_manifest(self.manifest_path)
+            self._entry(manifest, checkpoint_id)
+            manifest["recommended_checkpoint"] = {"checkpoint_id": checkpoint_id, "reason": reason}
+            write_manifest(self.manifest_path, manifest)
+
     def choose(self, checkpoint_id: str) -> None:
         """Record ``checkpoint_id`` as the chosen checkpoint in ``run.json`` (atomically).
 
@@ -372,15 +414,12 @@ class RunDirectory:
     # ------------------------------------------------------------------ loading
 
     def _resolve(self, checkpoint_id: str | None) -> dict:
-        manifest = read_manifest(self.manifest_path)
         if checkpoint_id is None:
-            checkpoint_id = manifest["chosen_checkpoint"]
-        if checkpoint_id is None:
-            latest = latest_entry(manifest)
-            if latest is None:
+            default = self.default_checkpoint()
+            if default is None:
                 raise CheckpointError(f"{self.manifest_path}: the run has no checkpoints yet")
-            return latest
-        return self._entry(manifest, checkpoint_id)
+            checkpoint_id = default[0].checkpoint_id
+        return self._entry(read_manifest(self.manifest_path), checkpoint_id)
 
     def load_checkpoint_state(self, checkpoint_id: str) -> tuple[dict, dict, dict]:
         """Read everything needed to resume training from a checkpoint.

@@ -84,6 +84,24 @@ def info_from_entry(entry: dict) -> CheckpointInfo:
     )
 
 
+@dataclass(frozen=True)
+class Recommendation:
+    """The checkpoint training recommends (``run.json`` ``recommended_checkpoint``) and why, in
+    words a person reads in the CLI and the timeline.
+    """
+
+    checkpoint_id: str
+    reason: str
+
+
+def _valid_recommendation(value: Any) -> bool:
+    return value is None or (
+        isinstance(value, dict)
+        and isinstance(value.get("checkpoint_id"), str)
+        and isinstance(value.get("reason"), str)
+    )
+
+
 def latest_entry(manifest: dict) -> dict | None:
     """The last checkpoint of the selected start, or of the run while no start is selected."""
     selected = manifest.get("selected_start")
@@ -225,6 +243,7 @@ def read_manifest(file: Path) -> dict:
     optional = {  # absent in runs of a single start and runs written before several starts
         "selected_start": lambda v: v is None or isinstance(v, int),
         "start_scores": lambda v: v is None or isinstance(v, list),
+        "recommended_checkpoint": _valid_recommendation,  # absent before the first checkpoint
     }
     for key, check in optional.items():
         if not check(manifest.get(key)):

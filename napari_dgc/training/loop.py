@@ -12,6 +12,7 @@ The optimiser step itself is :class:`~napari_dgc.training.trainer.Trainer`'s.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +23,13 @@ import torch
 from napari_dgc.config import RESUMABLE_SETTINGS, StartPlan, TrainConfig, differing_settings
 from napari_dgc.errors import CheckpointError, ConfigError
 from napari_dgc.io.preparation import Preparation
-from napari_dgc.metrics import usage_entropy
+from napari_dgc.metrics import calinski_harabasz, normalized_mutual_info, usage_entropy
 from napari_dgc.model.device import resolve_device
 from napari_dgc.model.network import DGCModel
 from napari_dgc.run_folder import RunDirectory
 from napari_dgc.run_folder.manifest import OPTIMIZER_FILE, STATE_FILE
 from napari_dgc.run_folder.preparation_file import run_preparation, save_references
+from napari_dgc.training.distributed import ProcessGroup, WorldSizeWarning, process_group
 from napari_dgc.training.events import (
     LOSS_TERMS,
     CheckpointEvent,
@@ -36,12 +38,13 @@ from napari_dgc.training.events import (
     StartSelectedEvent,
 )
 from napari_dgc.training.normalization import compute_band_statistics
-from napari_dgc.training.sampling import PairStream, check_crop_fits, open_sources
+from napari_dgc.training.recommendation import recommend
+from napari_dgc.training.sampling import PairStream, batch_share, check_crop_fits, open_sources
 from napari_dgc.training.starts import (
     recorded_selection_score,
     selected_start,
-    selection_score,
     selection_windows,
+    window_predictions,
 )
 from napari_dgc.training.trainer import StepResult, Trainer
 
@@ -95,9 +98,13 @@ def train(
         resume may not change); raised before anything is written when detectable up front.
     """
     config.validate()
+    # Under torchrun every process runs this generator; rank 0 alone writes the run folder,
+    # the others read it (a file system every rank sees, as the cubes must be).
+    group = process_group(resolve_device(config.device))
+    batch_share(config.data.batch_size, group.rank, group.world_size)  # an uneven split fails here
     # A resumed run is locked before anything in it is looked at, a new one by its creation,
     # and stays locked until the generator ends or is closed: two trainings never interleave.
-    run = RunDirectory.open(run_dir, lock=True) if resume else None
+    run = RunDirectory.open(run_dir, lock=group.is_writer) if resume else None
     try:
         # A new run reads its reference files (bad ones fail here, before anything is written);
         # a resumed run uses the references it stored.
@@ -110,14 +117,24 @@ def train(
         check_crop_fits(sources, config.data.crop_size)
         written = run.checkpoints() if resume else []
         if written:
-            normalization, elapsed = _resumed_normalization(run, written[-1].checkpoint_id)
+            normalization, elapsed, trained_by = _resumed_normalization(run, written[-1].checkpoint_id)
+            if trained_by != group.world_size and group.is_writer:
+                warnings.warn(
+                    f"{run.path}: the run was trained by {trained_by} process(es) and continues on "
+                    f"{group.world_size}: it resumes, but not bit-exactly (the batch-level loss terms "
+                    "are formed on each process's share; docs/scaling.md)",
+                    WorldSizeWarning,
+                    stacklevel=2,
+                )
+        elif group.world_size > 1 and not group.is_writer:
+            normalization, elapsed = (np.zeros(n_bands), np.ones(n_bands), 0.0), 0.0  # rank 0's come
         else:
             statistics = compute_band_statistics(
                 sources, config.model.brightness_norm, config.data.normalization_pixels
             )
             normalization = (statistics.offset, statistics.scale, statistics.brightness_floor)
             elapsed = 0.0
-        if not resume:
+        if not resume and group.is_writer:
             names, wavelengths, open_options = _describe_sources(cubes, sources)
             run = RunDirectory.create(
                 run_dir,
@@ -130,7 +147,11 @@ def train(
                 open_options=open_options,
             )
             save_references(run.path, preparation)
-        yield from _RunTraining(run, sources, config, normalization, elapsed).events()
+        if group.world_size > 1:
+            normalization, elapsed = _shared_normalization(group, normalization, elapsed)
+            if not resume and not group.is_writer:  # rank 0 created the run folder meanwhile
+                run = RunDirectory.open(run_dir)
+        yield from _RunTraining(run, sources, config, normalization, elapsed, group).events()
     finally:
         if run is not None:
             run.release()
@@ -145,11 +166,12 @@ def _check_resumable(run: RunDirectory, config: TrainConfig) -> None:
         )
 
 
-def _resumed_normalization(run: RunDirectory, last_written: str) -> tuple[tuple, float]:
-    """The dataset normalisation and training time of a run being resumed.
+def _resumed_normalization(run: RunDirectory, last_written: str) -> tuple[tuple, float, int]:
+    """The dataset normalisation, training time and number of processes of a run being resumed.
 
     The statistics are in every checkpoint (fresh starts of a resumed run need them); training
-    time counts all starts, so it comes from the last checkpoint written.
+    time counts all starts, so it comes from the last checkpoint written, as does the number of
+    processes that trained it (``world_size``, recorded when more than one).
     """
     weights, _, state = run.load_checkpoint_state(last_written)
     normalization = (weights["band_offset"], weights["band_scale"], float(weights["brightness_floor"]))
@@ -158,16 +180,36 @@ def _resumed_normalization(run: RunDirectory, last_written: str) -> tuple[tuple,
         raise CheckpointError(
             f"{run.checkpoint_dir(last_written) / STATE_FILE}: training time {elapsed!r} is invalid"
         )
-    return normalization, float(elapsed)
+    world_size = state.get("world_size", 1)
+    if not isinstance(world_size, int) or isinstance(world_size, bool) or world_size < 1:
+        raise CheckpointError(
+            f"{run.checkpoint_dir(last_written) / STATE_FILE}: world_size {world_size!r} is invalid"
+        )
+    return normalization, float(elapsed), world_size
+
+
+def _shared_normalization(group: ProcessGroup, normalization: tuple, elapsed: float) -> tuple[tuple, float]:
+    """Rank 0's dataset normalisation and training time, on every rank (computed once)."""
+    offset, scale, floor = (np.asarray(value, dtype=np.float64) for value in normalization)
+    n_bands = offset.shape[0]
+    shared = group.broadcast_array(np.concatenate([offset, scale, [floor, elapsed]]))
+    return (shared[:n_bands], shared[n_bands : 2 * n_bands], float(shared[-2])), float(shared[-1])
 
 
 class _RunTraining:
     """The starts of one run, trained in turn, written to its folder as they go."""
 
     def __init__(
-        self, run: RunDirectory, sources: list, config: TrainConfig, normalization: tuple, elapsed: float
+        self,
+        run: RunDirectory,
+        sources: list,
+        config: TrainConfig,
+        normalization: tuple,
+        elapsed: float,
+        group: ProcessGroup,
     ) -> None:
         self.run = run
+        self.group = group
         self.sources = sources
         self.config = config
         self.normalization = normalization
@@ -176,6 +218,19 @@ class _RunTraining:
         # Where the selection happens is fixed when the run is created: extending ``steps`` on
         # resume must not move it.
         self.plan = StartPlan.for_run(run.config, config.steps)
+        # Every checkpoint is scored on the same windows (start selection, recommendation), by
+        # rank 0, which writes the checkpoints.
+        self.windows = (
+            selection_windows(
+                sources,
+                config.starts.selection_windows,
+                config.data.crop_size + 2 * config.model.receptive_radius,
+                config.seed,
+            )
+            if group.is_writer
+            else []
+        )
+        self._window_labels: dict[int, np.ndarray] = {}  # each start's labels at its last checkpoint
 
     def events(self) -> Iterator[TrainEvent]:
         """Train every start still to train, select, continue the winner; yield the events."""
@@ -184,22 +239,23 @@ class _RunTraining:
         if plan.starts > 1 and run.selected_start is None:
             # Each start trains to the selection step in turn, its checkpoints written as it
             # goes (a person sees each start ignite or not); then the best-separated continues.
-            windows = selection_windows(
-                self.sources,
-                config.starts.selection_windows,
-                config.data.crop_size + 2 * config.model.receptive_radius,
-                config.seed,
-            )
             first = 0 if latest is None else latest.start + int(latest.step >= plan.selection_step)
             for start in range(first, plan.starts):
                 resumed = latest is not None and latest.start == start
                 trainer = self._trainer(start, latest.checkpoint_id if resumed else None)
-                yield from self._train_to(trainer, plan.selection_step, windows)
-            scores = [
-                recorded_selection_score(run, start, plan.selection_step) for start in range(plan.starts)
-            ]
-            winner = selected_start(scores)
-            run.record_selection(winner, scores)
+                yield from self._train_to(trainer, plan.selection_step, selecting=True)
+            if self.group.is_writer:
+                scores = [
+                    recorded_selection_score(run, start, plan.selection_step) for start in range(plan.starts)
+                ]
+                winner = selected_start(scores)
+                run.record_selection(winner, scores)
+                self._update_recommendation()
+            if self.group.world_size > 1:  # rank 0 has recorded it: the others follow
+                shared = self.group.broadcast_array(
+                    np.array([winner, *scores]) if self.group.is_writer else np.zeros(plan.starts + 1)
+                )
+                winner, scores = int(shared[0]), shared[1:].tolist()
             yield StartSelectedEvent(winner, scores, Path(run.path))
             latest = run.latest_checkpoint()
         if latest is None:
@@ -211,7 +267,7 @@ class _RunTraining:
 
     def _trainer(self, start: int, checkpoint_id: str | None) -> Trainer:
         """Start ``start``'s trainer: fresh, or restored from one of its checkpoints."""
-        trainer = _new_trainer(self.sources, self.config, self.device, start)
+        trainer = _new_trainer(self.sources, self.config, self.device, start, self.group)
         if checkpoint_id is None:
             trainer.model.set_normalization(*self.normalization)
         else:
@@ -238,29 +294,25 @@ class _RunTraining:
         return trainer
 
     def _train_to(
-        self,
-        trainer: Trainer,
-        until: int,
-        windows: list[np.ndarray] | None = None,
+        self, trainer: Trainer, until: int, *, selecting: bool = False
     ) -> Iterator[ProgressEvent | CheckpointEvent]:
-        """Step ``trainer`` to ``until``, writing its checkpoints; with selection ``windows``,
-        also one at ``until`` that records the start's score.
+        """Step ``trainer`` to ``until``, writing its checkpoints; when ``selecting`` starts,
+        also one at ``until`` (the selection step).
         """
-        offset = self.plan.run_step_offset(trainer.start, selecting=windows is not None)
+        offset = self.plan.run_step_offset(trainer.start, selecting=selecting)
         steps = _train_steps(
             trainer,
             until,
             self.elapsed,
             self.plan.total_run_steps,
             offset,
-            checkpoint_at=until if windows is not None else None,
+            checkpoint_at=until if selecting else None,
         )
         for event, checkpoint in steps:
             self.elapsed = event.elapsed_s
             info = None
-            if checkpoint is not None:
-                if windows is not None and checkpoint.step == until:
-                    checkpoint.stats["selection_score"] = selection_score(trainer.model, windows)
+            if checkpoint is not None and self.group.is_writer:
+                checkpoint.stats.update(self._signals(trainer))
                 info = self.run.save_checkpoint(
                     checkpoint.step,
                     checkpoint.model_state,
@@ -270,11 +322,44 @@ class _RunTraining:
                     start=trainer.start,
                     run_step=offset + checkpoint.step,
                 )
+            if info is not None and not selecting:
+                self._update_recommendation()
+            if checkpoint is not None:  # the other ranks wait until rank 0's checkpoint is complete
+                self.group.barrier()
             yield event
             if info is not None:
                 yield CheckpointEvent(
                     info.step, info.checkpoint_id, Path(self.run.path), info.start, info.run_step
                 )
+
+    def _signals(self, trainer: Trainer) -> dict:
+        """The checkpoint's internal quality signals on the selection windows
+        (:mod:`~napari_dgc.training.recommendation`).
+        """
+        labels, features = window_predictions(trainer.checkpoint_model, self.windows)
+        signals = {"selection_score": calinski_harabasz(features, labels)}
+        previous = self._window_labels.get(trainer.start)
+        if previous is None and trainer.step_count > self.config.checkpoint_every:
+            previous = self._previous_window_labels(trainer.start)
+        if previous is not None:
+            signals["agreement"] = normalized_mutual_info(previous, labels)
+        self._window_labels[trainer.start] = labels
+        return signals
+
+    def _previous_window_labels(self, start: int) -> np.ndarray | None:
+        """Labels of ``start``'s latest written checkpoint (a resumed run has none in memory)."""
+        written = self.run.checkpoints(start)
+        if not written:
+            return None
+        labels, _ = window_predictions(self.run.load_model(written[-1].checkpoint_id), self.windows)
+        return labels
+
+    def _update_recommendation(self) -> None:
+        """Recommend one of the continuing start's checkpoints in ``run.json``."""
+        continuing = self.run.selected_start or 0
+        recommendation = recommend(self.run.checkpoints(continuing))
+        if recommendation is not None:
+            self.run.recommend(recommendation.checkpoint_id, recommendation.reason)
 
 
 def _describe_sources(cubes: Sequence, sources: Sequence) -> tuple[list[str], np.ndarray | None, list[dict]]:
@@ -322,7 +407,9 @@ def _window_stats(results: list[StepResult]) -> dict:
     }
 
 
-def _new_trainer(sources: list, config: TrainConfig, device: torch.device, start: int) -> Trainer:
+def _new_trainer(
+    sources: list, config: TrainConfig, device: torch.device, start: int, group: ProcessGroup
+) -> Trainer:
     """A fresh model and trainer for start ``start`` (0: the run's seed; others: initial weights
     and centroids from a seed derived from it, the same crop pairs).
     """
@@ -332,7 +419,7 @@ def _new_trainer(sources: list, config: TrainConfig, device: torch.device, start
         torch.manual_seed(int(np.random.SeedSequence([config.seed, start]).generate_state(1)[0]))
     model = DGCModel(sources[0].n_bands, config.model)
     stream = PairStream.for_config(sources, config.data, config.seed)
-    return Trainer(model, stream, config, device, start)
+    return Trainer(model, stream, config, device, start, group)
 
 
 def _train_steps(
@@ -348,11 +435,15 @@ def _train_steps(
     ``checkpoint`` is ``None`` or, every ``checkpoint_every`` steps, at the last step and at
     ``checkpoint_at``, what the checkpoint stores.
     """
-    config, model = trainer.config, trainer.model
+    config = trainer.config
     window: list[StepResult] = []
     while trainer.step_count < until:
         started = time.perf_counter()
         result = trainer.step()
+        if trainer.group.world_size > 1:  # checkpoint statistics of the whole batch, not a share
+            terms = list(result.losses)
+            summed = trainer.group.all_reduce_sum(torch.tensor([result.losses[t] for t in terms]))
+            result.losses = {t: float(v) / trainer.group.world_size for t, v in zip(terms, summed)}
         elapsed += time.perf_counter() - started
         window.append(result)
         step = trainer.step_count
@@ -360,7 +451,10 @@ def _train_steps(
         if step % config.checkpoint_every == 0 or step in (config.steps, checkpoint_at):
             state = trainer.training_state()
             state["elapsed_s"] = elapsed
+            if trainer.group.world_size > 1:  # one process records none: its checkpoints stay as they were
+                state["world_size"] = trainer.group.world_size
             stats = _window_stats(window)
+            model = trainer.checkpoint_model  # the averaged model exists from the first step on
             stats["bandwidth"] = float(model.bandwidth.detach())
             checkpoint = _Checkpoint(step, model.state_dict(), trainer.optimizer.state_dict(), state, stats)
             window = []

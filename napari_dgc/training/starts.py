@@ -50,13 +50,9 @@ def selection_windows(sources: Sequence, count: int, size: int, seed: int) -> li
     return windows
 
 
-def selection_score(model: DGCModel, windows: Sequence[np.ndarray]) -> float:
-    """The *selection score* of a start: Calinski–Harabasz index of the model's hard labels of the
-    windows' pixels on their normalised spectral inputs (what the spectral stage reads): how well
-    the clusters separate the spectra, the k-means criterion on the inputs. Higher is better.
-
-    Not comparable with the timeline's "spectral separation" (the same index on the review
-    cubes' pixels): the index grows with the number of pixels, so each keeps its own name.
+def window_predictions(model: DGCModel, windows: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The model's hard labels ``(P,)`` of the windows' pixels and their normalised spectral
+    inputs ``(P, L)`` (what the spectral stage reads), pixels of all windows in order.
     """
     device = model.centroids.device
     features, labels = [], []
@@ -67,4 +63,16 @@ def selection_score(model: DGCModel, windows: Sequence[np.ndarray]) -> float:
             pixels = torch.from_numpy(np.require(window, requirements=["C", "W"])).to(device)
             labels.append(model.predict(pixels.permute(2, 0, 1)[None]).reshape(-1).cpu().numpy())
             features.append(model.spectral_input(pixels.reshape(-1, pixels.shape[-1])).cpu().numpy())
-    return calinski_harabasz(np.concatenate(features), np.concatenate(labels))
+    return np.concatenate(labels), np.concatenate(features)
+
+
+def selection_score(model: DGCModel, windows: Sequence[np.ndarray]) -> float:
+    """The *selection score* of a start: Calinski–Harabasz index of the model's hard labels of the
+    windows' pixels on their normalised spectral inputs (what the spectral stage reads): how well
+    the clusters separate the spectra, the k-means criterion on the inputs. Higher is better.
+
+    Not comparable with the timeline's "spectral separation" (the same index on the review
+    cubes' pixels): the index grows with the number of pixels, so each keeps its own name.
+    """
+    labels, features = window_predictions(model, windows)
+    return calinski_harabasz(features, labels)

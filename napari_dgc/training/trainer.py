@@ -18,6 +18,7 @@ One step (see docs/training.md):
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -90,6 +91,8 @@ class Trainer:
         self.step_count = 0
         n_clusters = model.n_clusters
         self.usage_ema = np.full(n_clusters, 1.0 / n_clusters)
+        #: running average of the model (``optim.average_decay``), made after the first step
+        self.averaged: DGCModel | None = None
 
     @property
     def _schedule_length(self) -> int:
@@ -97,8 +100,12 @@ class Trainer:
 
     # -- state -----------------------------------------------------------------------------
     def training_state(self) -> dict:
-        """JSON-serialisable state besides the model and optimiser (for checkpoints)."""
+        """State besides the checkpointed model and the optimiser (for checkpoints): JSON, plus
+        under ``"tensors"`` the stepped model's weights when the checkpoint stores their average.
+        """
+        extra = {} if self.averaged is None else {"tensors": {"stepped_model": self.model.state_dict()}}
         return {
+            **extra,
             "step": self.step_count,
             "sampler": self.stream.state_dict(),
             "kick_rng": self.kick_rng.bit_generator.state,
@@ -134,6 +141,19 @@ class Trainer:
 
         if not isinstance(state, dict):
             raise ValueError("the training state is not an object")
+        stepped = (
+            state.get("tensors", {}).get("stepped_model") if isinstance(state.get("tensors"), dict) else None
+        )
+        if (stepped is None) != (self.config.optim.average_decay == 0):
+            raise ValueError(
+                "the training state has no stepped model weights next to the averaged ones"
+                if stepped is None
+                else "the training state has stepped model weights but the run averages none"
+            )
+        if stepped is not None and (
+            not isinstance(stepped, dict) or set(stepped) != set(self.model.state_dict())
+        ):
+            raise ValueError("the training state's stepped model weights do not fit the model")
         missing = sorted({"step", "sampler", "kick_rng", "fidelity_rng", "usage_ema", "start"} - state.keys())
         if missing:
             raise ValueError(f"training state fields missing: {', '.join(missing)}")
@@ -170,6 +190,9 @@ class Trainer:
         self.start = start
         self.fidelity_rng.bit_generator.state = fidelity
         self.usage_ema = np.asarray(usage, dtype=np.float64)
+        if stepped is not None:  # the model holds the checkpoint's averaged weights
+            self.averaged = copy.deepcopy(self.model).requires_grad_(False)
+            self.model.load_state_dict(stepped)
 
     # -- one step --------------------------------------------------------------------------
     def _crop_features(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -257,7 +280,7 @@ class Trainer:
             "compact": config.losses.weight_compact * losses.compactness_loss(z, p, centroids),
             "orth": config.losses.weight_orth * losses.orthogonality_loss(centroids),
             "balance": balance_weight * losses.balance_loss(p, config.losses.balance_sign),
-            "uniform": uniform_weight * losses.uniform_assignment_loss(log_p, self._uniform_target()),
+            "uniform": uniform_weight * self._assignment_term(log_p),
             "consistency": config.losses.weight_consistency
             * losses.consistency_loss(log_p[rows_a], log_p[rows_b]),
             "fidelity": self._fidelity_term(z, *spectral_rows),
@@ -273,6 +296,7 @@ class Trainer:
         with torch.no_grad():
             z, p = z.detach(), p.detach()
             self._update_centroids(z, p)
+            self._update_average()
             self.usage_ema = (
                 config.losses.usage_ema_decay * self.usage_ema
                 + (1 - config.losses.usage_ema_decay)
@@ -287,6 +311,31 @@ class Trainer:
         return StepResult(
             reported, int((usage_np >= max(config.centroids.dead_threshold, 1e-9)).sum()), usage_np
         )
+
+    @property
+    def checkpoint_model(self) -> DGCModel:
+        """The model a checkpoint stores: the running average of the weights, or the model."""
+        return self.averaged if self.averaged is not None else self.model
+
+    def _update_average(self) -> None:
+        """Move the averaged model toward the model just stepped.
+
+        The decay ramps up as ``(1 + t) / (10 + t)`` to ``optim.average_decay`` so the average
+        does not drag the first steps' random weights along (TensorFlow's
+        ``ExponentialMovingAverage(num_updates=...)``).
+        """
+        decay = self.config.optim.average_decay
+        if decay == 0:
+            return
+        if self.averaged is None:
+            self.averaged = copy.deepcopy(self.model).requires_grad_(False)
+            return
+        decay = min(decay, (1 + self.step_count) / (10 + self.step_count))
+        averaged = self.averaged.state_dict()
+        for name, value in self.model.state_dict().items():
+            if value.is_floating_point():
+                averaged[name].mul_(decay).add_(value, alpha=1 - decay)
+        averaged["centroids"].copy_(F.normalize(averaged["centroids"], dim=1))
 
     def _fit_centroids(self, pairs: list[CropPair], inits: int, max_pixels: int = 4096) -> None:
         """Set the centroids to the best of ``inits`` spherical k-means fits (lowest ``1 - cos``
@@ -314,6 +363,13 @@ class Trainer:
         rows = torch.from_numpy(self.fidelity_rng.choice(z.shape[0], count, replace=False))
         rows = rows.to(z.device)
         return weight * losses.fidelity_loss(z[rows], sequences[index[rows]])
+
+    def _assignment_term(self, log_p: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the predictions against the step's pseudo-labels (unweighted)."""
+        if self.config.losses.pseudo_labels == "sinkhorn":
+            targets = losses.sinkhorn_targets(log_p.detach(), self._uniform_target())
+            return -(targets * log_p).sum(dim=1).mean()
+        return losses.uniform_assignment_loss(log_p, self._uniform_target())
 
     def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over the data-parallel ranks (``tensor`` itself in one process)."""
