@@ -133,3 +133,32 @@ def test_cube_of_other_band_count_is_not_used(make_napari_viewer, qtbot, headles
     assert "16 bands" in timeline.status_label.text()
     assert timeline._review_worker is None
     assert not notifications
+
+
+def test_a_prepared_run_is_shown_on_the_raw_cube_layer_at_its_binning(
+    make_napari_viewer, qtbot, tmp_path, notifications
+):
+    from napari_dgc._reader import cube_layer_data
+    from napari_dgc.inference.segmentation import segment_cube
+    from napari_dgc.io import open_cube
+    from napari_dgc.run_folder.preparation_file import run_preparation
+
+    path = tmp_path / "leaf.npy"
+    np.save(path, tiny_cube(seed=1))  # 32 x 32 pixels, 16 bands
+    run_dir = tmp_path / "run"
+    for _ in train([path], tiny_config(steps=2, prep__binning=2, prep__band_indices="2:14"), run_dir):
+        pass
+    viewer = make_napari_viewer()
+    data, kwargs, _ = cube_layer_data(open_cube(path))[0]
+    cube_layer = viewer.add_image(data, **kwargs)
+    open_timeline(viewer, qtbot, run_dir)
+    # The raw reader layer (16 bands) is used for the run of 12 bands, not opened again.
+    assert len([layer for layer in viewer.layers if layer.ndim == 3]) == 1
+    labels = viewer.layers[labels_layer_name(cube_layer.name)]
+    run = RunDirectory.open(run_dir)
+    expected = segment_cube(run.load_model(), run_preparation(run).apply(open_cube(path))).labels
+    assert expected.shape == (16, 16)
+    np.testing.assert_array_equal(labels.data, expected + LABEL_OFFSET)
+    assert tuple(labels.scale) == tuple(2 * np.asarray(cube_layer.scale[1:]))
+    assert tuple(labels.translate) == tuple(np.asarray(cube_layer.translate[1:]) + 0.5)
+    assert not notifications

@@ -259,6 +259,11 @@ def test_settings_round_trip_and_scientific_spin_box(make_napari_viewer):
     widget.set_config(config)
     assert widget.train_config().to_dict() == config.to_dict()
     assert widget.form.fields["optim.learning_rate"].native.text() == "3e-05"
+    # The preparation settings too; an empty file field is no reference (null), not "".
+    prepared = tiny_config(prep__white="/data/white.hdr", prep__bands="450:950", prep__binning=2)
+    widget.set_config(prepared)
+    assert widget.form.fields["prep.dark"].value == ""
+    assert widget.train_config().to_dict() == prepared.to_dict()
     spin = ScientificSpinBox(1e-9, 1.0)
     spin.setValue(1e-4)
     spin.stepBy(1)
@@ -280,7 +285,8 @@ def test_form_is_generated_from_the_configuration(make_napari_viewer):
         field = widget.form.fields[info.key]
         assert field.label == info.label and field.tooltip == info.help
         assert field in (basic if info.basic else advanced)
-        assert field.value == get_setting(TrainConfig(), info.key)  # the config's default
+        default = get_setting(TrainConfig(), info.key)  # the config's default (null: empty text)
+        assert field.value == ("" if default is None and info.kind is str else default)
         if info.kind is int:
             assert isinstance(field, SpinBox) and field.min == (info.minimum or 0)
         elif info.kind is float:

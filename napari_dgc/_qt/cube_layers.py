@@ -195,6 +195,7 @@ def show_clusters(
     checkpoint_id: str,
     n_clusters: int,
     layer: Labels | None = None,
+    binning: int = 1,
 ) -> Labels:
     """Show a cluster map on the Labels layer of its cube, creating the layer if needed.
 
@@ -209,6 +210,9 @@ def show_clusters(
         Recorded in the layer's metadata (read by the cluster-merge panel).
     layer : Labels, optional
         The layer used last time (see :func:`clusters_layer`).
+    binning : int
+        Side of the cube's pixel blocks one label stands for (the run's ``prep.binning``):
+        the layer is scaled so that each label covers its block of the cube.
 
     Returns
     -------
@@ -227,4 +231,9 @@ def show_clusters(
         layer.colormap = cluster_colormap(n_clusters)
     layer.metadata.update(metadata)
     layer.data = labels.astype(np.int32, copy=False) + LABEL_OFFSET
+    # A label's block of binning x binning cube pixels: its centre is (binning - 1) / 2 pixels
+    # from the block's first pixel.
+    scale = np.asarray(source.layer.scale[-2:], dtype=float)
+    layer.scale = tuple(scale * binning)
+    layer.translate = tuple(np.asarray(source.layer.translate[-2:], dtype=float) + scale * (binning - 1) / 2)
     return layer

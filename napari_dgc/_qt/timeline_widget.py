@@ -27,7 +27,9 @@ from napari_dgc import layer_metadata as layer_keys
 from napari_dgc.errors import DGCError
 from napari_dgc.inference.checkpoint_review import ACTIVE_MIN_FRACTION
 from napari_dgc.io import open_cube
+from napari_dgc.io.preparation import Preparation
 from napari_dgc.run_folder import RunDirectory
+from napari_dgc.run_folder.preparation_file import run_preparation
 from napari_dgc.state.review import ReviewModel
 from napari_dgc.state.training import error_message
 
@@ -67,6 +69,21 @@ PLOTS = {
     "loss at checkpoint": (None, "Total loss recorded with the checkpoint"),
     "spectral separation": (None, "Calinski–Harabasz index of the clusters on the normalised spectra"),
 }
+
+
+def _prepared_bands(layer, preparation: Preparation) -> int | None:
+    """Bands of a cube layer once prepared as a run's cubes are (None: it cannot be).
+
+    A reader layer is prepared on its lazy cube (nothing is read); another layer's band count
+    is only known without a band crop.
+    """
+    if not is_reader_cube(layer):
+        cropped = preparation.bands_nm is not None or preparation.band_indices is not None
+        return None if cropped else layer.data.shape[0]
+    try:
+        return preparation.apply(cube_source(layer).cube).n_bands
+    except DGCError:
+        return None
 
 
 class TimelineWidget(QWidget):
@@ -187,12 +204,13 @@ class TimelineWidget(QWidget):
         try:
             run = RunDirectory.open(run_dir)
             if sources is None:
+                preparation = run_preparation(run)
                 sources = [
                     cube_source(layer)
                     for layer in self.viewer.layers
                     if is_cube_layer(layer)
                     and (is_reader_cube(layer) or "wavelengths" in layer.metadata)
-                    and layer.data.shape[0] == run.n_bands
+                    and _prepared_bands(layer, preparation) == run.n_bands
                 ] or self._open_training_files(run)
             self.model.open_run(run.path, sources)
         except (DGCError, OSError) as error:
@@ -201,15 +219,17 @@ class TimelineWidget(QWidget):
         return True
 
     def _open_training_files(self, run: RunDirectory) -> list[CubeSource]:
-        """Open the run's training cubes that still exist as layers (reader layers)."""
+        """Open the run's training cubes that still exist as layers (reader layers), as
+        training opened them (a MATLAB cube's ``key`` and ``shape``).
+        """
         from napari_dgc._reader import cube_layer_data
 
         sources = []
-        for file in run.dataset_files:
+        for file, options in zip(run.dataset_files, run.dataset_open_options):
             if not Path(file).exists():
                 continue  # e.g. an in-memory cube, or a file moved since training
             try:
-                cube = open_cube(file)
+                cube = open_cube(file, **options)
             except DGCError as error:
                 show_error(error_message(error))
                 continue
@@ -287,6 +307,7 @@ class TimelineWidget(QWidget):
                 checkpoint_id=checkpoint_id,
                 n_clusters=model.n_clusters,
                 layer=self.labels_layers.get(key),
+                binning=model.binning,
             )
         self.shown_checkpoint = checkpoint_id
         self.status_label.setText("")

@@ -145,6 +145,8 @@ class ReviewModel:
         self.run_path = path
         self.sources = {source.key: source for source in sources}
         self.n_clusters = config.model.n_clusters
+        #: Cube pixels per label map pixel along each side (the run's spatial binning).
+        self.binning = config.prep.binning
         self.total_steps = config.steps
         self.total_run_steps = StartPlan.for_run(config).total_run_steps
         self.live = live
