@@ -8,17 +8,20 @@ import shutil
 
 import numpy as np
 import pytest
-from _training_helpers import N_CLUSTERS, tiny_config, tiny_cube
+from _training_helpers import N_BANDS, N_CLUSTERS, tiny_config, tiny_cube
 
 from napari_dgc.analysis.classes import ClassMapping, SemanticClass
+from napari_dgc.state.merge import Clustering, MergeModel
 from napari_dgc.state.project import (
     PROJECT_FORMAT,
     Project,
     ProjectCube,
     ProjectError,
     ProjectMask,
+    apply_mapping,
     load_project,
     project_path,
+    read_project,
     save_project,
 )
 from napari_dgc.training.loop import train
@@ -194,3 +197,35 @@ def test_missing_and_special_files_are_refused(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(ProjectError, match="not a regular file"):
         load_project(fifo)
+
+
+def test_read_project_opens_cubes_and_checks_masks_against_them(workspace, tmp_path):
+    path = save_project(tmp_path / "ok.dgcproj.json", a_project(workspace))
+    files = read_project(path)
+    assert files.cubes["leaf"].shape_hw == (32, 32) and files.cubes["leaf"].n_bands == N_BANDS
+    assert files.masks["leaf"].values.shape == (32, 32)
+
+    np.save(tmp_path / "small_mask.npy", np.zeros((8, 8), dtype=np.uint8))
+    project = a_project(workspace, masks=(ProjectMask("leaf", tmp_path / "small_mask.npy"),))
+    bad = save_project(tmp_path / "bad.dgcproj.json", project)
+    with pytest.raises(ProjectError, match=r"bad\.dgcproj\.json: masks\[0\]: .*small_mask\.npy"):
+        read_project(bad)
+
+
+def test_apply_mapping_rebuilds_a_partial_mapping_with_swapped_names(workspace):
+    labels = np.array([[0, 1], [2, 2]])
+    model = MergeModel()
+    model.set_clustering(Clustering("run", "step-000002", N_CLUSTERS, {"leaf": labels}))
+    model.assign([0, 1], 1)
+    wanted = ClassMapping(
+        [
+            SemanticClass("tissue", "#00ff00", [2]),
+            SemanticClass("background", "#000000", []),
+            SemanticClass("lesion", "#ff0000", [0]),
+        ],
+        N_CLUSTERS,
+    )
+    apply_mapping(model, wanted)
+    assert model.mapping.to_json() == wanted.to_json()
+    with pytest.raises(ProjectError, match="for 5 clusters"):
+        apply_mapping(model, ClassMapping([SemanticClass("a", "#000000", [4])], 5))
