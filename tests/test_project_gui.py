@@ -149,3 +149,20 @@ def test_a_run_without_matching_cubes_still_finishes_opening(
     assert "no open cube has its bands" in blocker.args[0]
     assert "Class mapping not restored" in blocker.args[0]
     assert timeline.model.run_path is not None and not errors
+
+
+def test_file_menu_command_saves_through_the_checkpoints_panel(
+    make_napari_viewer, qtbot, folder, tmp_path, monkeypatch
+):
+    from napari._app_model import get_app_model
+
+    viewer = make_napari_viewer()
+    viewer.open(folder / "leaf.npy", plugin="napari-dgc")
+    target = tmp_path / "menu"
+    monkeypatch.setattr(
+        project_module.QFileDialog, "getSaveFileName", lambda *args, **kwargs: (str(target), "")
+    )
+    get_app_model().commands.execute_command("napari-dgc.save_project").result()
+    saved = tmp_path / "menu.dgcproj.json"  # the suffix is added
+    assert json.loads(saved.read_text())["cubes"][0]["path"] == str(folder / "leaf.npy")
+    assert project_module.find_merge_widget(viewer) is None  # saving opens no merge panel
