@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from _io_helpers import write_envi
 
+from napari_dgc.analysis.classes import ClassMapping, SemanticClass
+from napari_dgc.analysis.export import export_model_folder
 from napari_dgc.cli import main
 from napari_dgc.config import ModelConfig, PrepConfig, TrainConfig
 from napari_dgc.errors import CheckpointError, ConfigError, CubeFormatError
@@ -274,6 +276,22 @@ def test_cli_train_options_are_stored_and_segment_applies_them(files, tmp_path, 
     np.testing.assert_array_equal(np.load(tmp_path / "labels" / "scene_labels.npy"), expected)
     manifest = json.loads((tmp_path / "labels" / "segment-manifest.json").read_text())
     assert manifest["identity"]["preparation"]["binning"] == 2
+    # An exported model folder carries the preparation: segment --classes applies it too.
+    mapping = ClassMapping(
+        [SemanticClass("background", "#000000", [0]), SemanticClass("leaf", "#00ff00", [1, 2])], n_clusters=3
+    )
+    export_model_folder(run, tmp_path / "model", mapping)
+    os.remove(tmp_path / "white.npy")
+    assert (
+        main(["segment", "--classes", "model", "scene.hdr", "--out", "classes", "--format", "npy", "--quiet"])
+        == 0
+    )
+    np.testing.assert_array_equal(np.load(tmp_path / "classes" / "scene_labels.npy"), expected)
+    # The spectra of the binned map are those of the prepared cube (5 bands), given the run.
+    spectra = ["spectra", "labels/scene_labels.npy", "scene.hdr", "--out", "spectra.csv"]
+    assert main(spectra) == 2 and "the map is 10x9, the cube 20x18" in capsys.readouterr().err
+    assert main([*spectra, "--run", "run"]) == 0
+    assert "x 5 bands" in capsys.readouterr().out
     # A cube the references do not fit is refused before anything is segmented.
     write_envi(tmp_path, np.ones((ROWS, COLS + 2, BANDS), np.float32), name="wide", wavelengths=WAVELENGTHS)
     capsys.readouterr()

@@ -168,9 +168,10 @@ class MapSegmenter:
 
         device = str(resolve_device(self.device))
         if self.classes is not None:
-            from napari_dgc.analysis.export import load_model_folder
+            from napari_dgc.analysis.export import load_model_folder, model_folder_preparation
 
             self._model, self._mapping = load_model_folder(self.classes, device=device)
+            self._preparation = model_folder_preparation(self.classes)
         else:
             from napari_dgc.run_folder import RunDirectory
             from napari_dgc.run_folder.preparation_file import run_preparation

@@ -4,12 +4,15 @@
 
     napari-dgc spectra labels/scene_labels.tif scene.hdr --out spectra.csv
     napari-dgc spectra labels/scene_labels.tif scene.hdr --mapping merge.json --out spectra.csv
+    napari-dgc spectra labels/scene_labels.tif scene.hdr --run RUN --out spectra.csv
 
 ``LABELS`` is a cluster map as ``napari-dgc segment`` writes it (ids ``0..K-1``) of ``CUBE``
 (any format :func:`napari_dgc.io.open_cube` reads; ``--key``/``--shape`` as for ``info``). The
 CSV has one row per cluster (and, with ``--mapping``, per class) and band: ``kind, id, name,
 pixels, band, wavelength_nm, mean, std`` (:func:`napari_dgc.analysis.export.spectra_csv_text`).
-The cube is read one block of rows at a time; the CSV is written atomically.
+The cube is read one block of rows at a time; the CSV is written atomically. With ``--run``
+the cube is prepared as that run's cubes were (band crop, white/dark references, binning), so
+the spectra are those of the pixels the model saw and the map of a binned run fits the cube.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``spectra`` sub-command."""
     parser = subparsers.add_parser(
         "spectra",
-        usage="napari-dgc spectra LABELS CUBE --out CSV [--mapping JSON] [options]",
+        usage="napari-dgc spectra LABELS CUBE --out CSV [--mapping JSON] [--run RUN] [options]",
         help="mean ± std spectrum of every cluster (and class) of a cluster map, as CSV",
         description=(
             "Write the pixel count and the mean and standard deviation spectrum, with the "
@@ -39,6 +42,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--mapping", metavar="JSON", help="class mapping: also one row per class and band")
     parser.add_argument(
         "--n-clusters", type=int, metavar="K", help="clusters of the model (default: from the mapping or map)"
+    )
+    parser.add_argument(
+        "--run",
+        metavar="RUN",
+        help="prepare the cube as this training run's cubes were (band crop, references, binning)",
     )
     add_cube_open_options(parser)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
@@ -77,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
     if n_clusters is None:
         n_clusters = int(labels.max()) + 1 if labels.size else 1
     cube = open_cube(args.cube, key=args.key, shape=tuple(args.shape) if args.shape else None)
+    if args.run is not None:
+        from napari_dgc.run_folder import RunDirectory
+        from napari_dgc.run_folder.preparation_file import run_preparation
+
+        cube = run_preparation(RunDirectory.open(args.run)).apply(cube)
     if tuple(cube.shape_hw) != labels.shape:
         raise DGCError(
             f"{args.labels}: the map is {labels.shape[0]}x{labels.shape[1]}, the cube "

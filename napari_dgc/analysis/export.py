@@ -31,10 +31,11 @@ import numpy as np
 
 from napari_dgc.analysis.classes import ClassMapping, ClusterStatistics, color_to_rgb
 from napari_dgc.atomic import atomic_save_safetensors, atomic_write_bytes, atomic_write_json, file_sha256
-from napari_dgc.errors import CheckpointError, DGCError, MappingError
+from napari_dgc.errors import CheckpointError, ConfigError, DGCError, MappingError
 from napari_dgc.safe_json import read_json
 
 if TYPE_CHECKING:
+    from napari_dgc.io.preparation import Preparation
     from napari_dgc.model.network import DGCModel
     from napari_dgc.run_folder import RunDirectory
 
@@ -231,6 +232,8 @@ def export_model_folder(
         If ``folder`` exists and ``overwrite`` is false.
     """
     from napari_dgc.run_folder import RunDirectory
+    from napari_dgc.run_folder.paths import inside_run
+    from napari_dgc.run_folder.preparation_file import PREPARATION_FILE
 
     folder = Path(folder)
     if folder.exists() and not overwrite:
@@ -261,7 +264,11 @@ def export_model_folder(
             "model_config": model.config.to_dict(),
             "weights_sha256": file_sha256(staging / WEIGHTS_FILE),
             "source": {"run": str(Path(run.path).resolve()), "checkpoint": checkpoint_id},
+            "preparation": run.config.prep.to_dict(),
         }
+        references = inside_run(run.path, run.path / PREPARATION_FILE, "read")
+        if references.is_file():  # the run's white/dark references travel with its model
+            shutil.copyfile(references, staging / PREPARATION_FILE)
         atomic_write_json(staging / MODEL_INFO_FILE, info)
         atomic_write_json(staging / CLASSES_FILE, mapping.to_json())
         _replace_folder(staging, folder, overwrite)
@@ -350,6 +357,27 @@ def load_model_folder(path: str | os.PathLike, device: str = "cpu") -> tuple[DGC
     model.load_state_dict(state)
     mapping = ClassMapping.load(folder / CLASSES_FILE, n_clusters=config.n_clusters)
     return model.to(device).eval(), mapping
+
+
+def model_folder_preparation(path: str | os.PathLike) -> Preparation:
+    """The preparation (band crop, references, binning) of the run a model folder was exported
+    from, which cubes segmented with it need (none for folders exported before it was recorded).
+
+    Raises
+    ------
+    CheckpointError
+        Invalid preparation settings in ``model.json``, or references it names that the folder
+        does not hold (or holds damaged).
+    """
+    from napari_dgc.config import PrepConfig
+    from napari_dgc.run_folder.preparation_file import folder_preparation
+
+    folder = Path(path)
+    try:
+        prep = PrepConfig.from_dict(read_model_info(folder).get("preparation", {}))
+    except ConfigError as error:
+        raise CheckpointError(f"{folder / MODEL_INFO_FILE}: invalid preparation settings ({error})") from None
+    return folder_preparation(folder, prep)
 
 
 # ---------------------------------------------------------------------- mean spectra

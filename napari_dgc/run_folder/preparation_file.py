@@ -20,6 +20,7 @@ from napari_dgc.io.preparation import Preparation, Reference
 from napari_dgc.run_folder.paths import inside_run
 
 if TYPE_CHECKING:
+    from napari_dgc.config import PrepConfig
     from napari_dgc.run_folder.directory import RunDirectory
 
 PREPARATION_FILE = "preparation.safetensors"
@@ -59,11 +60,23 @@ def run_preparation(run: RunDirectory) -> Preparation:
         The settings name a reference the run folder does not hold, or the stored references
         are unreadable, of the wrong shape or band count, or hold NaN values.
     """
-    prep = run.config.prep
+    return folder_preparation(run.path, run.config.prep)
+
+
+def folder_preparation(folder: str | Path, prep: PrepConfig) -> Preparation:
+    """The preparation of ``prep`` settings whose references are stored in ``folder`` (a run
+    folder, or a model folder exported from one).
+
+    Raises
+    ------
+    CheckpointError
+        As :func:`run_preparation`.
+    """
+    folder = Path(folder)
     references: dict[str, Reference] = {}
     wanted = [what for what in ("white", "dark") if getattr(prep, what) is not None]
     if wanted:
-        file = inside_run(run.path, run.path / PREPARATION_FILE, "read")
+        file = inside_run(folder, folder / PREPARATION_FILE, "read")
         references = _read_references(file, wanted)
     return Preparation.from_settings(prep, references=references)
 
