@@ -20,6 +20,7 @@ from napari_dgc.state.project import (
     ProjectMask,
     apply_mapping,
     load_project,
+    mask_binning,
     project_path,
     read_project,
     save_project,
@@ -205,11 +206,24 @@ def test_read_project_opens_cubes_and_checks_masks_against_them(workspace, tmp_p
     assert files.cubes["leaf"].shape_hw == (32, 32) and files.cubes["leaf"].n_bands == N_BANDS
     assert files.masks["leaf"].values.shape == (32, 32)
 
-    np.save(tmp_path / "small_mask.npy", np.zeros((8, 8), dtype=np.uint8))
+    np.save(tmp_path / "small_mask.npy", np.zeros((7, 9), dtype=np.uint8))
     project = a_project(workspace, masks=(ProjectMask("leaf", tmp_path / "small_mask.npy"),))
     bad = save_project(tmp_path / "bad.dgcproj.json", project)
-    with pytest.raises(ProjectError, match=r"bad\.dgcproj\.json: masks\[0\]: .*small_mask\.npy"):
+    with pytest.raises(ProjectError, match=r"bad\.dgcproj\.json: masks\[0\]: .*small_mask\.npy is 7x9"):
         read_project(bad)
+    np.save(tmp_path / "float_mask.npy", np.full((32, 32), 0.5))
+    project = a_project(workspace, masks=(ProjectMask("leaf", tmp_path / "float_mask.npy"),))
+    bad = save_project(tmp_path / "bad.dgcproj.json", project, overwrite=True)
+    with pytest.raises(ProjectError, match=r"bad\.dgcproj\.json: masks\[0\]: .*float_mask\.npy"):
+        read_project(bad)
+
+
+@pytest.mark.parametrize(
+    ("cube", "mask", "binning"),
+    [((32, 32), (32, 32), 1), ((32, 30), (16, 15), 2), ((33, 31), (11, 10), 3), ((32, 32), (7, 9), None)],
+)
+def test_mask_binning(cube, mask, binning):
+    assert mask_binning(cube, mask) == binning
 
 
 def test_apply_mapping_rebuilds_a_partial_mapping_with_swapped_names(workspace):

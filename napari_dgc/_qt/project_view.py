@@ -43,6 +43,7 @@ from napari_dgc.state.project import (
     ProjectFiles,
     ProjectMask,
     apply_mapping,
+    mask_binning,
     project_path,
     read_project,
     save_project,
@@ -332,10 +333,12 @@ class ProjectView(QWidget):
         for layer in self.viewer.layers:
             if layer.name == mask_layer_name(cube) and layer.metadata.get(layer_keys.MASK_FILE) == str(file):
                 return  # reopened twice: the layer is there already
-        # Placed like the cube's last two axes (the cluster layers are placed the same way).
-        placement = SimpleNamespace(
-            scale=tuple(cube_layer.scale[-2:]), translate=tuple(cube_layer.translate[-2:])
-        )
+        # Placed like the cube's pixels, or like the clusters of a binned run (one mask pixel
+        # per block, centred on it: as the timeline places cluster labels).
+        binning = mask_binning(tuple(cube_layer.data.shape[-2:]), mask.values.shape)
+        scale = np.asarray(cube_layer.scale[-2:], dtype=float)
+        translate = np.asarray(cube_layer.translate[-2:], dtype=float) + scale * (binning - 1) / 2
+        placement = SimpleNamespace(scale=tuple(scale * binning), translate=tuple(translate))
         add_mask_layer(self.viewer, mask.values, mask.legend, cube, placement, mask_file=file)
 
     def _finish(self, project: Project, merge: MergeWidget | None, notes: list[str] | None = None) -> None:

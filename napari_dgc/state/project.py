@@ -402,7 +402,8 @@ class ProjectFiles:
     cubes : dict of str to Cube
         Cube name → the opened (lazy) cube.
     masks : dict of str to Mask
-        Cube name → its checked mask.
+        Cube name → its checked mask: of the cube's size, or of its clusters' size when the
+        run bins pixels (:func:`mask_binning`).
     """
 
     project: Project
@@ -434,10 +435,29 @@ def read_project(path: str | os.PathLike) -> ProjectFiles:
     masks: dict[str, Mask] = {}
     for i, entry in enumerate(project.masks):
         try:
-            masks[entry.cube] = read_mask(entry.path, shape=cubes[entry.cube].shape_hw)
+            mask = read_mask(entry.path)
         except DGCError as error:
             raise ProjectError(f"{path}: masks[{i}]: {error}") from None
+        cube_hw = cubes[entry.cube].shape_hw
+        if mask_binning(cube_hw, mask.values.shape) is None:
+            raise ProjectError(
+                f"{path}: masks[{i}]: {entry.path} is {mask.values.shape[0]}x{mask.values.shape[1]}, "
+                f"the cube {entry.cube!r} {cube_hw[0]}x{cube_hw[1]} (nor that binned)"
+            )
+        masks[entry.cube] = mask
     return ProjectFiles(project, cubes, masks)
+
+
+def mask_binning(cube_hw: tuple[int, int], mask_hw: tuple[int, ...]) -> int | None:
+    """Side of the cube's pixel blocks one mask pixel stands for: 1 for a mask of the cube's
+    size, ``b`` for one drawn on the clusters of a run binned ``b x b``; ``None`` if neither.
+    """
+    if len(mask_hw) != 2 or min(mask_hw) < 1:
+        return None
+    binning = cube_hw[0] // mask_hw[0]
+    return (
+        binning if binning >= 1 and (cube_hw[0] // binning, cube_hw[1] // binning) == tuple(mask_hw) else None
+    )
 
 
 def apply_mapping(model: MergeModel, mapping: ClassMapping) -> None:
