@@ -232,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
+            warnings.simplefilter("always", distributed.WorldSizeWarning)
             events = train(cubes, config, run_dir, resume=resume)
             _report(events, config, args.quiet or not group.is_writer, group.is_writer)
     finally:

@@ -33,12 +33,18 @@ from napari_dgc.errors import DGCError
 #: Seconds a rank waits for the others in one collective before giving up (``--dist-timeout``).
 #: Rank 0 writes checkpoints while the others wait at a barrier, so it must cover one checkpoint.
 DEFAULT_TIMEOUT_S = 300.0
+#: The timeout of the group this process joined (:func:`process_group`).
+_joined_timeout_s: float | None = None
 #: Largest gradient bucket of one all-reduce (DistributedDataParallel's default).
 BUCKET_BYTES = 25 * 2**20
 
 
 class DistributedError(DGCError):
     """Another process of a data-parallel training stopped or did not answer in time."""
+
+
+class WorldSizeWarning(RuntimeWarning):
+    """A run continues on another number of processes than trained it (not bit-exact)."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +128,7 @@ class ProcessGroup:
         except RuntimeError as error:  # DistBackendError and gloo's socket errors
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise DistributedError(
-                f"rank {self.rank} of {self.world_size}: a {name} with the other processes failed "
+                f"rank {self.rank} of {self.world_size}: {name} with the other processes failed "
                 f"({reason}); another rank stopped or did not answer within {self.timeout_s:g} s. "
                 "The run folder keeps its last complete checkpoint: continue with --resume (torchrun "
                 "--max-restarts does so by itself)"
@@ -170,7 +176,10 @@ def process_group(device: torch.device, timeout_s: float | None = None) -> Proce
     """
     if not dist.is_available() or (launched_world_size() == 1 and not dist.is_initialized()):
         return SINGLE_PROCESS
-    if timeout_s is None:
+    global _joined_timeout_s
+    if _joined_timeout_s is not None:
+        timeout_s = _joined_timeout_s
+    elif timeout_s is None:
         timeout_s = float(os.environ.get("NAPARI_DGC_DIST_TIMEOUT", DEFAULT_TIMEOUT_S))
     nccl = device.type == "cuda"
     if nccl:
@@ -184,6 +193,7 @@ def process_group(device: torch.device, timeout_s: float | None = None) -> Proce
                 f"cannot join the {launched_world_size()} training processes within {timeout_s:g} s "
                 f"({str(error).strip().splitlines()[0]})"
             ) from None
+        _joined_timeout_s = timeout_s
     group = ProcessGroup(
         dist.get_rank(), dist.get_world_size(), device if nccl else torch.device("cpu"), timeout_s
     )
@@ -192,8 +202,10 @@ def process_group(device: torch.device, timeout_s: float | None = None) -> Proce
 
 def leave() -> None:
     """Leave the process group if this process joined one (before it exits)."""
+    global _joined_timeout_s
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _joined_timeout_s = None
 
 
 def _buckets(tensors: list[torch.Tensor], limit: int) -> Iterator[list[torch.Tensor]]:
