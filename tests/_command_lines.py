@@ -159,11 +159,13 @@ def help_usage(command: str | None) -> str:
 # fixtures
 
 
-def write_cube(path: Path, seed: int = 1) -> Path:
-    """Write a tiny synthetic leaf cube (24 x 24 x 10) in the format ``path``'s suffix names."""
+def write_cube(path: Path, seed: int = 1, cube: np.ndarray | None = None) -> Path:
+    """Write a tiny synthetic leaf cube (24 x 24 x 10; or ``cube``) in the format ``path``'s
+    suffix names; ENVI headers state the wavelengths (400-1000 nm)."""
     from napari_dgc.datasets.synthetic import make_leaf_scene
 
-    cube = make_leaf_scene(ROWS, COLS, BANDS, seed=seed).cube
+    scene = make_leaf_scene(ROWS, COLS, BANDS, seed=seed)
+    cube = scene.cube if cube is None else cube
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix == ".npy":
@@ -179,7 +181,7 @@ def write_cube(path: Path, seed: int = 1) -> Path:
     elif suffix == ".hdr":
         from _io_helpers import write_envi
 
-        write_envi(path.parent, cube, name=path.stem, data_suffix=".raw")
+        write_envi(path.parent, cube, name=path.stem, data_suffix=".raw", wavelengths=scene.wavelengths)
     else:
         raise ValueError(f"{path}: no cube fixture for this suffix")
     return path
@@ -466,6 +468,11 @@ def prepare(argv: list[str], fixtures: Fixtures, made_by_commands: set[Path]) ->
         cube_inputs([args.cube])
     elif command == "train":
         cube_inputs(args.cubes)
+        # White and dark references as wide as the cubes: a flat 1.0 and a flat 0.0.
+        for key, level in (("prep.white", 1.0), ("prep.dark", 0.0)):
+            reference = getattr(args, key, None)
+            if reference is not None and missing(reference) is not None:
+                write_cube(cwd / reference, cube=np.full((4, COLS, BANDS), level, np.float32))
         if args.resume and missing(args.resume) is not None:
             fixtures.run(cwd / args.resume)
         fast = fast_train(argv)
