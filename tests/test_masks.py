@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_dgc.analysis.masks import Mask, match_masks, parse_legend, read_mask
+from napari_dgc.analysis.masks import DrawnShape, Mask, mask_from_shapes, match_masks, parse_legend, read_mask
 from napari_dgc.errors import MaskError
 
 MASK = np.array([[0, 0, 1], [0, 1, 1], [255, 1, 2]], dtype=np.uint8)
@@ -220,3 +220,41 @@ def test_bad_legend_files_are_refused_naming_the_file(tmp_path):
     )
     with pytest.raises(MaskError, match="unknown mask value"):
         read_mask(tmp_path / "odd.npy")
+
+
+def test_drawn_shapes_are_rasterised_in_order_with_names_values_and_ignore():
+    box = np.array([[1.0, 1.0], [1.0, 8.0], [8.0, 8.0], [8.0, 1.0]])
+    shapes = [
+        DrawnShape("rectangle", box, "Tissue"),  # a legend name, any case
+        DrawnShape("ellipse", box + 10, "sugar"),  # a new name: the next value
+        DrawnShape("polygon", np.array([[2.0, 2.0], [2.0, 4.0], [4.0, 4.0]]), 7),  # a value
+        DrawnShape("rectangle", box + [0, 10], "ignore"),
+    ]
+    mask = mask_from_shapes(shapes, (20, 20), source="shapes layer")
+    assert mask.legend == {0: "background", 1: "tissue", 2: "lesion", 3: "sugar", 7: "class 7"}
+    assert mask.values[5, 5] == 1 and mask.values[2, 3] == 7  # drawn later, painted over
+    assert mask.values[14, 14] == 3 and mask.values[11, 11] == 0  # ellipse centre in, box corner out
+    assert mask.values[5, 15] == 255 and mask.values[0, 0] == 0 and mask.source == "shapes layer"
+
+
+def test_shapes_by_order_and_without_background_leave_the_rest_ignored():
+    box = np.array([[0.0, 0.0], [0.0, 3.0], [3.0, 3.0], [3.0, 0.0]])
+    mask = mask_from_shapes(
+        [DrawnShape("polygon", box), DrawnShape("polygon", box + 5)], (10, 10), legend={1: "sugar"}
+    )
+    assert mask.legend == {1: "sugar", 2: "lesion"}  # the second shape: value 2
+    assert mask.values[1, 1] == 1 and mask.values[6, 6] == 2 and mask.values[9, 0] == 255
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        (DrawnShape("line", np.zeros((2, 2))), "encloses no pixels"),
+        (DrawnShape("polygon", np.zeros((2, 2))), "has 2 vertices"),
+        (DrawnShape("polygon", np.full((3, 2), np.nan)), "finite"),
+        (DrawnShape("polygon", np.zeros((3, 2)), 300), "class value 300"),
+    ],
+)
+def test_bad_shapes_are_refused(shape, message):
+    with pytest.raises(MaskError, match=message):
+        mask_from_shapes([shape], (4, 4))

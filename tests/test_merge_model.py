@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from napari_dgc.analysis.classes import cluster_statistics
+from napari_dgc.analysis.masks import DrawnShape
 from napari_dgc.datasets.synthetic import make_leaf_scene
-from napari_dgc.errors import MappingError, MaskError
+from napari_dgc.errors import DGCError, MappingError, MaskError
 from napari_dgc.state.merge import Clustering, MaskInput, MergeModel, MergeStateError
 
 ROWS, COLS, BANDS = 16, 20, 8
@@ -52,6 +53,8 @@ class Recorder:
         "pixel_changed",
         "ground_truth.changed",
         "report_changed",
+        "granularity_changed",
+        "history_changed",
         "message",
     )
 
@@ -239,3 +242,117 @@ def test_mapping_files_round_trip_and_bad_files_change_nothing(model, tmp_path):
 def test_model_export_needs_a_clustering(tmp_path):
     with pytest.raises(MergeStateError, match="nothing to export"):
         MergeModel().export_model(tmp_path / "model")
+
+
+def test_granularity_follows_the_merge_tree_and_keeps_class_names(model, clusters):
+    recorder = Recorder(model)
+    assert model.granularity is None and model.granularity_range() == (2, 4)
+    model.set_granularity(3)
+    tree = model.merge_tree()
+    assert model.granularity == 3 and recorder.count("granularity_changed") == 1
+    assert recorder.count("mapping_changed") == 1
+    levels = tree.mapping_at(3)  # classes by size, largest first
+    assert [c.clusters for c in model.mapping.classes] == [
+        [int(k) for k in np.flatnonzero(levels == g)] for g in range(3)
+    ]
+    # The classes there were take the largest groups; the third gets a new class's name.
+    assert [c.name for c in model.mapping.classes] == ["background", "tissue", "lesion"]
+    assert recorder.calls["message"][-1] == ("3 classes from the merge tree of 4 clusters.",)
+    model.rename_class(1, "leaf")  # the person edits the level by hand
+    assert model.granularity is None and recorder.count("granularity_changed") == 2
+    model.set_granularity(2)
+    # The merged class keeps the name of the class it shares most pixels with.
+    merged = tree.mapping_at(2)
+    largest = [int(k) for k in np.flatnonzero(merged == 0)]
+    assert model.mapping.classes[model.mapping.class_of_cluster(largest[0])].clusters == largest
+    assert len(model.mapping.classes) == 2 and model.mapping.classes[0].name == "background"
+    assert model.merge_tree() is tree  # built once per clustering
+    np.testing.assert_array_equal(model.mapping.apply(clusters), model.mapping.lookup_table()[clusters])
+
+
+def test_granularity_needs_statistics_and_two_active_clusters(scene, clusters):
+    model = MergeModel()
+    with pytest.raises(MergeStateError, match="needs the clusters' spectra"):
+        model.set_granularity(2)
+    assert model.granularity_range() is None
+    model.set_clustering(
+        Clustering(
+            "/runs/demo", "s", 4, {"leaf": np.zeros_like(clusters)}, {"leaf": np.moveaxis(scene.cube, -1, 0)}
+        )
+    )
+    assert model.granularity_range() is None
+    with pytest.raises(DGCError, match="only 1 of 4 clusters has pixels"):
+        model.set_granularity(2)
+    model.set_clustering(
+        Clustering("/runs/demo", "s", 4, {"leaf": clusters}, {"leaf": np.moveaxis(scene.cube, -1, 0)})
+    )
+    with pytest.raises(DGCError, match="levels 1..4"):
+        model.set_granularity(5)
+
+
+def test_undo_and_redo_walk_the_mapping_history(model, tmp_path):
+    recorder = Recorder(model)
+    assert not model.can_undo and not model.can_redo
+    with pytest.raises(MergeStateError, match="nothing to undo"):
+        model.undo()
+    states = [model.mapping.to_json()]
+    model.assign([0, 3], 0)
+    states.append(model.mapping.to_json())
+    model.add_class("lesion")
+    states.append(model.mapping.to_json())
+    model.set_granularity(4)
+    model.set_granularity(3)  # a drag over two levels: one step
+    states.append(model.mapping.to_json())
+    model.set_class_color(0, "#000000")
+    states.append(model.mapping.to_json())
+    assert model.can_undo and recorder.count("history_changed") == 5
+    for expected in reversed(states[:-1]):
+        model.undo()
+        assert model.mapping.to_json() == expected
+    assert not model.can_undo and model.can_redo and model.granularity is None
+    model.redo()
+    model.redo()
+    model.redo()
+    assert model.mapping.to_json() == states[3] and model.granularity == 3
+    model.assign([1], None)  # a new change drops what was undone
+    assert not model.can_redo
+    with pytest.raises(MergeStateError, match="nothing to redo"):
+        model.redo()
+    model.assign([0, 1, 2, 3], 0)
+    path = model.save_mapping(tmp_path / "m.json")
+    model.load_mapping(path)
+    model.undo()
+    assert model.mapping.classes[0].clusters == [0, 1, 2, 3]
+
+
+def test_a_clustering_with_another_k_clears_the_history(model, scene, clusters):
+    model.assign([0], 0)
+    assert model.can_undo
+    cube = np.moveaxis(scene.cube, -1, 0)
+    model.set_clustering(Clustering("/runs/demo", "s", 4, {"leaf": clusters}, {"leaf": cube}))
+    assert model.can_undo  # the same K: earlier mappings still fit
+    model.set_clustering(Clustering("/runs/demo", "s", 5, {"leaf": clusters}, {"leaf": cube}))
+    assert not model.can_undo and not model.can_redo
+
+
+def test_new_masks_take_known_class_names(model, scene):
+    assert model.new_mask_legend() == {0: "background", 1: "tissue", 2: "lesion"}
+    names = {1: "sugar", 2: "flour", 3: "salt", 4: "eraser"}
+    model.ground_truth.set({"leaf": MaskInput(scene.labels, names, "kitchen")})
+    assert model.new_mask_legend() == names
+    model.ground_truth.class_names = "belt, sugar"
+    assert model.new_mask_legend() == {0: "belt", 1: "sugar"}
+
+
+def test_masks_from_shapes_use_the_known_names(model):
+    model.ground_truth.class_names = "belt, sugar"
+    square = np.array([[2.0, 2.0], [2.0, 6.0], [6.0, 6.0], [6.0, 2.0]])
+    mask = model.mask_from_shapes(
+        "leaf",
+        [DrawnShape("rectangle", square, "sugar"), DrawnShape("polygon", square + 8, "flour")],
+        "shapes",
+    )
+    assert mask.legend == {0: "belt", 1: "sugar", 2: "flour"} and mask.values.shape == (ROWS, COLS)
+    assert mask.values[4, 4] == 1 and mask.values[12, 12] == 2 and mask.values[0, 0] == 0
+    with pytest.raises(MergeStateError, match="no clusters of a cube 'other'"):
+        model.mask_from_shapes("other", [], "shapes")

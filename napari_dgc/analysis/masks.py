@@ -455,16 +455,151 @@ def rasterize_labelme(
     value_of = {name.strip().lower(): value for value, name in legend.items()}
     value_of.setdefault("ignore", IGNORE_VALUE)
     polygons = [_labelme_polygon(path, number, entry, value_of) for number, entry in enumerate(shapes)]
+    # LabelMe points are (x, y); painted as (row, col).
+    return _fill_polygons([(points[:, ::-1], value) for points, value in polygons], (height, width), 0, path)
+
+
+def _fill_polygons(
+    polygons: Sequence[tuple[np.ndarray, int]], shape: Sequence[int], outside: int, source: object
+) -> np.ndarray:
+    """Paint ``(points (n, 2) row/col, value)`` polygons in order over ``outside`` (int32 mask).
+
+    Raises
+    ------
+    MaskError
+        If the polygons hold more than :data:`MAX_LABELME_POINTS` points in all.
+    """
     n_points = sum(len(points) for points, _ in polygons)
     if n_points > MAX_LABELME_POINTS:
-        raise MaskError(f"{path}: {n_points} points in all; at most {MAX_LABELME_POINTS} are rasterized")
+        raise MaskError(f"{source}: {n_points} points in all; at most {MAX_LABELME_POINTS} are rasterized")
     from skimage.draw import polygon as fill_polygon
 
-    mask = np.zeros((height, width), dtype=np.int32)
+    mask = np.full(tuple(shape), outside, dtype=np.int32)
     for points, value in polygons:
-        rows, cols = fill_polygon(points[:, 1], points[:, 0], shape=(height, width))
+        rows, cols = fill_polygon(points[:, 0], points[:, 1], shape=tuple(shape))
         mask[rows, cols] = value
     return mask
+
+
+#: Shape types :func:`mask_from_shapes` fills (napari's names; lines and paths enclose nothing).
+AREA_SHAPE_TYPES = ("polygon", "rectangle", "ellipse")
+#: Points an ellipse is drawn with.
+_ELLIPSE_POINTS = 72
+
+
+@dataclass(frozen=True)
+class DrawnShape:
+    """A shape drawn over a cube (e.g. in a napari Shapes layer), in the cube's pixel coordinates.
+
+    Attributes
+    ----------
+    kind : str
+        One of :data:`AREA_SHAPE_TYPES`. A rectangle or ellipse is given by the four corners of
+        its (possibly rotated) bounding box, in order, as napari stores them.
+    points : np.ndarray
+        ``(n, 2)`` float ``(row, col)`` vertices.
+    label : str, int or None
+        Its class: a class name (case-insensitive; ``"ignore"`` for :data:`IGNORE_VALUE`), a
+        mask value, or ``None`` for "by order" (the ``i``-th shape gets value ``i + 1``).
+    """
+
+    kind: str
+    points: np.ndarray
+    label: str | int | None = None
+
+
+def _shape_polygon(number: int, shape: DrawnShape, source: object) -> np.ndarray:
+    """The (row, col) polygon that a drawn shape covers."""
+    points = np.asarray(shape.points, dtype=np.float64)
+    if shape.kind not in AREA_SHAPE_TYPES:
+        raise MaskError(
+            f"{source}: shape {number} is a {shape.kind}, which encloses no pixels; draw "
+            f"{', '.join(AREA_SHAPE_TYPES)}"
+        )
+    if points.ndim != 2 or points.shape[1] != 2 or not np.isfinite(points).all():
+        raise MaskError(f"{source}: shape {number} needs finite (row, col) vertices")
+    if len(points) < 3 or (shape.kind != "polygon" and len(points) != 4):
+        raise MaskError(f"{source}: shape {number} ({shape.kind}) has {len(points)} vertices")
+    if shape.kind == "ellipse":
+        # Inscribed in the (rotated) box: centre plus the half edges as conjugate semi-axes.
+        centre = points.mean(axis=0)
+        half_u, half_v = (points[1] - points[0]) / 2, (points[2] - points[1]) / 2
+        angles = np.linspace(0.0, 2 * np.pi, _ELLIPSE_POINTS, endpoint=False)[:, None]
+        return centre + np.cos(angles) * half_u + np.sin(angles) * half_v
+    return points
+
+
+def mask_from_shapes(
+    shapes: Sequence[DrawnShape],
+    shape: Sequence[int],
+    *,
+    legend: Mapping[int, str] | None = None,
+    source: str | os.PathLike | None = None,
+) -> Mask:
+    """Rasterise drawn polygons, rectangles and ellipses into a mask.
+
+    Shapes are painted in order (a lesion drawn after its leaf wins). Pixels under no shape
+    are value 0 when the legend names 0 (background, as in LabelMe files), else
+    :data:`IGNORE_VALUE`, so a mask of a few drawn classes scores only the drawn pixels.
+
+    Parameters
+    ----------
+    shapes : sequence of DrawnShape
+        The shapes, in the mask's ``(row, col)`` pixel coordinates.
+    shape : sequence of int
+        ``(rows, cols)`` of the mask.
+    legend : mapping of int to str, optional
+        Value → class name to start from (default :data:`DEFAULT_LEGEND`). A shape's class
+        name missing from it gets the next free value; a value missing from it is named by
+        :func:`default_legend`.
+    source : str or path-like, optional
+        Where the shapes come from (a layer name), for messages and :attr:`Mask.source`.
+
+    Returns
+    -------
+    Mask
+        Its legend names every value it holds.
+
+    Raises
+    ------
+    MaskError
+        For a shape that encloses nothing (lines, paths) or has bad vertices, a value outside
+        ``0..255``, more than :data:`MAX_CLASS_VALUE` classes, or too many points.
+    """
+    source = source if source is not None else "the shapes"
+    legend = dict(DEFAULT_LEGEND if legend is None else legend)
+    value_of = {name.strip().lower(): value for value, name in legend.items()}
+    polygons = []
+    for number, drawn in enumerate(shapes):
+        label = drawn.label
+        if isinstance(label, str) and label.strip().lstrip("-").isdigit():
+            label = int(label)  # a features column of numbers read as text
+        if label is None or isinstance(label, (int, np.integer)):
+            value = number + 1 if label is None else int(label)
+            if not 0 <= value <= IGNORE_VALUE:
+                raise MaskError(f"{source}: shape {number} has class value {value}; use 0..{IGNORE_VALUE}")
+            if value != IGNORE_VALUE and value not in legend:
+                legend[value] = default_legend([value])[value]
+                value_of.setdefault(legend[value].lower(), value)
+        else:
+            name = str(label).strip()
+            if name.lower() == "ignore":
+                value = IGNORE_VALUE
+            elif name.lower() in value_of:
+                value = value_of[name.lower()]
+            elif not name:
+                raise MaskError(f"{source}: shape {number} has an empty class name")
+            else:
+                value = max((v for v in legend if v != IGNORE_VALUE), default=0) + 1
+                if value > MAX_CLASS_VALUE:
+                    raise MaskError(
+                        f"{source}: shape {number} ({name!r}) needs a value past {MAX_CLASS_VALUE}"
+                    )
+                legend[value], value_of[name.lower()] = name, value
+        polygons.append((_shape_polygon(number, drawn, source), value))
+    outside = 0 if 0 in legend else IGNORE_VALUE
+    values = _fill_polygons(polygons, shape, outside, source)
+    return Mask(values=values, legend=legend, source=str(source))
 
 
 def _whole_number(value: object) -> int:

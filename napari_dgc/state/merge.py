@@ -14,6 +14,8 @@ A script drives it without a GUI::
     model = MergeModel()
     model.set_clustering(Clustering("runs/leaf", "step-000060", 4, {"leaf": labels}))
     model.assign([0, 3], 0)
+    model.set_granularity(2)  # or: two classes from the merge tree of the clusters
+    model.undo()  # back to the hand-made merge
     model.ground_truth.set({"leaf": MaskInput(truth, {0: "background", 1: "tissue"}, "ground truth")})
     print(model.compute_iou().format_table())
 """
@@ -21,7 +23,7 @@ A script drives it without a GUI::
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +40,22 @@ from napari_dgc.analysis.classes import (
 )
 from napari_dgc.analysis.evaluation import EvaluationReport, evaluate_classes, suggest_mapping, write_report
 from napari_dgc.analysis.export import export_model_folder, legend_path, write_class_map
-from napari_dgc.analysis.masks import Mask, match_masks, parse_legend, read_mask
+from napari_dgc.analysis.masks import (
+    DEFAULT_LEGEND,
+    DrawnShape,
+    Mask,
+    mask_from_shapes,
+    match_masks,
+    parse_legend,
+    read_mask,
+)
+from napari_dgc.analysis.merge_tree import MergeTree, merge_tree
 from napari_dgc.errors import DGCError, MaskError
 
 #: Classes a new merge starts with.
 INITIAL_CLASSES = ("background", "tissue")
+#: Mapping states :meth:`MergeModel.undo` can go back to.
+HISTORY_LENGTH = 100
 
 
 class MergeStateError(DGCError):
@@ -203,11 +216,17 @@ class MergeModel:
         A pixel was picked; the argument describes its cube, position, cluster and class.
     report_changed
         A new IoU report is in :attr:`report`.
+    granularity_changed
+        :attr:`granularity` or the merge tree's levels (:meth:`granularity_range`) changed.
+    history_changed
+        :attr:`can_undo` or :attr:`can_redo` may have changed.
     message : str
         What an operation did, in one sentence, for a status line.
     """
 
     mapping_changed = Signal()
+    granularity_changed = Signal()
+    history_changed = Signal()
     statistics_changed = Signal()
     selection_changed = Signal()
     pixel_changed = Signal(str)
@@ -231,6 +250,16 @@ class MergeModel:
         #: The masks to score against; its ``changed`` signal tells when they change.
         self.ground_truth = GroundTruth()
         self.report: EvaluationReport | None = None
+        #: The merge tree of the clustering, built when first needed (``None``: not yet).
+        self._tree: MergeTree | None = None
+        self._granularity: int | None = None
+        #: Earlier and undone ``(mapping, granularity)`` states; mappings are never edited in
+        #: place (every edit works on a copy), so the states are shared, not copied.
+        self._undo: list[tuple[ClassMapping, int | None]] = []
+        self._redo: list[tuple[ClassMapping, int | None]] = []
+        #: Whether the last change came from the granularity slider: a drag across several
+        #: levels is one step of the history.
+        self._sliding = False
 
     # ------------------------------------------------------------------ clustering
     @property
@@ -261,7 +290,9 @@ class MergeModel:
         """
         if clustering is None:
             self.clustering, self.statistics = None, {}
+            self._tree, self._granularity = None, None
             self.statistics_changed.emit()
+            self.granularity_changed.emit()
             self.message.emit("No 'DGC clusters' layers yet: train a run or show a checkpoint first.")
             return
         k = clustering.n_clusters
@@ -271,11 +302,18 @@ class MergeModel:
             for cube, pixels in clustering.cubes.items()
         }
         self.clustering, self.statistics = clustering, statistics
+        # Another clustering has another tree; the mapping is no longer one of its levels.
+        self._tree, self._granularity, self._sliding = None, None, False
         if k != self._mapping.n_clusters:
             self._mapping = ClassMapping([SemanticClass(c.name, c.color) for c in self._mapping.classes], k)
+            # Earlier mappings are for another number of clusters.
+            self._undo.clear()
+            self._redo.clear()
+            self.history_changed.emit()
         self.selected_clusters = [c for c in self.selected_clusters if c < k]
         self.statistics_changed.emit()
         self.mapping_changed.emit()
+        self.granularity_changed.emit()
         n_cubes = len(clustering.cluster_maps)
         self.message.emit(f"{n_cubes} cube(s), {k} clusters of checkpoint {clustering.checkpoint}.")
 
@@ -328,13 +366,77 @@ class MergeModel:
         self.pixel_changed.emit(self._describe_pixel(cube, row, col))
 
     # ------------------------------------------------------------------ mapping edits
+    def _adopt(self, mapping: ClassMapping, granularity: int | None = None, *, sliding: bool = False) -> None:
+        """Make ``mapping`` the current one, remembering the previous state for :meth:`undo`.
+
+        ``granularity``: the merge-tree level it is (``None``: made by hand). Consecutive
+        ``sliding`` changes replace each other in the history instead of adding steps.
+        """
+        if not (sliding and self._sliding):
+            self._undo = [*self._undo[-(HISTORY_LENGTH - 1) :], (self._mapping, self._granularity)]
+        self._redo.clear()
+        self._sliding = sliding
+        self._show(mapping, granularity)
+
+    def _show(self, mapping: ClassMapping, granularity: int | None) -> None:
+        """Set the state and emit what changed."""
+        level_changed = granularity != self._granularity
+        self._mapping, self._granularity = mapping, granularity
+        self.mapping_changed.emit()
+        if level_changed:
+            self.granularity_changed.emit()
+        self.history_changed.emit()
+
     def _edit(self, change: Callable[[ClassMapping], None]) -> None:
         """Apply ``change`` to a copy of the mapping and adopt it only if it validates."""
         edited = copy.deepcopy(self._mapping)
         change(edited)
         edited.validate()
-        self._mapping = edited
-        self.mapping_changed.emit()
+        self._adopt(edited)
+
+    @property
+    def can_undo(self) -> bool:
+        """Whether :meth:`undo` has a mapping to go back to."""
+        return bool(self._undo)
+
+    @property
+    def can_redo(self) -> bool:
+        """Whether :meth:`redo` has an undone mapping to restore."""
+        return bool(self._redo)
+
+    def undo(self) -> None:
+        """Go back to the mapping (and granularity) before the last change.
+
+        Every change of the mapping is a step: assigning, adding, removing, renaming or
+        recolouring a class, a suggestion, a granularity level, a loaded file. A new
+        clustering with another ``K`` clears the history.
+
+        Raises
+        ------
+        MergeStateError
+            If there is nothing to undo.
+        """
+        if not self._undo:
+            raise MergeStateError("nothing to undo")
+        self._redo.append((self._mapping, self._granularity))
+        self._sliding = False
+        self._show(*self._undo.pop())
+        self.message.emit("Undone.")
+
+    def redo(self) -> None:
+        """Restore the mapping the last :meth:`undo` went back from.
+
+        Raises
+        ------
+        MergeStateError
+            If there is nothing to redo (nothing undone, or a change since).
+        """
+        if not self._redo:
+            raise MergeStateError("nothing to redo")
+        self._undo.append((self._mapping, self._granularity))
+        self._sliding = False
+        self._show(*self._redo.pop())
+        self.message.emit("Redone.")
 
     def _class_index(self, index: int | None) -> int:
         if index is None or not 0 <= index < len(self._mapping.classes):
@@ -381,8 +483,7 @@ class MergeModel:
         """
         index = len(self._mapping.classes)
         if name is None:
-            taken = {c.name.lower() for c in self._mapping.classes}
-            name = next(n for n in ("lesion", *(f"class {i}" for i in range(1, 1000))) if n not in taken)
+            name = _new_class_name(c.name for c in self._mapping.classes)
         new_class = SemanticClass(name, color or default_class_color(name, index))
         self._edit(lambda mapping: mapping.classes.append(new_class))
         return index
@@ -413,10 +514,70 @@ class MergeModel:
     def load_mapping(self, path: str | Path) -> ClassMapping:
         """Adopt a mapping file (either JSON form); a file that does not fit leaves the mapping as it was."""
         n_clusters = self.clustering.n_clusters if self.clustering is not None else None
-        self._mapping = ClassMapping.load(path, n_clusters=n_clusters)
-        self.mapping_changed.emit()
+        self._adopt(ClassMapping.load(path, n_clusters=n_clusters))
         self.message.emit(f"Loaded mapping {path}.")
         return self._mapping
+
+    # ------------------------------------------------------------------ granularity
+    @property
+    def granularity(self) -> int | None:
+        """Classes of the merge-tree level the mapping is (``None``: edited by hand since, or never set)."""
+        return self._granularity
+
+    def merge_tree(self) -> MergeTree:
+        """The clustering's merge tree (:func:`~napari_dgc.analysis.merge_tree.merge_tree`), cubes pooled.
+
+        Raises
+        ------
+        MergeStateError
+            Without statistics (no clustering, or no cube pixels to compute them from).
+        MergeTreeError
+            If fewer than two clusters have pixels.
+        """
+        if self._tree is None:
+            pooled = self.pooled_statistics()
+            if pooled is None:
+                raise MergeStateError(
+                    "the merge tree needs the clusters' spectra: show a checkpoint's clusters with "
+                    "their cube's image layer"
+                )
+            self._tree = merge_tree(pooled)
+        return self._tree
+
+    def granularity_range(self) -> tuple[int, int] | None:
+        """``(2, clusters with pixels)``: levels :meth:`set_granularity` takes; ``None`` without a tree."""
+        try:
+            n_active = self.merge_tree().n_active
+        except DGCError:
+            return None
+        return 2, n_active
+
+    def set_granularity(self, n_classes: int) -> ClassMapping:
+        """Make the mapping the merge tree's level with ``n_classes`` classes.
+
+        Each class keeps the name and colour of the current class it shares most pixels with
+        (then of the remaining classes in order, then a new name), so sliding from 2 to 3
+        splits "tissue" into "tissue" and a new class rather than renaming everything. The
+        mapping can be edited by hand afterwards; consecutive levels are one undo step.
+
+        Raises
+        ------
+        MergeStateError
+            Without statistics to build the tree from.
+        MergeTreeError
+            If ``n_classes`` is not a level of the tree.
+        """
+        tree = self.merge_tree()
+        groups = tree.mapping_at(n_classes)
+        mapping = ClassMapping(
+            _name_groups(self._mapping, groups, n_classes, tree.counts), self._mapping.n_clusters
+        )
+        mapping.validate(complete=True)
+        self._adopt(mapping, n_classes, sliding=True)
+        empty = [c for c in range(tree.n_clusters) if tree.counts[c] == 0]
+        note = f" Cluster(s) {empty} have no pixels: put in the largest class." if empty else ""
+        self.message.emit(f"{n_classes} classes from the merge tree of {tree.n_active} clusters.{note}")
+        return mapping
 
     # ------------------------------------------------------------------ masks
     def read_masks(self, paths: Sequence[str | Path]) -> tuple[dict[str, Mask], list[Path]]:
@@ -443,6 +604,41 @@ class MergeModel:
             raise MaskError(f"no mask file name matches a cube ({', '.join(shapes) or 'no cubes'})")
         return {cube: read_mask(path, shape=shapes[cube]) for cube, path in matched.items()}, unmatched
 
+    def new_mask_legend(self) -> dict[int, str]:
+        """Value → class name for a new mask: the mask class names field, else a mask's legend.
+
+        Without either, :data:`~napari_dgc.analysis.masks.DEFAULT_LEGEND` (0 background,
+        1 tissue, 2 lesion).
+
+        Raises
+        ------
+        MaskError
+            For malformed mask class names.
+        """
+        names = self.ground_truth.class_names.strip()
+        if names:
+            return parse_legend(names)
+        legends = [dict(mask.legend) for mask in self.ground_truth.inputs.values() if mask.legend]
+        return legends[0] if legends else dict(DEFAULT_LEGEND)
+
+    def mask_from_shapes(self, cube: str, shapes: Sequence[DrawnShape], source: str) -> Mask:
+        """Rasterise drawn shapes into a mask of ``cube``.
+
+        See :func:`napari_dgc.analysis.masks.mask_from_shapes`; the legend starts from
+        :meth:`new_mask_legend`, and class names it lacks are added.
+
+        Raises
+        ------
+        MergeStateError
+            If ``cube`` is not a cube of the clustering.
+        MaskError
+            For shapes that cannot be rasterised or class values out of range.
+        """
+        labels = self.cluster_maps.get(cube)
+        if labels is None:
+            raise MergeStateError(f"no clusters of a cube {cube!r}: nothing to draw a mask for")
+        return mask_from_shapes(shapes, labels.shape, legend=self.new_mask_legend(), source=source)
+
     # ------------------------------------------------------------------ scores
     def _suggestion(self, method: str) -> tuple[ClassMapping, str, list[str]]:
         masks = self.ground_truth.validated()
@@ -456,8 +652,8 @@ class MergeModel:
         method : str
             One of :data:`napari_dgc.analysis.evaluation.SUGGESTION_METHODS`.
         """
-        self._mapping, used, notes = self._suggestion(method)
-        self.mapping_changed.emit()
+        mapping, used, notes = self._suggestion(method)
+        self._adopt(mapping)
         self.message.emit(" ".join([f"Applied the suggested {used} mapping.", *notes]))
         return self._mapping
 
@@ -520,3 +716,51 @@ class MergeModel:
         )
         self.message.emit(f"Wrote model folder {path} (use: napari-dgc segment --classes {path} ...).")
         return path
+
+
+def _new_class_name(taken: Iterable[str]) -> str:
+    """The default name of a new class: "lesion", then "class 1", "class 2", ... not yet taken."""
+    taken = {name.lower() for name in taken}
+    return next(n for n in ("lesion", *(f"class {i}" for i in range(1, 1000))) if n not in taken)
+
+
+def _name_groups(
+    current: ClassMapping, groups: np.ndarray, n_groups: int, counts: np.ndarray
+) -> list[SemanticClass]:
+    """Classes of the cluster ``groups``, named and coloured after the ``current`` classes.
+
+    Greedily, the (group, class) pairs sharing most pixels first; then the remaining groups
+    (largest first) take the remaining classes in order, then new names. Matched classes keep
+    their place in the class list.
+    """
+    members = [sorted(int(c) for c in np.flatnonzero(groups == g)) for g in range(n_groups)]
+    overlap = [
+        [int(counts[list(set(ids) & set(cls.clusters))].sum()) for cls in current.classes] for ids in members
+    ]
+    pairs = sorted(
+        (
+            (overlap[g][c], -g, -c)
+            for g in range(n_groups)
+            for c in range(len(current.classes))
+            if overlap[g][c]
+        ),
+        reverse=True,
+    )
+    class_of: dict[int, int] = {}
+    for _, g, c in pairs:
+        if -g not in class_of and -c not in class_of.values():
+            class_of[-g] = -c
+    free = iter(c for c in range(len(current.classes)) if c not in class_of.values())
+    for g in range(n_groups):
+        if g not in class_of:
+            class_of[g] = next(free, None)
+    named = sorted((g for g in range(n_groups) if class_of[g] is not None), key=lambda g: class_of[g])
+    classes = [
+        SemanticClass(current.classes[class_of[g]].name, current.classes[class_of[g]].color, members[g])
+        for g in named
+    ]
+    for g in range(n_groups):
+        if class_of[g] is None:
+            name = _new_class_name(cls.name for cls in classes)
+            classes.append(SemanticClass(name, default_class_color(name, len(classes)), members[g]))
+    return classes
