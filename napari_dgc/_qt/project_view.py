@@ -29,7 +29,7 @@ import numpy as np
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QPushButton, QWidget
 
 from napari_dgc import layer_metadata as layer_keys
 from napari_dgc.analysis.classes import ClassMapping
@@ -108,9 +108,8 @@ class ProjectView(QWidget):
         self.viewer = napari_viewer
         self.timeline = timeline
         self._worker = None
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        row = QHBoxLayout()
+        row = QHBoxLayout(self)
+        row.setContentsMargins(0, 0, 0, 0)
         self.save_button = QPushButton("Save project…")
         self.save_button.setToolTip(
             "Save cubes, run, checkpoint, class mapping, masks and scores in one project file"
@@ -121,14 +120,21 @@ class ProjectView(QWidget):
         self.open_button.clicked.connect(self.ask_open)
         row.addWidget(self.save_button)
         row.addWidget(self.open_button)
-        layout.addLayout(row)
+        #: What the last save or opening did. The panel places it (under the whole width, where
+        #: the buttons share a row); hidden until there is something to say, so it costs no
+        #: height in a short dock.
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
-        layout.addWidget(self.status_label)
+        self.status_label.hide()
         self.failed.connect(self._on_failed)
 
+    def say(self, text: str) -> None:
+        """Show ``text`` on :attr:`status_label`."""
+        self.status_label.setText(text)
+        self.status_label.setVisible(bool(text))
+
     def _on_failed(self, message: str) -> None:
-        self.status_label.setText(message)
+        self.say(message)
         show_error(message)
 
     # ------------------------------------------------------------------ saving
@@ -148,7 +154,7 @@ class ProjectView(QWidget):
             self.failed.emit(f"Project not saved: {error_message(error)}")
             return None
         text = " ".join([f"Saved {saved.name}: {project.describe()}.", *notes])
-        self.status_label.setText(text)
+        self.say(text)
         show_info(text)
         return saved
 
@@ -248,7 +254,7 @@ class ProjectView(QWidget):
         if self._worker is not None:
             self.failed.emit("A project is being opened already.")
             return None
-        self.status_label.setText(f"Opening {Path(path).name}…")
+        self.say(f"Opening {Path(path).name}…")
         self.open_button.setEnabled(False)
         self._worker = create_worker(
             read_project,
@@ -357,7 +363,7 @@ class ProjectView(QWidget):
             except DGCError as error:
                 notes.append(f"Scores not recomputed: {error}.")
         text = " ".join([f"Opened {project.describe()}.", *notes])
-        self.status_label.setText(text)
+        self.say(text)
         show_info(text)
         self.restored.emit(text)
 

@@ -121,7 +121,8 @@ class TimelineWidget(QWidget):
         self.project_view: ProjectView | None = None
         if model is None:
             self.project_view = ProjectView(self.viewer, self)
-            self.layout().addWidget(self.project_view)
+            self.bottom_row.addWidget(self.project_view)
+            self.layout().addWidget(self.project_view.status_label)
         model = self.model
         model.run_changed.connect(self._on_run_changed)
         model.checkpoints_changed.connect(self._render)
@@ -177,7 +178,10 @@ class TimelineWidget(QWidget):
             "Record this checkpoint as the run's chosen model: segmentation and export use it"
         )
         self.use_button.clicked.connect(self.use_current_checkpoint)
-        layout.addWidget(self.use_button)
+        #: The row of "Use this checkpoint"; the project buttons join it (no extra height).
+        self.bottom_row = QHBoxLayout()
+        self.bottom_row.addWidget(self.use_button)
+        layout.addLayout(self.bottom_row)
 
     # ------------------------------------------------------------------ opening a run
     def _ask_run_folder(self) -> None:
