@@ -203,6 +203,22 @@ def test_a_bad_reference_fails_before_training_writes_anything(files, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_the_panel_start_check_applies_the_preparation(files, scene, tmp_path):
+    from types import SimpleNamespace
+
+    from napari_dgc.state.training import check_start
+
+    layer = SimpleNamespace(key="1", name="leaf", cube=scene)
+    np.save(tmp_path / "narrow.npy", files["white_values"][:, :5])
+    with pytest.raises(CubeFormatError, match="5 columns wide"):
+        check_start(tiny_config(white=str(tmp_path / "narrow.npy")), tmp_path / "run", [layer])
+    # Binning 4 leaves 5 x 4 pixels, smaller than the 8-pixel crop: refused before Start too.
+    with pytest.raises(CubeFormatError, match=r"layer \"leaf\" is 5 x 4 pixels"):
+        check_start(tiny_config(binning=4), tmp_path / "run", [layer])
+    check_start(tiny_config(white=str(files["white"]), binning=2), tmp_path / "run", [layer])
+    assert not (tmp_path / "run").exists()
+
+
 # ---------------------------------------------------------------------- runs
 
 
