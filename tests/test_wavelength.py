@@ -41,6 +41,25 @@ def test_status_bar_shows_the_wavelength_of_the_band_under_the_pointer(make_napa
     assert viewer.status["coordinates"].endswith(f"{cube.metadata['wavelengths'][9]:.1f} nm")
 
 
+def test_status_set_by_napari_window_gets_the_wavelength(make_napari_viewer):
+    """In the window, napari computes the status in a thread and assigns ``viewer.status`` in
+    the GUI thread (``set_status_and_tooltip``); that assignment is what gets the wavelength.
+    """
+    viewer = make_napari_viewer()
+    cube = add_cube_layer(viewer, "leaf")
+    follow_band_wavelength(viewer)
+    viewer.dims.set_current_step(0, 7)
+    status = cube.get_status((7, 11, 13), world=True)
+    viewer.status = status
+    assert viewer.status["coordinates"] == f"{status['coordinates']} · band 7 of 16 · " + (
+        f"{cube.metadata['wavelengths'][7]:.1f} nm"
+    )
+    viewer.status = "[7 11 13] » leaf: 0.5    DGC clusters [leaf]: 3"  # several layers selected
+    assert viewer.status.endswith(" nm") and viewer.status.count(" nm") == 1
+    viewer.status = "Ready"
+    assert viewer.status == "Ready"
+
+
 def test_status_bar_is_left_alone_without_wavelengths(make_napari_viewer):
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((4, 8, 8), dtype=np.float32))
