@@ -166,3 +166,29 @@ def test_file_menu_command_saves_through_the_checkpoints_panel(
     saved = tmp_path / "menu.dgcproj.json"  # the suffix is added
     assert json.loads(saved.read_text())["cubes"][0]["path"] == str(folder / "leaf.npy")
     assert project_module.find_merge_widget(viewer) is None  # saving opens no merge panel
+
+
+def test_painted_masks_stay_in_the_project_folder_whatever_the_layer_name(
+    make_napari_viewer, folder, tmp_path
+):
+    from napari_dgc._qt.merge_layers import add_mask_layer
+
+    viewer = make_napari_viewer()
+    viewer.open(folder / "leaf.npy", plugin="napari-dgc")
+    cube = viewer.layers["leaf"]
+    cube.name = "a/../../b"
+    values = np.zeros(cube.data.shape[-2:], dtype=np.uint8)
+    values[3:9, 4:12] = 1
+    add_mask_layer(
+        viewer, values, {0: "background", 1: "tissue"}, cube.name, viewer.layers["leaf (pseudo-RGB)"]
+    )
+    timeline, _ = panels(viewer)
+    (tmp_path / "p.dgcproj.json").write_text("{}")
+    assert timeline.project_view.save(tmp_path / "p.dgcproj.json") is None  # exists: nothing written
+    assert not masks_folder(tmp_path / "p.dgcproj.json").exists()
+
+    path = timeline.project_view.save(tmp_path / "p.dgcproj.json", overwrite=True)
+    document = json.loads(path.read_text())
+    assert document["masks"] == [{"cube": "a/../../b", "path": "p-masks/a_.._.._b_mask.tif"}]
+    reread = project_module.read_project(path)
+    np.testing.assert_array_equal(reread.masks["a/../../b"].values, values)

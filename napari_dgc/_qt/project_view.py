@@ -20,6 +20,7 @@ mapping (and recomputes the scores when the project had some).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
@@ -148,6 +149,8 @@ class ProjectView(QWidget):
         """Save the viewer's state as a project file; ``None`` (and :attr:`failed`) if refused."""
         path = Path(path).expanduser()
         try:
+            if path.exists() and not overwrite:  # before painted masks are written for it
+                raise FileExistsError(f"{path} exists; refusing to overwrite it")
             project, notes = self.collect(path)
             saved = save_project(path, project, overwrite=overwrite)
         except (DGCError, OSError) as error:
@@ -217,14 +220,15 @@ class ProjectView(QWidget):
         return None
 
     def _masks(self, path: Path, cubes: set[str], notes: list[str]) -> list[ProjectMask]:
+        """The mask of each saved cube that the merge panel scores with (the selected one where a
+        cube has several); painted or changed masks are written into :func:`masks_folder`.
+        """
         from napari_dgc._writer import layer_legend
 
-        from .merge_layers import is_mask_layer
+        from .merge_layers import mask_inputs
 
-        masks: dict[str, ProjectMask] = {}
-        for layer in self.viewer.layers:
-            if not is_mask_layer(layer):
-                continue
+        masks, written = [], set()
+        for layer in mask_inputs(self.viewer)[1]:
             cube = layer.metadata[layer_keys.CUBE_LAYER]
             if cube not in cubes:
                 notes.append(f"Mask {layer.name!r} belongs to no saved cube and is not in the project.")
@@ -232,12 +236,17 @@ class ProjectView(QWidget):
             values = np.asarray(layer.data)
             file = layer.metadata.get(layer_keys.MASK_FILE)
             if file is None or not _holds(Path(file), values):
+                # Layer names may hold any character: the file name keeps only safe ones.
+                stem = re.sub(r"[^A-Za-z0-9._-]+", "_", cube).strip("._") or "cube"
+                while stem in written:
+                    stem += "_"
+                written.add(stem)
                 labels, legend = layer_legend(values, dict(layer.metadata), colormap=layer.colormap)
-                file = masks_folder(path) / f"{cube}_mask.tif"
+                file = masks_folder(path) / f"{stem}_mask.tif"
                 write_label_map(file, labels, {**legend, "layer": layer.name}, overwrite=True)
                 layer.metadata[layer_keys.MASK_FILE] = str(file)
-            masks[cube] = ProjectMask(cube, Path(file))  # the last mask layer of a cube wins
-        return list(masks.values())
+            masks.append(ProjectMask(cube, Path(file)))
+        return masks
 
     # ------------------------------------------------------------------ reopening
     def ask_open(self) -> None:
