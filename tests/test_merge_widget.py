@@ -330,3 +330,104 @@ def test_clicked_pixel_text_follows_the_mapping(panel, scene):
     assert widget.spectra_view.pixel_label.text().endswith("cluster 1, class leaf tissue")
     model.assign_selected(None)
     assert widget.spectra_view.pixel_label.text().endswith("cluster 1, class unassigned")
+
+
+def test_granularity_slider_sets_the_classes_live_and_hand_edits_follow(panel):
+    viewer, widget, clusters = panel
+    model, slider = widget.model, widget.granularity_view.slider
+    assert slider.isEnabled() and (slider.minimum(), slider.maximum()) == (2, 4)
+    slider.setValue(3)
+    assert model.granularity == 3 and len(model.mapping.classes) == 3
+    np.testing.assert_array_equal(
+        layer(viewer, classes_layer_name("leaf")).data, model.mapping.lookup_table()[clusters]
+    )
+    slider.setValue(2)
+    assert len(model.mapping.classes) == 2 and widget.granularity_view.value_label.text() == "2"
+    model.select_clusters([0])
+    model.assign_selected(None)  # by hand, on top of the level
+    assert model.granularity is None and widget.granularity_view.value_label.text() == "by hand"
+    assert slider.value() == 2 and 0 in model.mapping.unassigned_clusters()
+    widget.classes_view.undo_button.click()
+    assert model.granularity == 2 and widget.granularity_view.value_label.text() == "2"
+    widget.classes_view.undo_button.click()  # the drag 3 → 2 was one step
+    assert model.granularity is None and model.mapping.unassigned_clusters() == [0, 1, 2, 3]
+    assert not widget.classes_view.undo_button.isEnabled() and widget.classes_view.redo_button.isEnabled()
+
+
+def test_granularity_slider_is_off_without_cube_pixels(make_napari_viewer, qtbot, scene):
+    viewer = make_napari_viewer()
+    add_cluster_layer(viewer, scene)
+    viewer.layers.remove("leaf")  # the cube: no spectra, no tree
+    widget = MergeWidget(viewer)
+    qtbot.addWidget(widget)
+    assert not widget.granularity_view.slider.isEnabled()
+    assert widget.granularity_view.value_label.text() == "–"
+
+
+def test_undo_and_redo_keys_while_the_panel_has_the_focus(panel):
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QShortcut
+
+    viewer, widget, clusters = panel
+    model = widget.model
+    model.assign([0, 3], 0)
+    shortcuts = {s.key().toString(): s for s in widget.findChildren(QShortcut)}
+    assert all(s.context() == Qt.WidgetWithChildrenShortcut for s in shortcuts.values())
+    shortcuts["Ctrl+Z"].activated.emit()
+    assert model.mapping.unassigned_clusters() == [0, 1, 2, 3]
+    shortcuts["Ctrl+Z"].activated.emit()  # nothing left to undo: no error shown
+    assert "nothing" not in widget.status_label.text()
+    shortcuts["Ctrl+Shift+Z"].activated.emit()
+    assert model.mapping.classes[0].clusters == [0, 3]
+    np.testing.assert_array_equal(
+        layer(viewer, classes_layer_name("leaf")).data == 1, np.isin(clusters, [0, 3])
+    )
+
+
+def test_mask_from_a_shapes_layer_with_class_features(panel, scene):
+    viewer, widget, clusters = panel
+    rectangle = np.array([[2, 2], [2, 9], [9, 9], [9, 2]], dtype=float)
+    triangle = np.array([[14, 14], [14, 22], [22, 14]], dtype=float)
+    viewer.add_shapes(
+        [rectangle, triangle, rectangle + [0, 14]],
+        shape_type=["rectangle", "polygon", "ellipse"],
+        features={"class": ["sugar", "flour", "ignore"]},
+        name="annotations",
+    )
+    widget.masks_view.names_edit.setText("belt, sugar")
+    mask_layer = widget.mask_from_shapes()
+    assert mask_layer.name == mask_layer_name("leaf") and "3 shape(s)" in widget.status_label.text()
+    assert mask_layer.data[5, 5] == 1 and mask_layer.data[16, 16] == 2 and mask_layer.data[0, 0] == 0
+    assert mask_layer.data[5, 19] == 255 and mask_layer.data[2, 16] == 0  # ellipse centre, box corner
+    assert mask_layer.metadata["class_names"] == ["belt", "sugar", "flour"]
+    assert widget.model.ground_truth.inputs["leaf"].legend == {0: "belt", 1: "sugar", 2: "flour"}
+
+    viewer.add_shapes([[[1, 1], [5, 5]]], shape_type="line", name="a line")
+    assert widget.mask_from_shapes() is None and "encloses no pixels" in widget.status_label.text()
+
+
+def test_mask_from_shapes_needs_a_shapes_layer(panel):
+    viewer, widget, _ = panel
+    assert widget.mask_from_shapes() is None
+    assert "no Shapes layer" in widget.status_label.text()
+
+
+def test_mask_layers_keep_names_by_value_and_colours_by_name(panel):
+    viewer, widget, _ = panel
+    widget.masks_view.names_edit.setText("")
+    legend = {1: "sugar", 2: "flour", 4: "eraser"}  # no 0, a gap at 3
+    values = np.ones(layer(viewer, "DGC clusters [leaf]").data.shape, np.uint8)
+    from napari_dgc._qt.merge_layers import add_mask_layer, mask_legend
+
+    source = layer(viewer, "DGC clusters [leaf]")
+    mask_layer = add_mask_layer(viewer, values, legend, "leaf", source, colors={2: "#010203"})
+    assert mask_layer.metadata["class_names"] == ["", "sugar", "flour", "", "eraser"]
+    assert mask_legend(mask_layer) == legend
+    colors = mask_layer.colormap.color_dict
+    np.testing.assert_allclose(colors[2][:3], np.array([1, 2, 3]) / 255, atol=1e-3)
+    assert colors[0][3] == 0  # value 0 stays transparent
+    # A new mask takes the names of the masks there are instead of background/tissue/lesion.
+    new = widget.new_mask_layer()
+    assert new.metadata["class_names"] == ["", "sugar", "flour", "", "eraser"]
+    assert new.data.max() == 255 and new.selected_label == 1  # unpainted pixels: ignore
+    assert "1 sugar, 2 flour, 4 eraser" in widget.status_label.text()

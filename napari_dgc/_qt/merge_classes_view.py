@@ -1,4 +1,4 @@
-"""The classes box of the cluster-merge panel: list, add, remove, rename, recolour, assign; mapping files."""
+"""The classes box of the merge panel: list, add, remove, rename, recolour, assign, undo; mapping files."""
 
 from __future__ import annotations
 
@@ -26,6 +26,8 @@ class MergeClassesView(MergeView):
     """The model's classes as an editable list, with the buttons that change the mapping.
 
     Clusters dropped on a class (from the cluster table) are the model's selected clusters.
+    **Undo**/**Redo** walk the model's mapping history (the panel also binds Ctrl+Z and
+    Ctrl+Shift+Z to them).
     """
 
     def __init__(self, model: MergeModel, parent=None) -> None:
@@ -55,6 +57,13 @@ class MergeClassesView(MergeView):
         )
         grid.addWidget(self.assign_button, 4, 0, 1, 2)
         files = QHBoxLayout()
+        self.undo_button, self.redo_button = QPushButton("Undo"), QPushButton("Redo")
+        self.undo_button.setToolTip("Undo the last change of the classes (Ctrl+Z)")
+        self.redo_button.setToolTip("Redo what was undone (Ctrl+Shift+Z)")
+        self.undo_button.clicked.connect(self.undo)
+        self.redo_button.clicked.connect(self.redo)
+        files.addWidget(self.undo_button)
+        files.addWidget(self.redo_button)
         for text, slot in (("Load mapping…", self._load_clicked), ("Save mapping…", self._save_clicked)):
             button = QPushButton(text)
             button.clicked.connect(slot)
@@ -62,7 +71,23 @@ class MergeClassesView(MergeView):
         grid.addLayout(files, 5, 0, 1, 2)
         layout.addWidget(box)
         model.mapping_changed.connect(self._render)
+        model.history_changed.connect(self._render_history)
         self._render()
+        self._render_history()
+
+    def undo(self) -> None:
+        """Undo the last mapping change (:meth:`MergeModel.undo`); refused quietly when there is none."""
+        if self.model.can_undo:
+            self.attempt(self.model.undo)
+
+    def redo(self) -> None:
+        """Redo the last undone change (:meth:`MergeModel.redo`); refused quietly when there is none."""
+        if self.model.can_redo:
+            self.attempt(self.model.redo)
+
+    def _render_history(self) -> None:
+        self.undo_button.setEnabled(self.model.can_undo)
+        self.redo_button.setEnabled(self.model.can_redo)
 
     def _render(self) -> None:
         """Show the model's classes, keeping the current row where it still exists."""

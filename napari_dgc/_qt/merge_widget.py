@@ -7,9 +7,11 @@ layers to it (:mod:`napari_dgc._qt.merge_layers`):
 * the "DGC clusters [<cube>]" Labels layers of the train panel, grouped by run and
   checkpoint, become the model's clustering (with their cubes' image layers, for the
   statistics and spectra);
-* mask layers (drawn, imported, or the synthetic sample's ground truth) become its masks;
+* mask layers (painted, rasterised from a Shapes layer, imported, or the synthetic sample's
+  ground truth) become its masks;
 * every change of the mapping is shown as one "DGC classes [<cube>]" Labels layer per cube;
-* a click on the canvas picks the pixel under it.
+* a click on the canvas picks the pixel under it;
+* Ctrl+Z / Ctrl+Shift+Z, while the panel has the focus, undo and redo mapping changes.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from napari.layers import Labels
+from napari.layers import Labels, Shapes
 from qtpy.QtCore import Qt
+from qtpy.QtGui import QKeySequence
 from qtpy.QtWidgets import (
     QComboBox,
     QFrame,
@@ -27,6 +30,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QScrollArea,
+    QShortcut,
     QVBoxLayout,
     QWidget,
 )
@@ -36,6 +40,7 @@ from napari_dgc._qt.band_wavelength import follow_band_wavelength
 from napari_dgc._qt.merge_classes_view import MergeClassesView
 from napari_dgc._qt.merge_clusters_view import MergeClustersView
 from napari_dgc._qt.merge_export_view import MergeExportView
+from napari_dgc._qt.merge_granularity_view import MergeGranularityView
 from napari_dgc._qt.merge_iou_view import MergeIouView
 from napari_dgc._qt.merge_layers import (
     ClusteringKey,
@@ -43,6 +48,7 @@ from napari_dgc._qt.merge_layers import (
     classes_layer_name,
     cluster_groups,
     clustering_of,
+    drawn_shapes,
     mask_inputs,
     mask_layer_name,
     show_classes,
@@ -50,7 +56,7 @@ from napari_dgc._qt.merge_layers import (
 from napari_dgc._qt.merge_masks_view import MergeMasksView
 from napari_dgc._qt.merge_parts import REFUSALS, MergeView
 from napari_dgc._qt.merge_spectra_view import MergeSpectraView
-from napari_dgc.analysis.masks import DEFAULT_LEGEND
+from napari_dgc.analysis.masks import IGNORE_VALUE
 from napari_dgc.state.merge import MergeModel
 
 __all__ = ["MergeWidget", "classes_layer_name", "mask_layer_name"]
@@ -121,6 +127,7 @@ class MergeWidget(MergeView):
 
         model = self.model
         self.classes_view = MergeClassesView(model)
+        self.granularity_view = MergeGranularityView(model)
         self.clusters_view = MergeClustersView(model)
         self.spectra_view = MergeSpectraView(model)
         self.masks_view = MergeMasksView(model)
@@ -128,6 +135,7 @@ class MergeWidget(MergeView):
         self.export_view = MergeExportView(model)
         views = (
             self.classes_view,
+            self.granularity_view,
             self.clusters_view,
             self.spectra_view,
             self.masks_view,
@@ -139,6 +147,12 @@ class MergeWidget(MergeView):
             view.failed.connect(self._show_error)
         self.failed.connect(self._show_error)
         self.masks_view.new_mask_requested.connect(lambda: self.new_mask_layer())
+        self.masks_view.shapes_requested.connect(lambda: self.mask_from_shapes())
+        # Only while the panel has the focus: napari's own Ctrl+Z undoes label painting.
+        for keys, slot in (("Ctrl+Z", self.classes_view.undo), ("Ctrl+Shift+Z", self.classes_view.redo)):
+            shortcut = QShortcut(QKeySequence(keys), self)
+            shortcut.setContext(Qt.WidgetWithChildrenShortcut)
+            shortcut.activated.connect(slot)
         self.masks_view.import_requested.connect(self.import_masks)
 
         self.status_label = QLabel()
@@ -226,10 +240,10 @@ class MergeWidget(MergeView):
         if self.cluster_layers:
             show_classes(self.viewer, self.model.mapping, self.model.cluster_maps, self.cluster_layers)
 
-    def new_mask_layer(self, cube: str | None = None) -> Labels | None:
-        """Add an all-background mask layer for a cube, ready to paint tissue (1) with the brush.
+    def _mask_source(self, cube: str | None) -> Labels | None:
+        """The cluster layer a new mask of ``cube`` is placed like.
 
-        Without ``cube``: the cube of the selected cluster layer, else the first. ``None`` (and
+        Without ``cube``: the selected cluster layer, else the first. ``None`` (and
         :attr:`failed`) if there is no cluster layer to draw on.
         """
         layers = [
@@ -238,13 +252,69 @@ class MergeWidget(MergeView):
         if not layers:
             self.failed.emit("no 'DGC clusters' layer to draw a mask for")
             return None
-        source = next((layer for layer in layers if layer in self.viewer.layers.selection), layers[0])
+        return next((layer for layer in layers if layer in self.viewer.layers.selection), layers[0])
+
+    def new_mask_layer(self, cube: str | None = None) -> Labels | None:
+        """Add an empty mask layer for a cube, ready to paint value 1 with the brush.
+
+        Its values are named by :meth:`MergeModel.new_mask_legend` (the mask class names field,
+        else the masks there are, else background / tissue / lesion). Without ``cube``: the
+        cube of the selected cluster layer, else the first. ``None`` (and :attr:`failed`) if
+        there is no cluster layer to draw on or the class names are malformed.
+        """
+        source = self._mask_source(cube)
+        legend = self.attempt(self.model.new_mask_legend) if source is not None else None
+        if legend is None:
+            return None
         cube = source.metadata[layer_keys.CUBE_LAYER]
-        values = np.zeros(source.data.shape, dtype=np.uint8)
-        layer = add_mask_layer(self.viewer, values, dict(DEFAULT_LEGEND), cube, source)
-        layer.selected_label = 1
+        # 0 where the legend names it (background), else "ignore": unpainted pixels are no class.
+        blank = 0 if 0 in legend else IGNORE_VALUE
+        values = np.full(source.data.shape, blank, dtype=np.uint8)
+        layer = add_mask_layer(self.viewer, values, legend, cube, source)
+        layer.selected_label = min((v for v in legend if v != blank), default=1)
         layer.mode = "paint"
-        self.show_status(f"Paint the mask of {cube}: 1 tissue, 2 lesion, 255 ignore; unpainted = background.")
+        classes = ", ".join(f"{value} {name}" for value, name in sorted(legend.items()) if value != blank)
+        unpainted = legend[0] if blank == 0 else "ignore"
+        self.show_status(f"Paint the mask of {cube}: {classes}, 255 ignore; unpainted = {unpainted}.")
+        return layer
+
+    def mask_from_shapes(self, shapes_layer: Shapes | None = None, cube: str | None = None) -> Labels | None:
+        """Rasterise a Shapes layer's polygons, rectangles and ellipses into a mask layer.
+
+        Parameters
+        ----------
+        shapes_layer : napari.layers.Shapes, optional
+            Default: the selected Shapes layer, else the topmost one.
+        cube : str, optional
+            The cube the mask is for. Default: the layer's ``metadata["dgc_cube_layer"]``, else
+            the cube of the selected cluster layer, else the first.
+
+        Returns
+        -------
+        napari.layers.Labels or None
+            The mask layer; ``None`` (and :attr:`failed`) without a Shapes or cluster layer, or
+            for shapes that cannot be rasterised (see :meth:`MergeModel.mask_from_shapes`).
+        """
+        if shapes_layer is None:
+            candidates = [layer for layer in self.viewer.layers if isinstance(layer, Shapes)]
+            selected = self.viewer.layers.selection.active
+            shapes_layer = (
+                selected if isinstance(selected, Shapes) else (candidates[-1] if candidates else None)
+            )
+        if shapes_layer is None:
+            self.failed.emit("no Shapes layer: add one and draw polygons or rectangles over the cube first")
+            return None
+        source = self._mask_source(cube or shapes_layer.metadata.get(layer_keys.CUBE_LAYER))
+        if source is None:
+            return None
+        cube = source.metadata[layer_keys.CUBE_LAYER]
+        mask = self.attempt(
+            self.model.mask_from_shapes, cube, drawn_shapes(shapes_layer, source), shapes_layer.name
+        )
+        if mask is None:
+            return None
+        layer = add_mask_layer(self.viewer, mask.values, mask.legend, cube, source)
+        self.show_status(f"Mask of {cube} from {len(shapes_layer.data)} shape(s) of {shapes_layer.name!r}.")
         return layer
 
     def import_masks(self, paths: list[str | Path]) -> list[Labels] | None:
@@ -259,7 +329,15 @@ class MergeWidget(MergeView):
         masks, unmatched = read
         sources = {layer.metadata[layer_keys.CUBE_LAYER]: layer for layer in self.cluster_layers}
         added = [
-            add_mask_layer(self.viewer, mask.values, mask.legend, cube, sources[cube], mask_file=mask.source)
+            add_mask_layer(
+                self.viewer,
+                mask.values,
+                mask.legend,
+                cube,
+                sources[cube],
+                mask_file=mask.source,
+                colors=mask.colors,
+            )
             for cube, mask in masks.items()
         ]
         note = f"; not matched: {', '.join(Path(p).name for p in unmatched)}" if unmatched else ""
