@@ -93,6 +93,7 @@ class CentroidInit(Choice):
 
     RANDOM = "random"
     KMEANS_PP = "kmeans++"
+    SPECTRA = "spectra"
 
 
 def setting(

@@ -9,7 +9,7 @@ from _training_helpers import N_CLUSTERS, add_cube_layer, tiny_config, tiny_cube
 from napari_dgc._qt import timeline_widget as timeline_module
 from napari_dgc._qt.cube_layers import LABEL_OFFSET, labels_layer_name
 from napari_dgc._qt.plots import short_number
-from napari_dgc._qt.timeline_widget import CHOSEN_MARKER, TimelineWidget
+from napari_dgc._qt.timeline_widget import CHOSEN_MARKER, RECOMMENDED_MARKER, TimelineWidget
 from napari_dgc.run_folder import RunDirectory
 from napari_dgc.training.loop import train
 
@@ -40,21 +40,28 @@ def open_timeline(viewer, qtbot, run_dir) -> TimelineWidget:
     return timeline
 
 
-def test_open_run_shows_latest_and_sweeps_figures(make_napari_viewer, qtbot, headless_run, notifications):
+def test_open_run_shows_recommended_and_sweeps_figures(
+    make_napari_viewer, qtbot, headless_run, notifications
+):
     viewer = make_napari_viewer()
     cube = add_cube_layer(viewer, "leaf", seed=1)
     timeline = open_timeline(viewer, qtbot, headless_run)
     review = timeline.model
     ids = review.checkpoint_ids()
     assert ids == ["step-000002", "step-000004", "step-000006", "step-000008"]
-    assert timeline.current_checkpoint_id() == ids[-1]  # nothing chosen yet: the latest
+    # Nothing chosen yet: the checkpoint training recommends, marked on every plot.
+    shown = RunDirectory.open(headless_run).recommended_checkpoint.checkpoint_id
+    assert timeline.current_checkpoint_id() == shown
+    assert (int(shown[-6:]), RECOMMENDED_MARKER, "dot") in timeline.plots.plot(
+        "spectral separation"
+    ).markers()
     labels = viewer.layers[labels_layer_name("leaf")]
-    model = RunDirectory.open(headless_run).load_model(ids[-1])
+    model = RunDirectory.open(headless_run).load_model(shown)
     from napari_dgc.inference.segmentation import segment_cube
 
     expected = segment_cube(model, tiny_cube(seed=1)).labels
     np.testing.assert_array_equal(labels.data, expected + LABEL_OFFSET)
-    assert labels.metadata["dgc_checkpoint"] == ids[-1]
+    assert labels.metadata["dgc_checkpoint"] == shown
     assert labels.metadata["dgc_n_clusters"] == N_CLUSTERS
     assert tuple(labels.scale) == tuple(cube.scale[1:])
     # Every cluster has its own colour, none transparent.
@@ -68,7 +75,7 @@ def test_open_run_shows_latest_and_sweeps_figures(make_napari_viewer, qtbot, hea
     assert "NMI to previous" in timeline.checkpoint_label.text()
     separation_plot = timeline.plots.plot("spectral separation")
     assert separation_plot.series_names() == ["separation"]
-    separation = review.figures[ids[-1]].spectral_separation
+    separation = review.figures[shown].spectral_separation
     assert separation is not None and separation > 0
     assert f"separation {short_number(separation)}" in timeline.checkpoint_label.text()
     assert not notifications
@@ -161,4 +168,14 @@ def test_a_prepared_run_is_shown_on_the_raw_cube_layer_at_its_binning(
     np.testing.assert_array_equal(labels.data, expected + LABEL_OFFSET)
     assert tuple(labels.scale) == tuple(2 * np.asarray(cube_layer.scale[1:]))
     assert tuple(labels.translate) == tuple(np.asarray(cube_layer.translate[1:]) + 0.5)
+    # The merge panel's cluster spectra come from the cube prepared as the run's was.
+    from napari_dgc._qt.merge_layers import cluster_groups, clustering_of
+
+    ((key, layers),) = cluster_groups(viewer).items()
+    pixels = clustering_of(viewer, key, layers).cubes[cube_layer.name]
+    prepared = run_preparation(run).apply(open_cube(path))
+    assert pixels.shape == (12, 16, 16)
+    np.testing.assert_array_equal(
+        np.asarray(pixels[:, 3, 4]), prepared.read_window(slice(3, 4), slice(4, 5))[0, 0]
+    )
     assert not notifications

@@ -184,6 +184,14 @@ def _progress_line(event: Any, starts: int) -> str:
     return f"{where}loss {event.losses['total']:+.4f}  active {event.active_clusters}  {rate:.2f} steps/s "
 
 
+def _recommendation_line(run_dir: Any) -> str:
+    """Which checkpoint ``segment`` and exports will use, and why."""
+    from napari_dgc.run_folder import RunDirectory
+
+    default = RunDirectory.open(run_dir).default_checkpoint()
+    return "no checkpoint written" if default is None else f"use: {default[0].checkpoint_id}, {default[1]}"
+
+
 def _finished_line(run_dir: Any, starts: int, step: int) -> str:
     """The last line: where the continuing start ended and how many steps the run has trained."""
     from napari_dgc.run_folder import RunDirectory
@@ -280,3 +288,4 @@ def _report(events: Any, config: TrainConfig, quiet: bool, writer: bool) -> None
                 print(file=sys.stderr, flush=True)
             if writer:
                 print(_finished_line(event.run_dir, starts, event.step))
+                print(_recommendation_line(event.run_dir))

@@ -30,7 +30,7 @@ SERIES_COLORS = (
 #: Axis, title and "current checkpoint" marker colour: mid grey reads on dark and light themes.
 NEUTRAL = "#a0a0a0"
 
-_MARKER_STYLES = {"solid": Qt.SolidLine, "dash": Qt.DashLine}
+_MARKER_STYLES = {"solid": Qt.SolidLine, "dash": Qt.DashLine, "dot": Qt.DotLine}
 
 #: Height of one row of plots in a grid (pixels).
 PLOT_HEIGHT = 84
@@ -196,7 +196,7 @@ class SparklinePlot(pg.PlotItem):
             self.setXRange(*x_range, padding=0)
 
     def set_markers(self, markers: Sequence[tuple[float, str | None, str]]) -> None:
-        """Vertical lines ``(x, colour, "solid" | "dash")``; colour ``None`` is the neutral grey."""
+        """Vertical lines ``(x, colour, "solid" | "dash" | "dot")``; colour ``None`` is the neutral grey."""
         markers = [(float(x), color, style) for x, color, style in markers]
         if markers == self._markers:
             return

@@ -47,10 +47,11 @@ from .plots import SparklineGrid
 from .project_view import ProjectView
 from .workers import CheckpointSegmented, FiguresComputed, call_on_window_close, start_review_worker
 
-__all__ = ["CHOSEN_MARKER", "CURRENT_MARKER", "TimelineWidget", "error_message"]
+__all__ = ["CHOSEN_MARKER", "CURRENT_MARKER", "RECOMMENDED_MARKER", "TimelineWidget", "error_message"]
 
 CURRENT_MARKER = None  # the plots' neutral colour
 CHOSEN_MARKER = "#ffd700"
+RECOMMENDED_MARKER = "#3cb371"
 
 #: The timeline's plots: title → (fixed y range, tooltip).
 PLOTS = {
@@ -385,8 +386,9 @@ class TimelineWidget(QWidget):
     # ------------------------------------------------------------------ drawing
     def _update_plots(self) -> None:
         model = self.model
-        current, chosen = model.marker_steps()
-        markers = ([(chosen, CHOSEN_MARKER, "solid")] if chosen is not None else []) + (
+        current, chosen, recommended = model.marker_steps()
+        styles = ((recommended, RECOMMENDED_MARKER, "dot"), (chosen, CHOSEN_MARKER, "solid"))
+        markers = [marker for marker in styles if marker[0] is not None] + (
             [(current, CURRENT_MARKER, "dash")] if current is not None else []
         )
         last = model.checkpoints[-1].run_step if model.checkpoints else 1

@@ -10,7 +10,8 @@ Layout::
     RUN/checkpoints/start1-step-000100/...        the same for start 1 of a run with several starts
 
 ``run.json`` holds the training configuration, band count, wavelengths, dataset files with
-their sizes, seed, package versions, creation time, the chosen checkpoint, the selected start
+their sizes, seed, package versions, creation time, the chosen checkpoint, the checkpoint
+training recommends and why (``recommended_checkpoint``), the selected start
 (runs with several starts, ``TrainConfig.starts.count``) and the list of checkpoints in training
 order with the SHA-256 of each of their files. A checkpoint is added to that list only
 
@@ -33,6 +34,6 @@ Nothing here unpickles: tensors are read with safetensors, everything else is JS
 """
 
 from napari_dgc.run_folder.directory import RunDirectory
-from napari_dgc.run_folder.manifest import CheckpointInfo, checkpoint_id_for
+from napari_dgc.run_folder.manifest import CheckpointInfo, Recommendation, checkpoint_id_for
 
-__all__ = ["CheckpointInfo", "RunDirectory", "checkpoint_id_for"]
+__all__ = ["CheckpointInfo", "Recommendation", "RunDirectory", "checkpoint_id_for"]

@@ -23,7 +23,7 @@ from psygnal import Signal
 from napari_dgc.config import StartPlan, TrainConfig
 from napari_dgc.errors import DGCError
 from napari_dgc.inference.checkpoint_review import CheckpointFigures, CheckpointReview, recorded_losses
-from napari_dgc.run_folder import CheckpointInfo
+from napari_dgc.run_folder import CheckpointInfo, Recommendation
 from napari_dgc.state.training import CubeSourceLike
 from napari_dgc.training.events import start_name
 
@@ -82,6 +82,8 @@ class ReviewModel:
         self.figures: dict[str, CheckpointFigures] = {}
         self.current: str | None = None
         self.chosen: str | None = None
+        #: The checkpoint training recommends and why (``run.json``), re-read with the list.
+        self.recommended: Recommendation | None = None
         self.live = False
         self.total_steps = 0
         self.total_run_steps = 0
@@ -91,7 +93,8 @@ class ReviewModel:
 
     # ------------------------------------------------------------------ which run
     def open_run(self, run_dir: str | Path, sources: Sequence[CubeSourceLike]) -> None:
-        """Review a run folder on ``sources`` and select its chosen (else latest) checkpoint.
+        """Review a run folder on ``sources`` and select its chosen, else recommended, else latest
+        checkpoint.
 
         Raises
         ------
@@ -104,7 +107,7 @@ class ReviewModel:
             self.review = review
         self._reset(review.path, sources, review.run.config, live=False)
         self.refresh()
-        shown = self.chosen
+        shown = self.chosen or (self.recommended and self.recommended.checkpoint_id)
         if shown is None:
             try:  # the selected start's latest, which need not be listed last
                 latest = review.run.latest_checkpoint()
@@ -153,10 +156,11 @@ class ReviewModel:
         if not keep:
             self.checkpoints, self.figures, self.current = [], {}, None
             self.requests = queue.SimpleQueue()
-        self.chosen = None
+        self.chosen = self.recommended = None
         if self.review is not None:
             try:
                 self.chosen = self.review.run.chosen_checkpoint
+                self.recommended = self.review.run.recommended_checkpoint
             except DGCError as error:
                 self.error.emit(str(error))
         self.run_changed.emit(path)
@@ -228,6 +232,7 @@ class ReviewModel:
         if review is not None:
             try:
                 self.checkpoints = review.checkpoints()
+                self.recommended = review.run.recommended_checkpoint
             except DGCError as error:
                 self.error.emit(str(error))
                 return
@@ -298,6 +303,8 @@ class ReviewModel:
         text = f"{info.checkpoint_id}  ({index + 1}/{len(self.checkpoints)}, {where})"
         if info.checkpoint_id == self.chosen:
             text += "  ★ chosen"
+        if self.recommended is not None and info.checkpoint_id == self.recommended.checkpoint_id:
+            text += f"  ✓ recommended: {self.recommended.reason}"
         figures = self.figures.get(info.checkpoint_id)
         if figures is not None:
             nmi = "–" if figures.nmi_to_previous is None else f"{figures.nmi_to_previous:.2f}"
@@ -332,10 +339,13 @@ class ReviewModel:
             series.append((label, [info.run_step for info in infos], [value(info) for info in infos]))
         return series
 
-    def marker_steps(self) -> tuple[int | None, int | None]:
-        """Run steps of the current and of the chosen checkpoint (``None`` if not listed)."""
+    def marker_steps(self) -> tuple[int | None, int | None, int | None]:
+        """Run steps of the current, the chosen and the recommended checkpoint (``None`` if not
+        listed).
+        """
         steps = {info.checkpoint_id: info.run_step for info in self.checkpoints}
-        return steps.get(self.current), steps.get(self.chosen)
+        recommended = None if self.recommended is None else self.recommended.checkpoint_id
+        return steps.get(self.current), steps.get(self.chosen), steps.get(recommended)
 
 
 def short_number(value: float, digits: int = 3) -> str:

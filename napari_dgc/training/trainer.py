@@ -252,6 +252,8 @@ class Trainer:
             model.initialize_from_data(self._raw_crops(pairs))
         if self.step_count == 0 and config.centroids.init == "kmeans++":
             self._fit_centroids(pairs, inits=1)
+        if self.step_count == 0 and config.centroids.init == "spectra":
+            self._fit_centroids(pairs, inits=config.centroids.fit_inits, on_spectra=True)
         if config.centroids.fit_step and self.step_count == config.centroids.fit_step:
             self._fit_centroids(pairs, inits=config.centroids.fit_inits)
         if whole and world_size > 1:  # rank 0's initialised model is everyone's, to the last bit
@@ -337,20 +339,38 @@ class Trainer:
                 averaged[name].mul_(decay).add_(value, alpha=1 - decay)
         averaged["centroids"].copy_(F.normalize(averaged["centroids"], dim=1))
 
-    def _fit_centroids(self, pairs: list[CropPair], inits: int, max_pixels: int = 4096) -> None:
+    def _fit_centroids(
+        self, pairs: list[CropPair], inits: int, max_pixels: int = 4096, on_spectra: bool = False
+    ) -> None:
         """Set the centroids to the best of ``inits`` spherical k-means fits (lowest ``1 - cos``
         inertia) of the pairs' embeddings, on at most ``max_pixels`` rows drawn with the kick
         generator (saved in checkpoints, so resuming stays exact).
+
+        ``on_spectra`` fits the normalised spectral inputs instead (cosine k-means of the
+        spectra, the strongest simple baseline) and places each centroid at the mean embedding
+        of its cluster's pixels, so training starts from that partition.
         """
         with torch.no_grad():
-            z, _, _ = self._forward(pairs)
-            if z.shape[0] > max_pixels:
-                z = z[
-                    torch.from_numpy(self.kick_rng.choice(z.shape[0], max_pixels, replace=False)).to(z.device)
-                ]
-            fits = [spherical_kmeans(z, self.model.n_clusters, self.kick_rng) for _ in range(inits)]
-            inertia = [float((1.0 - (z @ c.T).max(dim=1).values).sum()) for c in fits]
-            self.model.centroids.copy_(fits[int(np.argmin(inertia))])
+            z, _, spectral_rows = self._forward(pairs)
+            points = z
+            if on_spectra:
+                sequences, index = spectral_rows
+                points = F.normalize(sequences[index], dim=1)
+            sample = points
+            if points.shape[0] > max_pixels:
+                rows = self.kick_rng.choice(points.shape[0], max_pixels, replace=False)
+                sample = points[torch.from_numpy(rows).to(points.device)]
+            fits = [spherical_kmeans(sample, self.model.n_clusters, self.kick_rng) for _ in range(inits)]
+            inertia = [float((1.0 - (sample @ c.T).max(dim=1).values).sum()) for c in fits]
+            best = fits[int(np.argmin(inertia))]
+            if on_spectra:
+                labels = (points @ best.T).argmax(dim=1)
+                sums = torch.zeros_like(self.model.centroids).index_add_(0, labels, z)
+                # A cluster no pixel chose keeps its random centroid.
+                best = torch.where(
+                    sums.norm(dim=1, keepdim=True) > 0, F.normalize(sums, dim=1), self.model.centroids
+                )
+            self.model.centroids.copy_(best)
 
     def _fidelity_term(self, z: torch.Tensor, sequences: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Weighted fidelity loss on ``fidelity_pixels`` rows of ``z`` drawn at random; row
