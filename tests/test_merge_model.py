@@ -356,3 +356,21 @@ def test_masks_from_shapes_use_the_known_names(model):
     assert mask.values[4, 4] == 1 and mask.values[12, 12] == 2 and mask.values[0, 0] == 0
     with pytest.raises(MergeStateError, match="no clusters of a cube 'other'"):
         model.mask_from_shapes("other", [], "shapes")
+
+
+def test_a_whole_mapping_is_one_undo_step(model):
+    from napari_dgc.analysis.classes import ClassMapping, SemanticClass
+
+    partial = ClassMapping(
+        [SemanticClass("belt", "#101010", [0, 3]), SemanticClass("leaf", "#202020", [1])], 4
+    )
+    model.set_mapping(partial)
+    partial.classes[0].name = "changed later"
+    assert [c.name for c in model.mapping.classes] == [
+        "belt",
+        "leaf",
+    ] and model.mapping.unassigned_clusters() == [2]
+    model.undo()
+    assert [c.name for c in model.mapping.classes] == ["background", "tissue"] and not model.can_undo
+    with pytest.raises(MappingError, match="for 5 clusters"):
+        model.set_mapping(ClassMapping([], 5))

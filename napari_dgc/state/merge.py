@@ -50,7 +50,7 @@ from napari_dgc.analysis.masks import (
     read_mask,
 )
 from napari_dgc.analysis.merge_tree import MergeTree, merge_tree
-from napari_dgc.errors import DGCError, MaskError
+from napari_dgc.errors import DGCError, MappingError, MaskError
 
 #: Classes a new merge starts with.
 INITIAL_CLASSES = ("background", "tissue")
@@ -393,6 +393,23 @@ class MergeModel:
         change(edited)
         edited.validate()
         self._adopt(edited)
+
+    def set_mapping(self, mapping: ClassMapping) -> None:
+        """Adopt ``mapping`` (complete or partial, e.g. a saved project's) as one undoable step.
+
+        Raises
+        ------
+        MappingError
+            If it is invalid or for another number of clusters; the mapping stays as it was.
+        """
+        if mapping.n_clusters != self._mapping.n_clusters:
+            raise MappingError(
+                f"the mapping is for {mapping.n_clusters} clusters, "
+                f"the clustering has {self._mapping.n_clusters}"
+            )
+        adopted = copy.deepcopy(mapping)  # the caller's object may change later; history states must not
+        adopted.validate()
+        self._adopt(adopted)
 
     @property
     def can_undo(self) -> bool:
