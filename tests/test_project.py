@@ -11,14 +11,12 @@ import pytest
 from _training_helpers import N_BANDS, N_CLUSTERS, tiny_config, tiny_cube
 
 from napari_dgc.analysis.classes import ClassMapping, SemanticClass
-from napari_dgc.state.merge import Clustering, MergeModel
 from napari_dgc.state.project import (
     PROJECT_FORMAT,
     Project,
     ProjectCube,
     ProjectError,
     ProjectMask,
-    apply_mapping,
     load_project,
     mask_binning,
     project_path,
@@ -224,22 +222,3 @@ def test_read_project_opens_cubes_and_checks_masks_against_them(workspace, tmp_p
 )
 def test_mask_binning(cube, mask, binning):
     assert mask_binning(cube, mask) == binning
-
-
-def test_apply_mapping_rebuilds_a_partial_mapping_with_swapped_names(workspace):
-    labels = np.array([[0, 1], [2, 2]])
-    model = MergeModel()
-    model.set_clustering(Clustering("run", "step-000002", N_CLUSTERS, {"leaf": labels}))
-    model.assign([0, 1], 1)
-    wanted = ClassMapping(
-        [
-            SemanticClass("tissue", "#00ff00", [2]),
-            SemanticClass("background", "#000000", []),
-            SemanticClass("lesion", "#ff0000", [0]),
-        ],
-        N_CLUSTERS,
-    )
-    apply_mapping(model, wanted)
-    assert model.mapping.to_json() == wanted.to_json()
-    with pytest.raises(ProjectError, match="for 5 clusters"):
-        apply_mapping(model, ClassMapping([SemanticClass("a", "#000000", [4])], 5))

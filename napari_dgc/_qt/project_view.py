@@ -43,7 +43,6 @@ from napari_dgc.state.project import (
     ProjectCube,
     ProjectFiles,
     ProjectMask,
-    apply_mapping,
     mask_binning,
     project_path,
     read_project,
@@ -363,7 +362,7 @@ class ProjectView(QWidget):
             merge.refresh_layers()  # the cluster layers now hold the saved checkpoint's clusters
         if merge is not None and project.mapping is not None:
             try:
-                apply_mapping(merge.model, project.mapping)
+                merge.model.set_mapping(project.mapping)
             except DGCError as error:
                 notes.append(f"Class mapping not restored: {error}.")
         if merge is not None and project.scores is not None and merge.model.clustering is not None:

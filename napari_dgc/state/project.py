@@ -34,7 +34,6 @@ from napari_dgc.errors import DGCError
 from napari_dgc.io import Cube, open_cube
 from napari_dgc.run_folder import RunDirectory
 from napari_dgc.safe_json import read_json
-from napari_dgc.state.merge import MergeModel
 
 PROJECT_FORMAT = "napari-dgc-project"
 PROJECT_VERSION = 1
@@ -458,40 +457,3 @@ def mask_binning(cube_hw: tuple[int, int], mask_hw: tuple[int, ...]) -> int | No
     return (
         binning if binning >= 1 and (cube_hw[0] // binning, cube_hw[1] // binning) == tuple(mask_hw) else None
     )
-
-
-def apply_mapping(model: MergeModel, mapping: ClassMapping) -> None:
-    """Make ``model``'s mapping equal ``mapping`` (which may be partial) through its public edits.
-
-    ``load_mapping`` accepts only complete mapping files; a project keeps the mapping being
-    built. The model must show a clustering with ``mapping.n_clusters`` clusters.
-
-    Raises
-    ------
-    ProjectError
-        If the model's clustering has another number of clusters.
-    MappingError
-        If an edit is refused (the mapping is checked when the project is read, so only a
-        model changed meanwhile refuses one).
-    """
-    if model.n_clusters != mapping.n_clusters:
-        raise ProjectError(
-            f"the project's class mapping is for {mapping.n_clusters} clusters, "
-            f"the clusters shown have {model.n_clusters}"
-        )
-    current = model.mapping.classes
-    for index in range(len(current)):  # free every name first: the new names may swap
-        model.rename_class(index, f"\x00project {index}")
-    while len(model.mapping.classes) > len(mapping.classes):
-        model.remove_class(len(model.mapping.classes) - 1)
-    while len(model.mapping.classes) < len(mapping.classes):
-        model.add_class(f"\x00project {len(model.mapping.classes)}", "#000000")
-    for index, cls in enumerate(mapping.classes):
-        model.rename_class(index, cls.name)
-        model.set_class_color(index, cls.color)
-    assigned = [c for c in range(model.n_clusters) if model.mapping.class_of_cluster(c) is not None]
-    if assigned:
-        model.assign(assigned, None)
-    for index, cls in enumerate(mapping.classes):
-        if cls.clusters:
-            model.assign(cls.clusters, index)
