@@ -362,6 +362,7 @@ def test_granularity_slider_is_off_without_cube_pixels(make_napari_viewer, qtbot
     qtbot.addWidget(widget)
     assert not widget.granularity_view.slider.isEnabled()
     assert widget.granularity_view.value_label.text() == "–"
+    assert "needs the clusters' spectra" in widget.granularity_view.slider.toolTip()
 
 
 def test_undo_and_redo_keys_while_the_panel_has_the_focus(panel):

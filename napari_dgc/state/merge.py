@@ -217,7 +217,7 @@ class MergeModel:
     report_changed
         A new IoU report is in :attr:`report`.
     granularity_changed
-        :attr:`granularity` or the merge tree's levels (:meth:`granularity_range`) changed.
+        :attr:`granularity` or the merge tree (:meth:`merge_tree`) changed.
     history_changed
         :attr:`can_undo` or :attr:`can_redo` may have changed.
     message : str
@@ -560,14 +560,6 @@ class MergeModel:
                 )
             self._tree = merge_tree(pooled)
         return self._tree
-
-    def granularity_range(self) -> tuple[int, int] | None:
-        """``(2, clusters with pixels)``: levels :meth:`set_granularity` takes; ``None`` without a tree."""
-        try:
-            n_active = self.merge_tree().n_active
-        except DGCError:
-            return None
-        return 2, n_active
 
     def set_granularity(self, n_classes: int) -> ClassMapping:
         """Make the mapping the merge tree's level with ``n_classes`` classes.
