@@ -11,11 +11,11 @@ project file itself is :mod:`napari_dgc.state.project`; this module turns the vi
 * mask layers: an imported mask file that still holds what the layer shows is named as it is;
   painted masks are written next to the project (``<project>-masks/<cube>_mask.tif`` + legend).
 
-Reopening reads every file in a worker first (:func:`~napari_dgc.state.project.read_project`):
-a project with one bad field or missing file is refused whole, before any layer is added.
-Then the cubes become layers (reused if already open), the masks mask layers, the run opens on
-the timeline at the saved checkpoint, and once its clusters are shown the merge panel gets the
-mapping (and recomputes the scores when the project had some).
+Reopening reads every file in a worker first (:func:`read_for_viewer`: the checked project,
+its cubes, masks and pseudo-RGB bands): a project with one bad field or missing file is refused
+whole, before any layer is added. Then the cubes become layers (reused if already open), the
+masks mask layers, the run opens on the timeline at the saved checkpoint, and once its clusters
+are shown the merge panel gets the mapping (and recomputes the scores when the project had some).
 """
 
 from __future__ import annotations
@@ -265,7 +265,7 @@ class ProjectView(QWidget):
         self.say(f"Opening {Path(path).name}…")
         self.open_button.setEnabled(False)
         self._worker = create_worker(
-            read_project,
+            read_for_viewer,
             path,
             _connect={
                 "returned": self._restore,
@@ -283,11 +283,12 @@ class ProjectView(QWidget):
         self._worker = None
         self.open_button.setEnabled(True)
 
-    def _restore(self, files: ProjectFiles) -> None:
+    def _restore(self, read: tuple[ProjectFiles, dict[str, list]]) -> None:
+        files, layer_data = read
         project = files.project
         layers = {}
         for entry in project.cubes:
-            layers[entry.name] = self._cube_layer(entry, files.cubes[entry.name])
+            layers[entry.name] = self._cube_layer(entry, files.cubes[entry.name], layer_data[entry.name])
         merge = None
         if project.mapping is not None or project.masks or project.mask_class_names or project.scores:
             merge = find_merge_widget(self.viewer) or _open_panel(self.viewer, MERGE_PANEL)
@@ -324,10 +325,8 @@ class ProjectView(QWidget):
         if project.checkpoint is not None and self.timeline.current_checkpoint_id() != project.checkpoint:
             self.timeline.select_checkpoint(project.checkpoint)
 
-    def _cube_layer(self, entry: ProjectCube, cube):
+    def _cube_layer(self, entry: ProjectCube, cube, layer_data: list):
         """The cube's layer: one already open on the same file, else new ones (cube + pseudo-RGB)."""
-        from napari_dgc._reader import cube_layer_data
-
         for layer in self.viewer.layers:
             if (
                 is_reader_cube(layer)
@@ -335,7 +334,7 @@ class ProjectView(QWidget):
                 and Path(layer.metadata[layer_keys.CUBE_PATH]) == Path(cube.path)
             ):
                 return layer
-        (cube_data, cube_kwargs, _), (rgb, rgb_kwargs, _) = cube_layer_data(cube, name=entry.name)
+        (cube_data, cube_kwargs, _), (rgb, rgb_kwargs, _) = layer_data
         layer = self.viewer.add_image(cube_data, **cube_kwargs)
         self.viewer.add_image(rgb, **rgb_kwargs)
         return layer
@@ -374,6 +373,16 @@ class ProjectView(QWidget):
         self.say(text)
         show_info(text)
         self.restored.emit(text)
+
+
+def read_for_viewer(path: str | Path) -> tuple[ProjectFiles, dict[str, list]]:
+    """:func:`~napari_dgc.state.project.read_project` and each cube's layer data tuples (its
+    pseudo-RGB bands read from disk): all the reading of an opening, done in the worker.
+    """
+    from napari_dgc._reader import cube_layer_data
+
+    files = read_project(path)
+    return files, {name: cube_layer_data(cube, name=name) for name, cube in files.cubes.items()}
 
 
 def _holds(file: Path, values: np.ndarray) -> bool:
