@@ -432,3 +432,14 @@ def test_mask_layers_keep_names_by_value_and_colours_by_name(panel):
     assert new.metadata["class_names"] == ["", "sugar", "flour", "", "eraser"]
     assert new.data.max() == 255 and new.selected_label == 1  # unpainted pixels: ignore
     assert "1 sugar, 2 flour, 4 eraser" in widget.status_label.text()
+
+
+def test_typed_mask_class_names_colour_the_mask_layers(panel, scene):
+    viewer, widget, _ = panel
+    truth = viewer.add_labels(scene.labels, name="ground truth", metadata={"dgc_cube_layer": "leaf"})
+    widget.masks_view.names_edit.setText("background, lesion, tissue")
+    colors = truth.colormap.color_dict
+    np.testing.assert_allclose(colors[1][:3], np.array([0xD6, 0x27, 0x28]) / 255, atol=1e-3)  # lesion red
+    np.testing.assert_allclose(colors[2][:3], np.array([0x2C, 0xA0, 0x2C]) / 255, atol=1e-3)  # tissue green
+    widget.masks_view.names_edit.setText("background,,")  # malformed: reported when scored, colours kept
+    assert truth.colormap.color_dict[1] is not None

@@ -165,6 +165,21 @@ def mask_inputs(viewer) -> tuple[dict[str, MaskInput], list[Labels]]:
     return masks, list(chosen.values())
 
 
+def mask_colormap(legend: dict[int, str], colors: dict[int, str] | None = None) -> DirectLabelColormap:
+    """Colours of a mask layer: like the merge panel's classes of the same name.
+
+    See :func:`~napari_dgc.analysis.masks.legend_colors` (``colors`` from a legend file win);
+    value 0 stays transparent so the cube shows through, "ignore" is white.
+    """
+    color_dict = {
+        None: "transparent",
+        **legend_colors(legend, colors),
+        0: "transparent",
+        IGNORE_VALUE: "#ffffff",
+    }
+    return DirectLabelColormap(color_dict=color_dict)
+
+
 def add_mask_layer(
     viewer,
     values: np.ndarray,
@@ -176,16 +191,8 @@ def add_mask_layer(
 ) -> Labels:
     """Add ``values`` as the mask layer of ``cube``, placed like its cluster layer ``source``.
 
-    Classes are coloured like the merge panel's classes of the same name
-    (:func:`~napari_dgc.analysis.masks.legend_colors`; ``colors`` from a legend file win); value
-    0 stays transparent so the cube shows through, "ignore" is white.
+    Coloured by :func:`mask_colormap`.
     """
-    color_dict = {
-        None: "transparent",
-        **legend_colors(legend, colors),
-        0: "transparent",
-        IGNORE_VALUE: "#ffffff",
-    }
     # Indexed by value, the convention napari_dgc._writer and mask_legend read.
     names = [legend.get(value, "") for value in range(max(legend, default=-1) + 1)]
     metadata = {layer_keys.CUBE_LAYER: cube, "class_names": names}
@@ -195,7 +202,7 @@ def add_mask_layer(
         values,
         name=mask_layer_name(cube),
         metadata=metadata,
-        colormap=DirectLabelColormap(color_dict=color_dict),
+        colormap=mask_colormap(legend, colors),
         opacity=0.5,
         scale=tuple(source.scale),
         translate=tuple(source.translate),

@@ -49,6 +49,7 @@ from napari_dgc._qt.merge_layers import (
     cluster_groups,
     clustering_of,
     drawn_shapes,
+    mask_colormap,
     mask_inputs,
     mask_layer_name,
     show_classes,
@@ -56,7 +57,8 @@ from napari_dgc._qt.merge_layers import (
 from napari_dgc._qt.merge_masks_view import MergeMasksView
 from napari_dgc._qt.merge_parts import REFUSALS, MergeView
 from napari_dgc._qt.merge_spectra_view import MergeSpectraView
-from napari_dgc.analysis.masks import IGNORE_VALUE
+from napari_dgc.analysis.masks import IGNORE_VALUE, parse_legend
+from napari_dgc.errors import MaskError
 from napari_dgc.state.merge import MergeModel
 
 __all__ = ["MergeWidget", "classes_layer_name", "mask_layer_name"]
@@ -94,6 +96,7 @@ class MergeWidget(MergeView):
         self._build_ui()
         self.model.message.connect(self.show_status)
         self.model.mapping_changed.connect(self.update_classes_layers)
+        self.model.ground_truth.changed.connect(self._recolour_masks)
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.viewer.layers.selection.events.changed.connect(self._load_masks)
@@ -221,6 +224,17 @@ class MergeWidget(MergeView):
         masks, layers = mask_inputs(self.viewer)
         self._mask_layers = _follow_data(self._mask_layers, layers, self._load_masks)
         self.model.ground_truth.set(masks)
+
+    def _recolour_masks(self) -> None:
+        """Colour the mask layers by the typed mask class names, which name their values for scoring."""
+        names = self.model.ground_truth.class_names.strip()
+        try:
+            legend = parse_legend(names) if names else None
+        except MaskError:
+            return  # reported when the masks are used
+        if legend is not None:
+            for layer in self._mask_layers:
+                layer.colormap = mask_colormap(legend)
 
     def _on_click(self, viewer, event) -> None:
         self.describe_pixel(tuple(event.position))
