@@ -233,11 +233,11 @@ def test_drawn_shapes_are_rasterised_in_order_with_names_values_and_ignore():
     mask = mask_from_shapes(shapes, (20, 20), source="shapes layer")
     assert mask.legend == {0: "background", 1: "tissue", 2: "lesion", 3: "sugar", 7: "class 7"}
     assert mask.values[5, 5] == 1 and mask.values[2, 3] == 7  # drawn later, painted over
-    assert mask.values[14, 14] == 3 and mask.values[11, 11] == 0  # ellipse centre in, box corner out
-    assert mask.values[5, 15] == 255 and mask.values[0, 0] == 0 and mask.source == "shapes layer"
+    assert mask.values[14, 14] == 3 and mask.values[11, 11] == 255  # ellipse centre in, box corner out
+    assert mask.values[5, 15] == 255 and mask.values[0, 0] == 255 and mask.source == "shapes layer"
 
 
-def test_shapes_by_order_and_without_background_leave_the_rest_ignored():
+def test_shapes_by_order_and_the_rest_ignored():
     box = np.array([[0.0, 0.0], [0.0, 3.0], [3.0, 3.0], [3.0, 0.0]])
     mask = mask_from_shapes(
         [DrawnShape("polygon", box), DrawnShape("polygon", box + 5)], (10, 10), legend={1: "sugar"}

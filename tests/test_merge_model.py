@@ -351,7 +351,7 @@ def test_masks_from_shapes_use_the_known_names(model):
         "shapes",
     )
     assert mask.legend == {0: "belt", 1: "sugar", 2: "flour"} and mask.values.shape == (ROWS, COLS)
-    assert mask.values[4, 4] == 1 and mask.values[12, 12] == 2 and mask.values[0, 0] == 0
+    assert mask.values[4, 4] == 1 and mask.values[12, 12] == 2 and mask.values[0, 0] == 255
     with pytest.raises(MergeStateError, match="no clusters of a cube 'other'"):
         model.mask_from_shapes("other", [], "shapes")
 

@@ -392,14 +392,14 @@ def test_mask_from_a_shapes_layer_with_class_features(panel, scene):
     viewer.add_shapes(
         [rectangle, triangle, rectangle + [0, 14]],
         shape_type=["rectangle", "polygon", "ellipse"],
-        features={"class": ["sugar", "flour", "ignore"]},
+        features={"class": ["sugar", "flour", "belt"]},
         name="annotations",
     )
     widget.masks_view.names_edit.setText("belt, sugar")
     mask_layer = widget.mask_from_shapes()
     assert mask_layer.name == mask_layer_name("leaf") and "3 shape(s)" in widget.status_label.text()
-    assert mask_layer.data[5, 5] == 1 and mask_layer.data[16, 16] == 2 and mask_layer.data[0, 0] == 0
-    assert mask_layer.data[5, 19] == 255 and mask_layer.data[2, 16] == 0  # ellipse centre, box corner
+    assert mask_layer.data[5, 5] == 1 and mask_layer.data[16, 16] == 2 and mask_layer.data[0, 0] == 255
+    assert mask_layer.data[5, 19] == 0 and mask_layer.data[2, 16] == 255  # ellipse centre; its box's corner
     assert mask_layer.metadata["class_names"] == ["belt", "sugar", "flour"]
     assert widget.model.ground_truth.inputs["leaf"].legend == {0: "belt", 1: "sugar", 2: "flour"}
 

@@ -169,13 +169,14 @@ def mask_colormap(legend: dict[int, str], colors: dict[int, str] | None = None) 
     """Colours of a mask layer: like the merge panel's classes of the same name.
 
     See :func:`~napari_dgc.analysis.masks.legend_colors` (``colors`` from a legend file win);
-    value 0 stays transparent so the cube shows through, "ignore" is white.
+    value 0 and "ignore" stay transparent so the cube shows through: a new mask is all one of
+    them, and a mask from shapes is "ignore" wherever no shape lies.
     """
     color_dict = {
         None: "transparent",
         **legend_colors(legend, colors),
         0: "transparent",
-        IGNORE_VALUE: "#ffffff",
+        IGNORE_VALUE: "transparent",
     }
     return DirectLabelColormap(color_dict=color_dict)
 

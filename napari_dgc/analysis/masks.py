@@ -539,8 +539,9 @@ def mask_from_shapes(
     """Rasterise drawn polygons, rectangles and ellipses into a mask.
 
     Shapes are painted in order (a lesion drawn after its leaf wins). Pixels under no shape
-    are value 0 when the legend names 0 (background, as in LabelMe files), else
-    :data:`IGNORE_VALUE`, so a mask of a few drawn classes scores only the drawn pixels.
+    are :data:`IGNORE_VALUE`: a few drawn regions score only what was drawn, the usual way of
+    annotating with shapes (draw a "background" shape under the others to label the rest).
+    LabelMe files, whose convention is background there, go through :func:`rasterize_labelme`.
 
     Parameters
     ----------
@@ -597,8 +598,7 @@ def mask_from_shapes(
                     )
                 legend[value], value_of[name.lower()] = name, value
         polygons.append((_shape_polygon(number, drawn, source), value))
-    outside = 0 if 0 in legend else IGNORE_VALUE
-    values = _fill_polygons(polygons, shape, outside, source)
+    values = _fill_polygons(polygons, shape, IGNORE_VALUE, source)
     return Mask(values=values, legend=legend, source=str(source))
 
 
