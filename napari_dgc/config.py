@@ -81,6 +81,13 @@ class PseudoLabels(Choice):
     SINKHORN = "sinkhorn"
 
 
+class FidelitySpace(Choice):
+    """The spectra whose cosine geometry the embedding is anchored to."""
+
+    SPECTRA = "spectra"
+    INPUTS = "inputs"
+
+
 class DeadPolicy(Choice):
     """What happens to a cluster whose share of a step's probability mass is too small."""
 
@@ -413,6 +420,11 @@ class LossConfig(_Settings):
         label="Weight: spectral fidelity",
     )
     fidelity_pixels: int = setting(1024, "pixels drawn per step for the fidelity term", minimum=2)
+    fidelity_space: FidelitySpace = setting(
+        FidelitySpace.INPUTS,
+        "whose cosine similarities the fidelity term matches: spectra (the raw spectra, "
+        "brightness-invariant) or inputs (the model's normalised spectral inputs)",
+    )
     balance_sign: BalanceSign = setting(
         BalanceSign.PAPER,
         "paper: maximise the entropy of cluster usage; "

@@ -43,9 +43,13 @@ def recommend(checkpoints: Sequence[CheckpointInfo]) -> Recommendation | None:
         info for info in pool if float(info.stats["selection_score"]) >= (1 - SEPARATION_TOLERANCE) * best
     ]
     chosen = good[-1]
-    plateau = "its labels agree with the previous checkpoint's" if stable else "no checkpoint is stable yet"
     reason = (
-        f"the latest checkpoint whose spectral separation ({float(chosen.stats['selection_score']):.4g}) is "
-        f"within {SEPARATION_TOLERANCE:.0%} of the best of step {chosen.step}'s run; {plateau}"
+        f"the latest checkpoint with its spectral separation {float(chosen.stats['selection_score']):.4g} "
+        f"within {SEPARATION_TOLERANCE:.0%} of the best"
     )
+    if stable:
+        agreement = float(chosen.stats["agreement"])
+        reason += f" and labels that agree with the previous checkpoint's (NMI {agreement:.2f})"
+    else:
+        reason += f" (no checkpoint's labels agree with the previous one's at NMI >= {STABLE_AGREEMENT} yet)"
     return Recommendation(chosen.checkpoint_id, reason)

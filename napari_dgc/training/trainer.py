@@ -285,7 +285,9 @@ class Trainer:
             "uniform": uniform_weight * self._assignment_term(log_p),
             "consistency": config.losses.weight_consistency
             * losses.consistency_loss(log_p[rows_a], log_p[rows_b]),
-            "fidelity": self._fidelity_term(z, *spectral_rows),
+            "fidelity": self._fidelity_term(
+                z, self._reference_spectra(pairs, spectral_rows[0]), spectral_rows[1]
+            ),
         }
         total = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -355,7 +357,7 @@ class Trainer:
             points = z
             if on_spectra:
                 sequences, index = spectral_rows
-                points = F.normalize(sequences[index], dim=1)
+                points = F.normalize(self._reference_spectra(pairs, sequences)[index], dim=1)
             sample = points
             if points.shape[0] > max_pixels:
                 rows = self.kick_rng.choice(points.shape[0], max_pixels, replace=False)
@@ -372,9 +374,18 @@ class Trainer:
                 )
             self.model.centroids.copy_(best)
 
+    def _reference_spectra(self, pairs: list[CropPair], sequences: torch.Tensor) -> torch.Tensor:
+        """The spectra whose cosine geometry the fidelity term and the spectral centroid fit
+        follow, one row per unique pixel as ``sequences``: the raw spectra
+        (``losses.fidelity_space="spectra"``) or the model's normalised spectral inputs.
+        """
+        if self.config.losses.fidelity_space == "inputs":
+            return sequences
+        return torch.cat([torch.from_numpy(pair.pixels) for pair in pairs]).to(sequences)
+
     def _fidelity_term(self, z: torch.Tensor, sequences: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Weighted fidelity loss on ``fidelity_pixels`` rows of ``z`` drawn at random; row
-        ``i``'s spectral input is ``sequences[index[i]]``.
+        ``i``'s reference spectrum is ``sequences[index[i]]``.
         """
         weight = self.config.losses.weight_fidelity
         if weight == 0:
