@@ -74,20 +74,6 @@ class UniformTarget(Choice):
     UNIFORM = "uniform"
 
 
-class PseudoLabels(Choice):
-    """How the uniform-assignment pseudo-labels are made from the predictions."""
-
-    QUOTAS = "quotas"
-    SINKHORN = "sinkhorn"
-
-
-class FidelitySpace(Choice):
-    """The spectra whose cosine geometry the embedding is anchored to."""
-
-    SPECTRA = "spectra"
-    INPUTS = "inputs"
-
-
 class DeadPolicy(Choice):
     """What happens to a cluster whose share of a step's probability mass is too small."""
 
@@ -374,7 +360,7 @@ class OptimConfig(_Settings):
     _key = "optim"
 
     learning_rate: float = setting(
-        1e-3,
+        3e-4,
         "AdamW learning rate (deviation: 1e-4 in the papers)",
         above=0,
         flag="--lr",
@@ -384,7 +370,7 @@ class OptimConfig(_Settings):
     weight_decay: float = setting(0.01, "AdamW weight decay", minimum=0)
     grad_clip: float = setting(1.0, "gradient norm clipping", minimum=0)
     average_decay: float = setting(
-        0.0,
+        0.99,
         "decay of the running average of the weights and centroids that checkpoints store "
         "(0: the raw weights of the last step)",
         minimum=0,
@@ -420,11 +406,6 @@ class LossConfig(_Settings):
         label="Weight: spectral fidelity",
     )
     fidelity_pixels: int = setting(1024, "pixels drawn per step for the fidelity term", minimum=2)
-    fidelity_space: FidelitySpace = setting(
-        FidelitySpace.INPUTS,
-        "whose cosine similarities the fidelity term matches: spectra (the raw spectra, "
-        "brightness-invariant) or inputs (the model's normalised spectral inputs)",
-    )
     balance_sign: BalanceSign = setting(
         BalanceSign.PAPER,
         "paper: maximise the entropy of cluster usage; "
@@ -451,11 +432,6 @@ class LossConfig(_Settings):
     usage_ema_decay: float = setting(
         0.9, "decay of the EMA of cluster usage behind the usage target", minimum=0, below=1
     )
-    pseudo_labels: PseudoLabels = setting(
-        PseudoLabels.QUOTAS,
-        "quotas: hard labels filled greedily to the target shares; sinkhorn: soft labels by "
-        "Sinkhorn-Knopp scaling to the target shares",
-    )
 
 
 @_group
@@ -477,8 +453,10 @@ class CentroidConfig(_Settings):
         "reseed a dead centroid at a poorly explained embedding, or kick it at random as the reference does",
     )
     init: CentroidInit = setting(
-        CentroidInit.RANDOM,
-        "initial centroids: random unit vectors or a spherical k-means++ of the first batch's embeddings",
+        CentroidInit.SPECTRA,
+        "initial centroids: spectra (cosine k-means of the first batch's spectral inputs, each "
+        "centroid at its cluster's mean embedding), random unit vectors, or kmeans++ (spherical "
+        "k-means++ of the first batch's embeddings)",
     )
     fit_step: int = setting(
         0,
@@ -496,7 +474,7 @@ class StartsConfig(_Settings):
     _key = "starts"
 
     count: int = setting(
-        3,
+        1,
         "starts a new run trains before the best-separated one continues (1: no selection)",
         minimum=1,
         flag="--starts",

@@ -370,7 +370,7 @@ def test_fidelity_term_is_reported_and_off_at_weight_zero(cubes):
         {"losses__uniform_target": "uniform", "centroids__dead_policy": "kick"},
         {"centroids__init": "kmeans++", "losses__usage_ema_decay": 0.5},
         {"centroids__fit_step": 4, "centroids__fit_inits": 3},
-        {"optim__average_decay": 0.9, "losses__pseudo_labels": "sinkhorn", "centroids__init": "spectra"},
+        {"optim__average_decay": 0, "centroids__init": "random"},
     ],
 )
 def test_resume_is_exact_with_other_collapse_safeguards(cubes, tmp_path, settings):

@@ -108,37 +108,6 @@ def balanced_pseudo_labels(scores: torch.Tensor, target: torch.Tensor | None = N
     return labels
 
 
-@torch.no_grad()
-def sinkhorn_targets(
-    log_p: torch.Tensor, target: torch.Tensor | None = None, iterations: int = 3
-) -> torch.Tensor:
-    """Soft pseudo-labels ``(N, K)`` closest to the predictions whose cluster shares are ``target``.
-
-    Sinkhorn–Knopp scaling of the predictions (SwAV, Caron et al. 2020; SeLa, Asano et al. 2020):
-    alternately rescale the clusters' columns to the target marginal and every pixel's row to
-    sum to one, in the log domain. Unlike hard quotas the result keeps each pixel's
-    uncertainty, and it is the entropy-regularised optimal transport of the pixels onto the
-    clusters with the given shares, not a greedy fill.
-
-    Parameters
-    ----------
-    log_p : torch.Tensor
-        ``(N, K)`` log-probabilities of the predictions.
-    target : torch.Tensor, optional
-        ``(K,)`` positive target share of each cluster (normalised here); ``1 / K`` each without it.
-    iterations : int
-        Scaling rounds (3 as in SwAV: the rows end exact, the columns close to the target).
-    """
-    n_pixels, n_clusters = log_p.shape
-    shares = torch.full((n_clusters,), 1.0 / n_clusters) if target is None else target.double() / target.sum()
-    log_shares = torch.log(shares.to(log_p.device, torch.float64)) + torch.log(torch.tensor(float(n_pixels)))
-    log_q = log_p.double()
-    for _ in range(iterations):
-        log_q = log_q + (log_shares - torch.logsumexp(log_q, dim=0))
-        log_q = log_q - torch.logsumexp(log_q, dim=1, keepdim=True)
-    return log_q.exp().to(log_p.dtype)
-
-
 def uniform_assignment_loss(log_p: torch.Tensor, target: torch.Tensor | None = None) -> torch.Tensor:
     """Cross-entropy of the predictions against pseudo-labels with the cluster shares
     ``target`` (exactly N/K each without it, as in the papers).

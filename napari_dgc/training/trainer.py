@@ -282,12 +282,10 @@ class Trainer:
             "compact": config.losses.weight_compact * losses.compactness_loss(z, p, centroids),
             "orth": config.losses.weight_orth * losses.orthogonality_loss(centroids),
             "balance": balance_weight * losses.balance_loss(p, config.losses.balance_sign),
-            "uniform": uniform_weight * self._assignment_term(log_p),
+            "uniform": uniform_weight * losses.uniform_assignment_loss(log_p, self._uniform_target()),
             "consistency": config.losses.weight_consistency
             * losses.consistency_loss(log_p[rows_a], log_p[rows_b]),
-            "fidelity": self._fidelity_term(
-                z, self._reference_spectra(pairs, spectral_rows[0]), spectral_rows[1]
-            ),
+            "fidelity": self._fidelity_term(z, *spectral_rows),
         }
         total = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -357,7 +355,7 @@ class Trainer:
             points = z
             if on_spectra:
                 sequences, index = spectral_rows
-                points = F.normalize(self._reference_spectra(pairs, sequences)[index], dim=1)
+                points = F.normalize(sequences[index], dim=1)
             sample = points
             if points.shape[0] > max_pixels:
                 rows = self.kick_rng.choice(points.shape[0], max_pixels, replace=False)
@@ -374,18 +372,9 @@ class Trainer:
                 )
             self.model.centroids.copy_(best)
 
-    def _reference_spectra(self, pairs: list[CropPair], sequences: torch.Tensor) -> torch.Tensor:
-        """The spectra whose cosine geometry the fidelity term and the spectral centroid fit
-        follow, one row per unique pixel as ``sequences``: the raw spectra
-        (``losses.fidelity_space="spectra"``) or the model's normalised spectral inputs.
-        """
-        if self.config.losses.fidelity_space == "inputs":
-            return sequences
-        return torch.cat([torch.from_numpy(pair.pixels) for pair in pairs]).to(sequences)
-
     def _fidelity_term(self, z: torch.Tensor, sequences: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Weighted fidelity loss on ``fidelity_pixels`` rows of ``z`` drawn at random; row
-        ``i``'s reference spectrum is ``sequences[index[i]]``.
+        ``i``'s spectral input is ``sequences[index[i]]``.
         """
         weight = self.config.losses.weight_fidelity
         if weight == 0:
@@ -394,13 +383,6 @@ class Trainer:
         rows = torch.from_numpy(self.fidelity_rng.choice(z.shape[0], count, replace=False))
         rows = rows.to(z.device)
         return weight * losses.fidelity_loss(z[rows], sequences[index[rows]])
-
-    def _assignment_term(self, log_p: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the predictions against the step's pseudo-labels (unweighted)."""
-        if self.config.losses.pseudo_labels == "sinkhorn":
-            targets = losses.sinkhorn_targets(log_p.detach(), self._uniform_target())
-            return -(targets * log_p).sum(dim=1).mean()
-        return losses.uniform_assignment_loss(log_p, self._uniform_target())
 
     def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over the data-parallel ranks (``tensor`` itself in one process)."""
