@@ -391,11 +391,9 @@ class RunDirectory:
         CheckpointError
             If the run lists no such checkpoint.
         """
-        with self._locked():
-            manifest = read_manifest(self.manifest_path)
-            self._entry(manifest, checkpoint_id)
-            manifest["recommended_checkpoint"] = {"checkpoint_id": checkpoint_id, "reason": reason}
-            write_manifest(self.manifest_path, manifest)
+        self._record_for_checkpoint(
+            checkpoint_id, "recommended_checkpoint", {"checkpoint_id": checkpoint_id, "reason": reason}
+        )
 
     def choose(self, checkpoint_id: str) -> None:
         """Record ``checkpoint_id`` as the chosen checkpoint in ``run.json`` (atomically).
@@ -405,10 +403,14 @@ class RunDirectory:
         CheckpointError
             If the run lists no such checkpoint.
         """
+        self._record_for_checkpoint(checkpoint_id, "chosen_checkpoint", checkpoint_id)
+
+    def _record_for_checkpoint(self, checkpoint_id: str, key: str, value: object) -> None:
+        """Set ``run.json``'s ``key`` to ``value`` if the run lists ``checkpoint_id`` (atomically)."""
         with self._locked():
             manifest = read_manifest(self.manifest_path)
             self._entry(manifest, checkpoint_id)
-            manifest["chosen_checkpoint"] = checkpoint_id
+            manifest[key] = value
             write_manifest(self.manifest_path, manifest)
 
     # ------------------------------------------------------------------ loading
