@@ -26,6 +26,7 @@ from its latest checkpoint instead of refusing the existing folder.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -243,6 +244,12 @@ def run(args: argparse.Namespace) -> int:
             warnings.simplefilter("always", distributed.WorldSizeWarning)
             events = train(cubes, config, run_dir, resume=resume)
             _report(events, config, args.quiet or not group.is_writer, group.is_writer)
+    except distributed.DistributedError as error:
+        # A gloo group whose peer died can abort the interpreter's exit (std::terminate in its
+        # destructor, about one exit in twenty): report as the dispatcher does, exit at once.
+        print(f"napari-dgc train: error: {error}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
     finally:
         distributed.leave()
     return 0

@@ -35,6 +35,9 @@ from napari_dgc.errors import DGCError
 DEFAULT_TIMEOUT_S = 300.0
 #: The timeout of the group this process joined (:func:`process_group`).
 _joined_timeout_s: float | None = None
+#: Whether a collective of that group failed: tearing down a gloo group with a dead peer aborts
+#: the process (``std::terminate`` in its destructor), so such a group is left to the exit.
+_failed = False
 #: Largest gradient bucket of one all-reduce (DistributedDataParallel's default).
 BUCKET_BYTES = 25 * 2**20
 
@@ -123,9 +126,11 @@ class ProcessGroup:
         return self.broadcast(torch.from_numpy(np.ascontiguousarray(values, dtype=np.float64))).numpy()
 
     def _collective(self, name: str, operation, *args, **kwargs) -> None:
+        global _failed
         try:
             operation(*args, **kwargs)
         except RuntimeError as error:  # DistBackendError and gloo's socket errors
+            _failed = True
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise DistributedError(
                 f"rank {self.rank} of {self.world_size}: {name} with the other processes failed "
@@ -203,7 +208,7 @@ def process_group(device: torch.device, timeout_s: float | None = None) -> Proce
 def leave() -> None:
     """Leave the process group if this process joined one (before it exits)."""
     global _joined_timeout_s
-    if dist.is_available() and dist.is_initialized():
+    if dist.is_available() and dist.is_initialized() and not _failed:
         dist.destroy_process_group()
     _joined_timeout_s = None
 
