@@ -207,9 +207,16 @@ def process_group(device: torch.device, timeout_s: float | None = None) -> Proce
 
 def leave() -> None:
     """Leave the process group if this process joined one (before it exits)."""
-    global _joined_timeout_s
+    global _joined_timeout_s, _failed
     if dist.is_available() and dist.is_initialized() and not _failed:
-        dist.destroy_process_group()
+        # Every rank tears down together: one that left first makes the others' teardown meet
+        # a closed peer (the abort above).
+        try:
+            dist.barrier()
+        except RuntimeError:
+            _failed = True
+        if not _failed:
+            dist.destroy_process_group()
     _joined_timeout_s = None
 
 
