@@ -55,7 +55,7 @@ def test_train_writes_checkpoints_and_resume_extends_the_run(cube_file, tmp_path
     assert [c.step for c in RunDirectory.open(run).checkpoints()] == [1, 2, 3]
 
 
-def test_train_by_default_tries_three_starts_and_continues_the_best_separated(cube_file, tmp_path, capsys):
+def test_train_with_three_starts_continues_the_best_separated(cube_file, tmp_path, capsys):
     run = tmp_path / "run"
     code = main(
         [
@@ -72,6 +72,8 @@ def test_train_by_default_tries_three_starts_and_continues_the_best_separated(cu
             *FAST,
             "--set",
             "starts.steps=2",
+            "--set",
+            "starts.count=3",
         ]
     )
     assert code == 0

@@ -75,7 +75,7 @@ def test_bad_values_get_a_clear_error(changes, message):
 def test_optional_settings_accept_null_and_integral_floats_become_ints():
     config = TrainConfig().with_settings({"model.spectral_bands": None, "steps": 300.0})
     assert config.model.spectral_bands is None and config.steps == 300 and isinstance(config.steps, int)
-    assert config.optim.learning_rate == 1e-3 and isinstance(
+    assert config.optim.learning_rate == 3e-4 and isinstance(
         TrainConfig().with_settings({"optim.learning_rate": 1}).optim.learning_rate, float
     )
 
@@ -111,7 +111,10 @@ def test_settings_list_every_field_once_with_its_default():
 
 
 def test_start_plan_places_the_starts_on_the_run_timeline():
-    plan = StartPlan.for_run(TrainConfig().with_settings({"steps": 500, "starts.steps": 200}))
+    assert StartPlan.for_run(TrainConfig()).starts == 1  # one start by default (issue 13)
+    plan = StartPlan.for_run(
+        TrainConfig().with_settings({"steps": 500, "starts.steps": 200, "starts.count": 3})
+    )
     assert (plan.starts, plan.selection_step, plan.total_run_steps) == (3, 200, 900)
     assert plan.run_step_offset(1, selecting=True) == 200 and plan.run_step_offset(1, selecting=False) == 400
     short = StartPlan.for_run(TrainConfig().with_settings({"steps": 50}))

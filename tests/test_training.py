@@ -55,7 +55,7 @@ def test_events_come_in_order_with_all_loss_terms(cubes, tmp_path):
     assert [e.step for e in progress] == list(range(1, 7))
     assert set(progress[0].losses) == set(LOSS_TERMS)
     assert all(np.isfinite(v) for e in progress for v in e.losses.values())
-    assert progress[0].total_steps == 6 and progress[0].learning_rate == pytest.approx(1e-3)
+    assert progress[0].total_steps == 6 and progress[0].learning_rate == pytest.approx(3e-4)
     assert 1 <= progress[-1].active_clusters <= 2
     assert [e.checkpoint_id for e in events if isinstance(e, CheckpointEvent)] == [
         "step-000003",
@@ -189,11 +189,14 @@ def test_centroid_fit_runs_once_at_its_step(cubes, monkeypatch):
     trainer = _trainer(cubes, centroids__fit_step=2, centroids__fit_inits=3)
     calls = []
     monkeypatch.setattr(
-        trainer, "_fit_centroids", lambda pairs, inits: calls.append((trainer.step_count, inits))
+        trainer,
+        "_fit_centroids",
+        lambda pairs, inits, on_spectra=False: calls.append((trainer.step_count, inits, on_spectra)),
     )
     for _ in range(5):
         trainer.step()
-    assert calls == [(2, 3)]
+    # the default start from a k-means of the spectra, then the refit on embeddings at fit_step
+    assert calls == [(0, 3, True), (2, 3, False)]
 
 
 def test_centroid_fit_keeps_the_seeding_of_lowest_inertia(cubes, monkeypatch):

@@ -334,9 +334,12 @@ class Trainer:
             return
         decay = min(decay, (1 + self.step_count) / (10 + self.step_count))
         averaged = self.averaged.state_dict()
+        learned = {name for name, _ in self.model.named_parameters()} | {"centroids"}
         for name, value in self.model.state_dict().items():
-            if value.is_floating_point():
+            if name in learned:
                 averaged[name].mul_(decay).add_(value, alpha=1 - decay)
+            else:  # fixed input normalisation: copied bit for bit, so every checkpoint shares it
+                averaged[name].copy_(value)
         averaged["centroids"].copy_(F.normalize(averaged["centroids"], dim=1))
 
     def _fit_centroids(
