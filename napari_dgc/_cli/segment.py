@@ -51,8 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="write cluster (and class) maps of cubes with a trained model",
         description=(
             "Segment whole cubes of any size tile by tile with a checkpoint of a training run "
-            "(default: the chosen checkpoint, else the latest) or with an exported model "
-            "folder (--classes, which also writes class maps), one map per cube. Quoted glob "
+            "(default: the chosen checkpoint, else the recommended one, else the latest) or "
+            "with an exported model folder (--classes, which also writes class maps), one map "
+            "per cube. Quoted glob "
             "patterns ('study/*.hdr') are expanded; DIR/segment-manifest.json records every "
             "cube. Exit code 1 when --keep-going skipped failed cubes."
         ),

@@ -453,7 +453,7 @@ class RunDirectory:
         Parameters
         ----------
         checkpoint_id : str, optional
-            Default: the chosen checkpoint, else the latest.
+            Default: the chosen checkpoint, else the recommended one, else the latest.
         device : str
             Torch device for the model.
 
