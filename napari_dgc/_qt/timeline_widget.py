@@ -135,7 +135,7 @@ class TimelineWidget(QWidget):
         model.message.connect(lambda text: show_info(text))
         model.error.connect(lambda text: show_error(text))
         self._render()
-        call_on_window_close(self.viewer, self.shutdown, self)
+        call_on_window_close(self, self.shutdown)
         warm_up_labels()  # the first cluster layer then appears without freezing napari
         follow_band_wavelength(self.viewer)  # the band slider gives only an index
 

@@ -137,7 +137,7 @@ class TrainWidget(QWidget):
         self._redraw_timer.setInterval(REDRAW_INTERVAL_MS)
         self._redraw_timer.timeout.connect(self._redraw)
         self._redraw_timer.start()
-        call_on_window_close(self.viewer, self.shutdown, self)
+        call_on_window_close(self, self.shutdown)
         follow_band_wavelength(self.viewer)  # the band slider gives only an index
 
     # ------------------------------------------------------------------ layout

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 from napari.qt.threading import GeneratorWorker, create_worker
-from qtpy.QtCore import QEvent, QObject
+from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtWidgets import QMainWindow, QWidget
 
 from napari_dgc.config import TrainConfig
 from napari_dgc.inference.checkpoint_review import CheckpointFigures, CheckpointReview, CubeInput
@@ -127,27 +128,44 @@ class ClosingGeneratorWorker(GeneratorWorker):
 
 
 class _CloseWatcher(QObject):
-    """Calls ``callback`` when the watched window receives its Close event."""
+    """Calls ``callback`` when the main window holding ``owner`` receives its Close event.
 
-    def __init__(self, callback: Callable[[], None], parent: QObject):
-        super().__init__(parent)
+    The window is Qt's public ``owner.window()``, looked up once control returns to the event
+    loop (napari docks a widget right after building it) and again whenever the owner is
+    shown or moved, so a widget docked later is covered too.
+    """
+
+    def __init__(self, callback: Callable[[], None], owner: QWidget):
+        super().__init__(owner)
         self._callback = callback
+        self._owner = owner
+        self._window: QMainWindow | None = None
+        owner.installEventFilter(self)
+        QTimer.singleShot(0, self._find_window)
+
+    def _find_window(self) -> None:
+        window = self._owner.window()
+        if isinstance(window, QMainWindow) and window is not self._window:
+            if self._window is not None:
+                self._window.removeEventFilter(self)
+            window.installEventFilter(self)
+            self._window = window
 
     def eventFilter(self, watched, event) -> bool:
-        if event.type() == QEvent.Close:
+        if watched is self._owner and event.type() in (QEvent.Show, QEvent.ParentChange):
+            QTimer.singleShot(0, self._find_window)
+        elif watched is self._window and event.type() == QEvent.Close:
             self._callback()
         return False
 
 
-def call_on_window_close(viewer, callback: Callable[[], None], owner: QObject) -> None:
-    """Call ``callback`` (on the GUI thread) when the viewer's main window closes.
+def call_on_window_close(owner: QWidget, callback: Callable[[], None]) -> None:
+    """Call ``callback`` (on the GUI thread) when the main window docking ``owner`` closes.
 
     Used to stop and wait for workers, so no thread is left writing files or emitting
     signals into deleted Qt objects when napari exits. ``owner`` owns the event filter.
     """
-    window = getattr(viewer.window, "_qt_window", None)
-    if window is not None:
-        window.installEventFilter(_CloseWatcher(callback, owner))
+    _CloseWatcher(callback, owner)
 
 
 def train(cubes: Sequence, config: TrainConfig, run_dir: Path, *, resume: bool) -> Generator:
