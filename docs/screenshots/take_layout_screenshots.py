@@ -11,28 +11,21 @@ from __future__ import annotations
 
 import os
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import napari
 import numpy as np
-from qtpy.QtWidgets import QApplication
+from screenshot_helpers import HERE, SIZE, settle, wait  # this folder's helpers
 
 from napari_dgc._qt.merge_widget import MergeWidget
 from napari_dgc._qt.timeline_widget import TimelineWidget
 from napari_dgc._qt.train_widget import TrainWidget
-
-HERE = Path(__file__).resolve().parent
-SIZE = (1280, 800)
-
-
-def settle(seconds: float = 0.6) -> None:
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        QApplication.processEvents()
-        time.sleep(0.02)
+from napari_dgc.config import ModelConfig, TrainConfig
+from napari_dgc.datasets.synthetic import make_leaf_scene
+from napari_dgc.training.loop import train
 
 
 def scene_viewer() -> napari.Viewer:
@@ -68,17 +61,38 @@ def shoot(viewer: napari.Viewer, name: str) -> tuple[int, int]:
     return window[2], window[3]
 
 
+def short_run(folder: Path) -> Path:
+    """A 60-step run on the sample's scene, so the timeline shows real checkpoints, their
+    figures and the recommended one."""
+    config = TrainConfig(model=ModelConfig(n_clusters=4)).with_settings(
+        {"steps": 60, "checkpoint_every": 10, "data.crop_size": 32, "data.batch_size": 2, "device": "cpu"}
+    )
+    run = folder / "leaf-run"
+    for _ in train([make_leaf_scene(256, 256, seed=0).cube], config, run):
+        pass
+    return run
+
+
 def main() -> None:
     panels = {
         "train-panel-1280x800.png": ("DGC: Train", TrainWidget),
         "timeline-1280x800.png": ("DGC: Checkpoints", TimelineWidget),
         "merge-panel-1280x800.png": ("DGC: Cluster merge", MergeWidget),
     }
-    for file, (title, widget_class) in panels.items():
-        viewer = scene_viewer()
-        viewer.window.add_dock_widget(widget_class(viewer), name=title, area="right")
-        shoot(viewer, file)
-        viewer.close()
+    with tempfile.TemporaryDirectory() as folder:
+        run = short_run(Path(folder))
+        for file, (title, widget_class) in panels.items():
+            viewer = scene_viewer()
+            widget = widget_class(viewer)
+            viewer.window.add_dock_widget(widget, name=title, area="right")
+            if isinstance(widget, TimelineWidget):
+                shown: list[str] = []
+                widget.checkpoint_shown.connect(shown.append)
+                widget.open_run(run)
+                wait(lambda: shown)  # noqa: B023 - called before the loop moves on
+                settle(2.0)  # the figures of the other checkpoints
+            shoot(viewer, file)
+            viewer.close()
     viewer = scene_viewer()
     for title, widget_class in panels.values():
         viewer.window.add_dock_widget(widget_class(viewer), name=title, area="right")

@@ -15,7 +15,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -23,32 +22,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import napari
 import numpy as np
 from PIL import Image
-from qtpy.QtWidgets import QApplication
+from screenshot_helpers import HERE, SIZE, settle, wait  # this folder's helpers
 
 from napari_dgc._qt import project_view
 from napari_dgc.config import ModelConfig, TrainConfig
 from napari_dgc.datasets.synthetic import make_leaf_scene
 from napari_dgc.training.loop import train
 
-HERE = Path(__file__).resolve().parent
-SIZE = (1280, 800)
 BAND = 20
-
-
-def wait(condition, timeout_s: float = 300.0) -> None:
-    deadline = time.perf_counter() + timeout_s
-    while not condition():
-        if time.perf_counter() > deadline:
-            raise TimeoutError("the viewer did not get there in time")
-        QApplication.processEvents()
-        time.sleep(0.02)
-
-
-def settle(seconds: float = 0.8) -> None:
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        QApplication.processEvents()
-        time.sleep(0.02)
 
 
 def make_folder(folder: Path) -> None:

@@ -43,9 +43,11 @@ def recommend(checkpoints: Sequence[CheckpointInfo]) -> Recommendation | None:
         info for info in pool if float(info.stats["selection_score"]) >= (1 - SEPARATION_TOLERANCE) * best
     ]
     chosen = good[-1]
+    # No index value here: it is computed on the run's selection windows, not on the cubes the
+    # timeline plots its "spectral separation" for, so a number would seem to disagree with it.
     reason = (
-        f"the latest checkpoint with its spectral separation {float(chosen.stats['selection_score']):.4g} "
-        f"within {SEPARATION_TOLERANCE:.0%} of the best"
+        "the latest checkpoint whose clusters separate the spectra of the run's selection "
+        f"windows within {SEPARATION_TOLERANCE:.0%} as well as the best"
     )
     if stable:
         agreement = float(chosen.stats["agreement"])
