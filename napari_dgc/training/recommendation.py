@@ -46,12 +46,12 @@ def recommend(checkpoints: Sequence[CheckpointInfo]) -> Recommendation | None:
     # No index value here: it is computed on the run's selection windows, not on the cubes the
     # timeline plots its "spectral separation" for, so a number would seem to disagree with it.
     reason = (
-        "the latest checkpoint whose clusters separate the spectra of the run's selection "
-        f"windows within {SEPARATION_TOLERANCE:.0%} as well as the best"
+        "the latest checkpoint whose separation of the spectra (on the run's selection windows) "
+        f"is within {SEPARATION_TOLERANCE:.0%} of the best"
     )
     if stable:
         agreement = float(chosen.stats["agreement"])
-        reason += f" and labels that agree with the previous checkpoint's (NMI {agreement:.2f})"
+        reason += f", with labels that agree with the previous checkpoint's (NMI {agreement:.2f})"
     else:
         reason += f" (no checkpoint's labels agree with the previous one's at NMI >= {STABLE_AGREEMENT} yet)"
     return Recommendation(chosen.checkpoint_id, reason)
