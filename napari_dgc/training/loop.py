@@ -50,6 +50,11 @@ from napari_dgc.training.trainer import StepResult, Trainer
 
 TrainEvent = ProgressEvent | CheckpointEvent | StartSelectedEvent | FinishedEvent
 
+#: Read the next batch's windows in a background thread while a step computes
+#: (:class:`~napari_dgc.training.sampling.PairStream` ``read_ahead``): the same pairs, the same
+#: checkpoints. A switch for tests and benchmarks, not a setting.
+READ_AHEAD = True
+
 
 @dataclass
 class _Checkpoint:
@@ -308,29 +313,32 @@ class _RunTraining:
             offset,
             checkpoint_at=until if selecting else None,
         )
-        for event, checkpoint in steps:
-            self.elapsed = event.elapsed_s
-            info = None
-            if checkpoint is not None and self.group.is_writer:
-                checkpoint.stats.update(self._signals(trainer))
-                info = self.run.save_checkpoint(
-                    checkpoint.step,
-                    checkpoint.model_state,
-                    checkpoint.optimizer_state,
-                    checkpoint.training_state,
-                    checkpoint.stats,
-                    start=trainer.start,
-                    run_step=offset + checkpoint.step,
-                )
-            if info is not None and not selecting:
-                self._update_recommendation()
-            if checkpoint is not None:  # the other ranks wait until rank 0's checkpoint is complete
-                self.group.barrier()
-            yield event
-            if info is not None:
-                yield CheckpointEvent(
-                    info.step, info.checkpoint_id, Path(self.run.path), info.start, info.run_step
-                )
+        try:
+            for event, checkpoint in steps:
+                self.elapsed = event.elapsed_s
+                info = None
+                if checkpoint is not None and self.group.is_writer:
+                    checkpoint.stats.update(self._signals(trainer))
+                    info = self.run.save_checkpoint(
+                        checkpoint.step,
+                        checkpoint.model_state,
+                        checkpoint.optimizer_state,
+                        checkpoint.training_state,
+                        checkpoint.stats,
+                        start=trainer.start,
+                        run_step=offset + checkpoint.step,
+                    )
+                if info is not None and not selecting:
+                    self._update_recommendation()
+                if checkpoint is not None:  # the other ranks wait until rank 0's checkpoint is complete
+                    self.group.barrier()
+                yield event
+                if info is not None:
+                    yield CheckpointEvent(
+                        info.step, info.checkpoint_id, Path(self.run.path), info.start, info.run_step
+                    )
+        finally:  # also when the run stops (the generator closed) or fails: no reader thread left
+            trainer.stream.close()
 
     def _signals(self, trainer: Trainer) -> dict:
         """The checkpoint's internal quality signals on the selection windows
@@ -418,7 +426,7 @@ def _new_trainer(
     else:
         torch.manual_seed(int(np.random.SeedSequence([config.seed, start]).generate_state(1)[0]))
     model = DGCModel(sources[0].n_bands, config.model)
-    stream = PairStream.for_config(sources, config.data, config.seed)
+    stream = PairStream.for_config(sources, config.data, config.seed, read_ahead=READ_AHEAD)
     return Trainer(model, stream, config, device, start, group)
 
 

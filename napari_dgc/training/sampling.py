@@ -13,12 +13,16 @@ so the per-pixel spectral stage runs once per scene pixel even where the crops o
 each before moving on, reads only the window a pair needs, and places pairs by a scrambled
 Halton sequence per cube so that crops cover each cube evenly over the run. Its whole state
 is JSON-serialisable (:meth:`PairStream.state_dict`), so a resumed run draws the same pairs.
+With ``read_ahead`` it plans the next batch as soon as one is returned and reads its windows in
+a background thread while the caller computes on the current one (the same pairs either way).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -295,6 +299,11 @@ class PairStream:
         bands per pair.
     max_spectral_shift : int
         Largest spectral shift (bands) of the augmentation.
+    read_ahead : bool
+        After each :meth:`next_batch`, plan the next batch of the same size and read this
+        rank's share of it in one background thread, so the reading overlaps the caller's
+        compute. The pairs, and :meth:`state_dict`, are exactly those without it; call
+        :meth:`close` (or use the stream as a context manager) to end the thread.
     """
 
     def __init__(
@@ -306,6 +315,8 @@ class PairStream:
         seed: int,
         augment: bool = True,
         max_spectral_shift: int = 2,
+        *,
+        read_ahead: bool = False,
     ) -> None:
         check_crop_fits(sources, crop_size)
         self.sources = sources
@@ -323,9 +334,14 @@ class PairStream:
         self._order = self._epoch_order(0)
         self._halton: qmc.Halton | None = None
         self._halton_cube = -1
+        self.read_ahead = read_ahead
+        self._executor: ThreadPoolExecutor | None = None  # started by the first read-ahead
+        self._ahead: _ReadAhead | None = None
 
     @classmethod
-    def for_config(cls, sources: list[SampledCube], data: DataConfig, seed: int) -> PairStream:
+    def for_config(
+        cls, sources: list[SampledCube], data: DataConfig, seed: int, *, read_ahead: bool = False
+    ) -> PairStream:
         """The stream a run's ``data`` settings describe (crop size, overlaps, augmentation)."""
         return cls(
             sources,
@@ -335,6 +351,7 @@ class PairStream:
             seed,
             data.augment,
             data.max_spectral_shift,
+            read_ahead=read_ahead,
         )
 
     def _epoch_order(self, epoch: int) -> list[int]:
@@ -352,7 +369,8 @@ class PairStream:
         return float(point[0]), float(point[1])
 
     def next_pair(self) -> CropPair:
-        """Draw the next pair (reads one window of one cube)."""
+        """Draw the next pair (reads one window of one cube; drops any batch read ahead)."""
+        self._discard_read_ahead()
         return gather_pair(*self._plan_next())
 
     def next_batch(
@@ -378,14 +396,70 @@ class PairStream:
         -------
         list of CropPair
             ``size`` pairs with ``whole`` (or in one process), else ``size // world_size``.
+
+        Raises
+        ------
+        Exception
+            Whatever reading a window raised, also when the read ran ahead in the background.
         """
         share = batch_share(size, rank, world_size)
-        pairs = []
-        for index in range(size):
-            planned = self._plan_next()
-            if whole or share.start <= index < share.stop:
-                pairs.append(gather_pair(*planned))
+        wanted = range(size) if whole else range(share.start, share.stop)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.size != size:
+            # Planned for another batch size: go back to where it started and plan anew.
+            ahead.future.cancel()
+            self._restore(ahead.state)
+            ahead = None
+        if ahead is None:
+            planned = [self._plan_next() for _ in range(size)]
+            read = {}
+        else:
+            # Planning does not depend on the rank or on ``whole``: only the pairs of this
+            # request that were not read ahead are read now.
+            planned = ahead.planned
+            try:
+                read = ahead.future.result()
+            except BaseException:
+                self._restore(ahead.state)  # the failed batch was not returned: not in the state
+                raise
+        pairs = [read[index] if index in read else gather_pair(*planned[index]) for index in wanted]
+        if self.read_ahead:
+            self._start_read_ahead(size, share)
         return pairs
+
+    def _start_read_ahead(self, size: int, share: slice) -> None:
+        """Plan the next ``size`` pairs now and read ``share`` of them in the background thread."""
+        state = self._state()
+        planned = [self._plan_next() for _ in range(size)]
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dgc-read-ahead")
+        indices = range(share.start, share.stop)  # the next batch is most likely a plain share
+        future = self._executor.submit(_gather_many, planned, indices)
+        self._ahead = _ReadAhead(size, planned, state, future)
+
+    def _discard_read_ahead(self) -> None:
+        """Drop the batch read ahead, if any, and rewind the stream to before its planning."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            ahead.future.cancel()  # a read already running just finishes; its pairs are dropped
+            self._restore(ahead.state)
+
+    def close(self) -> None:
+        """Drop any batch read ahead and end the read-ahead thread (waits for a running read).
+
+        The stream stays usable: a later :meth:`next_batch` with ``read_ahead`` starts a new
+        thread (close the stream again after it).
+        """
+        self._discard_read_ahead()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> PairStream:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
 
     def _plan_next(self) -> tuple[SampledCube, np.ndarray, np.ndarray, int, int]:
         """Advance the stream by one pair and return what :func:`gather_pair` reads for it."""
@@ -409,7 +483,15 @@ class PairStream:
         return source, coords_a, coords_b, shift, cube_index
 
     def state_dict(self) -> dict:
-        """JSON-serialisable state: continuing from it draws the same pairs."""
+        """JSON-serialisable state: continuing from it draws the same pairs.
+
+        It is the state after the last batch returned: a batch planned ahead is not in it.
+        """
+        if self._ahead is not None:
+            return copy.deepcopy(self._ahead.state)
+        return self._state()
+
+    def _state(self) -> dict:
         return {
             "rng": self.rng.bit_generator.state,
             "epoch": self.epoch,
@@ -419,12 +501,16 @@ class PairStream:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a state saved by :meth:`state_dict`."""
+        """Restore a state saved by :meth:`state_dict` (dropping any batch read ahead)."""
         if len(state["halton_counts"]) != len(self.sources):
             raise ConfigError(
                 f"the saved sampler covers {len(state['halton_counts'])} cubes, the dataset "
                 f"has {len(self.sources)}; resume with the same cubes"
             )
+        self._discard_read_ahead()
+        self._restore(state)
+
+    def _restore(self, state: dict) -> None:
         self.rng.bit_generator.state = state["rng"]
         self.epoch = int(state["epoch"])
         self.order_position = int(state["order_position"])
@@ -432,3 +518,20 @@ class PairStream:
         self.halton_counts = [int(v) for v in state["halton_counts"]]
         self._order = self._epoch_order(self.epoch)
         self._halton_cube = -1
+
+
+@dataclass
+class _ReadAhead:
+    """A batch planned ahead: its ``size`` plans, the stream's state before planning it, and
+    the future of the pairs read in the background (``{index in the batch: pair}``).
+    """
+
+    size: int
+    planned: list[tuple[SampledCube, np.ndarray, np.ndarray, int, int]]
+    state: dict
+    future: Future
+
+
+def _gather_many(planned: list, indices: range) -> dict[int, CropPair]:
+    """Read the pairs ``indices`` of a planned batch (the read-ahead thread's work)."""
+    return {index: gather_pair(*planned[index]) for index in indices}
