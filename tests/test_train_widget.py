@@ -453,3 +453,39 @@ def test_click_on_a_plot_gives_the_step_under_it(qtbot):
     assert blocker.args[0] == pytest.approx(75, abs=1)
     assert plot.markers() == [(40.0, None, "dash"), (60.0, "#ffd700", "solid")]
     assert plot.latest_values() == [0.0]
+
+
+def test_plots_are_built_ahead_and_reused_after_clear(qtbot, monkeypatch):
+    from napari_dgc._qt import plots
+
+    grid = plots.SparklineGrid(columns=2)
+    qtbot.addWidget(grid)
+    grid.prepare(3)
+    built = []
+    original_init = plots.SparklinePlot.__init__
+
+    def counting_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        built.append(self)
+
+    monkeypatch.setattr(plots.SparklinePlot, "__init__", counting_init)
+    qtbot.waitUntil(lambda: len(built) == 3)  # one per turn of the event loop, then it stops
+    qtbot.wait(50)
+    assert len(built) == 3
+    loss = grid.plot("loss", tooltip="a loss")
+    grid.plot("usage", y_range=(0.0, 1.0))
+    grid.plot("active")
+    assert len(built) == 3  # the first plots of a training cost the GUI thread nothing to build
+    assert loss.title == "loss" and loss.toolTip() == "a loss" and loss.series_names() == []
+    loss.set_series([("total", np.arange(5), np.linspace(1.0, 0.0, 5))])
+    loss.set_markers([(2, None, "dash")])
+
+    grid.remove_plots()  # a new training: the plots become spares, emptied when taken again
+    again = grid.plot("other")
+    assert len(built) == 3 and list(grid.plots) == ["other"]
+    assert [item for item in grid.ci.items if isinstance(item, plots.SparklinePlot)] == [again]
+    assert again.series_names() == [] and again.markers() == [] and again.title == "other"
+    grid.plot("fourth")
+    grid.plot("fifth")
+    grid.plot("sixth")
+    assert len(built) == 4  # three spares were left; the fourth new name builds a plot

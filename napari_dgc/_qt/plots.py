@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pyqtgraph as pg
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtGui import QFont
 from qtpy.QtWidgets import QSizePolicy, QWidget
 
@@ -94,18 +94,14 @@ class SparklinePlot(pg.PlotItem):
         tooltip: str = "",
     ) -> None:
         super().__init__()
-        self.title = title
-        self.fixed_y_range = y_range
         self._series: list[tuple[str, np.ndarray, np.ndarray]] = []
         self._curves: list[pg.PlotDataItem] = []
         self._points = False
         self._markers: list[tuple[float, str | None, str]] = []
         self._marker_lines: list[pg.InfiniteLine] = []
         self._title_html = ""
-        self._x_range: tuple[float, float] | None = None
         self.setMinimumHeight(80)
         self.setMinimumWidth(120)
-        self.setToolTip(tooltip)
         self.setMenuEnabled(False)
         self.hideButtons()
         self.setMouseEnabled(x=False, y=False)
@@ -119,17 +115,26 @@ class SparklinePlot(pg.PlotItem):
         axis.setWidth(34)
         axis.setPen(NEUTRAL)
         axis.setTextPen(NEUTRAL)
-        if y_range is not None:
-            self.setYRange(*y_range, padding=0)
         # The y range is set by _fit_y_range with some slack, not fitted on every update: a new
         # range regenerates the axis labels, ten times a second on every plot.
         self.enableAutoRange(x=True, y=False)
-        self._y_range: tuple[float, float] | None = y_range
         self.layout.setRowFixedHeight(0, 14)  # room for the title label, which floats above it
         self._title_label = pg.LabelItem(justify="left", size="8pt")
         self._title_label.setParentItem(self)
         self._title_label.anchor(itemPos=(0, 0), parentPos=(0, 0), offset=(30, -2))
-        self._set_title()
+        self.configure(title, y_range=y_range, tooltip=tooltip)
+
+    def configure(self, title: str, *, y_range: tuple[float, float] | None = None, tooltip: str = "") -> None:
+        """Empty the plot and give it a title, a y axis and a tooltip (as a new plot has)."""
+        self.title = title
+        self.fixed_y_range = y_range
+        self._y_range: tuple[float, float] | None = y_range
+        self._x_range = None
+        if y_range is not None:
+            self.setYRange(*y_range, padding=0)
+        self.setToolTip(tooltip)
+        self.set_series([])  # also sets the title
+        self.set_markers([])
 
     # ------------------------------------------------------------------ data
     def set_series(
@@ -258,11 +263,37 @@ class SparklineGrid(pg.GraphicsLayoutWidget):
         self.setFixedHeight(0)
         self.plots: dict[str, SparklinePlot] = {}
         self.scene().sigMouseClicked.connect(self._on_click)
+        # Plots built ahead of need, one per turn of the event loop: building one costs the GUI
+        # thread ~7 ms (pyqtgraph makes its axes and menus), and the eight plots of a training's
+        # first redraw, built at once, froze the GUI for ~0.3 s on a loaded machine.
+        self._spare: list[SparklinePlot] = []
+        self._spare_target = 0
+        self._spare_timer = QTimer(self)
+        self._spare_timer.setInterval(0)
+        self._spare_timer.timeout.connect(self._build_one_spare)
+
+    def prepare(self, count: int) -> None:
+        """Have ``count`` plots ready (shown or spare), building the missing ones in the background
+        of the event loop, one per turn.
+        """
+        self._spare_target = count
+        if len(self.plots) + len(self._spare) < count:
+            self._spare_timer.start()
+
+    def _build_one_spare(self) -> None:
+        if len(self.plots) + len(self._spare) >= self._spare_target:
+            self._spare_timer.stop()
+            return
+        self._spare.append(SparklinePlot(""))
 
     def plot(self, name: str, **kwargs) -> SparklinePlot:
         """The plot called ``name``, created (next grid cell) on first use."""
         if name not in self.plots:
-            plot = SparklinePlot(name, **kwargs)
+            if self._spare:
+                plot = self._spare.pop()
+                plot.configure(name, **kwargs)
+            else:
+                plot = SparklinePlot(name, **kwargs)
             index = len(self.plots)
             self.addItem(plot, row=index // self._columns, col=index % self._columns)
             self.plots[name] = plot
@@ -270,9 +301,14 @@ class SparklineGrid(pg.GraphicsLayoutWidget):
             self.setFixedHeight(rows * PLOT_HEIGHT + 4)
         return self.plots[name]
 
-    def clear(self) -> None:
-        """Remove every plot."""
-        super().clear()
+    def remove_plots(self) -> None:
+        """Remove every plot (kept as spares for the next ones).
+
+        Not named ``clear``: ``GraphicsLayoutWidget`` sets ``clear`` on each instance (its
+        layout's), which would hide this method and leave :attr:`plots` naming removed plots.
+        """
+        self.ci.clear()
+        self._spare.extend(self.plots.values())
         self.plots.clear()
         self.setFixedHeight(0)
 

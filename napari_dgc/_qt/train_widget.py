@@ -45,7 +45,7 @@ from napari_dgc.errors import DGCError
 from napari_dgc.run_folder import RunDirectory
 from napari_dgc.state.review import ReviewModel
 from napari_dgc.state.training import TrainingSession, TrainStatus, error_message
-from napari_dgc.training.events import start_name
+from napari_dgc.training.events import LOSS_TERMS, start_name
 
 from .band_wavelength import follow_band_wavelength
 from .collapsible import CollapsibleSection
@@ -201,6 +201,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.error_label)
 
         self.loss_plots = SparklineGrid(columns=3)
+        self.loss_plots.prepare(len(LOSS_TERMS) + 1)  # and "active in step"
         layout.addWidget(CollapsibleSection("Losses and clusters active in each step", self.loss_plots))
 
         self.timeline = TimelineWidget(self.viewer, model=self.review)
@@ -336,7 +337,7 @@ class TrainWidget(QWidget):
     def _on_started(self) -> None:
         self.error_label.hide()
         self.error_label.clear()
-        self.loss_plots.clear()
+        self.loss_plots.remove_plots()
         self.progress_bar.setRange(0, self.session.total_run_steps)
         self.progress_bar.setValue(0)
         self.progress_bar.setFormat("step %v / %m")
