@@ -20,6 +20,7 @@ import napari
 import numpy as np
 import torch
 from qtpy.QtWidgets import QApplication
+from screenshot_helpers import HERE, close_notifications  # this folder's helpers
 
 from napari_dgc._qt.cube_layers import cube_source, show_clusters
 from napari_dgc._qt.merge_widget import MergeWidget
@@ -32,16 +33,12 @@ from napari_dgc.inference.segmentation import segment_cube
 from napari_dgc.run_folder import RunDirectory
 from napari_dgc.training.loop import train
 
-HERE = Path(__file__).resolve().parent
 CUBE = "synthetic leaf"
 
 
 def snap(viewer, name: str) -> None:
     """Let Qt lay out and paint the window, then save it."""
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-        toast.close()
+    close_notifications()
     for _ in range(5):
         QApplication.processEvents()
     viewer.screenshot(str(HERE / name), canvas_only=False)
@@ -55,7 +52,7 @@ def main() -> None:
     scene = make_leaf_scene(128, 128, 301, seed=0)
     warnings.filterwarnings("ignore")  # keeps deprecation toasts off the screenshots
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1500, 1250)
+    viewer.window.resize(1500, 1250)
     for data, kwargs, kind in scene_layer_data(scene, CUBE):
         getattr(viewer, f"add_{kind}")(data, **kwargs)
     viewer.layers["ground truth"].visible = False

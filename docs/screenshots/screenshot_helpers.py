@@ -29,3 +29,12 @@ def settle(seconds: float = 0.8) -> None:
     while time.perf_counter() < deadline:
         QApplication.processEvents()
         time.sleep(0.02)
+
+
+def close_notifications() -> None:
+    """Close napari's notification toasts (deprecation notices over the canvas), found among
+    Qt's widgets by class name: napari offers no public way to reach them.
+    """
+    for widget in QApplication.allWidgets():
+        if type(widget).__name__ == "NapariQtNotification":
+            widget.close()

@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import napari
 import numpy as np
-from screenshot_helpers import HERE, SIZE, settle, wait  # this folder's helpers
+from screenshot_helpers import HERE, SIZE, close_notifications, settle, wait  # this folder's helpers
 
 from napari_dgc.config import ModelConfig, TrainConfig
 from napari_dgc.datasets.synthetic import make_leaf_scene
@@ -74,10 +74,7 @@ def screenshot(folder: Path, run: Path) -> None:
     settle()
     panel._scroll.ensureWidgetVisible(panel.form.fields["prep.binning"].native)
     viewer.reset_view()
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
-
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-        toast.close()  # napari's own deprecation notice, over the canvas
+    close_notifications()
     settle()
     viewer.screenshot(str(HERE / "preparation-1280x800.png"), canvas_only=False)
     window = viewer.window.geometry()

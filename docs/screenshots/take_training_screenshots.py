@@ -16,13 +16,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import napari
 import torch
 from qtpy.QtWidgets import QApplication
+from screenshot_helpers import HERE, close_notifications  # this folder's helpers
 
 from napari_dgc._qt.cube_layers import cube_source
 from napari_dgc._qt.train_widget import TrainWidget
 from napari_dgc.config import ModelConfig, TrainConfig
 from napari_dgc.state.training import TrainStatus
-
-HERE = Path(__file__).resolve().parent
 
 
 def process_until(condition, timeout_s: float = 900) -> None:
@@ -36,21 +35,18 @@ def process_until(condition, timeout_s: float = 900) -> None:
 
 def grab(viewer: napari.Viewer, name: str) -> None:
     """Let the 10 Hz redraw catch up, close notification toasts, save the window."""
-    from napari._qt.dialogs.qt_notification import NapariQtNotification
-
     for _ in range(30):
         QApplication.processEvents()
         time.sleep(0.02)
-    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
-        toast.close()
+    close_notifications()
     QApplication.processEvents()
-    viewer.window._qt_window.grab().save(str(HERE / name))
+    viewer.screenshot(str(HERE / name), canvas_only=False)
 
 
 def main() -> None:
     torch.set_num_threads(1)
     viewer = napari.Viewer(show=True)
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     viewer.open_sample("napari-dgc", "synthetic_leaf")
     viewer.layers["ground truth"].visible = False
     widget = TrainWidget(viewer)

@@ -54,7 +54,7 @@ def run_demo(
     for data, kwargs, layer_type in synthetic_leaf_sample(rows=scene_size, cols=scene_size):
         getattr(viewer, f"add_{layer_type}")(data, **kwargs)
     _dock, panel = viewer.window.add_plugin_dock_widget("napari-dgc", "DGC: Train")
-    viewer.window._qt_window.resize(1600, 1000)
+    viewer.window.resize(1600, 1000)
     # Fit the scene to the canvas once the window has its final size.
     QTimer.singleShot(500, viewer.reset_view)
 
