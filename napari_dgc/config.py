@@ -406,6 +406,19 @@ class LossConfig(_Settings):
         label="Weight: spectral fidelity",
     )
     fidelity_pixels: int = setting(1024, "pixels drawn per step for the fidelity term", minimum=2)
+    weight_anchor: float = setting(
+        10.0,
+        "weight of the anchor term: cross-entropy of the assignments against the clusters of the "
+        "spectral start (centroids.init=spectra; deviation; 0: off)",
+        minimum=0,
+        label="Weight: spectral anchor",
+    )
+    anchor_final_fraction: float = setting(
+        0.2,
+        "anchor weight after its cosine decay over schedule_steps, as a fraction",
+        minimum=0,
+        maximum=1,
+    )
     balance_sign: BalanceSign = setting(
         BalanceSign.PAPER,
         "paper: maximise the entropy of cluster usage; "
@@ -454,7 +467,7 @@ class CentroidConfig(_Settings):
     )
     init: CentroidInit = setting(
         CentroidInit.SPECTRA,
-        "initial centroids: spectra (cosine k-means of the first batch's spectral inputs, each "
+        "initial centroids: spectra (cosine k-means of the first batch's raw spectra, each "
         "centroid at its cluster's mean embedding), random unit vectors, or kmeans++ (spherical "
         "k-means++ of the first batch's embeddings)",
     )

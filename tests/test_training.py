@@ -571,3 +571,33 @@ def test_resume_refuses_a_damaged_checkpoint_naming_the_file(cubes, tmp_path, da
         with pytest.raises(CheckpointError, match=match):
             run.load_model("step-000006")
     assert not run.is_busy()  # the failed resume released the run lock
+
+
+def test_anchor_term_follows_the_spectral_start_and_its_schedule(cubes):
+    trainer = _trainer(cubes, steps=8, losses__schedule_steps=4)
+    first = trainer.step()
+    anchor = trainer.anchor_centroids
+    assert anchor is not None and anchor.shape == (2, 10)  # K x bands, fitted on the raw spectra
+    torch.testing.assert_close(anchor.norm(dim=1), torch.ones(2))
+    assert first.losses["anchor"] > 0
+    for _ in range(6):
+        last = trainer.step()
+    assert torch.equal(trainer.anchor_centroids, anchor)  # fitted once, kept
+    # After the cosine decay the weight stays at its final fraction (0.2 of 10): the anchor
+    # keeps pulling towards the start's partition.
+    assert last.losses["anchor"] > 0
+    assert _trainer(cubes, losses__weight_anchor=0.0).step().losses["anchor"] == 0.0
+    random_start = _trainer(cubes, centroids__init="random")
+    assert random_start.step().losses["anchor"] == 0.0 and random_start.anchor_centroids is None
+
+
+def test_damaged_anchor_centroids_are_refused(cubes):
+    trainer = _trainer(cubes)
+    trainer.step()
+    state = trainer.training_state()
+    fresh = _trainer(cubes)
+    for bad in (torch.zeros(3, 10), torch.full((2, 10), float("nan"))):
+        state["tensors"]["anchor_centroids"] = bad
+        with pytest.raises(ValueError, match="anchor centroids"):
+            fresh.load_training_state(state)
+    assert fresh.anchor_centroids is None  # left as it was

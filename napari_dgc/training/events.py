@@ -22,7 +22,7 @@ def start_name(start: int, count: int | None = None) -> str:
 
 
 #: Names of the weighted loss terms a :class:`ProgressEvent` reports, and their sum.
-LOSS_TERMS = ("total", "compact", "orth", "balance", "uniform", "consistency", "fidelity")
+LOSS_TERMS = ("total", "compact", "orth", "balance", "uniform", "consistency", "fidelity", "anchor")
 
 
 @dataclass(frozen=True)

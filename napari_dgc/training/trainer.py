@@ -91,6 +91,9 @@ class Trainer:
         self.step_count = 0
         n_clusters = model.n_clusters
         self.usage_ema = np.full(n_clusters, 1.0 / n_clusters)
+        #: unit centroids ``(K, bands)`` of the spectral start's cosine k-means of the raw spectra
+        #: (``centroids.init="spectra"``): the anchor term's targets
+        self.anchor_centroids: torch.Tensor | None = None
         #: running average of the model (``optim.average_decay``), made after the first step
         self.averaged: DGCModel | None = None
 
@@ -103,7 +106,10 @@ class Trainer:
         """State besides the checkpointed model and the optimiser (for checkpoints): JSON, plus
         under ``"tensors"`` the stepped model's weights when the checkpoint stores their average.
         """
-        extra = {} if self.averaged is None else {"tensors": {"stepped_model": self.model.state_dict()}}
+        tensors = {} if self.averaged is None else {"stepped_model": self.model.state_dict()}
+        if self.anchor_centroids is not None:
+            tensors["anchor_centroids"] = self.anchor_centroids
+        extra = {"tensors": tensors} if tensors else {}
         return {
             **extra,
             "step": self.step_count,
@@ -154,6 +160,17 @@ class Trainer:
             not isinstance(stepped, dict) or set(stepped) != set(self.model.state_dict())
         ):
             raise ValueError("the training state's stepped model weights do not fit the model")
+        anchor = state["tensors"].get("anchor_centroids") if isinstance(state.get("tensors"), dict) else None
+        n_bands = self.model.n_bands
+        if anchor is not None and (
+            not isinstance(anchor, torch.Tensor)
+            or tuple(anchor.shape) != (self.model.n_clusters, n_bands)
+            or not bool(torch.isfinite(anchor).all())
+        ):
+            raise ValueError(
+                f"the training state's anchor centroids are not "
+                f"{self.model.n_clusters} x {n_bands} finite numbers"
+            )
         missing = sorted({"step", "sampler", "kick_rng", "fidelity_rng", "usage_ema", "start"} - state.keys())
         if missing:
             raise ValueError(f"training state fields missing: {', '.join(missing)}")
@@ -190,6 +207,7 @@ class Trainer:
         self.start = start
         self.fidelity_rng.bit_generator.state = fidelity
         self.usage_ema = np.asarray(usage, dtype=np.float64)
+        self.anchor_centroids = None if anchor is None else anchor.to(self.device, torch.float32)
         if stepped is not None:  # the model holds the checkpoint's averaged weights
             self.averaged = copy.deepcopy(self.model).requires_grad_(False)
             self.model.load_state_dict(stepped)
@@ -259,6 +277,8 @@ class Trainer:
         if whole and world_size > 1:  # rank 0's initialised model is everyone's, to the last bit
             for tensor in model.state_dict().values():
                 tensor.copy_(self._broadcast(tensor))
+            if self.anchor_centroids is not None:
+                self.anchor_centroids = self._broadcast(self.anchor_centroids)
             pairs = pairs[batch_share(len(pairs), rank, world_size)]
         z, log_p, spectral_rows = self._forward(pairs)
         p = log_p.exp()
@@ -286,6 +306,7 @@ class Trainer:
             "consistency": config.losses.weight_consistency
             * losses.consistency_loss(log_p[rows_a], log_p[rows_b]),
             "fidelity": self._fidelity_term(z, *spectral_rows),
+            "anchor": self._anchor_term(pairs, log_p, spectral_rows[1]),
         }
         total = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -349,16 +370,17 @@ class Trainer:
         inertia) of the pairs' embeddings, on at most ``max_pixels`` rows drawn with the kick
         generator (saved in checkpoints, so resuming stays exact).
 
-        ``on_spectra`` fits the normalised spectral inputs instead (cosine k-means of the
-        spectra, the strongest simple baseline) and places each centroid at the mean embedding
-        of its cluster's pixels, so training starts from that partition.
+        ``on_spectra`` fits the raw spectra instead (cosine k-means, the strongest simple
+        baseline: brightness-invariant, and uncentred, unlike the model's inputs), places each
+        centroid at the mean embedding of its cluster's pixels and keeps the fit's centroids as
+        the anchor term's targets, so training starts from that partition and keeps to it.
         """
         with torch.no_grad():
             z, _, spectral_rows = self._forward(pairs)
             points = z
             if on_spectra:
-                sequences, index = spectral_rows
-                points = F.normalize(sequences[index], dim=1)
+                _, index = spectral_rows
+                points = F.normalize(self._raw_rows(pairs)[index], dim=1)
             sample = points
             if points.shape[0] > max_pixels:
                 rows = self.kick_rng.choice(points.shape[0], max_pixels, replace=False)
@@ -367,6 +389,7 @@ class Trainer:
             inertia = [float((1.0 - (sample @ c.T).max(dim=1).values).sum()) for c in fits]
             best = fits[int(np.argmin(inertia))]
             if on_spectra:
+                self.anchor_centroids = best.clone()
                 labels = (points @ best.T).argmax(dim=1)
                 sums = torch.zeros_like(self.model.centroids).index_add_(0, labels, z)
                 # A cluster no pixel chose keeps its random centroid.
@@ -374,6 +397,37 @@ class Trainer:
                     sums.norm(dim=1, keepdim=True) > 0, F.normalize(sums, dim=1), self.model.centroids
                 )
             self.model.centroids.copy_(best)
+
+    def _raw_rows(self, pairs: list[CropPair]) -> torch.Tensor:
+        """The raw spectra of the pairs' unique pixels ``(P, bands)``, rows as in ``sequences``."""
+        return torch.cat([torch.from_numpy(pair.pixels) for pair in pairs]).to(self.device)
+
+    def _anchor_term(self, pairs: list[CropPair], log_p: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Weighted cross-entropy of the assignments ``log_p`` against the spectral start's
+        cluster of each pixel (nearest anchor centroid by the cosine of the raw spectra); row
+        ``i`` of ``log_p`` shows unique pixel ``index[i]``.
+        """
+        losses_config = self.config.losses
+        if self.anchor_centroids is None or losses_config.weight_anchor == 0:
+            return log_p.new_zeros(())
+        weight = schedule_value(
+            losses_config.weight_anchor,
+            "cosine",
+            losses_config.anchor_final_fraction,
+            self.step_count,
+            self._schedule_length,
+        )
+        with torch.no_grad():  # per pair: no copy of the batch's spectra
+            centroids = self.anchor_centroids.T
+            labels = torch.cat(
+                [
+                    (F.normalize(torch.from_numpy(pair.pixels).to(self.device), dim=1) @ centroids).argmax(
+                        dim=1
+                    )
+                    for pair in pairs
+                ]
+            )
+        return weight * F.nll_loss(log_p, labels[index])
 
     def _fidelity_term(self, z: torch.Tensor, sequences: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         """Weighted fidelity loss on ``fidelity_pixels`` rows of ``z`` drawn at random; row
