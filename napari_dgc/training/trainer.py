@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_dgc.config import TrainConfig
+from napari_dgc.config import Schedule, TrainConfig
 from napari_dgc.errors import ConfigError
 from napari_dgc.model.network import DGCModel
 from napari_dgc.training import losses
@@ -104,7 +104,8 @@ class Trainer:
     # -- state -----------------------------------------------------------------------------
     def training_state(self) -> dict:
         """State besides the checkpointed model and the optimiser (for checkpoints): JSON, plus
-        under ``"tensors"`` the stepped model's weights when the checkpoint stores their average.
+        under ``"tensors"`` the stepped model's weights when the checkpoint stores their average
+        and the anchor term's centroids once the spectral start made them.
         """
         tensors = {} if self.averaged is None else {"stepped_model": self.model.state_dict()}
         if self.anchor_centroids is not None:
@@ -412,7 +413,7 @@ class Trainer:
             return log_p.new_zeros(())
         weight = schedule_value(
             losses_config.weight_anchor,
-            "cosine",
+            Schedule.COSINE,
             losses_config.anchor_final_fraction,
             self.step_count,
             self._schedule_length,
