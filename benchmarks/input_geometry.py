@@ -1,15 +1,15 @@
 """Which geometry of the spectra clusters well: k-means under each normalisation DGC could use.
 
-DGC clusters unit-norm embeddings by cosine similarity, and two of its terms see the spectra
-directly: the spectral centroid start (``centroids.init="spectra"``, a cosine k-means of the
-normalised spectral inputs) and the fidelity term (the embedding's cosines follow the inputs').
-This script scores k-means, with the ground truth of ``benchmarks/quality.py``'s datasets, on
+DGC clusters unit-norm embeddings by cosine similarity, and its start and anchor term see the
+spectra directly: a cosine k-means of the first batch's spectra (of the raw ones since the
+eighth pass; this script is what chose them). This script scores k-means, with the ground
+truth of ``benchmarks/quality.py``'s datasets, on
 
 * ``raw, cosine``: the raw spectra, per-pixel L2-normalised (quality.py's "k-means L2");
 * ``inputs, Euclidean``: the model's inputs (each pixel divided by its band mean, then
   standardised per band with dataset statistics), Euclidean k-means;
 * ``inputs, cosine``: the same inputs L2-normalised first (what the spectral start and the
-  fidelity term use today);
+  retired fidelity term used before the eighth pass);
 * ``inputs uncentred, cosine``: brightness-normalised and divided by the per-band spread, not
   centred.
 

@@ -9,7 +9,7 @@ Usage::
 
     python benchmarks/tune_quality.py --dataset synthetic --clusters 2 --steps 300
     python benchmarks/tune_quality.py --dataset samson --clusters 3 --crop 32 --set model.brightness_norm=true
-    python benchmarks/tune_quality.py --set balance_sign=reference --set weight_uniform=0
+    python benchmarks/tune_quality.py --set losses.weight_anchor=0 --set losses.weight_consistency=0
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from napari_dgc.config import Choice, settings_of
+from napari_dgc.config import RETIRED_SETTINGS, Choice, settings_of
 
 HERE = Path(__file__).resolve().parent
 
@@ -51,7 +51,17 @@ def settings_markdown() -> str:
         f"| `{info.key}` | {_default(info.default)} | {_allowed(info)} | {info.flag or ''} | {info.help} |"
         for info in settings_of()
     ]
-    return HEADER + "\n".join(rows) + "\n"
+    retired = ", ".join(f"`{key}`" for key in sorted(RETIRED_SETTINGS))
+    return (
+        HEADER
+        + "\n".join(rows)
+        + "\n\n## Retired settings\n\n"
+        + "A run folder written by an earlier version may still name these; it opens, segments and "
+        + "resumes without them. `--set` refuses them. The spectral anchor (`losses.weight_anchor`) "
+        + "does their work ([training.md](training.md), the method and the tenth pass): "
+        + retired
+        + ".\n"
+    )
 
 
 if __name__ == "__main__":

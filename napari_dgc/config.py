@@ -34,12 +34,39 @@ from napari_dgc.errors import ConfigError
 #: more than unit vectors in the default 32-d space keep apart.
 MAX_CLUSTERS = 64
 
+#: Settings earlier versions had. The spectral anchor (``losses.weight_anchor``) made the balance,
+#: uniform-assignment and spectral-fidelity terms redundant, and every start now begins from the
+#: spectra (docs/training.md, tenth pass). A run folder that still names one opens and resumes
+#: without it (:func:`drop_retired_settings`); giving one anew is an error that says why.
+RETIRED_SETTINGS = frozenset(
+    {
+        *(
+            f"losses.{name}"
+            for name in (
+                "weight_balance",
+                "balance_sign",
+                "balance_schedule",
+                "balance_final_fraction",
+                "weight_uniform",
+                "uniform_schedule",
+                "uniform_final_fraction",
+                "uniform_target",
+                "uniform_floor",
+                "usage_ema_decay",
+                "weight_fidelity",
+                "fidelity_pixels",
+            )
+        ),
+        *(f"centroids.{name}" for name in ("init", "fit_step", "dead_policy", "kick")),
+    }
+)
+
 #: Settings a resumed run may change; everything else is the run's own (:func:`resumed_config`).
 RESUMABLE_SETTINGS = ("steps", "checkpoint_every", "device")
 
 
 class Choice(str, enum.Enum):
-    """A setting with named choices; compares equal to its value (``Schedule.COSINE == "cosine"``)."""
+    """A setting with named choices; compares equal to its value (``SpatialInit.IDENTITY == "identity"``)."""
 
     def __str__(self) -> str:
         return str(self.value)
@@ -50,43 +77,6 @@ class SpatialInit(Choice):
 
     IDENTITY = "identity"
     DEFAULT = "default"
-
-
-class Schedule(Choice):
-    """Decay of a loss weight from its value to a final fraction of it."""
-
-    CONSTANT = "constant"
-    LINEAR = "linear"
-    COSINE = "cosine"
-
-
-class BalanceSign(Choice):
-    """Sign of the balance term: the papers' intent or the reference implementation's."""
-
-    PAPER = "paper"
-    REFERENCE = "reference"
-
-
-class UniformTarget(Choice):
-    """Cluster shares of the uniform-assignment pseudo-labels."""
-
-    USAGE = "usage"
-    UNIFORM = "uniform"
-
-
-class DeadPolicy(Choice):
-    """What happens to a cluster whose share of a step's probability mass is too small."""
-
-    RESEED = "reseed"
-    KICK = "kick"
-
-
-class CentroidInit(Choice):
-    """How a new run's centroids start."""
-
-    RANDOM = "random"
-    KMEANS_PP = "kmeans++"
-    SPECTRA = "spectra"
 
 
 def setting(
@@ -245,6 +235,12 @@ class _Settings:
             raise ConfigError(f"{where} settings must be a JSON object of KEY: VALUE, got {data!r}")
         known = {item.name: item for item in fields(cls)}
         unknown = sorted(set(data) - set(known))
+        retired = [name for name in unknown if f"{key}.{name}" in RETIRED_SETTINGS]
+        if retired:
+            raise ConfigError(
+                f"{', '.join(f'{key}.{name}' for name in retired)}: retired, the spectral anchor "
+                "(losses.weight_anchor) does their work (docs/training.md)"
+            )
         if unknown:
             raise ConfigError(
                 f"unknown {where} settings: {', '.join(unknown)} (known: {', '.join(sorted(known))})"
@@ -380,7 +376,7 @@ class OptimConfig(_Settings):
 
 @_group
 class LossConfig(_Settings):
-    """Weights of the loss terms and their schedules (docs/training.md explains each)."""
+    """Weights of the loss terms and the anchor's schedule (docs/training.md explains each)."""
 
     _key = "losses"
 
@@ -390,26 +386,13 @@ class LossConfig(_Settings):
     weight_orth: float = setting(
         0.001, "weight of the centroid orthogonality term", minimum=0, label="Weight: orthogonality"
     )
-    weight_balance: float = setting(
-        2.0, "weight of the balance term (-H of cluster usage)", minimum=0, label="Weight: balance"
-    )
-    weight_uniform: float = setting(
-        2.0, "weight of the uniform-assignment term", minimum=0, label="Weight: uniform assignment"
-    )
     weight_consistency: float = setting(
         1.0, "weight of the overlap consistency term", minimum=0, label="Weight: consistency"
     )
-    weight_fidelity: float = setting(
-        0.3,
-        "weight of the spectral-fidelity term (deviation; 0: off)",
-        minimum=0,
-        label="Weight: spectral fidelity",
-    )
-    fidelity_pixels: int = setting(1024, "pixels drawn per step for the fidelity term", minimum=2)
     weight_anchor: float = setting(
         10.0,
         "weight of the anchor term: cross-entropy of the assignments against the clusters of the "
-        "spectral start (centroids.init=spectra; deviation; 0: off)",
+        "start (a cosine k-means of the first batch's raw spectra; deviation; 0: off)",
         minimum=0,
         label="Weight: spectral anchor",
     )
@@ -419,31 +402,8 @@ class LossConfig(_Settings):
         minimum=0,
         maximum=1,
     )
-    balance_sign: BalanceSign = setting(
-        BalanceSign.PAPER,
-        "paper: maximise the entropy of cluster usage; "
-        "reference: the reference implementation's sign (rewards collapse)",
-    )
-    uniform_schedule: Schedule = setting(Schedule.COSINE, "decay of the uniform-assignment weight")
-    uniform_final_fraction: float = setting(
-        0.1, "uniform-assignment weight at the schedule's end, as a fraction", minimum=0, maximum=1
-    )
-    balance_schedule: Schedule = setting(Schedule.COSINE, "decay of the balance weight")
-    balance_final_fraction: float = setting(
-        0.0, "balance weight at the schedule's end, as a fraction", minimum=0, maximum=1
-    )
     schedule_steps: int | None = setting(
-        100, "steps over which the schedules decay (null: the whole run)", minimum=1
-    )
-    uniform_target: UniformTarget = setting(
-        UniformTarget.USAGE,
-        "cluster shares of the pseudo-labels: usage (an EMA of the observed usage, floored) or uniform (N/K)",
-    )
-    uniform_floor: float = setting(
-        0.5, "smallest target share of a cluster relative to 1/K (usage target)", above=0, maximum=1
-    )
-    usage_ema_decay: float = setting(
-        0.9, "decay of the EMA of cluster usage behind the usage target", minimum=0, below=1
+        100, "steps over which the anchor weight decays (null: the whole run)", minimum=1
     )
 
 
@@ -460,24 +420,9 @@ class CentroidConfig(_Settings):
         "dead (also the share of hard labels an active cluster needs)",
         minimum=0,
     )
-    kick: float = setting(0.05, "size of the random kick of a dead centroid (kick policy)", minimum=0)
-    dead_policy: DeadPolicy = setting(
-        DeadPolicy.RESEED,
-        "reseed a dead centroid at a poorly explained embedding, or kick it at random as the reference does",
+    fit_inits: int = setting(
+        8, "k-means++ seedings tried by the start's cosine k-means of the raw spectra", minimum=1
     )
-    init: CentroidInit = setting(
-        CentroidInit.SPECTRA,
-        "initial centroids: spectra (cosine k-means of the first batch's raw spectra, each "
-        "centroid at its cluster's mean embedding), random unit vectors, or kmeans++ (spherical "
-        "k-means++ of the first batch's embeddings)",
-    )
-    fit_step: int = setting(
-        0,
-        "before this step (0: never), once, refit the centroids by spherical "
-        "k-means of the step's embeddings",
-        minimum=0,
-    )
-    fit_inits: int = setting(8, "k-means++ seedings tried by that fit", minimum=1)
 
 
 @_group
@@ -676,6 +621,23 @@ class TrainConfig(_Settings):
                 raise ConfigError(f"{key} is a group of settings: set {key}.KEY=VALUE, got {value!r}")
             target[name] = value.value if isinstance(value, Choice) else value
         return TrainConfig.from_dict(data)
+
+
+def drop_retired_settings(data: Any) -> Any:
+    """A stored :meth:`TrainConfig.to_dict` without the :data:`RETIRED_SETTINGS` it names, so a
+    run folder written by an earlier version still opens; anything else in ``data`` is left for
+    :meth:`TrainConfig.from_dict` to check.
+    """
+    if not isinstance(data, Mapping):
+        return data
+    return {
+        group: (
+            {name: item for name, item in value.items() if f"{group}.{name}" not in RETIRED_SETTINGS}
+            if isinstance(value, Mapping)
+            else value
+        )
+        for group, value in data.items()
+    }
 
 
 @dataclass(frozen=True)

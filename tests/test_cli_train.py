@@ -116,12 +116,12 @@ def test_set_overrides_any_training_and_model_setting(cube_file, tmp_path, capsy
             "--set",
             "model.brightness_norm=false",
             "--set",
-            "losses.uniform_schedule=linear",
+            "losses.anchor_final_fraction=0.5",
         ]
     )
     assert code == 0
     config = RunDirectory.open(run).config
-    assert config.optim.learning_rate == 3e-4 and config.losses.uniform_schedule == "linear"
+    assert config.optim.learning_rate == 3e-4 and config.losses.anchor_final_fraction == 0.5
     assert config.model.brightness_norm is False and config.data.crop_size == 12
     capsys.readouterr()
 
@@ -149,7 +149,8 @@ def _error_line(capsys) -> str:
         (["--set", "steps=abc"], "steps must be a whole number"),
         (["--set", "optim.learning_rate=NaN"], "optim.learning_rate must be a finite number"),
         (["--set", "model.colour=red"], "unknown model settings: colour"),
-        (["--set", "losses.uniform_schedule=sideways"], "uniform_schedule must be one of"),
+        (["--set", "model.spatial_init=sideways"], "spatial_init must be one of"),
+        (["--set", "losses.weight_balance=2"], "losses.weight_balance: retired"),
         (["--set", "learning_rate"], "KEY=VALUE"),
     ],
 )

@@ -13,7 +13,7 @@ import pytest
 from napari_dgc.config import (
     RESUMABLE_SETTINGS,
     ModelConfig,
-    Schedule,
+    SpatialInit,
     StartPlan,
     TrainConfig,
     differing_settings,
@@ -34,11 +34,11 @@ def test_importing_the_config_imports_no_torch():
 
 
 def test_groups_round_trip_through_json_with_choices_as_text():
-    config = TrainConfig().with_settings({"losses.uniform_schedule": "linear", "model.n_clusters": 6})
+    config = TrainConfig().with_settings({"model.spatial_init": "default", "model.n_clusters": 6})
     data = json.loads(json.dumps(config.to_dict()))
-    assert data["losses"]["uniform_schedule"] == "linear" and data["model"]["n_clusters"] == 6
+    assert data["model"]["spatial_init"] == "default" and data["model"]["n_clusters"] == 6
     again = TrainConfig.from_dict(data)
-    assert again == config and again.losses.uniform_schedule is Schedule.LINEAR
+    assert again == config and again.model.spatial_init is SpatialInit.DEFAULT
 
 
 def test_every_bad_field_is_named_in_one_error():
@@ -64,7 +64,9 @@ def test_every_bad_field_is_named_in_one_error():
         ({"model.spatial_kernel": 4}, "model.spatial_kernel must be odd"),
         ({"data.overlap_min": 0.9, "data.overlap_max": 0.5}, "must not exceed data.overlap_max"),
         ({"model.brightness_norm": "yes"}, "must be true or false"),
-        ({"losses.balance_sign": "sideways"}, "losses.balance_sign must be one of paper, reference"),
+        ({"model.spatial_init": "sideways"}, "model.spatial_init must be one of identity, default"),
+        ({"losses.weight_balance": 2.0}, "losses.weight_balance: retired, the spectral anchor"),
+        ({"centroids.init": "random"}, "centroids.init: retired"),
     ],
 )
 def test_bad_values_get_a_clear_error(changes, message):
@@ -82,7 +84,7 @@ def test_optional_settings_accept_null_and_integral_floats_become_ints():
 
 def test_parse_setting_reads_json_else_text():
     assert parse_setting("optim.learning_rate=3e-4") == ("optim.learning_rate", 3e-4)
-    assert parse_setting("losses.uniform_schedule=cosine") == ("losses.uniform_schedule", "cosine")
+    assert parse_setting("model.spatial_init=default") == ("model.spatial_init", "default")
     assert parse_setting("model.spectral_bands=null") == ("model.spectral_bands", None)
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         parse_setting("steps")

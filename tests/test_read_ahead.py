@@ -157,7 +157,7 @@ def _assert_equal(a, b, where="") -> None:
 
 def test_training_with_and_without_read_ahead_writes_identical_checkpoints(tmp_path, monkeypatch):
     cubes = [tiny_cube(seed=1), tiny_cube(seed=2), tiny_cube(40, 36, seed=3)]
-    config = tiny_config(data__batch_size=2, data__pairs_per_cube=3, centroids__fit_step=3)
+    config = tiny_config(data__batch_size=2, data__pairs_per_cube=3)
     list(train(cubes, config, tmp_path / "ahead"))
     monkeypatch.setattr(loop, "READ_AHEAD", False)
     list(train(cubes, config, tmp_path / "plain"))

@@ -1,4 +1,4 @@
-"""Training generator: events, checkpoints, exact resume, reproducibility, kicks, bad input."""
+"""Training generator: events, checkpoints, exact resume, reproducibility, re-seeding, bad input."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from napari_dgc.errors import CheckpointError, ConfigError, CubeFormatError
 from napari_dgc.run_folder import RunDirectory
 from napari_dgc.training.events import LOSS_TERMS, CheckpointEvent, FinishedEvent, ProgressEvent
 from napari_dgc.training.loop import train
-from napari_dgc.training.trainer import Trainer, schedule_value
+from napari_dgc.training.trainer import Trainer, cosine_decay
 
 TINY_MODEL = ModelConfig(n_clusters=2, embed_dim=8, spectral_channels=4, spectral_bands=8, meanshift_iters=2)
 
@@ -119,32 +119,8 @@ def _trainer(cubes, **overrides) -> Trainer:
     return Trainer(DGCModel(10, config.model), stream, config, torch.device("cpu"))
 
 
-def test_dead_cluster_is_kicked_and_live_one_follows_the_ema(cubes):
-    trainer = _trainer(
-        cubes,
-        centroids__kick=0.05,
-        centroids__dead_threshold=0.01,
-        centroids__ema_decay=0.9,
-        centroids__dead_policy="kick",
-    )
-    centroids = torch.nn.functional.normalize(
-        torch.tensor([[1.0] + [0.0] * 7, [0.0, 1.0] + [0.0] * 6]), dim=1
-    )
-    trainer.model.centroids.copy_(centroids)
-    z = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 1.0] + [0.0] * 5] * 100), dim=1)
-    p = torch.zeros(100, 2)
-    p[:, 0] = 1.0
-    p[0] = torch.tensor([0.5, 0.5])  # cluster 1 holds 0.5 % of the mass: dead
-    trainer._update_centroids(z, p)
-    new = trainer.model.centroids
-    expected_live = torch.nn.functional.normalize(0.9 * centroids[0] + 0.1 * z[0], dim=0)
-    torch.testing.assert_close(new[0], expected_live)
-    assert not torch.allclose(new[1], centroids[1])  # kicked
-    torch.testing.assert_close(new.norm(dim=1), torch.ones(2))
-
-
-def test_no_kick_when_every_cluster_has_mass(cubes):
-    trainer = _trainer(cubes, centroids__kick=1.0, centroids__ema_decay=0.0)
+def test_no_reseed_when_every_cluster_has_mass(cubes):
+    trainer = _trainer(cubes, centroids__ema_decay=0.0)
     z = torch.nn.functional.normalize(torch.randn(50, 8), dim=1)
     p = torch.full((50, 2), 0.5)
     trainer._update_centroids(z, p)
@@ -152,9 +128,7 @@ def test_no_kick_when_every_cluster_has_mass(cubes):
 
 
 def test_dead_cluster_is_reseeded_at_a_poorly_explained_embedding(cubes):
-    trainer = _trainer(
-        cubes, centroids__dead_threshold=0.01, centroids__ema_decay=0.9, centroids__dead_policy="reseed"
-    )
+    trainer = _trainer(cubes, centroids__dead_threshold=0.01, centroids__ema_decay=0.9)
     basis = torch.eye(8)
     trainer.model.centroids.copy_(basis[:2])
     # 99 pixels sit on the live centroid 0, one far from it; cluster 1 holds no mass.
@@ -179,38 +153,38 @@ def test_kmeans_init_puts_centroids_on_the_data(cubes):
     centroids = spherical_kmeans(z, 2, np.random.default_rng(0))
     assert sorted((centroids @ basis[[0, 5]].T).argmax(dim=1).tolist()) == [0, 1]
     assert float((centroids @ basis[[0, 5]].T).max(dim=1).values.min()) > 0.95
-    trainer = _trainer(cubes, centroids__init="kmeans++")
+    trainer = _trainer(cubes)
     before = trainer.model.centroids.clone()
     trainer.step()
     assert not torch.allclose(before, trainer.model.centroids, atol=0.05)
 
 
-def test_centroid_fit_runs_once_at_its_step(cubes, monkeypatch):
-    trainer = _trainer(cubes, centroids__fit_step=2, centroids__fit_inits=3)
+def test_spectral_start_runs_once_before_the_first_step(cubes, monkeypatch):
+    trainer = _trainer(cubes)
     calls = []
-    monkeypatch.setattr(
-        trainer,
-        "_fit_centroids",
-        lambda pairs, inits, on_spectra=False: calls.append((trainer.step_count, inits, on_spectra)),
-    )
+    monkeypatch.setattr(trainer, "_fit_centroids", lambda pairs: calls.append(trainer.step_count))
     for _ in range(5):
         trainer.step()
-    # the default start from a k-means of the spectra, then the refit on embeddings at fit_step
-    assert calls == [(0, 3, True), (2, 3, False)]
+    assert calls == [0]
 
 
-def test_centroid_fit_keeps_the_seeding_of_lowest_inertia(cubes, monkeypatch):
+def test_spectral_start_keeps_the_seeding_of_lowest_inertia(cubes, monkeypatch):
+    from types import SimpleNamespace
+
     import napari_dgc.training.trainer as training
 
-    basis = torch.eye(8)
-    good = basis[[0, 1]]  # the two directions the fake embeddings below lie on
-    fits = iter([basis[[2, 3]], good, basis[[0, 4]]])
-    monkeypatch.setattr(training, "spherical_kmeans", lambda z, k, rng: next(fits))
-    trainer = _trainer(cubes)
-    z = torch.cat([basis[0].repeat(30, 1), basis[1].repeat(20, 1)])
-    monkeypatch.setattr(trainer, "_forward", lambda pairs: (z, None, None))
-    trainer._fit_centroids([], inits=3)
-    torch.testing.assert_close(trainer.model.centroids, good)
+    bands, embeddings = torch.eye(10), torch.eye(8)
+    good = bands[[0, 1]]  # the two directions the spectra below lie on
+    fits = iter([bands[[2, 3]], good, bands[[0, 4]]])
+    monkeypatch.setattr(training, "spherical_kmeans", lambda points, k, rng: next(fits))
+    trainer = _trainer(cubes, centroids__fit_inits=3)
+    spectra = torch.cat([3.0 * bands[0].repeat(30, 1), 0.5 * bands[1].repeat(20, 1)])
+    z = torch.cat([embeddings[4].repeat(30, 1), embeddings[6].repeat(20, 1)])
+    monkeypatch.setattr(trainer, "_forward", lambda pairs: (z, None, torch.arange(50)))
+    trainer._fit_centroids([SimpleNamespace(pixels=spectra.numpy())])
+    torch.testing.assert_close(trainer.anchor_centroids, good)
+    # each model centroid starts at the mean embedding of its anchor cluster's pixels
+    torch.testing.assert_close(trainer.model.centroids, embeddings[[4, 6]])
 
 
 def _scripted_selection_scores(monkeypatch, scores):
@@ -358,44 +332,33 @@ def selection_windows_of(sources, size, seed):
     return selection_windows(sources, 4, size, seed)
 
 
-def test_fidelity_term_is_reported_and_off_at_weight_zero(cubes):
-    anchored = _trainer(cubes, losses__weight_fidelity=0.5)
-    assert anchored.step().losses["fidelity"] > 0
-    free = _trainer(cubes, losses__weight_fidelity=0.0)
-    rng_before = free.fidelity_rng.bit_generator.state
-    assert free.step().losses["fidelity"] == 0.0
-    assert free.fidelity_rng.bit_generator.state == rng_before  # no draws when it is off
-
-
 @pytest.mark.parametrize(
     "settings",
     [
-        {"losses__uniform_target": "uniform", "centroids__dead_policy": "kick"},
-        {"centroids__init": "kmeans++", "losses__usage_ema_decay": 0.5},
-        {"centroids__fit_step": 4, "centroids__fit_inits": 3},
-        {"optim__average_decay": 0, "centroids__init": "random"},
+        {"optim__average_decay": 0},
+        {"centroids__dead_threshold": 0.4},  # a cluster re-seeded at most steps
+        {"losses__weight_anchor": 0, "centroids__fit_inits": 3},
     ],
 )
-def test_resume_is_exact_with_other_collapse_safeguards(cubes, tmp_path, settings):
+def test_resume_is_exact_with_other_settings(cubes, tmp_path, settings):
     list(train(cubes, tiny_config(**settings), tmp_path / "straight"))
     list(train(cubes, tiny_config(steps=3, **settings), tmp_path / "stopped"))
-    state = RunDirectory.open(tmp_path / "stopped").load_checkpoint_state("step-000003")[2]
-    assert len(state["usage_ema"]) == 2
     list(train(cubes, tiny_config(**settings), tmp_path / "stopped", resume=True))
     straight, stopped = _weights(tmp_path / "straight"), _weights(tmp_path / "stopped")
     for name in straight:
         assert torch.equal(straight[name], stopped[name]), name
 
 
-def test_schedules_decay_to_their_final_fraction():
-    assert schedule_value(2.0, "constant", 0.1, 99, 100) == 2.0
-    assert schedule_value(2.0, "linear", 0.1, 99, 100) == pytest.approx(0.2)
-    assert schedule_value(2.0, "cosine", 0.1, 0, 100) == pytest.approx(2.0)
-    assert schedule_value(2.0, "cosine", 0.1, 99, 100) == pytest.approx(0.2)
+def test_cosine_decay_reaches_its_final_fraction_and_holds_it():
+    assert cosine_decay(2.0, 0.1, 0, 101) == pytest.approx(2.0)
+    assert cosine_decay(2.0, 0.1, 50, 101) == pytest.approx(1.1)  # half way: half the decay
+    assert cosine_decay(2.0, 0.1, 100, 101) == pytest.approx(0.2)
+    assert cosine_decay(2.0, 0.1, 500, 101) == pytest.approx(0.2)
+    assert cosine_decay(2.0, 0.1, 5, 1) == 2.0
 
 
 def test_config_round_trips_through_json():
-    config = tiny_config(losses__balance_sign="reference", losses__uniform_schedule="cosine")
+    config = tiny_config(model__spatial_init="default", losses__anchor_final_fraction=0.5)
     again = TrainConfig.from_dict(json.loads(json.dumps(config.to_dict())))
     assert again == config and isinstance(again.model, ModelConfig)
 
@@ -409,16 +372,12 @@ def test_config_round_trips_through_json():
         ({"data__crop_size": 4}, "crop_size"),
         ({"steps": 0}, "steps"),
         ({"optim__learning_rate": -1.0}, "learning_rate"),
-        ({"losses__uniform_schedule": "sometimes"}, "uniform_schedule"),
         ({"device": "tpu"}, "device"),
-        ({"losses__uniform_target": "balanced"}, "uniform_target"),
-        ({"losses__uniform_floor": 0.0}, "uniform_floor"),
-        ({"losses__usage_ema_decay": 1.0}, "usage_ema_decay"),
-        ({"centroids__dead_policy": "ignore"}, "dead_policy"),
-        ({"centroids__init": "zeros"}, "centroids.init"),
-        ({"losses__weight_fidelity": -0.1}, "weight_fidelity"),
-        ({"losses__fidelity_pixels": 1}, "fidelity_pixels"),
-        ({"centroids__fit_step": -1}, "centroids.fit_step"),
+        ({"losses__weight_anchor": -0.1}, "weight_anchor"),
+        ({"losses__anchor_final_fraction": 1.5}, "anchor_final_fraction"),
+        ({"losses__schedule_steps": 0}, "schedule_steps"),
+        ({"losses__weight_fidelity": 0.3}, "losses.weight_fidelity: retired"),
+        ({"centroids__dead_policy": "kick"}, "centroids.dead_policy: retired"),
         ({"centroids__fit_inits": 0}, "centroids.fit_inits"),
         ({"starts__count": 0}, "starts.count"),
         ({"starts__steps": 0}, "starts.steps"),
@@ -537,7 +496,6 @@ RESUME_DAMAGE = {
         lambda s: s["training"].update(kick_rng={"bit_generator": "PCG64", "state": 5}),
         "state.json: training state 'kick_rng'",
     ),
-    "usage shape": ("state.json", lambda s: s["training"].update(usage_ema=[0.5]), "state.json: .*usage_ema"),
     "negative step": (
         "state.json",
         lambda s: (s.update(step=-50), s["training"].update(step=-50)),
@@ -586,9 +544,8 @@ def test_anchor_term_follows_the_spectral_start_and_its_schedule(cubes):
     # After the cosine decay the weight stays at its final fraction (0.2 of 10): the anchor
     # keeps pulling towards the start's partition.
     assert last.losses["anchor"] > 0
-    assert _trainer(cubes, losses__weight_anchor=0.0).step().losses["anchor"] == 0.0
-    random_start = _trainer(cubes, centroids__init="random")
-    assert random_start.step().losses["anchor"] == 0.0 and random_start.anchor_centroids is None
+    unanchored = _trainer(cubes, losses__weight_anchor=0.0)
+    assert unanchored.step().losses["anchor"] == 0.0 and unanchored.anchor_centroids is not None
 
 
 def test_damaged_anchor_centroids_are_refused(cubes):
@@ -601,3 +558,28 @@ def test_damaged_anchor_centroids_are_refused(cubes):
         with pytest.raises(ValueError, match="anchor centroids"):
             fresh.load_training_state(state)
     assert fresh.anchor_centroids is None  # left as it was
+
+
+def test_a_run_from_before_the_retired_settings_opens_and_resumes_exactly(cubes, tmp_path):
+    """Earlier versions stored the balance, uniform-assignment and fidelity settings in run.json
+    and their generator and usage average in each checkpoint's state: such a run still opens,
+    segments and resumes (without them)."""
+    list(train(cubes, tiny_config(), tmp_path / "straight"))
+    run_path = tmp_path / "earlier"
+    list(train(cubes, tiny_config(steps=3), run_path))
+    manifest = json.loads((run_path / "run.json").read_text())
+    manifest["config"]["losses"].update(weight_balance=2.0, uniform_target="usage", fidelity_pixels=1024)
+    manifest["config"]["centroids"].update(init="spectra", dead_policy="reseed", fit_step=0, kick=0.05)
+    (run_path / "run.json").write_text(json.dumps(manifest))
+    earlier_generator = np.random.default_rng(5).bit_generator.state
+    _damage(
+        run_path,
+        "step-000003",
+        "state.json",
+        lambda s: s["training"].update(usage_ema=[0.5, 0.5], fidelity_rng=earlier_generator),
+    )
+    assert RunDirectory.open(run_path).config == tiny_config(steps=3)
+    list(train(cubes, tiny_config(), run_path, resume=True))
+    straight, resumed = _weights(tmp_path / "straight"), _weights(run_path)
+    for name in straight:
+        assert torch.equal(straight[name], resumed[name]), name

@@ -22,7 +22,7 @@ import numpy as np
 
 from napari_dgc import __version__
 from napari_dgc.atomic import atomic_write_json
-from napari_dgc.config import TrainConfig
+from napari_dgc.config import TrainConfig, drop_retired_settings
 from napari_dgc.errors import CheckpointError
 from napari_dgc.run_folder.validation import (
     MODEL_FILE,
@@ -292,7 +292,7 @@ def write_manifest(file: Path, manifest: dict) -> None:
 def parse_config(data: dict, file: Path) -> TrainConfig:
     """The run's :class:`TrainConfig`; CheckpointError naming ``file`` if it is invalid."""
     try:
-        return TrainConfig.from_dict(data)
+        return TrainConfig.from_dict(drop_retired_settings(data))
     except (TypeError, ValueError, KeyError) as error:
         raise CheckpointError(f"{file}: invalid training configuration ({error})") from error
 

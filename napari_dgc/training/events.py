@@ -22,16 +22,16 @@ def start_name(start: int, count: int | None = None) -> str:
 
 
 #: Names of the weighted loss terms a :class:`ProgressEvent` reports, and their sum.
-LOSS_TERMS = ("total", "compact", "orth", "balance", "uniform", "consistency", "fidelity", "anchor")
+LOSS_TERMS = ("total", "compact", "orth", "consistency", "anchor")
 
 
 @dataclass(frozen=True)
 class ProgressEvent:
     """One optimiser step done.
 
-    ``losses`` holds the weighted terms ``compact``, ``orth``, ``balance``, ``uniform``,
-    ``consistency`` and their sum ``total``; ``elapsed_s`` counts training time only (not the
-    time the consumer paused), including earlier sessions of a resumed run and all starts.
+    ``losses`` holds the weighted terms of :data:`LOSS_TERMS` and their sum ``total``;
+    ``elapsed_s`` counts training time only (not the time the consumer paused), including
+    earlier sessions of a resumed run and all starts.
     ``start`` is the start the step belongs to (``TrainConfig.starts.count``): with several starts,
     steps ``1 .. starts.steps`` come once per start, then the selected start continues to
     ``total_steps``. ``run_step`` of ``run_total_steps`` counts the steps of all starts

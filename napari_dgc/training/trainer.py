@@ -5,15 +5,16 @@ One step (see docs/training.md):
 1. draw ``batch_size`` overlapping crop pairs (:class:`~napari_dgc.training.sampling.PairStream`);
 2. normalise and run the per-pixel spectral stage once per *unique* scene pixel of each pair,
    gather both crops from it, run the spatial stage and mean-shift on the ``2 x batch`` crops;
-3. loss = compactness + orthogonality + balance (-H of cluster usage) + uniform assignment
-   (cross-entropy against pseudo-labels with fixed cluster quotas: an EMA of the observed usage
-   floored at ``uniform_floor / K`` by default, exactly N/K as in the papers on request) +
-   consistency (symmetric KL between the two crops at pixels that show the same scene
-   location) + spectral fidelity; AdamW step, gradient clipping;
+3. loss = compactness + orthogonality + consistency (symmetric KL between the two crops at
+   pixels that show the same scene location) + anchor (cross-entropy of the assignments against
+   the start's cosine k-means clusters of the raw spectra, its weight decaying); AdamW step,
+   gradient clipping;
 4. EMA of the centroids toward the probability-weighted mean embeddings of the step (the
    embeddings of step 2, detached); a cluster whose share of the step's probability mass is
-   below ``dead_threshold`` is re-seeded at a poorly explained embedding (or kicked at random,
-   as the reference does); re-normalisation.
+   below ``dead_threshold`` is re-seeded at a poorly explained embedding; re-normalisation.
+
+Before the first step the centroids start from that k-means: each at the mean embedding of its
+cluster's pixels (:meth:`Trainer._fit_centroids`).
 """
 
 from __future__ import annotations
@@ -26,26 +27,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from napari_dgc.config import Schedule, TrainConfig
-from napari_dgc.errors import ConfigError
+from napari_dgc.config import TrainConfig
 from napari_dgc.model.network import DGCModel
 from napari_dgc.training import losses
 from napari_dgc.training.distributed import SINGLE_PROCESS, ProcessGroup
 from napari_dgc.training.sampling import CropPair, PairStream, batch_share
 
 
-def schedule_value(start: float, kind: str, final_fraction: float, step: int, total: int) -> float:
-    """Value of a decaying schedule at ``step`` (0-based) of ``total`` steps."""
-    if kind == "constant" or total <= 1:
+def cosine_decay(start: float, final_fraction: float, step: int, total: int) -> float:
+    """``start`` decayed along half a cosine to ``final_fraction * start`` at ``step``
+    (0-based) ``total - 1``, and held there after it.
+    """
+    if total <= 1:
         return start
     progress = min(max(step / (total - 1), 0.0), 1.0)
-    if kind == "linear":
-        factor = 1.0 - (1.0 - final_fraction) * progress
-    elif kind == "cosine":
-        factor = final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
-    else:
-        raise ConfigError(f"unknown schedule {kind!r}")
-    return start * factor
+    return start * (final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 @dataclass
@@ -86,13 +82,11 @@ class Trainer:
         # Start 0 keeps the generators of single-start runs; other starts get their own.
         start_key = [start] if start else []
         self.start = start
+        #: draws the start's k-means samples and seedings and the re-seeded dead centroids
         self.kick_rng = np.random.default_rng([config.seed, 4, *start_key])
-        self.fidelity_rng = np.random.default_rng([config.seed, 5, *start_key])
         self.step_count = 0
-        n_clusters = model.n_clusters
-        self.usage_ema = np.full(n_clusters, 1.0 / n_clusters)
-        #: unit centroids ``(K, bands)`` of the spectral start's cosine k-means of the raw spectra
-        #: (``centroids.init="spectra"``): the anchor term's targets
+        #: unit centroids ``(K, bands)`` of the start's cosine k-means of the raw spectra: the
+        #: anchor term's targets
         self.anchor_centroids: torch.Tensor | None = None
         #: running average of the model (``optim.average_decay``), made after the first step
         self.averaged: DGCModel | None = None
@@ -116,8 +110,6 @@ class Trainer:
             "step": self.step_count,
             "sampler": self.stream.state_dict(),
             "kick_rng": self.kick_rng.bit_generator.state,
-            "fidelity_rng": self.fidelity_rng.bit_generator.state,
-            "usage_ema": self.usage_ema.tolist(),
             "start": self.start,
         }
 
@@ -172,7 +164,8 @@ class Trainer:
                 f"the training state's anchor centroids are not "
                 f"{self.model.n_clusters} x {n_bands} finite numbers"
             )
-        missing = sorted({"step", "sampler", "kick_rng", "fidelity_rng", "usage_ema", "start"} - state.keys())
+        # Fields earlier versions also stored (fidelity_rng, usage_ema) are ignored.
+        missing = sorted({"step", "sampler", "kick_rng", "start"} - state.keys())
         if missing:
             raise ValueError(f"training state fields missing: {', '.join(missing)}")
         sampler = state["sampler"]
@@ -186,40 +179,24 @@ class Trainer:
         count("sampler.pairs_from_current", sampler.get("pairs_from_current"), 0, self.stream.pairs_per_cube)
         for value in sampler["halton_counts"]:
             count("sampler.halton_counts", value)
-        usage = state["usage_ema"]
-        n_clusters = len(self.usage_ema)
-        if (
-            not isinstance(usage, list)
-            or len(usage) != n_clusters
-            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in usage)
-            or not np.all(np.isfinite(usage))
-            or min(usage) < 0
-        ):
-            raise ValueError(f"training state 'usage_ema' is not {n_clusters} finite non-negative numbers")
         step = count("step", state["step"], 0, 10**9)
         start = count("start", state["start"], 0, 10**6)
-        kick, fidelity = (
-            generator_state("kick_rng", state["kick_rng"]),
-            generator_state("fidelity_rng", state["fidelity_rng"]),
-        )
+        kick = generator_state("kick_rng", state["kick_rng"])
         self.stream.load_state_dict(sampler)  # checks the number of cubes before changing anything
         self.step_count = step
         self.kick_rng.bit_generator.state = kick
         self.start = start
-        self.fidelity_rng.bit_generator.state = fidelity
-        self.usage_ema = np.asarray(usage, dtype=np.float64)
         self.anchor_centroids = None if anchor is None else anchor.to(self.device, torch.float32)
         if stepped is not None:  # the model holds the checkpoint's averaged weights
             self.averaged = copy.deepcopy(self.model).requires_grad_(False)
             self.model.load_state_dict(stepped)
 
     # -- one step --------------------------------------------------------------------------
-    def _crop_features(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _crop_features(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor]:
         """Spectral stage once per unique pixel of each pair, gathered into ``2B`` crops.
 
-        Returns the features ``(2B, D, S, S)``, the spectral input of every unique pixel
-        ``(P, L)`` and ``index`` ``(2B * S * S,)``: row ``i`` of the flattened crops is unique
-        pixel ``index[i]``.
+        Returns the features ``(2B, D, S, S)`` and ``index`` ``(2B * S * S,)``: row ``i`` of the
+        flattened crops is unique pixel ``index[i]`` of the pairs (their ``pixels`` stacked).
         """
         model = self.model
         size = self.config.data.crop_size
@@ -230,25 +207,24 @@ class Trainer:
             sequence_blocks.append(model.spectral_input(raw, pair.spectral_shift))
             index_blocks += [pair.index_a + offset, pair.index_b + offset]
             offset += pair.pixels.shape[0]
-        sequences = torch.cat(sequence_blocks)
-        features = model.band_features(sequences)
+        features = model.band_features(torch.cat(sequence_blocks))
         index = torch.from_numpy(np.stack(index_blocks)).to(self.device).reshape(-1)
         crops = features[index].reshape(2 * len(pairs), size, size, -1)
-        return crops.permute(0, 3, 1, 2), sequences, index
+        return crops.permute(0, 3, 1, 2), index
 
     def _raw_crops(self, pairs: list[CropPair]) -> torch.Tensor:
         """The pairs' ``2B`` crops as raw spectra ``(2B, bands, S, S)`` (no spectral shift)."""
         crops = [pair.pixels[index] for pair in pairs for index in (pair.index_a, pair.index_b)]
         return torch.from_numpy(np.stack(crops)).to(self.device).permute(0, 3, 1, 2)
 
-    def _forward(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor, tuple]:
-        """Flat embeddings ``(N, D)``, log-probabilities ``(N, K)``, and ``(sequences, index)``
-        from :meth:`_crop_features` (the spectral input of row ``i`` is ``sequences[index[i]]``).
+    def _forward(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flat embeddings ``(N, D)``, log-probabilities ``(N, K)`` and ``index`` from
+        :meth:`_crop_features` (row ``i`` shows unique pixel ``index[i]``).
         """
-        features, sequences, index = self._crop_features(pairs)
+        features, index = self._crop_features(pairs)
         z = self.model.spatial(features)
         z_flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        return z_flat, self.model.log_assign(z), (sequences, index)
+        return z_flat, self.model.log_assign(z), index
 
     def _matched_rows(self, pairs: list[CropPair]) -> tuple[torch.Tensor, torch.Tensor]:
         crop_pixels = self.config.data.crop_size**2
@@ -263,51 +239,29 @@ class Trainer:
         """Draw a batch of pairs, take one optimiser step and update the centroids."""
         config, model = self.config, self.model
         rank, world_size = self.group.rank, self.group.world_size
-        # The data-dependent initialisations see the whole batch on every rank, as in one process.
-        whole = self.step_count == 0 or self.step_count == config.centroids.fit_step
+        # The data-dependent initialisation sees the whole batch on every rank, as in one process.
+        whole = self.step_count == 0
         pairs = self.stream.next_batch(config.data.batch_size, rank, world_size, whole=whole)
         model.train()
-        if self.step_count == 0:
+        if whole:
             model.initialize_from_data(self._raw_crops(pairs))
-        if self.step_count == 0 and config.centroids.init == "kmeans++":
-            self._fit_centroids(pairs, inits=1)
-        if self.step_count == 0 and config.centroids.init == "spectra":
-            self._fit_centroids(pairs, inits=config.centroids.fit_inits, on_spectra=True)
-        if config.centroids.fit_step and self.step_count == config.centroids.fit_step:
-            self._fit_centroids(pairs, inits=config.centroids.fit_inits)
+            self._fit_centroids(pairs)
         if whole and world_size > 1:  # rank 0's initialised model is everyone's, to the last bit
             for tensor in model.state_dict().values():
                 tensor.copy_(self._broadcast(tensor))
             if self.anchor_centroids is not None:
                 self.anchor_centroids = self._broadcast(self.anchor_centroids)
             pairs = pairs[batch_share(len(pairs), rank, world_size)]
-        z, log_p, spectral_rows = self._forward(pairs)
+        z, log_p, index = self._forward(pairs)
         p = log_p.exp()
         centroids = model.centroids
         rows_a, rows_b = self._matched_rows(pairs)
-        uniform_weight = schedule_value(
-            config.losses.weight_uniform,
-            config.losses.uniform_schedule,
-            config.losses.uniform_final_fraction,
-            self.step_count,
-            self._schedule_length,
-        )
-        balance_weight = schedule_value(
-            config.losses.weight_balance,
-            config.losses.balance_schedule,
-            config.losses.balance_final_fraction,
-            self.step_count,
-            self._schedule_length,
-        )
         terms = {
             "compact": config.losses.weight_compact * losses.compactness_loss(z, p, centroids),
             "orth": config.losses.weight_orth * losses.orthogonality_loss(centroids),
-            "balance": balance_weight * losses.balance_loss(p, config.losses.balance_sign),
-            "uniform": uniform_weight * losses.uniform_assignment_loss(log_p, self._uniform_target()),
             "consistency": config.losses.weight_consistency
             * losses.consistency_loss(log_p[rows_a], log_p[rows_b]),
-            "fidelity": self._fidelity_term(z, *spectral_rows),
-            "anchor": self._anchor_term(pairs, log_p, spectral_rows[1]),
+            "anchor": self._anchor_term(pairs, log_p, index),
         }
         total = sum(terms.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -321,11 +275,6 @@ class Trainer:
             z, p = z.detach(), p.detach()
             self._update_centroids(z, p)
             self._update_average()
-            self.usage_ema = (
-                config.losses.usage_ema_decay * self.usage_ema
-                + (1 - config.losses.usage_ema_decay)
-                * (self._all_reduce_sum(p.mean(dim=0)) / world_size).double().cpu().numpy()
-            )
             counts = torch.bincount(p.argmax(dim=1), minlength=model.n_clusters).double()
             usage = self._all_reduce_sum(counts) / (p.shape[0] * world_size)
         self.step_count += 1
@@ -364,83 +313,65 @@ class Trainer:
                 averaged[name].copy_(value)
         averaged["centroids"].copy_(F.normalize(averaged["centroids"], dim=1))
 
-    def _fit_centroids(
-        self, pairs: list[CropPair], inits: int, max_pixels: int = 4096, on_spectra: bool = False
-    ) -> None:
-        """Set the centroids to the best of ``inits`` spherical k-means fits (lowest ``1 - cos``
-        inertia) of the pairs' embeddings, on at most ``max_pixels`` rows drawn with the kick
-        generator (saved in checkpoints, so resuming stays exact).
+    def _fit_centroids(self, pairs: list[CropPair], max_pixels: int = 4096) -> None:
+        """Start the centroids from a cosine k-means of the pairs' raw spectra.
 
-        ``on_spectra`` fits the raw spectra instead (cosine k-means, the strongest simple
-        baseline: brightness-invariant, and uncentred, unlike the model's inputs), places each
-        centroid at the mean embedding of its cluster's pixels and keeps the fit's centroids as
-        the anchor term's targets, so training starts from that partition and keeps to it.
+        The best of ``centroids.fit_inits`` spherical k-means fits (lowest ``1 - cos`` inertia),
+        on at most ``max_pixels`` pixels drawn with the kick generator (saved in checkpoints, so
+        resuming stays exact). Cosine k-means is the strongest simple baseline:
+        brightness-invariant, and uncentred, unlike the model's inputs. Its centroids become the
+        anchor term's targets, and each model centroid the mean embedding of its cluster's
+        pixels, so training starts from that partition and keeps to it.
         """
         with torch.no_grad():
-            z, _, spectral_rows = self._forward(pairs)
-            points = z
-            if on_spectra:
-                _, index = spectral_rows
-                points = F.normalize(self._raw_rows(pairs)[index], dim=1)
+            z, _, index = self._forward(pairs)
+            points = F.normalize(self._raw_rows(pairs)[index], dim=1)
             sample = points
             if points.shape[0] > max_pixels:
                 rows = self.kick_rng.choice(points.shape[0], max_pixels, replace=False)
                 sample = points[torch.from_numpy(rows).to(points.device)]
-            fits = [spherical_kmeans(sample, self.model.n_clusters, self.kick_rng) for _ in range(inits)]
+            fits = [
+                spherical_kmeans(sample, self.model.n_clusters, self.kick_rng)
+                for _ in range(self.config.centroids.fit_inits)
+            ]
             inertia = [float((1.0 - (sample @ c.T).max(dim=1).values).sum()) for c in fits]
-            best = fits[int(np.argmin(inertia))]
-            if on_spectra:
-                self.anchor_centroids = best.clone()
-                labels = (points @ best.T).argmax(dim=1)
-                sums = torch.zeros_like(self.model.centroids).index_add_(0, labels, z)
-                # A cluster no pixel chose keeps its random centroid.
-                best = torch.where(
-                    sums.norm(dim=1, keepdim=True) > 0, F.normalize(sums, dim=1), self.model.centroids
-                )
-            self.model.centroids.copy_(best)
+            self.anchor_centroids = fits[int(np.argmin(inertia))].clone()
+            labels = self._anchor_labels(pairs)[index]
+            sums = torch.zeros_like(self.model.centroids).index_add_(0, labels, z)
+            chosen = sums.norm(dim=1, keepdim=True) > 0  # a cluster no pixel chose keeps its random centroid
+            self.model.centroids.copy_(torch.where(chosen, F.normalize(sums, dim=1), self.model.centroids))
 
     def _raw_rows(self, pairs: list[CropPair]) -> torch.Tensor:
-        """The raw spectra of the pairs' unique pixels ``(P, bands)``, rows as in ``sequences``."""
+        """The raw spectra of the pairs' unique pixels ``(P, bands)``, rows as in ``index``."""
         return torch.cat([torch.from_numpy(pair.pixels) for pair in pairs]).to(self.device)
 
+    @torch.no_grad()
+    def _anchor_labels(self, pairs: list[CropPair]) -> torch.Tensor:
+        """The nearest anchor centroid (by the cosine of the raw spectra) of each unique pixel
+        of the pairs ``(P,)``; per pair, so the batch's spectra are never copied whole.
+        """
+        centroids = self.anchor_centroids.T
+        return torch.cat(
+            [
+                (F.normalize(torch.from_numpy(pair.pixels).to(self.device), dim=1) @ centroids).argmax(dim=1)
+                for pair in pairs
+            ]
+        )
+
     def _anchor_term(self, pairs: list[CropPair], log_p: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Weighted cross-entropy of the assignments ``log_p`` against the spectral start's
-        cluster of each pixel (nearest anchor centroid by the cosine of the raw spectra); row
-        ``i`` of ``log_p`` shows unique pixel ``index[i]``.
+        """Weighted cross-entropy of the assignments ``log_p`` against the anchor cluster of each
+        pixel (:meth:`_anchor_labels`); row ``i`` of ``log_p`` shows unique pixel ``index[i]``.
         """
         losses_config = self.config.losses
         if self.anchor_centroids is None or losses_config.weight_anchor == 0:
             return log_p.new_zeros(())
-        weight = schedule_value(
+        weight = cosine_decay(
             losses_config.weight_anchor,
-            Schedule.COSINE,
             losses_config.anchor_final_fraction,
             self.step_count,
             self._schedule_length,
         )
-        with torch.no_grad():  # per pair: no copy of the batch's spectra
-            centroids = self.anchor_centroids.T
-            labels = torch.cat(
-                [
-                    (F.normalize(torch.from_numpy(pair.pixels).to(self.device), dim=1) @ centroids).argmax(
-                        dim=1
-                    )
-                    for pair in pairs
-                ]
-            )
-        return weight * F.nll_loss(log_p, labels[index])
-
-    def _fidelity_term(self, z: torch.Tensor, sequences: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        """Weighted fidelity loss on ``fidelity_pixels`` rows of ``z`` drawn at random; row
-        ``i``'s spectral input is ``sequences[index[i]]``.
-        """
-        weight = self.config.losses.weight_fidelity
-        if weight == 0:
-            return z.new_zeros(())
-        count = min(self.config.losses.fidelity_pixels, z.shape[0])
-        rows = torch.from_numpy(self.fidelity_rng.choice(z.shape[0], count, replace=False))
-        rows = rows.to(z.device)
-        return weight * losses.fidelity_loss(z[rows], sequences[index[rows]])
+        return weight * F.nll_loss(log_p, self._anchor_labels(pairs)[index])
 
     def _all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """``tensor`` summed over the data-parallel ranks (``tensor`` itself in one process)."""
@@ -450,15 +381,9 @@ class Trainer:
         """Rank 0's ``tensor`` on every rank (``tensor`` itself in one process)."""
         return self.group.broadcast(tensor)
 
-    def _uniform_target(self) -> torch.Tensor | None:
-        """Cluster shares of the uniform-assignment pseudo-labels (``None``: exactly N/K)."""
-        if self.config.losses.uniform_target == "uniform":
-            return None
-        return losses.floored_usage_target(torch.from_numpy(self.usage_ema), self.config.losses.uniform_floor)
-
     def _update_centroids(self, z: torch.Tensor, p: torch.Tensor) -> None:
-        """EMA toward the probability-weighted mean embeddings; kick or re-seed clusters with
-        too little mass.
+        """EMA toward the probability-weighted mean embeddings; re-seed clusters with too
+        little mass.
         """
         config, centroids = self.config, self.model.centroids
         mass = self._all_reduce_sum(p.sum(dim=0))
@@ -470,7 +395,7 @@ class Trainer:
             centroids,
         )
         dead = (mass / (p.shape[0] * self.group.world_size)) < config.centroids.dead_threshold
-        if bool(dead.any()) and config.centroids.dead_policy == "reseed":
+        if bool(dead.any()):
             updated = F.normalize(updated, dim=1)
             for cluster in torch.nonzero(dead).squeeze(1).tolist():
                 live = ~dead
@@ -478,9 +403,6 @@ class Trainer:
                 dead[cluster] = False
             # Each rank drew from its own embeddings (the kick generator in step); rank 0's win.
             updated = self._broadcast(updated)
-        elif bool(dead.any()):
-            noise = torch.from_numpy(self.kick_rng.standard_normal(tuple(centroids.shape))).to(centroids)
-            updated = torch.where(dead.unsqueeze(1), updated + config.centroids.kick * noise, updated)
         centroids.copy_(F.normalize(updated, dim=1))
 
 
