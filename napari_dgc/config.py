@@ -338,7 +338,10 @@ class DataConfig(_Settings):
     augment: bool = setting(True, "random affine and spectral-shift augmentation")
     max_spectral_shift: int = setting(2, "largest random band shift of the augmentation", minimum=0)
     normalization_pixels: int = setting(
-        50_000, "pixel budget of the dataset-level normalisation statistics", minimum=100
+        50_000,
+        "pixel budget of the dataset-level sample behind the normalisation statistics and the "
+        "spectral start's k-means",
+        minimum=100,
     )
 
     def _cross_field_errors(self) -> list[str]:

@@ -162,10 +162,26 @@ def test_kmeans_init_puts_centroids_on_the_data(cubes):
 def test_spectral_start_runs_once_before_the_first_step(cubes, monkeypatch):
     trainer = _trainer(cubes)
     calls = []
-    monkeypatch.setattr(trainer, "_fit_centroids", lambda pairs: calls.append(trainer.step_count))
+    monkeypatch.setattr(trainer, "_fit_centroids", lambda pairs, spectra: calls.append(trainer.step_count))
     for _ in range(5):
         trainer.step()
     assert calls == [0]
+
+
+def test_spectral_start_sees_every_cube_not_only_the_first_batch(rng):
+    """The first batch's crops come from one cube; a material only another cube holds must still
+    get its own anchor cluster."""
+    bands = np.linspace(0, 1, 10)
+    materials = np.stack([bands, 1 - bands, np.sin(np.pi * bands)]).astype(np.float32)
+    halves = np.repeat(np.arange(2), 12)[None, :].repeat(24, axis=0)  # materials 0 | 1
+    two_materials = materials[halves]
+    third_material = np.broadcast_to(materials[2], (24, 24, 10))
+    cubes = [c + 0.01 * rng.normal(size=c.shape).astype(np.float32) for c in (two_materials, third_material)]
+    model = ModelConfig(n_clusters=3, embed_dim=8, spectral_channels=4, spectral_bands=8, meanshift_iters=2)
+    trainer = _trainer(cubes, model=model)
+    trainer.step()
+    unit = torch.nn.functional.normalize(torch.from_numpy(materials), dim=1)
+    assert sorted((unit @ trainer.anchor_centroids.T).argmax(dim=1).tolist()) == [0, 1, 2]
 
 
 def test_spectral_start_keeps_the_seeding_of_lowest_inertia(cubes, monkeypatch):
@@ -181,7 +197,7 @@ def test_spectral_start_keeps_the_seeding_of_lowest_inertia(cubes, monkeypatch):
     spectra = torch.cat([3.0 * bands[0].repeat(30, 1), 0.5 * bands[1].repeat(20, 1)])
     z = torch.cat([embeddings[4].repeat(30, 1), embeddings[6].repeat(20, 1)])
     monkeypatch.setattr(trainer, "_forward", lambda pairs: (z, None, torch.arange(50)))
-    trainer._fit_centroids([SimpleNamespace(pixels=spectra.numpy())])
+    trainer._fit_centroids([SimpleNamespace(pixels=spectra.numpy())], spectra.numpy())
     torch.testing.assert_close(trainer.anchor_centroids, good)
     # each model centroid starts at the mean embedding of its anchor cluster's pixels
     torch.testing.assert_close(trainer.model.centroids, embeddings[[4, 6]])

@@ -60,6 +60,28 @@ def _sample_rows(source: SampledCube, budget: int, blocks: int) -> list[slice]:
     return [slice(int(start), int(start) + block_rows) for start in np.unique(starts)]
 
 
+def read_pixel_sample(sources: list[SampledCube], max_pixels: int, blocks_per_cube: int = 8) -> np.ndarray:
+    """Raw pixels ``(N, bands)`` of every cube: an equal share of ``max_pixels`` each, read as
+    ``blocks_per_cube`` full-width row blocks spread over its height and subsampled, one block
+    in memory at a time.
+
+    Raises
+    ------
+    CubeFormatError
+        A sampled pixel is NaN / infinite (from :meth:`SampledCube.read_window`).
+    """
+    n_bands = sources[0].n_bands
+    budget = max(1, max_pixels // len(sources))
+    samples = []
+    for source in sources:
+        blocks = _sample_rows(source, budget, blocks_per_cube)
+        per_block = max(1, budget // len(blocks))
+        for rows in blocks:
+            window = source.read_window(rows, slice(0, source.shape_hw[1])).reshape(-1, n_bands)
+            samples.append(window[:: max(1, window.shape[0] // per_block)])
+    return np.concatenate(samples)
+
+
 def compute_band_statistics(
     sources: list[SampledCube], brightness_norm: bool, max_pixels: int = 50_000, blocks_per_cube: int = 8
 ) -> BandStatistics:
@@ -72,8 +94,7 @@ def compute_band_statistics(
     brightness_norm : bool
         Compute the statistics of brightness-normalised pixels.
     max_pixels : int
-        Pixel budget over the whole dataset, split equally between the cubes. Only the
-        subsampled pixels are kept (``max_pixels x bands`` float32), one block is read at a time.
+        Pixel budget over the whole dataset (:func:`read_pixel_sample`).
     blocks_per_cube : int
         Row blocks read per cube.
 
@@ -86,16 +107,7 @@ def compute_band_statistics(
     CubeFormatError
         A sampled pixel is NaN / infinite, or every band is constant over the dataset.
     """
-    n_bands = sources[0].n_bands
-    budget = max(1, max_pixels // len(sources))
-    samples = []
-    for source in sources:
-        blocks = _sample_rows(source, budget, blocks_per_cube)
-        per_block = max(1, budget // len(blocks))
-        for rows in blocks:
-            window = source.read_window(rows, slice(0, source.shape_hw[1])).reshape(-1, n_bands)
-            samples.append(window[:: max(1, window.shape[0] // per_block)])
-    pixels = np.concatenate(samples).astype(np.float64)
+    pixels = read_pixel_sample(sources, max_pixels, blocks_per_cube).astype(np.float64)
     brightness_floor = 0.0
     if brightness_norm:
         brightness = np.abs(pixels.mean(axis=1, keepdims=True))

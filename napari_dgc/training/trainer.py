@@ -13,8 +13,9 @@ One step (see docs/training.md):
    embeddings of step 2, detached); a cluster whose share of the step's probability mass is
    below ``dead_threshold`` is re-seeded at a poorly explained embedding; re-normalisation.
 
-Before the first step the centroids start from that k-means: each at the mean embedding of its
-cluster's pixels (:meth:`Trainer._fit_centroids`).
+Before the first step that k-means runs on a pixel sample of every cube, and each centroid
+starts at the mean embedding of its cluster's pixels in the first batch
+(:meth:`Trainer._fit_centroids`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from napari_dgc.config import TrainConfig
 from napari_dgc.model.network import DGCModel
 from napari_dgc.training import losses
 from napari_dgc.training.distributed import SINGLE_PROCESS, ProcessGroup
+from napari_dgc.training.normalization import read_pixel_sample
 from napari_dgc.training.sampling import CropPair, PairStream, batch_share
 
 
@@ -245,7 +247,9 @@ class Trainer:
         model.train()
         if whole:
             model.initialize_from_data(self._raw_crops(pairs))
-            self._fit_centroids(pairs)
+            self._fit_centroids(
+                pairs, read_pixel_sample(self.stream.sources, config.data.normalization_pixels)
+            )
         if whole and world_size > 1:  # rank 0's initialised model is everyone's, to the last bit
             for tensor in model.state_dict().values():
                 tensor.copy_(self._broadcast(tensor))
@@ -313,19 +317,20 @@ class Trainer:
                 averaged[name].copy_(value)
         averaged["centroids"].copy_(F.normalize(averaged["centroids"], dim=1))
 
-    def _fit_centroids(self, pairs: list[CropPair], max_pixels: int = 4096) -> None:
-        """Start the centroids from a cosine k-means of the pairs' raw spectra.
+    def _fit_centroids(self, pairs: list[CropPair], spectra: np.ndarray, max_pixels: int = 4096) -> None:
+        """Start the centroids from a cosine k-means of raw ``spectra`` ``(N, bands)``.
 
-        The best of ``centroids.fit_inits`` spherical k-means fits (lowest ``1 - cos`` inertia),
-        on at most ``max_pixels`` pixels drawn with the kick generator (saved in checkpoints, so
+        ``spectra`` is a sample of every cube (:func:`read_pixel_sample`), not the first batch,
+        whose few crops of one cube can miss or under-represent a material. The k-means is the
+        best of ``centroids.fit_inits`` spherical k-means fits (lowest ``1 - cos`` inertia) on
+        at most ``max_pixels`` of them, drawn with the kick generator (saved in checkpoints, so
         resuming stays exact). Cosine k-means is the strongest simple baseline:
         brightness-invariant, and uncentred, unlike the model's inputs. Its centroids become the
         anchor term's targets, and each model centroid the mean embedding of its cluster's
-        pixels, so training starts from that partition and keeps to it.
+        pixels in ``pairs``, so training starts from that partition and keeps to it.
         """
         with torch.no_grad():
-            z, _, index = self._forward(pairs)
-            points = F.normalize(self._raw_rows(pairs)[index], dim=1)
+            points = F.normalize(torch.from_numpy(spectra).to(self.device), dim=1)
             sample = points
             if points.shape[0] > max_pixels:
                 rows = self.kick_rng.choice(points.shape[0], max_pixels, replace=False)
@@ -336,14 +341,11 @@ class Trainer:
             ]
             inertia = [float((1.0 - (sample @ c.T).max(dim=1).values).sum()) for c in fits]
             self.anchor_centroids = fits[int(np.argmin(inertia))].clone()
+            z, _, index = self._forward(pairs)
             labels = self._anchor_labels(pairs)[index]
             sums = torch.zeros_like(self.model.centroids).index_add_(0, labels, z)
             chosen = sums.norm(dim=1, keepdim=True) > 0  # a cluster no pixel chose keeps its random centroid
             self.model.centroids.copy_(torch.where(chosen, F.normalize(sums, dim=1), self.model.centroids))
-
-    def _raw_rows(self, pairs: list[CropPair]) -> torch.Tensor:
-        """The raw spectra of the pairs' unique pixels ``(P, bands)``, rows as in ``index``."""
-        return torch.cat([torch.from_numpy(pair.pixels) for pair in pairs]).to(self.device)
 
     @torch.no_grad()
     def _anchor_labels(self, pairs: list[CropPair]) -> torch.Tensor:
