@@ -395,7 +395,7 @@ class LossConfig(_Settings):
     weight_anchor: float = setting(
         10.0,
         "weight of the anchor term: cross-entropy of the assignments against the clusters of the "
-        "start (a cosine k-means of the first batch's raw spectra; deviation; 0: off)",
+        "start (a cosine k-means of the raw spectra of a sample of every cube; deviation; 0: off)",
         minimum=0,
         label="Weight: spectral anchor",
     )

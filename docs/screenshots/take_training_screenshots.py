@@ -6,9 +6,7 @@ xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python docs/screenshots/take_t
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -16,7 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import napari
 import torch
 from qtpy.QtWidgets import QApplication
-from screenshot_helpers import HERE, close_notifications  # this folder's helpers
+from screenshot_helpers import HERE, close_notifications, settle, wait  # this folder's helpers
 
 from napari_dgc._qt.cube_layers import cube_source
 from napari_dgc._qt.train_widget import TrainWidget
@@ -24,20 +22,9 @@ from napari_dgc.config import ModelConfig, TrainConfig
 from napari_dgc.state.training import TrainStatus
 
 
-def process_until(condition, timeout_s: float = 900) -> None:
-    deadline = time.perf_counter() + timeout_s
-    while not condition():
-        if time.perf_counter() > deadline:
-            sys.exit("screenshot script: timed out")
-        QApplication.processEvents()
-        time.sleep(0.01)
-
-
 def grab(viewer: napari.Viewer, name: str) -> None:
     """Let the 10 Hz redraw catch up, close notification toasts, save the window."""
-    for _ in range(30):
-        QApplication.processEvents()
-        time.sleep(0.02)
+    settle(0.6)
     close_notifications()
     QApplication.processEvents()
     viewer.screenshot(str(HERE / name), canvas_only=False)
@@ -59,18 +46,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         # Scripted through the panel's models: the form shows the settings the session trains.
         session.start(config, Path(tmp) / "leaf-run", [cube_source(viewer.layers["synthetic leaf"])])
-        process_until(lambda: len(review.checkpoints) >= 5)
-        process_until(lambda: timeline.shown_checkpoint == review.checkpoint_ids()[-1])
+        wait(lambda: len(review.checkpoints) >= 5)
+        wait(lambda: timeline.shown_checkpoint == review.checkpoint_ids()[-1])
         grab(viewer, "training-in-progress.png")
 
         # All three starts (5 checkpoints each) and three of the selected start's later ones.
-        process_until(lambda: len(review.checkpoints) >= 18)
+        wait(lambda: len(review.checkpoints) >= 18, timeout_s=900)
         session.stop()
-        process_until(lambda: session.status is TrainStatus.IDLE)
-        process_until(lambda: len(review.figures) == len(review.checkpoints))
+        wait(lambda: session.status is TrainStatus.IDLE, timeout_s=900)
+        wait(lambda: len(review.figures) == len(review.checkpoints))
         pick = review.checkpoint_ids()[-2]
         review.select(pick)
-        process_until(lambda: timeline.shown_checkpoint == pick)
+        wait(lambda: timeline.shown_checkpoint == pick)
         review.choose_current()
         grab(viewer, "timeline-checkpoint-chosen.png")
         viewer.close()
