@@ -253,8 +253,7 @@ class Trainer:
         if whole and world_size > 1:  # rank 0's initialised model is everyone's, to the last bit
             for tensor in model.state_dict().values():
                 tensor.copy_(self._broadcast(tensor))
-            if self.anchor_centroids is not None:
-                self.anchor_centroids = self._broadcast(self.anchor_centroids)
+            self.anchor_centroids = self._broadcast(self.anchor_centroids)
             pairs = pairs[batch_share(len(pairs), rank, world_size)]
         z, log_p, index = self._forward(pairs)
         p = log_p.exp()
