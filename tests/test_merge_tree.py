@@ -54,6 +54,29 @@ def test_a_small_distinct_cluster_is_not_merged_for_being_small():
     assert tree.mapping_at(2).tolist() == [0, 0, 0, 1]
 
 
+def test_a_small_border_cluster_goes_with_the_material_whose_clusters_are_nearer_on_average():
+    # The K = 6 leaf runs: background (a large cluster and a small one), a small cluster of
+    # mixed background-lesion border pixels, a lesion, tissue. Spectra on an arc of angles
+    # (radians): background 0, background' 0.08, border 0.22, lesion 0.41; tissue far off.
+    # The border is nearer the lesion (0.19) than the large background cluster (0.22), but
+    # nearer the background's clusters on average (0.18): it belongs with the background, and
+    # a background weighted by its pixels (0.218, the large cluster alone) would lose it.
+    def on_arc(angle: float, brightness: float) -> np.ndarray:
+        spectrum = np.zeros(BANDS)
+        spectrum[:2] = np.cos(angle), np.sin(angle)
+        return brightness * spectrum
+
+    tissue = np.zeros(BANDS)
+    tissue[2] = 3.0
+    stats = statistics(
+        [on_arc(0.0, 0.6), on_arc(0.08, 0.5), on_arc(0.22, 1.2), on_arc(0.41, 2.0), tissue],
+        [20000, 400, 1000, 800, 9000],
+    )
+    three = merge_tree(stats).mapping_at(3)
+    assert three[0] == three[1] == three[2]  # background, background', border
+    assert len({three[0], three[3], three[4]}) == 3  # lesion and tissue classes of their own
+
+
 def test_empty_clusters_join_the_largest_class_and_levels_are_checked():
     stats = statistics([BACKGROUND, np.full(BANDS, np.nan), TISSUE], [10, 0, 30])
     tree = merge_tree(stats)
