@@ -20,6 +20,7 @@ normalisation, a re-seeded centroid, the initialised model) is broadcast.
 from __future__ import annotations
 
 import datetime
+import importlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -191,6 +192,11 @@ def process_group(device: torch.device, timeout_s: float | None = None) -> Proce
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
+        # torch._dynamo, first imported by the optimiser, keeps a reference to a group that
+        # exists when it is imported, so destroy_process_group() would leave gloo's threads
+        # running into the interpreter's exit, where one of them aborts the finished process
+        # (std::terminate while it frees a tensor of the last collective, ~5 % of runs).
+        importlib.import_module("torch._dynamo")
         try:
             dist.init_process_group("nccl" if nccl else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
         except (RuntimeError, ValueError) as error:
