@@ -51,16 +51,18 @@ def settings_markdown() -> str:
         f"| `{info.key}` | {_default(info.default)} | {_allowed(info)} | {info.flag or ''} | {info.help} |"
         for info in settings_of()
     ]
-    retired = ", ".join(f"`{key}`" for key in sorted(RETIRED_SETTINGS))
+    by_reason: dict[str, list[str]] = {}
+    for key in sorted(RETIRED_SETTINGS):
+        by_reason.setdefault(RETIRED_SETTINGS[key], []).append(f"`{key}`")
+    reasons = "".join(f"* {', '.join(keys)}: {reason}.\n" for reason, keys in by_reason.items())
     return (
         HEADER
         + "\n".join(rows)
         + "\n\n## Retired settings\n\n"
         + "A run folder written by an earlier version may still name these; it opens, segments and "
-        + "resumes without them. `--set` refuses them. The spectral anchor (`losses.weight_anchor`) "
-        + "does their work ([training.md](training.md), the method and the tenth pass): "
-        + retired
-        + ".\n"
+        + "resumes without them. `--set` refuses them ([training.md](training.md), the method, the "
+        + "tenth and the twelfth pass).\n\n"
+        + reasons
     )
 
 

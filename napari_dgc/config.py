@@ -34,32 +34,39 @@ from napari_dgc.errors import ConfigError
 #: more than unit vectors in the default 32-d space keep apart.
 MAX_CLUSTERS = 64
 
-#: Settings earlier versions had. The spectral anchor (``losses.weight_anchor``) made the balance,
-#: uniform-assignment and spectral-fidelity terms redundant, and every start now begins from the
-#: spectra (docs/training.md, tenth pass). A run folder that still names one opens and resumes
-#: without it (:func:`drop_retired_settings`); giving one anew is an error that says why.
-RETIRED_SETTINGS = frozenset(
-    {
-        *(
-            f"losses.{name}"
-            for name in (
-                "weight_balance",
-                "balance_sign",
-                "balance_schedule",
-                "balance_final_fraction",
-                "weight_uniform",
-                "uniform_schedule",
-                "uniform_final_fraction",
-                "uniform_target",
-                "uniform_floor",
-                "usage_ema_decay",
-                "weight_fidelity",
-                "fidelity_pixels",
-            )
-        ),
-        *(f"centroids.{name}" for name in ("init", "fit_step", "dead_policy", "kick")),
-    }
+#: Why the settings of :data:`RETIRED_SETTINGS` went (docs/training.md: the tenth and twelfth
+#: passes).
+_ANCHOR_DOES_THEIR_WORK = "the spectral anchor (losses.weight_anchor) does their work"
+_NO_RESEEDING = (
+    "dead clusters are no longer re-seeded: it emptied other clusters when K exceeds the materials"
 )
+
+#: Settings earlier versions had, each with why it went. The spectral anchor
+#: (``losses.weight_anchor``) made the balance, uniform-assignment and spectral-fidelity terms
+#: redundant, and every start now begins from the spectra (tenth pass); re-seeding dead clusters
+#: went in the twelfth pass. A run folder that still names one opens and resumes without it
+#: (:func:`drop_retired_settings`); giving one anew is an error that says why.
+RETIRED_SETTINGS: dict[str, str] = {
+    **{
+        f"losses.{name}": _ANCHOR_DOES_THEIR_WORK
+        for name in (
+            "weight_balance",
+            "balance_sign",
+            "balance_schedule",
+            "balance_final_fraction",
+            "weight_uniform",
+            "uniform_schedule",
+            "uniform_final_fraction",
+            "uniform_target",
+            "uniform_floor",
+            "usage_ema_decay",
+            "weight_fidelity",
+            "fidelity_pixels",
+        )
+    },
+    **{f"centroids.{name}": _ANCHOR_DOES_THEIR_WORK for name in ("init", "fit_step", "dead_policy", "kick")},
+    "centroids.dead_threshold": _NO_RESEEDING,
+}
 
 #: Settings a resumed run may change; everything else is the run's own (:func:`resumed_config`).
 RESUMABLE_SETTINGS = ("steps", "checkpoint_every", "device")
@@ -237,9 +244,10 @@ class _Settings:
         unknown = sorted(set(data) - set(known))
         retired = [name for name in unknown if f"{key}.{name}" in RETIRED_SETTINGS]
         if retired:
+            reasons = {f"{key}.{name}": RETIRED_SETTINGS[f"{key}.{name}"] for name in retired}
             raise ConfigError(
-                f"{', '.join(f'{key}.{name}' for name in retired)}: retired, the spectral anchor "
-                "(losses.weight_anchor) does their work (docs/training.md)"
+                "; ".join(f"{name}: retired, {reason}" for name, reason in reasons.items())
+                + " (docs/training.md)"
             )
         if unknown:
             raise ConfigError(
@@ -417,12 +425,6 @@ class CentroidConfig(_Settings):
     _key = "centroids"
 
     ema_decay: float = setting(0.99, "EMA decay of the centroids", minimum=0, below=1)
-    dead_threshold: float = setting(
-        0.01,
-        "share of a step's probability mass below which a cluster is "
-        "dead (also the share of hard labels an active cluster needs)",
-        minimum=0,
-    )
     fit_inits: int = setting(
         8, "k-means++ seedings tried by the start's cosine k-means of the raw spectra", minimum=1
     )
@@ -592,11 +594,6 @@ class TrainConfig(_Settings):
             errors.append(
                 f"data.crop_size must be at least {minimum_crop} (the mean-shift window), "
                 f"got {self.data.crop_size}"
-            )
-        if self.centroids.dead_threshold >= 1.0 / self.model.n_clusters:
-            errors.append(
-                f"centroids.dead_threshold {self.centroids.dead_threshold} must be below 1/K = "
-                f"{1.0 / self.model.n_clusters:.3g} (a perfectly balanced cluster would be dead)"
             )
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda", "mps")):
             errors.append(f"device must be auto, cpu or cuda, got {self.device!r}")

@@ -119,24 +119,27 @@ def _trainer(cubes, **overrides) -> Trainer:
     return Trainer(DGCModel(10, config.model), stream, config, torch.device("cpu"))
 
 
-def test_no_reseed_when_every_cluster_has_mass(cubes):
+def test_without_decay_each_centroid_moves_to_its_weighted_mean_embedding(cubes):
     trainer = _trainer(cubes, centroids__ema_decay=0.0)
-    z = torch.nn.functional.normalize(torch.randn(50, 8), dim=1)
-    p = torch.full((50, 2), 0.5)
+    basis = torch.eye(8)
+    z = torch.cat([basis[0].repeat(30, 1), basis[1].repeat(20, 1)])
+    p = torch.zeros(50, 2)
+    p[:30, 0], p[30:, 1] = 1.0, 1.0
     trainer._update_centroids(z, p)
-    torch.testing.assert_close(trainer.model.centroids[0], trainer.model.centroids[1])
+    torch.testing.assert_close(trainer.model.centroids, basis[:2])
 
 
-def test_dead_cluster_is_reseeded_at_a_poorly_explained_embedding(cubes):
-    trainer = _trainer(cubes, centroids__dead_threshold=0.01, centroids__ema_decay=0.9)
+def test_a_cluster_without_mass_keeps_its_centroid(cubes):
+    trainer = _trainer(cubes, centroids__ema_decay=0.9)
     basis = torch.eye(8)
     trainer.model.centroids.copy_(basis[:2])
-    # 99 pixels sit on the live centroid 0, one far from it; cluster 1 holds no mass.
+    # 99 pixels sit on centroid 0, one far from both; cluster 1 holds no mass. Earlier versions
+    # moved cluster 1 to the far pixel (re-seeding), which emptied clusters at large K.
     z = torch.cat([basis[0].repeat(99, 1), basis[3][None]])
     p = torch.zeros(100, 2)
     p[:, 0] = 1.0
     trainer._update_centroids(z, p)
-    torch.testing.assert_close(trainer.model.centroids[1], basis[3])
+    assert torch.equal(trainer.model.centroids[1], basis[1])
     mean = torch.nn.functional.normalize(99 * basis[0] + basis[3], dim=0)
     torch.testing.assert_close(
         trainer.model.centroids[0], torch.nn.functional.normalize(0.9 * basis[0] + 0.1 * mean, dim=0)
@@ -352,7 +355,7 @@ def selection_windows_of(sources, size, seed):
     "settings",
     [
         {"optim__average_decay": 0},
-        {"centroids__dead_threshold": 0.4},  # a cluster re-seeded at most steps
+        {"centroids__ema_decay": 0.5},
         {"losses__weight_anchor": 0, "centroids__fit_inits": 3},
     ],
 )
@@ -383,7 +386,6 @@ def test_config_round_trips_through_json():
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"model": ModelConfig(n_clusters=2), "centroids__dead_threshold": 0.6}, "dead_threshold"),
         ({"data__overlap_min": 0.9, "data__overlap_max": 0.5}, "overlap"),
         ({"data__crop_size": 4}, "crop_size"),
         ({"steps": 0}, "steps"),
@@ -394,6 +396,7 @@ def test_config_round_trips_through_json():
         ({"losses__schedule_steps": 0}, "schedule_steps"),
         ({"losses__weight_fidelity": 0.3}, "losses.weight_fidelity: retired"),
         ({"centroids__dead_policy": "kick"}, "centroids.dead_policy: retired"),
+        ({"centroids__dead_threshold": 0.01}, "centroids.dead_threshold: retired, dead clusters"),
         ({"centroids__fit_inits": 0}, "centroids.fit_inits"),
         ({"starts__count": 0}, "starts.count"),
         ({"starts__steps": 0}, "starts.steps"),
@@ -577,15 +580,17 @@ def test_damaged_anchor_centroids_are_refused(cubes):
 
 
 def test_a_run_from_before_the_retired_settings_opens_and_resumes_exactly(cubes, tmp_path):
-    """Earlier versions stored the balance, uniform-assignment and fidelity settings in run.json
-    and their generator and usage average in each checkpoint's state: such a run still opens,
-    segments and resumes (without them)."""
+    """Earlier versions stored the balance, uniform-assignment, fidelity and re-seeding settings
+    in run.json and their generator and usage average in each checkpoint's state: such a run
+    still opens, segments and resumes (without them)."""
     list(train(cubes, tiny_config(), tmp_path / "straight"))
     run_path = tmp_path / "earlier"
     list(train(cubes, tiny_config(steps=3), run_path))
     manifest = json.loads((run_path / "run.json").read_text())
     manifest["config"]["losses"].update(weight_balance=2.0, uniform_target="usage", fidelity_pixels=1024)
-    manifest["config"]["centroids"].update(init="spectra", dead_policy="reseed", fit_step=0, kick=0.05)
+    manifest["config"]["centroids"].update(
+        init="spectra", dead_policy="reseed", fit_step=0, kick=0.05, dead_threshold=0.01
+    )
     (run_path / "run.json").write_text(json.dumps(manifest))
     earlier_generator = np.random.default_rng(5).bit_generator.state
     _damage(

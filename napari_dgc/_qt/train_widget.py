@@ -45,7 +45,7 @@ from napari_dgc.errors import DGCError
 from napari_dgc.run_folder import RunDirectory
 from napari_dgc.state.review import ReviewModel
 from napari_dgc.state.training import TrainingSession, TrainStatus, error_message
-from napari_dgc.training.events import LOSS_TERMS, start_name
+from napari_dgc.training.events import ACTIVE_SHARE, LOSS_TERMS, start_name
 
 from .band_wavelength import follow_band_wavelength
 from .collapsible import CollapsibleSection
@@ -68,8 +68,8 @@ REDRAW_INTERVAL_MS = 100
 #: The loss panel's plot of ``ProgressEvent.active_clusters`` and what it counts.
 ACTIVE_IN_STEP = "active in step"
 ACTIVE_IN_STEP_HELP = (
-    "Clusters holding at least centroids.dead_threshold (1 %) of a training step's "
-    "pixels; the timeline's 'active in cubes' counts the reviewed cubes instead"
+    f"Clusters holding at least {ACTIVE_SHARE:.0%} of a training step's pixels; "
+    "the timeline's 'active in cubes' counts the reviewed cubes instead"
 )
 
 

@@ -175,9 +175,9 @@ class TrainingHistory:
 
     @property
     def active_in_step(self) -> np.ndarray:
-        """Clusters holding at least ``centroids.dead_threshold`` (1 %) of a step's hard labels,
-        per recorded step (``ProgressEvent.active_clusters``). Not the checkpoint figure
-        "active in cubes", which counts over the reviewed cubes' pixels.
+        """Clusters holding at least :data:`~napari_dgc.training.events.ACTIVE_SHARE` (1 %) of a
+        step's hard labels, per recorded step (``ProgressEvent.active_clusters``). Not the
+        checkpoint figure "active in cubes", which counts over the reviewed cubes' pixels.
         """
         return self._active_in_step.values
 

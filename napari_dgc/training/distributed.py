@@ -13,8 +13,8 @@ What is kept identical on every rank, and how (docs/scaling.md, "Data-parallel t
 gradients are summed over the ranks and divided by their number after ``backward`` (a bucketed
 all-reduce, as DistributedDataParallel does, but called by the trainer: the trainer runs the
 model's stages itself, not ``forward()``, so DDP's hooks would not see the step), the centroid
-EMA and the usage EMA use all-reduced sums, and whatever rank 0 decides alone (the dataset
-normalisation, a re-seeded centroid, the initialised model) is broadcast.
+EMA and the reported cluster usage use all-reduced sums, and whatever rank 0 decides alone (the dataset
+normalisation, the initialised model, the anchor's centroids) is broadcast.
 """
 
 from __future__ import annotations

@@ -24,6 +24,10 @@ def start_name(start: int, count: int | None = None) -> str:
 #: Names of the weighted loss terms a :class:`ProgressEvent` reports, and their sum.
 LOSS_TERMS = ("total", "compact", "orth", "consistency", "anchor")
 
+#: Share of a step's hard labels a cluster needs to count in ``ProgressEvent.active_clusters``
+#: (a progress figure; it changes nothing in the training).
+ACTIVE_SHARE = 0.01
+
 
 @dataclass(frozen=True)
 class ProgressEvent:
@@ -41,7 +45,7 @@ class ProgressEvent:
     step: int
     total_steps: int
     losses: dict[str, float]
-    active_clusters: int
+    active_clusters: int  # clusters holding at least ACTIVE_SHARE of the step's hard labels
     learning_rate: float
     elapsed_s: float
     start: int = 0

@@ -10,8 +10,8 @@ One step (see docs/training.md):
    the start's cosine k-means clusters of the raw spectra, its weight decaying); AdamW step,
    gradient clipping;
 4. EMA of the centroids toward the probability-weighted mean embeddings of the step (the
-   embeddings of step 2, detached); a cluster whose share of the step's probability mass is
-   below ``dead_threshold`` is re-seeded at a poorly explained embedding; re-normalisation.
+   embeddings of step 2, detached), re-normalised; a cluster without probability mass keeps its
+   centroid.
 
 Before the first step that k-means runs on a pixel sample of every cube, and each centroid
 starts at the mean embedding of its cluster's pixels in the first batch
@@ -32,6 +32,7 @@ from napari_dgc.config import TrainConfig
 from napari_dgc.model.network import DGCModel
 from napari_dgc.training import losses
 from napari_dgc.training.distributed import SINGLE_PROCESS, ProcessGroup
+from napari_dgc.training.events import ACTIVE_SHARE
 from napari_dgc.training.normalization import read_pixel_sample
 from napari_dgc.training.sampling import CropPair, PairStream, batch_share
 
@@ -51,7 +52,7 @@ class StepResult:
     """What one optimiser step reports (losses weighted, floats)."""
 
     losses: dict[str, float]
-    active_clusters: int
+    active_clusters: int  # clusters holding at least ACTIVE_SHARE of the step's hard labels
     usage: np.ndarray  # hard-label share of each cluster in the step
 
 
@@ -84,7 +85,7 @@ class Trainer:
         # Start 0 keeps the generators of single-start runs; other starts get their own.
         start_key = [start] if start else []
         self.start = start
-        #: draws the start's k-means samples and seedings and the re-seeded dead centroids
+        #: draws the pixels and k-means++ seedings of the start's k-means (the anchor's clusters)
         self.kick_rng = np.random.default_rng([config.seed, 4, *start_key])
         self.step_count = 0
         #: unit centroids ``(K, bands)`` of the start's cosine k-means of the raw spectra: the
@@ -284,9 +285,7 @@ class Trainer:
         reported = {name: float(value.detach()) for name, value in terms.items()}
         reported["total"] = float(total.detach())
         usage_np = usage.cpu().numpy()
-        return StepResult(
-            reported, int((usage_np >= max(config.centroids.dead_threshold, 1e-9)).sum()), usage_np
-        )
+        return StepResult(reported, int((usage_np >= ACTIVE_SHARE).sum()), usage_np)
 
     @property
     def checkpoint_model(self) -> DGCModel:
@@ -383,27 +382,17 @@ class Trainer:
         return self.group.broadcast(tensor)
 
     def _update_centroids(self, z: torch.Tensor, p: torch.Tensor) -> None:
-        """EMA toward the probability-weighted mean embeddings; re-seed clusters with too
-        little mass.
+        """EMA toward the probability-weighted mean embeddings, re-normalised.
+
+        A cluster without mass in the step keeps its centroid: moving it elsewhere (the
+        re-seeding of earlier versions) took pixels from a live cluster, which at K above the
+        number of materials emptied clusters one after another (docs/training.md, twelfth pass).
         """
-        config, centroids = self.config, self.model.centroids
+        decay, centroids = self.config.centroids.ema_decay, self.model.centroids
         mass = self._all_reduce_sum(p.sum(dim=0))
         means = F.normalize(self._all_reduce_sum(p.T @ z), dim=1)
         has_mass = (mass > 0).unsqueeze(1)
-        updated = torch.where(
-            has_mass,
-            config.centroids.ema_decay * centroids + (1 - config.centroids.ema_decay) * means,
-            centroids,
-        )
-        dead = (mass / (p.shape[0] * self.group.world_size)) < config.centroids.dead_threshold
-        if bool(dead.any()):
-            updated = F.normalize(updated, dim=1)
-            for cluster in torch.nonzero(dead).squeeze(1).tolist():
-                live = ~dead
-                updated[cluster] = _draw_far_embedding(z, updated[live], self.kick_rng)
-                dead[cluster] = False
-            # Each rank drew from its own embeddings (the kick generator in step); rank 0's win.
-            updated = self._broadcast(updated)
+        updated = torch.where(has_mass, decay * centroids + (1 - decay) * means, centroids)
         centroids.copy_(F.normalize(updated, dim=1))
 
 
